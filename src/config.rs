@@ -1,0 +1,344 @@
+//! Configuration: built-in defaults < `magistral.toml` < `MAGISTRAL_*` environment
+//! (figment), parsed once and validated before anything starts.
+//!
+//! This module only reads settings; [`crate::catalog`] turns them into participants,
+//! contracts and streams and reports every problem it finds, naming file and field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+
+/// Every setting of the gateway. Each default sits in [`Default`] with its reason.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// Folder of NATS stream-config JSON files, relative to the config file.
+    pub streams_dir: PathBuf,
+    /// Folder of JSON Schema contracts, relative to the config file.
+    pub contracts_dir: PathBuf,
+    /// Refuse publishes to subjects that no contract is bound to.
+    pub require_contract: bool,
+    pub nats: NatsConfig,
+    pub limits: Limits,
+    pub log: LogConfig,
+    /// Contract bindings: which schema file governs which subjects.
+    pub contracts: Vec<ContractBinding>,
+    /// Connected systems, by name.
+    pub participants: BTreeMap<String, ParticipantConfig>,
+    /// The file these settings came from; relative paths resolve against its folder.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            // Loopback by default: exposing the bus is a deliberate act (Helm sets 0.0.0.0).
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            streams_dir: PathBuf::from("streams"),
+            contracts_dir: PathBuf::from("contracts"),
+            // Off by default so a first subject can be tried before its contract exists;
+            // the reference example turns it on.
+            require_contract: false,
+            nats: NatsConfig::default(),
+            limits: Limits::default(),
+            log: LogConfig::default(),
+            contracts: Vec::new(),
+            participants: BTreeMap::new(),
+            source: None,
+        }
+    }
+}
+
+/// How to reach NATS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// One URL or several, comma-separated (cluster seed list).
+    pub url: String,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub token: Option<Secret>,
+    /// A `.creds` file (JWT + nkey seed) for decentralised auth.
+    pub creds_file: Option<PathBuf>,
+    /// Extra root CA to trust (PEM).
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Refuse to talk to NATS without TLS.
+    pub tls_required: bool,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            user: None,
+            password: None,
+            token: None,
+            creds_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_required: false,
+            // Long enough for a TLS handshake across a data centre, short enough that a
+            // wrong URL fails a deployment quickly.
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Bounds on what one request may cost.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest single-message body. NATS's default `max_payload` is 1 MiB, and headers
+    /// need room too, so larger messages would be refused by the server anyway.
+    pub max_body_bytes: usize,
+    /// Largest batch body (`POST /v1/publish`).
+    pub max_batch_bytes: usize,
+    /// Most items in one batch.
+    pub max_batch_items: usize,
+    /// Deepest JSON nesting accepted; business documents rarely pass 10, and deep nesting
+    /// is a cheap way to make validators work hard.
+    pub max_json_depth: usize,
+    /// Longest subject, in bytes.
+    pub max_subject_length: usize,
+    /// How long to wait for JetStream's PubAck before answering 504.
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    /// Publishes waiting for their PubAck at once; past it the gateway answers 503 rather
+    /// than queue without bound.
+    pub max_in_flight_publishes: usize,
+    /// Seconds suggested in `Retry-After` when NATS is unavailable.
+    pub retry_after_seconds: u64,
+    /// How long shutdown waits for in-flight requests before closing anyway.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            max_batch_bytes: 16 * 1024 * 1024,
+            max_batch_items: 1000,
+            max_json_depth: 32,
+            max_subject_length: 256,
+            // A JetStream R3 ack takes milliseconds; 5 s covers a leader election.
+            publish_timeout: Duration::from_secs(5),
+            // The async-nats default ack window is 5,000; stay under it so the client
+            // never blocks a request silently.
+            max_in_flight_publishes: 4096,
+            retry_after_seconds: 2,
+            // Kubernetes' default grace period is 30 s; finish before it.
+            drain_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `magistral=debug,async_nats=warn`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// One schema file bound to subject patterns.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContractBinding {
+    /// Contract name, e.g. `sales-order`.
+    pub name: String,
+    /// Version; several versions of one contract may be loaded at once.
+    pub version: u32,
+    /// Schema file, relative to `contracts_dir`.
+    pub file: PathBuf,
+    /// Subject patterns whose data must honour the schema.
+    pub subjects: Vec<String>,
+}
+
+/// A connected system.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParticipantConfig {
+    /// Free text for operators.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// API tokens; any of them authenticates the participant (several allow rotation).
+    pub tokens: Vec<TokenSource>,
+    /// Subject patterns the participant may publish to.
+    #[serde(default)]
+    pub publish: Vec<String>,
+}
+
+/// Where a participant's token comes from. The token itself is never in the config file.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+pub enum TokenSource {
+    /// Hex SHA-256 of the token (`printf %s "$TOKEN" | sha256sum`).
+    Sha256(String),
+    /// Name of an environment variable holding the token.
+    Env(String),
+    /// Path of a file holding the token (a mounted Kubernetes secret).
+    File(PathBuf),
+}
+
+impl fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sha256(_) => f.write_str("Sha256(<redacted>)"),
+            Self::Env(name) => write!(f, "Env({name})"),
+            Self::File(path) => write!(f, "File({})", path.display()),
+        }
+    }
+}
+
+/// A string that is never printed.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// One thing wrong with the configuration, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The file at fault (config file, stream file or schema file), when known.
+    pub file: Option<PathBuf>,
+    /// Dotted path of the field at fault, e.g. `participants.bitrix.publish[0]`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.file {
+            Some(file) => write!(f, "{}: {}: {}", file.display(), self.field, self.message),
+            None => write!(f, "{}: {}", self.field, self.message),
+        }
+    }
+}
+
+/// Everything wrong with a configuration, reported at once.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} problem(s)):", self.problems.len())?;
+        for problem in &self.problems {
+            writeln!(f, "  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<ConfigProblem> for ConfigError {
+    fn from(problem: ConfigProblem) -> Self {
+        Self { problems: vec![problem] }
+    }
+}
+
+impl Config {
+    /// Layers defaults < `path` (when given) < `MAGISTRAL_*` environment variables
+    /// (`MAGISTRAL_NATS__URL` sets `nats.url`).
+    #[must_use]
+    pub fn figment(path: Option<&Path>) -> Figment {
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment.merge(Env::prefixed("MAGISTRAL_").split("__").ignore(&["config"]))
+    }
+
+    /// Reads and parses the configuration.
+    ///
+    /// # Errors
+    /// A missing or unreadable file, TOML syntax, an unknown key or a wrongly typed value;
+    /// each figment error names the key and the file or variable it came from.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        if let Some(path) = path
+            && !path.is_file()
+        {
+            return Err(ConfigProblem {
+                file: Some(path.to_path_buf()),
+                field: "(file)".into(),
+                message: "no such file".into(),
+            }
+            .into());
+        }
+        let mut config: Config = Self::figment(path).extract().map_err(|err| ConfigError {
+            problems: err
+                .into_iter()
+                .map(|e| ConfigProblem {
+                    file: e
+                        .metadata
+                        .as_ref()
+                        .and_then(|m| m.source.as_ref())
+                        .and_then(|s| s.file_path().map(Path::to_path_buf))
+                        .or_else(|| path.map(Path::to_path_buf)),
+                    field: if e.path.is_empty() { "(top level)".into() } else { e.path.join(".") },
+                    message: e.kind.to_string(),
+                })
+                .collect(),
+        })?;
+        config.source = path.map(Path::to_path_buf);
+        Ok(config)
+    }
+
+    /// The folder relative paths are resolved against.
+    #[must_use]
+    pub fn base_dir(&self) -> PathBuf {
+        self.source
+            .as_ref()
+            .and_then(|p| p.parent())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    #[must_use]
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() { path.to_path_buf() } else { self.base_dir().join(path) }
+    }
+}

@@ -1,0 +1,179 @@
+//! Contracts: JSON Schema (2020-12) documents bound to subject patterns, compiled once at
+//! load and checked against every published message's data.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::subject;
+
+/// A compiled contract version.
+#[derive(Debug)]
+pub struct Contract {
+    pub name: String,
+    pub version: u32,
+    /// The schema file, for operators and `GET /v1/contracts`.
+    pub file: PathBuf,
+    /// Subject patterns this version governs.
+    pub subjects: Vec<String>,
+    /// URI stamped as `ce-dataschema`: the schema's `$id`, or a URN naming the version.
+    pub dataschema: String,
+    pub schema: Value,
+    validator: jsonschema::Validator,
+}
+
+/// One way data breaks its contract (`errors` member of a `contract-violation` problem).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Violation {
+    /// JSON pointer into the data.
+    pub instance_path: String,
+    /// JSON pointer into the schema: the keyword that failed.
+    pub schema_path: String,
+    pub message: String,
+}
+
+impl Contract {
+    /// Compiles a schema as JSON Schema 2020-12 with `format` asserted (dates, e-mails).
+    ///
+    /// # Errors
+    /// The schema is not a valid 2020-12 schema, or references something that cannot be
+    /// resolved offline.
+    pub fn compile(
+        name: String,
+        version: u32,
+        file: PathBuf,
+        subjects: Vec<String>,
+        schema: Value,
+    ) -> Result<Self, String> {
+        let validator = jsonschema::draft202012::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .map_err(|e| e.to_string())?;
+        let dataschema = schema
+            .get("$id")
+            .and_then(Value::as_str)
+            .map_or_else(|| format!("urn:magistral:contract:{name}:v{version}"), str::to_owned);
+        Ok(Self { name, version, file, subjects, dataschema, schema, validator })
+    }
+
+    /// Every way `data` breaks this contract; empty when it honours it.
+    #[must_use]
+    pub fn violations(&self, data: &Value) -> Vec<Violation> {
+        self.validator
+            .iter_errors(data)
+            .map(|e| Violation {
+                instance_path: e.instance_path().to_string(),
+                schema_path: e.schema_path().to_string(),
+                message: e.to_string(),
+            })
+            .collect()
+    }
+
+    #[must_use]
+    pub fn governs(&self, subject: &str) -> bool {
+        self.subjects.iter().any(|p| subject::matches(p, subject))
+    }
+}
+
+/// All loaded contracts.
+#[derive(Debug, Default)]
+pub struct Contracts(Vec<Contract>);
+
+impl Contracts {
+    /// Sorted so that, among versions of one contract, the newest comes first.
+    #[must_use]
+    pub fn new(mut list: Vec<Contract>) -> Self {
+        list.sort_by(|a, b| a.name.cmp(&b.name).then(b.version.cmp(&a.version)));
+        Self(list)
+    }
+
+    /// The contract that governs `subject`.
+    ///
+    /// When several versions are bound to the subject, a publisher picks one with
+    /// `ce-dataschema`; without it the newest version applies.
+    ///
+    /// # Errors
+    /// `requested` names a schema that is not bound to this subject.
+    pub fn for_subject(&self, subject: &str, requested: Option<&str>) -> Result<Option<&Contract>, UnknownSchema> {
+        let mut bound = self.0.iter().filter(|c| c.governs(subject));
+        match requested {
+            None => Ok(bound.next()),
+            Some(uri) => {
+                let bound: Vec<&Contract> = bound.collect();
+                if bound.is_empty() {
+                    return Ok(None);
+                }
+                bound
+                    .iter()
+                    .find(|c| c.dataschema == uri)
+                    .map(|c| Some(*c))
+                    .ok_or_else(|| UnknownSchema {
+                        requested: uri.to_owned(),
+                        bound: bound.iter().map(|c| c.dataschema.clone()).collect(),
+                    })
+            }
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Contract> {
+        self.0.iter()
+    }
+
+    #[must_use]
+    pub fn get(&self, name: &str, version: Option<u32>) -> Option<&Contract> {
+        self.0.iter().find(|c| c.name == name && version.is_none_or(|v| v == c.version))
+    }
+}
+
+/// The publisher asked for a schema version that is not bound to the subject.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("ce-dataschema {requested:?} is not bound to this subject (bound: {bound:?})")]
+pub struct UnknownSchema {
+    pub requested: String,
+    pub bound: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn contract(version: u32, schema: Value) -> Contract {
+        Contract::compile("order".into(), version, "x.json".into(), vec!["orders.>".into()], schema).unwrap()
+    }
+
+    #[test]
+    fn violations_name_every_pointer() {
+        let c = contract(
+            1,
+            json!({"type":"object","required":["id","lines"],"properties":{"id":{"type":"string"},"lines":{"type":"array","items":{"type":"object","properties":{"qty":{"type":"number","exclusiveMinimum":0}}}}}}),
+        );
+        let v = c.violations(&json!({"lines":[{"qty":1},{"qty":-1},{"qty":0}]}));
+        let paths: Vec<&str> = v.iter().map(|v| v.instance_path.as_str()).collect();
+        assert!(paths.contains(&""), "{v:?}");
+        assert!(paths.contains(&"/lines/1/qty"), "{v:?}");
+        assert!(paths.contains(&"/lines/2/qty"), "{v:?}");
+        assert!(v.iter().any(|v| v.schema_path.ends_with("exclusiveMinimum")), "{v:?}");
+    }
+
+    #[test]
+    fn newest_version_unless_requested() {
+        let cs = Contracts::new(vec![
+            contract(1, json!({"$id":"https://x/v1","type":"object"})),
+            contract(2, json!({"$id":"https://x/v2","type":"object"})),
+        ]);
+        assert_eq!(cs.for_subject("orders.created", None).unwrap().unwrap().version, 2);
+        assert_eq!(cs.for_subject("orders.created", Some("https://x/v1")).unwrap().unwrap().version, 1);
+        assert!(cs.for_subject("orders.created", Some("https://x/v9")).is_err());
+        assert!(cs.for_subject("other", None).unwrap().is_none());
+    }
+
+    #[test]
+    fn formats_are_asserted() {
+        let c = contract(1, json!({"type":"string","format":"date-time"}));
+        assert!(c.violations(&json!("2026-11-28T10:00:00Z")).is_empty());
+        assert!(!c.violations(&json!("yesterday")).is_empty());
+    }
+}

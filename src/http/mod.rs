@@ -1,0 +1,138 @@
+//! The HTTP surface: routes, shared state, and the extractors every route uses so that bad
+//! input comes back in our problem format before any business check runs.
+
+pub mod ops;
+pub mod problem;
+pub mod publish;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap};
+use axum::routing::{get, post};
+use axum::Router;
+use http_body_util::BodyExt;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::catalog::Catalog;
+use crate::config::Limits;
+use crate::participants::Participant;
+use crate::publish::Publisher;
+use problem::{Problem, ProblemType};
+
+/// What every request handler shares. Cheap to clone (all `Arc`s inside).
+#[derive(Clone)]
+pub struct AppState {
+    /// Participants, contracts, streams; swapped whole when configuration is reloaded.
+    pub catalog: Arc<ArcSwap<Catalog>>,
+    pub limits: Arc<Limits>,
+    pub publisher: Publisher,
+    pub client: async_nats::Client,
+    pub health: Arc<Health>,
+    pub metrics: PrometheusHandle,
+}
+
+/// Readiness facts the background tasks update.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Every declared stream exists on the server with its declared config.
+    pub streams_reconciled: AtomicBool,
+    /// SIGTERM received: stop taking new work.
+    pub shutting_down: AtomicBool,
+}
+
+impl Health {
+    pub fn set_streams_reconciled(&self) {
+        self.streams_reconciled.store(true, Ordering::SeqCst);
+    }
+    pub fn set_shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Every route the gateway serves, as `(method, path)` in OpenAPI syntax; the OpenAPI test
+/// checks `docs/openapi.json` against this list.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("post", "/v1/publish/{subject}"),
+    ("post", "/v1/publish"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+];
+
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/publish/{subject}", post(publish::publish_one))
+        .route("/v1/publish", post(publish::publish_batch))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .fallback(|| async { Problem::new(ProblemType::NotFound, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            Problem::new(ProblemType::MethodNotAllowed, "see /openapi.json for the methods of this route")
+        })
+        .with_state(state)
+}
+
+/// The participant a request's `Authorization: Bearer` token belongs to.
+///
+/// # Errors
+/// `unauthorized` for a missing, malformed or unknown token.
+pub fn authenticate<'c>(catalog: &'c Catalog, headers: &HeaderMap) -> Result<&'c Participant, Problem> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| Problem::new(ProblemType::Unauthorized, "send Authorization: Bearer <token>"))?;
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Problem::new(ProblemType::Unauthorized, "the Authorization header must be `Bearer <token>`"))?;
+    catalog
+        .participants
+        .authenticate(token)
+        .ok_or_else(|| Problem::new(ProblemType::Unauthorized, "unknown token"))
+}
+
+/// Reads a body of at most `limit` bytes.
+///
+/// # Errors
+/// `payload-too-large` past the limit (checked on `Content-Length` first, so an honest
+/// oversized upload is refused without reading it).
+pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Problem> {
+    let too_large = || Problem::new(ProblemType::PayloadTooLarge, format!("the limit is {limit} bytes"));
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        && len > limit
+    {
+        return Err(too_large());
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+        Err(err) => Err(Problem::new(ProblemType::MalformedJson, format!("the body could not be read: {err}"))),
+    }
+}
+
+/// The media type of a request, lowercased, without parameters.
+#[must_use]
+pub fn media_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+}
+
+/// A header's value as text, when present and ASCII.
+#[must_use]
+pub fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}

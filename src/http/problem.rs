@@ -1,0 +1,232 @@
+//! The one error contract of the HTTP API: RFC 9457 `application/problem+json`, with a
+//! stable `type` per class from one catalogue (docs/errors.md mirrors [`ProblemType`]).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::contracts::Violation;
+
+/// Every class of error the API answers with. Clients match on [`ProblemType::slug`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProblemType {
+    MalformedJson,
+    InvalidUtf8,
+    PayloadTooLarge,
+    JsonTooDeep,
+    UnsupportedMediaType,
+    Unauthorized,
+    Forbidden,
+    InvalidSubject,
+    InvalidCloudEvent,
+    InvalidId,
+    NoStream,
+    ContractViolation,
+    ContractRequired,
+    UnknownDataschema,
+    BatchRejected,
+    TooManyItems,
+    NatsUnavailable,
+    PublishTimeout,
+    Overloaded,
+    NotFound,
+    MethodNotAllowed,
+    Internal,
+}
+
+impl ProblemType {
+    /// Every class, for the catalogue test and docs.
+    pub const ALL: &'static [ProblemType] = &[
+        Self::MalformedJson,
+        Self::InvalidUtf8,
+        Self::PayloadTooLarge,
+        Self::JsonTooDeep,
+        Self::UnsupportedMediaType,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::InvalidSubject,
+        Self::InvalidCloudEvent,
+        Self::InvalidId,
+        Self::NoStream,
+        Self::ContractViolation,
+        Self::ContractRequired,
+        Self::UnknownDataschema,
+        Self::BatchRejected,
+        Self::TooManyItems,
+        Self::NatsUnavailable,
+        Self::PublishTimeout,
+        Self::Overloaded,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::Internal,
+    ];
+
+    /// The stable identifier clients match on.
+    #[must_use]
+    pub const fn slug(self) -> &'static str {
+        match self {
+            Self::MalformedJson => "malformed-json",
+            Self::InvalidUtf8 => "invalid-utf8",
+            Self::PayloadTooLarge => "payload-too-large",
+            Self::JsonTooDeep => "json-too-deep",
+            Self::UnsupportedMediaType => "unsupported-media-type",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::InvalidSubject => "invalid-subject",
+            Self::InvalidCloudEvent => "invalid-cloudevent",
+            Self::InvalidId => "invalid-id",
+            Self::NoStream => "no-stream",
+            Self::ContractViolation => "contract-violation",
+            Self::ContractRequired => "contract-required",
+            Self::UnknownDataschema => "unknown-dataschema",
+            Self::BatchRejected => "batch-rejected",
+            Self::TooManyItems => "too-many-items",
+            Self::NatsUnavailable => "nats-unavailable",
+            Self::PublishTimeout => "publish-timeout",
+            Self::Overloaded => "overloaded",
+            Self::NotFound => "not-found",
+            Self::MethodNotAllowed => "method-not-allowed",
+            Self::Internal => "internal",
+        }
+    }
+
+    #[must_use]
+    pub const fn status(self) -> StatusCode {
+        match self {
+            Self::MalformedJson
+            | Self::InvalidUtf8
+            | Self::JsonTooDeep
+            | Self::InvalidSubject
+            | Self::InvalidCloudEvent
+            | Self::InvalidId => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge | Self::TooManyItems => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NoStream | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::ContractViolation | Self::ContractRequired | Self::UnknownDataschema | Self::BatchRejected => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Self::NatsUnavailable | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::PublishTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    #[must_use]
+    pub const fn title(self) -> &'static str {
+        match self {
+            Self::MalformedJson => "The body is not well-formed JSON",
+            Self::InvalidUtf8 => "The body is not valid UTF-8",
+            Self::PayloadTooLarge => "The body is larger than the limit",
+            Self::JsonTooDeep => "The JSON nests deeper than the limit",
+            Self::UnsupportedMediaType => "The content type is not accepted here",
+            Self::Unauthorized => "A valid bearer token is required",
+            Self::Forbidden => "The participant may not do this",
+            Self::InvalidSubject => "The subject is not a valid publish subject",
+            Self::InvalidCloudEvent => "The CloudEvents attributes are invalid",
+            Self::InvalidId => "The message id is invalid",
+            Self::NoStream => "No stream stores this subject",
+            Self::ContractViolation => "The data does not honour its contract",
+            Self::ContractRequired => "No contract is bound to this subject",
+            Self::UnknownDataschema => "The requested dataschema is not bound to this subject",
+            Self::BatchRejected => "Some batch items were refused; nothing was published",
+            Self::TooManyItems => "The batch has more items than the limit",
+            Self::NatsUnavailable => "NATS is unavailable",
+            Self::PublishTimeout => "JetStream did not confirm storage in time",
+            Self::Overloaded => "The gateway is at its in-flight limit",
+            Self::NotFound => "No such resource",
+            Self::MethodNotAllowed => "The method is not allowed on this resource",
+            Self::Internal => "Internal error",
+        }
+    }
+
+    /// Whether the same request may succeed if sent again unchanged.
+    #[must_use]
+    pub const fn retryable(self) -> bool {
+        matches!(self, Self::NatsUnavailable | Self::PublishTimeout | Self::Overloaded | Self::Internal)
+    }
+
+    #[must_use]
+    pub fn uri(self) -> String {
+        format!("urn:magistral:problem:{}", self.slug())
+    }
+}
+
+/// An RFC 9457 problem, ready to be answered.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub kind: ProblemType,
+    pub detail: String,
+    /// `errors` member: every failing JSON pointer of a contract violation.
+    pub errors: Vec<Violation>,
+    /// `items` member: per-item problems of a refused batch.
+    pub items: Vec<Value>,
+    /// Seconds for `Retry-After`.
+    pub retry_after: Option<u64>,
+}
+
+impl Problem {
+    pub fn new(kind: ProblemType, detail: impl Into<String>) -> Self {
+        Self { kind, detail: detail.into(), errors: Vec::new(), items: Vec::new(), retry_after: None }
+    }
+
+    #[must_use]
+    pub fn with_errors(mut self, errors: Vec<Violation>) -> Self {
+        self.errors = errors;
+        self
+    }
+
+    #[must_use]
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// The problem as a JSON object (also used for batch items).
+    #[must_use]
+    pub fn body(&self) -> Value {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            #[serde(rename = "type")]
+            type_: String,
+            title: &'static str,
+            status: u16,
+            detail: &'a str,
+            retryable: bool,
+            #[serde(skip_serializing_if = "<[_]>::is_empty")]
+            errors: &'a [Violation],
+            #[serde(skip_serializing_if = "<[_]>::is_empty")]
+            items: &'a [Value],
+        }
+        serde_json::to_value(Body {
+            type_: self.kind.uri(),
+            title: self.kind.title(),
+            status: self.kind.status().as_u16(),
+            detail: &self.detail,
+            retryable: self.kind.retryable(),
+            errors: &self.errors,
+            items: &self.items,
+        })
+        .unwrap_or(Value::Null)
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = self.kind.status();
+        let body = self.body().to_string();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.kind == ProblemType::Unauthorized {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"magistral\""));
+        }
+        response
+    }
+}

@@ -1,0 +1,208 @@
+//! `POST /v1/publish/{subject}` and `POST /v1/publish` (batch): HTTP in, checks, JetStream.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use super::problem::{Problem, ProblemType};
+use super::{authenticate, header_str, media_type, read_body, AppState};
+use crate::publish::cloudevents::{self, ClientAttributes, StructuredEvent};
+use crate::publish::{self, check_utf8, exceeds_depth, Draft, Outgoing};
+
+/// How the request carries its event.
+enum Mode {
+    /// Body = data; attributes in `ce-*` headers.
+    Binary,
+    /// Body = a CloudEvents JSON envelope; data in `.data`.
+    Structured,
+}
+
+fn mode_of(headers: &HeaderMap) -> Result<Mode, Problem> {
+    match media_type(headers).as_deref() {
+        Some("application/cloudevents+json") => Ok(Mode::Structured),
+        Some(t) if cloudevents::is_json_media_type(t) => Ok(Mode::Binary),
+        Some(t) => Err(Problem::new(
+            ProblemType::UnsupportedMediaType,
+            format!("{t} is not accepted; send application/json or application/cloudevents+json"),
+        )),
+        None => Err(Problem::new(
+            ProblemType::UnsupportedMediaType,
+            "Content-Type is required: application/json or application/cloudevents+json",
+        )),
+    }
+}
+
+/// Publishes one message; 202 once JetStream stored it, 200 for a duplicate.
+pub async fn publish_one(
+    State(state): State<AppState>,
+    Path(subject): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let catalog = state.catalog.load_full();
+    let participant = authenticate(&catalog, &headers)?;
+    let mode = mode_of(&headers)?;
+    let body = read_body(body, &headers, state.limits.max_body_bytes).await?;
+    check_utf8(&body)?;
+
+    let (data, data_well_formed, attributes) = match mode {
+        Mode::Binary => (body, false, cloudevents::from_http_headers(&headers)?),
+        Mode::Structured => {
+            // The envelope adds one level around the data.
+            if exceeds_depth(&body, state.limits.max_json_depth + 1) {
+                return Err(Problem::new(
+                    ProblemType::JsonTooDeep,
+                    format!("the data nests deeper than {} levels", state.limits.max_json_depth),
+                ));
+            }
+            let event: StructuredEvent<'_> = serde_json::from_slice(&body).map_err(publish::malformed)?;
+            let attributes = event.client_attributes()?;
+            let data = event
+                .data
+                .ok_or_else(|| Problem::new(ProblemType::InvalidCloudEvent, "a structured event needs `data`"))?;
+            (body.slice_ref(data.get().as_bytes()), true, attributes)
+        }
+    };
+    let draft = Draft {
+        subject,
+        data,
+        data_well_formed,
+        attributes,
+        idempotency_key: header_str(&headers, "idempotency-key").map(str::to_owned),
+        traceparent: header_str(&headers, "traceparent").map(str::to_owned),
+        tracestate: header_str(&headers, "tracestate").map(str::to_owned),
+    };
+    let outgoing = publish::prepare(&catalog, &state.limits, participant, draft)?;
+    drop(catalog);
+    let stored = state.publisher.publish(outgoing).await?;
+    let status = if stored.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((status, Json(stored)).into_response())
+}
+
+/// One batch item. Unknown members are refused so a typo (`"dta"`) is not silently dropped.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchItem<'a> {
+    subject: String,
+    #[serde(borrow)]
+    data: &'a RawValue,
+    /// Message id (idempotency key) for this item.
+    #[serde(default)]
+    id: Option<String>,
+    /// CloudEvents `type`; defaults to the subject.
+    #[serde(default, rename = "type")]
+    type_: Option<String>,
+    /// Picks a contract version when several are bound.
+    #[serde(default)]
+    dataschema: Option<String>,
+}
+
+/// Publishes a batch: every item is checked first; one bad item refuses the whole batch
+/// (422, nothing published); otherwise all are published pipelined.
+pub async fn publish_batch(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, Problem> {
+    let catalog = state.catalog.load_full();
+    let participant = authenticate(&catalog, &headers)?;
+    let ndjson = match media_type(&headers).as_deref() {
+        Some("application/json") => false,
+        Some("application/x-ndjson" | "application/jsonl" | "application/jsonlines") => true,
+        other => {
+            return Err(Problem::new(
+                ProblemType::UnsupportedMediaType,
+                format!(
+                    "{} is not accepted; send a JSON array (application/json) or NDJSON (application/x-ndjson)",
+                    other.unwrap_or("no Content-Type")
+                ),
+            ));
+        }
+    };
+    let limits = &state.limits;
+    let body = read_body(body, &headers, limits.max_batch_bytes).await?;
+    check_utf8(&body)?;
+
+    // Parse into items; malformed lines/arrays refuse the batch.
+    let mut items: Vec<Result<BatchItem<'_>, Problem>> = Vec::new();
+    if ndjson {
+        for line in body.split(|b| *b == b'\n') {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            items.push(if exceeds_depth(line, limits.max_json_depth + 1) {
+                Err(too_deep(limits.max_json_depth))
+            } else {
+                serde_json::from_slice(line).map_err(publish::malformed)
+            });
+        }
+    } else {
+        if exceeds_depth(&body, limits.max_json_depth + 2) {
+            return Err(too_deep(limits.max_json_depth));
+        }
+        let parsed: Vec<BatchItem<'_>> = serde_json::from_slice(&body).map_err(publish::malformed)?;
+        items.extend(parsed.into_iter().map(Ok));
+    }
+    if items.len() > limits.max_batch_items {
+        return Err(Problem::new(
+            ProblemType::TooManyItems,
+            format!("{} items; the limit is {}", items.len(), limits.max_batch_items),
+        ));
+    }
+
+    let traceparent = header_str(&headers, "traceparent");
+    let tracestate = header_str(&headers, "tracestate");
+    let mut ready: Vec<Outgoing> = Vec::with_capacity(items.len());
+    let mut refused: Vec<Value> = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        let checked = item.and_then(|item| {
+            let attributes = ClientAttributes { type_: item.type_, dataschema: item.dataschema, ..Default::default() };
+            let draft = Draft {
+                subject: item.subject,
+                data: body.slice_ref(item.data.get().as_bytes()),
+                data_well_formed: true,
+                attributes,
+                idempotency_key: item.id,
+                traceparent: traceparent.map(str::to_owned),
+                tracestate: tracestate.map(str::to_owned),
+            };
+            publish::prepare(&catalog, limits, participant, draft)
+        });
+        match checked {
+            Ok(outgoing) => ready.push(outgoing),
+            Err(problem) => {
+                let mut entry = problem.body();
+                entry["index"] = json!(index);
+                refused.push(entry);
+            }
+        }
+    }
+    drop(catalog);
+    if !refused.is_empty() {
+        let mut problem = Problem::new(
+            ProblemType::BatchRejected,
+            format!("{} of {} item(s) refused; nothing was published", refused.len(), refused.len() + ready.len()),
+        );
+        problem.items = refused;
+        return Err(problem);
+    }
+
+    let results = state.publisher.publish_batch(ready).await?;
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    let results: Vec<Value> = results
+        .into_iter()
+        .map(|r| match r {
+            Ok(stored) => json!(stored),
+            Err(problem) => json!({ "error": problem.body() }),
+        })
+        .collect();
+    // All stored: 202. Some not: 207, each item says which (retry those with the same id).
+    let status = if failed == 0 { StatusCode::ACCEPTED } else { StatusCode::MULTI_STATUS };
+    Ok((status, Json(json!({ "stored": results.len() - failed, "failed": failed, "results": results }))).into_response())
+}
+
+fn too_deep(max: usize) -> Problem {
+    Problem::new(ProblemType::JsonTooDeep, format!("the data nests deeper than {max} levels"))
+}
+

@@ -1,0 +1,128 @@
+//! magistral — an integration bus: a stateless HTTP/JSON gateway over NATS JetStream.
+//!
+//! # Layout (mirrors the data paths)
+//! - [`config`]: settings from defaults, `magistral.toml` and `MAGISTRAL_*` variables.
+//! - [`catalog`]: participants, contracts and streams built from the settings and checked
+//!   as a whole (`magistral check`).
+//! - [`participants`]: bearer token → participant; permissions.
+//! - [`subject`]: subject rules and wildcard matching.
+//! - [`contracts`]: JSON Schema contracts bound to subjects.
+//! - [`streams`]: stream files and reconciling them with the server (`magistral apply`).
+//! - [`publish`]: the publish path, from checked bytes to PubAck; CloudEvents headers.
+//! - [`http`]: routes, extractors, the RFC 9457 error contract, operations endpoints.
+//! - [`nats`]: the NATS connection; [`telemetry`]: logs and metrics; [`dev`]: `magistral dev`.
+#![forbid(unsafe_code)]
+
+pub mod catalog;
+pub mod config;
+pub mod contracts;
+pub mod dev;
+pub mod http;
+pub mod nats;
+pub mod participants;
+pub mod publish;
+pub mod streams;
+pub mod subject;
+pub mod telemetry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use catalog::Catalog;
+use config::Config;
+use http::{AppState, Health};
+use publish::Publisher;
+
+/// Why the gateway stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Nats(#[from] nats::ConnectError),
+    #[error("serving HTTP: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Runs the gateway until `shutdown` is cancelled, then drains: readiness goes false, new
+/// connections are refused, in-flight requests finish (bounded by `limits.drain_timeout`),
+/// and the NATS connection drains.
+///
+/// Streams are reconciled in the background (retrying while NATS is unreachable); the
+/// gateway is ready once that has succeeded.
+///
+/// # Errors
+/// An unusable NATS URL or credentials file, or the listener failing.
+pub async fn run(config: Config, catalog: Catalog, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
+    let client = nats::connect(&config.nats).await?;
+    let limits = Arc::new(config.limits.clone());
+    let publisher = Publisher::new(client.clone(), &limits);
+    let state = AppState {
+        catalog: Arc::new(ArcSwap::from_pointee(catalog)),
+        limits: limits.clone(),
+        publisher: publisher.clone(),
+        client: client.clone(),
+        health: Arc::new(Health::default()),
+        metrics: telemetry::metrics_handle(),
+    };
+    let tasks = TaskTracker::new();
+    tasks.spawn(reconcile_until_done(state.clone(), shutdown.clone()));
+
+    let app = http::router(state.clone());
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "magistral listening");
+    let health = state.health.clone();
+    let stop = shutdown.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        stop.cancelled().await;
+        health.set_shutting_down();
+        tracing::info!("shutting down: refusing new connections, finishing in-flight requests");
+    });
+    let drain_timeout = limits.drain_timeout;
+    let bounded_drain = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(drain_timeout).await;
+    };
+    tokio::select! {
+        result = server => result?,
+        () = bounded_drain => tracing::warn!("drain timeout reached; closing with requests in flight"),
+    }
+    tasks.close();
+    tasks.wait().await;
+    if let Err(err) = tokio::time::timeout(Duration::from_secs(5), client.drain()).await {
+        tracing::warn!(%err, "NATS drain did not finish");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Creates or updates every declared stream, retrying with backoff until it succeeds or the
+/// gateway stops. Never deletes.
+async fn reconcile_until_done(state: AppState, shutdown: CancellationToken) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let catalog = state.catalog.load_full();
+        let mut failed = false;
+        for def in &catalog.streams {
+            match streams::reconcile(state.publisher.jetstream(), def, false).await {
+                Ok(change) => tracing::info!(%change, "stream reconciled"),
+                Err(err) => {
+                    tracing::warn!(%err, "stream reconcile failed; will retry");
+                    failed = true;
+                }
+            }
+        }
+        if !failed {
+            state.health.set_streams_reconciled();
+            return;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,186 @@
+//! The `magistral` command: argument parsing and wiring only; the gateway is the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use magistral::catalog::Catalog;
+use magistral::config::Config;
+use tokio_util::sync::CancellationToken;
+
+/// sysexits: configuration error.
+const EX_CONFIG: u8 = 64;
+/// sysexits: a service (NATS) unavailable.
+const EX_UNAVAILABLE: u8 = 69;
+
+#[derive(Parser)]
+#[command(name = "magistral", version, about = "An integration bus: HTTP/JSON gateway over NATS JetStream")]
+struct Cli {
+    /// Configuration file (TOML). Defaults to ./magistral.toml when it exists.
+    #[arg(long, short, global = true, env = "MAGISTRAL_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve,
+    /// Run the gateway for local development: start nats-server if none is reachable,
+    /// serve the bundled example unless --config says otherwise.
+    Dev,
+    /// Validate the whole configuration offline: config, streams, contracts, bindings.
+    Check,
+    /// Create missing streams and update changed ones; never deletes.
+    Apply {
+        /// Print the differences without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config_path = cli.config.clone().or_else(|| match cli.command {
+        Command::Dev => Some(PathBuf::from("examples/wine-retail/magistral.toml")),
+        _ => Some(PathBuf::from("magistral.toml")).filter(|p| p.is_file()),
+    });
+    // Everything is parsed and checked before the runtime starts (exit 64 on error).
+    let (config, catalog) = match load(config_path.as_deref()) {
+        Ok(loaded) => loaded,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    if let Command::Check = cli.command {
+        println!(
+            "configuration OK: {} participant(s), {} stream(s), {} contract(s)",
+            catalog.participants.iter().count(),
+            catalog.streams.len(),
+            catalog.contracts.iter().count()
+        );
+        return ExitCode::SUCCESS;
+    }
+    magistral::telemetry::init_logs(&config.log);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Check => unreachable!("handled above"),
+        Command::Apply { dry_run } => runtime.block_on(apply(config, catalog, dry_run)),
+        Command::Serve => runtime.block_on(serve(config, catalog)),
+        Command::Dev => {
+            let store = PathBuf::from(".magistral/dev/jetstream");
+            let _nats = match magistral::dev::ensure_nats(&config.nats.url, &store) {
+                Ok(nats) => nats,
+                Err(message) => {
+                    eprintln!("magistral dev: {message}");
+                    return ExitCode::from(EX_UNAVAILABLE);
+                }
+            };
+            print_dev_hints(&config);
+            runtime.block_on(serve(config, catalog))
+        }
+    }
+}
+
+fn load(path: Option<&Path>) -> Result<(Config, Catalog), String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let catalog = Catalog::load(&config).map_err(|e| e.to_string())?;
+    Ok((config, catalog))
+}
+
+async fn serve(config: Config, catalog: Catalog) -> ExitCode {
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(err) => {
+            eprintln!("listen {}: {err}", config.listen);
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    match magistral::run(config, catalog, listener, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn apply(config: Config, catalog: Catalog, dry_run: bool) -> ExitCode {
+    let client = match magistral::nats::connect(&config.nats).await {
+        Ok(c) => c,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    // The client retries in the background; give it the connect timeout to succeed.
+    let deadline = tokio::time::Instant::now() + config.nats.connect_timeout;
+    while client.connection_state() != async_nats::connection::State::Connected {
+        if tokio::time::Instant::now() > deadline {
+            eprintln!("NATS at {} is not reachable", config.nats.url);
+            return ExitCode::from(EX_UNAVAILABLE);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let js = async_nats::jetstream::new(client);
+    let mut failed = false;
+    for def in &catalog.streams {
+        match magistral::streams::reconcile(&js, def, dry_run).await {
+            Ok(change) => println!("{change}"),
+            Err(err) => {
+                eprintln!("{err}");
+                failed = true;
+            }
+        }
+    }
+    if dry_run {
+        println!("(dry run: nothing was changed)");
+    }
+    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                shutdown.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    shutdown.cancel();
+}
+
+fn print_dev_hints(config: &Config) {
+    let base = format!("http://{}", config.listen);
+    eprintln!(
+        "\nmagistral dev: serving {base}\n\
+         Try:\n  curl -i {base}/readyz\n  \
+         curl -i -X POST {base}/v1/publish/orders.created \\\n    \
+         -H 'Authorization: Bearer bitrix-demo-token' -H 'Content-Type: application/json' \\\n    \
+         --data @examples/wine-retail/samples/sales-order.valid.json\n  \
+         curl -i -X POST {base}/v1/publish/orders.created \\\n    \
+         -H 'Authorization: Bearer bitrix-demo-token' -H 'Content-Type: application/json' \\\n    \
+         --data @examples/wine-retail/samples/sales-order.invalid.json\n"
+    );
+}

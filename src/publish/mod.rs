@@ -1,0 +1,296 @@
+//! The publish path: subject check → permission → stream → contract → JetStream publish →
+//! PubAck. Nothing is answered 2xx until JetStream has stored the message.
+//!
+//! HTTP concerns (reading the body, content types, status codes) live in
+//! [`crate::http::publish`]; this module is what a message goes through once it is bytes.
+
+pub mod cloudevents;
+mod json;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, context::PublishErrorKind};
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::catalog::Catalog;
+use crate::config::Limits;
+use crate::http::problem::{Problem, ProblemType};
+use crate::participants::Participant;
+use crate::subject;
+use cloudevents::{ClientAttributes, StoredAttributes};
+pub use json::{check_utf8, exceeds_depth};
+
+/// One message as a participant handed it in, before any check.
+#[derive(Debug)]
+pub struct Draft {
+    pub subject: String,
+    /// The data exactly as received; this is what is stored.
+    pub data: Bytes,
+    /// Whether `data` was already parsed as JSON (inside an envelope or batch item).
+    pub data_well_formed: bool,
+    pub attributes: ClientAttributes,
+    /// `Idempotency-Key`; it wins over a client `ce-id` as the message id.
+    pub idempotency_key: Option<String>,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+/// A checked message, ready for JetStream.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub subject: String,
+    /// Publisher's name, for metrics.
+    pub participant: String,
+    pub stream: String,
+    pub id: String,
+    headers: async_nats::HeaderMap,
+    payload: Bytes,
+}
+
+/// What JetStream confirmed.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Stored {
+    pub id: String,
+    pub stream: String,
+    pub seq: u64,
+    pub duplicate: bool,
+}
+
+/// Longest message id accepted (it becomes `Nats-Msg-Id` and `ce-id`).
+const MAX_ID_LEN: usize = 256;
+
+/// Runs every check on a draft and builds its NATS headers.
+///
+/// # Errors
+/// The first check the draft fails, as a classified problem.
+pub fn prepare(catalog: &Catalog, limits: &Limits, participant: &Participant, draft: Draft) -> Result<Outgoing, Problem> {
+    let Draft { subject, data, data_well_formed, attributes, idempotency_key, traceparent, tracestate } = draft;
+
+    subject::validate_publish_subject(&subject, limits.max_subject_length)
+        .map_err(|e| Problem::new(ProblemType::InvalidSubject, format!("{subject:?}: {e}")))?;
+    if !participant.publish.allows(&subject) {
+        return Err(Problem::new(
+            ProblemType::Forbidden,
+            format!("participant {} may not publish to {subject}", participant.name),
+        ));
+    }
+    let stream = catalog
+        .stream_for(&subject)
+        .ok_or_else(|| Problem::new(ProblemType::NoStream, format!("no stream stores {subject}")))?
+        .name()
+        .to_owned();
+
+    let id = match idempotency_key.or_else(|| attributes.id.clone()) {
+        Some(id) => {
+            if id.is_empty() || id.len() > MAX_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(Problem::new(
+                    ProblemType::InvalidId,
+                    format!("a message id is 1-{MAX_ID_LEN} printable ASCII characters without spaces"),
+                ));
+            }
+            id
+        }
+        None => uuid::Uuid::now_v7().to_string(),
+    };
+
+    if exceeds_depth(&data, limits.max_json_depth) {
+        return Err(Problem::new(
+            ProblemType::JsonTooDeep,
+            format!("the data nests deeper than {} levels", limits.max_json_depth),
+        ));
+    }
+    let contract = catalog
+        .contracts
+        .for_subject(&subject, attributes.dataschema.as_deref())
+        .map_err(|e| Problem::new(ProblemType::UnknownDataschema, e.to_string()))?;
+    match contract {
+        Some(contract) => {
+            let value: serde_json::Value = serde_json::from_slice(&data).map_err(malformed)?;
+            let violations = contract.violations(&value);
+            if !violations.is_empty() {
+                return Err(Problem::new(
+                    ProblemType::ContractViolation,
+                    format!("{} violation(s) of contract {} v{}", violations.len(), contract.name, contract.version),
+                )
+                .with_errors(violations));
+            }
+        }
+        None if catalog.require_contract => {
+            return Err(Problem::new(ProblemType::ContractRequired, format!("no contract is bound to {subject}")));
+        }
+        None if !data_well_formed => {
+            serde_json::from_slice::<serde::de::IgnoredAny>(&data).map_err(malformed)?;
+        }
+        None => {}
+    }
+
+    let type_ = attributes.type_.as_deref().unwrap_or(&subject);
+    let headers = StoredAttributes {
+        id: &id,
+        source: &participant.source,
+        type_,
+        subject: attributes.subject.as_deref(),
+        dataschema: contract.map(|c| c.dataschema.as_str()),
+        time: attributes.time.as_deref(),
+        extensions: &attributes.extensions,
+        traceparent: traceparent.as_deref(),
+        tracestate: tracestate.as_deref(),
+    }
+    .to_nats_headers();
+    Ok(Outgoing { subject, participant: participant.name.clone(), stream, id, headers, payload: data })
+}
+
+/// serde_json's error for a body that is not well-formed JSON.
+pub fn malformed(err: serde_json::Error) -> Problem {
+    Problem::new(ProblemType::MalformedJson, err.to_string())
+}
+
+/// Sends checked messages to JetStream and waits for their PubAcks, within bounds.
+#[derive(Clone)]
+pub struct Publisher {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    /// Bounds publishes awaiting a PubAck; past it requests get 503 instead of queueing.
+    in_flight: Arc<Semaphore>,
+    publish_timeout: Duration,
+    retry_after: u64,
+}
+
+impl Publisher {
+    #[must_use]
+    pub fn new(client: async_nats::Client, limits: &Limits) -> Self {
+        let js = jetstream::context::ContextBuilder::new()
+            .timeout(limits.publish_timeout)
+            .build(client.clone());
+        Self {
+            client,
+            js,
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight_publishes)),
+            publish_timeout: limits.publish_timeout,
+            retry_after: limits.retry_after_seconds,
+        }
+    }
+
+    #[must_use]
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Publishes one message and waits for JetStream to store it.
+    ///
+    /// # Errors
+    /// `nats-unavailable`, `publish-timeout`, `overloaded`, `payload-too-large`, `no-stream`.
+    pub async fn publish(&self, message: Outgoing) -> Result<Stored, Problem> {
+        let _permit = self.in_flight.clone().try_acquire_owned().map_err(|_| self.overloaded())?;
+        let started = Instant::now();
+        let labels = (message.stream.clone(), message.participant.clone());
+        let in_flight = metrics::gauge!("magistral_publish_in_flight");
+        in_flight.increment(1.0);
+        let result = match self.send(message).await {
+            Ok((id, ack)) => self.await_ack(id, ack).await,
+            Err(problem) => Err(problem),
+        };
+        in_flight.decrement(1.0);
+        record(&labels, started, result.as_ref().map(|s| s.duplicate));
+        result
+    }
+
+    /// Publishes a checked batch pipelined: every message is sent before any PubAck is
+    /// awaited. Results are in input order.
+    ///
+    /// # Errors
+    /// `overloaded` when the batch does not fit the in-flight bound; per-item problems
+    /// are in the result list.
+    pub async fn publish_batch(&self, messages: Vec<Outgoing>) -> Result<Vec<Result<Stored, Problem>>, Problem> {
+        let n = u32::try_from(messages.len()).unwrap_or(u32::MAX);
+        let _permits = self.in_flight.clone().try_acquire_many_owned(n).map_err(|_| self.overloaded())?;
+        let started = Instant::now();
+        let in_flight = metrics::gauge!("magistral_publish_in_flight");
+        in_flight.increment(f64::from(n));
+        let mut pending = Vec::with_capacity(messages.len());
+        for message in messages {
+            let labels = (message.stream.clone(), message.participant.clone());
+            pending.push((labels, self.send(message).await));
+        }
+        let acks = pending.into_iter().map(|(labels, sent)| async move {
+            let result = match sent {
+                Ok((id, ack)) => self.await_ack(id, ack).await,
+                Err(problem) => Err(problem),
+            };
+            record(&labels, started, result.as_ref().map(|s| s.duplicate));
+            result
+        });
+        let results = futures::future::join_all(acks).await;
+        in_flight.decrement(f64::from(n));
+        Ok(results)
+    }
+
+    async fn send(&self, message: Outgoing) -> Result<(String, jetstream::context::PublishAckFuture), Problem> {
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(self.unavailable("not connected to NATS"));
+        }
+        let Outgoing { subject, id, headers, payload, .. } = message;
+        let publish = jetstream::message::PublishMessage::build().payload(payload).headers(headers).message_id(id.as_str());
+        match self.js.send_publish(subject, publish).await {
+            Ok(ack) => Ok((id, ack)),
+            Err(err) => Err(self.map_error(err.kind())),
+        }
+    }
+
+    async fn await_ack(&self, id: String, ack: jetstream::context::PublishAckFuture) -> Result<Stored, Problem> {
+        // The context timeout already bounds the ack; this outer bound is a safety net.
+        match tokio::time::timeout(self.publish_timeout + Duration::from_millis(500), ack.into_future()).await {
+            Ok(Ok(ack)) => Ok(Stored { id, stream: ack.stream, seq: ack.sequence, duplicate: ack.duplicate }),
+            Ok(Err(err)) => Err(self.map_error(err.kind())),
+            Err(_) => Err(self.map_error(PublishErrorKind::TimedOut)),
+        }
+    }
+
+    /// The one place async-nats publish errors become our classes.
+    fn map_error(&self, kind: PublishErrorKind) -> Problem {
+        match kind {
+            PublishErrorKind::TimedOut => Problem::new(
+                ProblemType::PublishTimeout,
+                "JetStream did not confirm in time; the message may or may not be stored: retry with the same Idempotency-Key",
+            ),
+            PublishErrorKind::StreamNotFound => Problem::new(
+                ProblemType::NoStream,
+                "the stream for this subject does not exist on the NATS server (run `magistral apply`)",
+            ),
+            PublishErrorKind::MaxPayloadExceeded => {
+                Problem::new(ProblemType::PayloadTooLarge, "the message exceeds the NATS server's max_payload")
+            }
+            PublishErrorKind::MaxAckPending => self.overloaded(),
+            PublishErrorKind::BrokenPipe => self.unavailable("the NATS connection broke"),
+            _ => self.unavailable("JetStream refused or could not store the message"),
+        }
+    }
+
+    fn unavailable(&self, detail: &str) -> Problem {
+        Problem::new(ProblemType::NatsUnavailable, detail).retry_after(self.retry_after)
+    }
+
+    fn overloaded(&self) -> Problem {
+        Problem::new(ProblemType::Overloaded, "too many publishes are awaiting storage").retry_after(1)
+    }
+}
+
+fn record((stream, participant): &(String, String), started: Instant, outcome: Result<bool, &Problem>) {
+    let outcome = match outcome {
+        Ok(false) => "stored",
+        Ok(true) => "duplicate",
+        Err(p) => p.kind.slug(),
+    };
+    metrics::histogram!("magistral_publish_duration_seconds", "stream" => stream.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!(
+        "magistral_publish_total",
+        "stream" => stream.clone(),
+        "participant" => participant.clone(),
+        "outcome" => outcome
+    )
+    .increment(1);
+}

@@ -1,0 +1,2 @@
+//! Shared helpers for the integration tests: real processes and fixtures, no mocks.
+pub mod nats;

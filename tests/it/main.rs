@@ -1,0 +1,4 @@
+//! Integration tests: one test binary (faster to link than one per file), a module per area.
+mod common;
+
+mod nats_harness;
