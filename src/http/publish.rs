@@ -60,7 +60,7 @@ pub async fn publish_one(
                     format!("the data nests deeper than {} levels", state.limits.max_json_depth),
                 ));
             }
-            let event: StructuredEvent<'_> = serde_json::from_slice(&body).map_err(publish::malformed)?;
+            let event = StructuredEvent::parse(&body).map_err(publish::malformed)?;
             let attributes = event.client_attributes()?;
             let data = event
                 .data

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use async_nats::HeaderMap as NatsHeaders;
 use axum::http::HeaderMap;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -52,15 +51,23 @@ pub fn from_http_headers(headers: &HeaderMap) -> Result<ClientAttributes, Proble
 }
 
 /// A structured-mode event: the envelope's attributes plus `data` as its exact bytes.
-#[derive(Deserialize)]
 pub struct StructuredEvent<'a> {
-    #[serde(borrow)]
     pub data: Option<&'a RawValue>,
-    #[serde(flatten, borrow)]
     pub attributes: BTreeMap<String, &'a RawValue>,
 }
 
-impl StructuredEvent<'_> {
+impl<'a> StructuredEvent<'a> {
+    /// Parses an envelope, borrowing every member from `body` (data is not re-serialised).
+    ///
+    /// # Errors
+    /// The body is not a JSON object.
+    pub fn parse(body: &'a [u8]) -> Result<Self, serde_json::Error> {
+        // `#[serde(flatten)]` cannot hold `RawValue`s, so the envelope is read as a map.
+        let mut attributes: BTreeMap<String, &'a RawValue> = serde_json::from_slice(body)?;
+        let data = attributes.remove("data");
+        Ok(Self { data, attributes })
+    }
+
     /// Attributes from the envelope.
     ///
     /// # Errors

@@ -1,0 +1,122 @@
+//! A gateway running in the test process (`magistral::run`) against a real nats-server,
+//! driven over real HTTP like a participant would.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use magistral::catalog::Catalog;
+use magistral::config::Config;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const BITRIX: &str = "bitrix-test-token-0001";
+pub const NAV: &str = "nav-test-token-00001";
+
+/// `tests/configs/<name>/magistral.toml`.
+pub fn scenario(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/configs").join(name).join("magistral.toml")
+}
+
+/// A file of the bundled example.
+pub fn example(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/wine-retail").join(rel)
+}
+
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<Result<(), magistral::RunError>>>,
+}
+
+impl Gateway {
+    /// Starts the `basic` scenario against `nats_url` and waits until it is ready.
+    pub async fn start(nats_url: &str) -> Gateway {
+        Self::start_with(scenario("basic"), nats_url, |_| {}).await
+    }
+
+    /// Starts a scenario, letting the test adjust the loaded config first.
+    pub async fn start_with(path: PathBuf, nats_url: &str, adjust: impl FnOnce(&mut Config)) -> Gateway {
+        let mut config = Config::load(Some(&path)).expect("scenario config loads");
+        config.nats.url = nats_url.to_owned();
+        adjust(&mut config);
+        let catalog = Catalog::load(&config).expect("scenario catalog loads");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(magistral::run(config, catalog, listener, shutdown.clone()));
+        let gateway = Gateway { addr, http: reqwest::Client::new(), shutdown, handle: Some(handle) };
+        gateway.wait_ready(Duration::from_secs(10)).await;
+        gateway
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Polls `/readyz` until 200.
+    pub async fn wait_ready(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(r) = self.http.get(self.url("/readyz")).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "gateway not ready within {within:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `POST /v1/publish/{subject}` as `token` with a JSON body.
+    pub fn publish(&self, token: &str, subject: &str, body: impl Into<reqwest::Body>) -> reqwest::RequestBuilder {
+        self.publish_as(token, subject, "application/json", body)
+    }
+
+    /// `POST /v1/publish/{subject}` with a given content type.
+    pub fn publish_as(
+        &self,
+        token: &str,
+        subject: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.url(&format!("/v1/publish/{subject}")))
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .body(body)
+    }
+
+    /// Stops the gateway and waits for it to finish draining.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            handle.await.expect("gateway task").expect("gateway run");
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A JetStream context on its own connection, for looking at what was stored.
+pub async fn jetstream(nats_url: &str) -> jetstream::Context {
+    jetstream::new(async_nats::connect(nats_url).await.expect("connect to test nats"))
+}
+
+/// Messages currently in a stream.
+pub async fn stream_count(js: &jetstream::Context, stream: &str) -> u64 {
+    js.get_stream(stream).await.expect("stream exists").info().await.expect("stream info").state.messages
+}
+
+/// The problem `type` slug of a problem+json response body.
+pub fn slug(body: &serde_json::Value) -> &str {
+    body["type"].as_str().unwrap_or_default().trim_start_matches("urn:magistral:problem:")
+}
