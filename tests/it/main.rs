@@ -2,4 +2,6 @@
 mod common;
 
 mod nats_harness;
+mod faults;
+mod process;
 mod publish;

@@ -1,0 +1,116 @@
+//! NATS goes away mid-run: publishes answer 503/504 (never a 2xx that was not stored),
+//! readiness fails, and publishing recovers when NATS is back — without restarting the gateway.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use futures::StreamExt;
+
+use crate::common::gateway::{jetstream, Gateway, BITRIX};
+use crate::common::nats::NatsServer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_outage_gives_503_and_recovers_without_losing_acknowledged_messages() {
+    let mut nats = NatsServer::start();
+    let gw = Arc::new(Gateway::start(&nats.url()).await);
+
+    // Four participants' worth of load, each message with its own id.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let gw = gw.clone();
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            let mut outcomes: Vec<(String, u16, Option<String>)> = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let id = format!("w{w}-{n}");
+                n += 1;
+                let response = gw
+                    .publish(BITRIX, "orders.misc", format!(r#"{{"n":"{id}"}}"#))
+                    .header("idempotency-key", &id)
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await
+                    .expect("the gateway always answers");
+                let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+                outcomes.push((id, response.status().as_u16(), retry_after));
+                if response.status().is_server_error() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            outcomes
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    nats.kill();
+    // Readiness must notice the outage.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = gw.http.get(gw.url("/readyz")).send().await.unwrap().status();
+        if status == 503 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/readyz stayed {status} with NATS down");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    nats.restart();
+    gw.wait_ready(Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::SeqCst);
+
+    let mut outcomes = Vec::new();
+    for w in workers {
+        outcomes.extend(w.await.unwrap());
+    }
+    let accepted: HashSet<&str> =
+        outcomes.iter().filter(|(_, s, _)| *s == 202).map(|(id, _, _)| id.as_str()).collect();
+    let unavailable: Vec<_> = outcomes.iter().filter(|(_, s, _)| *s == 503).collect();
+    let timeouts = outcomes.iter().filter(|(_, s, _)| *s == 504).count();
+    let other: Vec<_> = outcomes.iter().filter(|(_, s, _)| ![202, 503, 504].contains(s)).collect();
+    assert!(other.is_empty(), "only 202/503/504 expected, got {other:?}");
+    assert!(!unavailable.is_empty(), "the outage was never reported as 503");
+    assert!(unavailable.iter().all(|(_, _, ra)| ra.as_deref() == Some("3")), "503 carries Retry-After");
+    // Publishing recovered: the last answer of every worker is a 202.
+    for w in 0..4 {
+        let last = outcomes.iter().rfind(|(id, _, _)| id.starts_with(&format!("w{w}-"))).unwrap();
+        assert_eq!(last.1, 202, "worker {w} did not recover: {last:?}");
+    }
+
+    // Every 2xx is in the stream.
+    let js = jetstream(&nats.url()).await;
+    let stream = js.get_stream("ORDERS").await.unwrap();
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig { deliver_policy: DeliverPolicy::All, ..Default::default() })
+        .await
+        .unwrap();
+    let total = stream.clone().info().await.unwrap().state.messages;
+    let mut stored = HashSet::new();
+    let mut messages = consumer.messages().await.unwrap().take(total as usize);
+    while let Some(m) = messages.next().await {
+        let m = m.unwrap();
+        stored.insert(m.headers.as_ref().unwrap().get("Nats-Msg-Id").unwrap().as_str().to_owned());
+    }
+    let missing: Vec<_> = accepted.iter().filter(|id| !stored.contains(**id)).collect();
+    assert!(missing.is_empty(), "answered 202 but not stored: {missing:?}");
+    eprintln!(
+        "outage run: {} accepted, {} answered 503, {timeouts} answered 504, {} stored",
+        accepted.len(),
+        unavailable.len(),
+        stored.len()
+    );
+}
+
+/// SIGTERM-equivalent: readiness goes false at once and the gateway stops cleanly.
+#[tokio::test]
+async fn shutdown_stops_cleanly() {
+    let nats = NatsServer::start();
+    let gw = Gateway::start(&nats.url()).await;
+    assert_eq!(gw.publish(BITRIX, "orders.misc", "{}").send().await.unwrap().status(), 202);
+    tokio::time::timeout(Duration::from_secs(10), gw.stop()).await.expect("stops within the drain timeout");
+}

@@ -1,0 +1,243 @@
+//! Whole-process tests: the built `magistral` binary, started like an operator would, driven
+//! over HTTP like a participant would; `check` and `apply` as a CI job would run them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::gateway::{example, jetstream, stream_count};
+use crate::common::nats::NatsServer;
+
+const BIN: &str = env!("CARGO_BIN_EXE_magistral");
+
+fn magistral(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .envs(envs.iter().copied())
+        .env_remove("MAGISTRAL_CONFIG")
+        .output()
+        .expect("run magistral")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A copy of the example in a temp dir, for tests that break or change it.
+fn example_copy() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&example(""), dir.path());
+    let config = dir.path().join("magistral.toml");
+    (dir, config)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{from:?} not in {}", path.display());
+    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+}
+
+#[tokio::test]
+async fn the_binary_serves_the_example_and_stops_on_sigterm() {
+    let nats = NatsServer::start();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let config = example("magistral.toml");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env("MAGISTRAL_LISTEN", &listen)
+        .env("MAGISTRAL_NATS__URL", nats.url())
+        .env("MAGISTRAL_LOG__FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let base = format!("http://{listen}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the binary did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let publish = |token: &'static str, subject: &'static str, sample: &'static str| {
+        http.post(format!("{base}/v1/publish/{subject}"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(std::fs::read(example(&format!("samples/{sample}"))).unwrap())
+            .send()
+    };
+    let r = publish("bitrix-demo-token", "orders.created", "sales-order.valid.json").await.unwrap();
+    assert_eq!(r.status(), 202);
+    let r = publish("bitrix-demo-token", "orders.created", "sales-order.invalid.json").await.unwrap();
+    assert_eq!(r.status(), 422);
+    let r = publish("nav-demo-token", "orders.status", "order-status.error.json").await.unwrap();
+    assert_eq!(r.status(), 202);
+    let r = publish("nav-demo-token", "orders.status", "order-status.invalid.json").await.unwrap();
+    assert_eq!(r.status(), 422);
+    let r = publish("isimple-demo-token", "orders.status", "order-status.valid.json").await.unwrap();
+    assert_eq!(r.status(), 403, "the app may not report order status");
+    let js = jetstream(&nats.url()).await;
+    assert_eq!(stream_count(&js, "ORDERS").await, 2);
+    let spec: Value = http.get(format!("{base}/openapi.json")).send().await.unwrap().json().await.unwrap();
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3.1"));
+
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "no exit within 15 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "exit after SIGTERM: {exit:?}");
+    let mut logs = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut logs).unwrap();
+    assert!(logs.lines().any(|l| l.starts_with('{') && l.contains("magistral listening")), "JSON logs: {logs}");
+    assert!(!logs.contains("demo-token"), "a token reached the logs");
+}
+
+#[test]
+fn check_accepts_the_example() {
+    let out = magistral(&["check", "--config", example("magistral.toml").to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
+}
+
+/// Each broken configuration: what to break, and what the message must name.
+#[test]
+fn check_names_file_and_field_of_every_problem() {
+    type Breakage = (&'static str, fn(&Path), &'static [&'static str]);
+    let cases: &[Breakage] = &[
+        (
+            "unknown key",
+            |d| edit(&d.join("magistral.toml"), "require_contract = true", "require_contracts = true"),
+            &["magistral.toml", "require_contracts"],
+        ),
+        (
+            "wrongly typed value",
+            |d| edit(&d.join("magistral.toml"), "max_json_depth = 32", "max_json_depth = \"deep\""),
+            &["magistral.toml", "limits.max_json_depth"],
+        ),
+        (
+            "token hash not hex",
+            |d| edit(&d.join("magistral.toml"), "sha256 = \"5083", "sha256 = \"zz83"),
+            &["magistral.toml", "participants.bitrix.tokens[0]", "64 hexadecimal"],
+        ),
+        (
+            "token env var unset",
+            |d| edit(&d.join("magistral.toml"), "tokens = [{ sha256 = \"5083", "tokens = [{ env = \"MAGISTRAL_TEST_UNSET_TOKEN\" }, { sha256 = \"5083"),
+            &["participants.bitrix.tokens[0]", "MAGISTRAL_TEST_UNSET_TOKEN"],
+        ),
+        (
+            "bad permission pattern",
+            |d| edit(&d.join("magistral.toml"), "publish = [\"orders.created\"]", "publish = [\"orders.>.x\"]"),
+            &["participants.bitrix.publish[0]"],
+        ),
+        (
+            "schema does not compile",
+            |d| edit(&d.join("contracts/sales-order.v1.json"), "\"type\": \"object\"", "\"type\": 12"),
+            &["sales-order.v1.json", "JSON Schema"],
+        ),
+        (
+            "schema file missing",
+            |d| std::fs::remove_file(d.join("contracts/order-status.v1.json")).unwrap(),
+            &["magistral.toml", "contracts[1].file", "order-status.v1.json"],
+        ),
+        (
+            "binding no stream stores",
+            |d| edit(&d.join("magistral.toml"), "subjects = [\"orders.status\"]", "subjects = [\"invoices.>\"]"),
+            &["contracts[1].subjects[0]", "invoices.>"],
+        ),
+        (
+            "stream file not JSON",
+            |d| edit(&d.join("streams/ORDERS.json"), "\"name\"", "name"),
+            &["ORDERS.json", "not JSON"],
+        ),
+        (
+            "stream file without subjects",
+            |d| edit(&d.join("streams/ORDERS.json"), "\"subjects\"", "\"subjects_typo\""),
+            &["ORDERS.json"],
+        ),
+    ];
+    for (what, break_it, expected) in cases {
+        let (dir, config) = example_copy();
+        break_it(dir.path());
+        let out = magistral(&["check", "--config", config.to_str().unwrap()], &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{what}: exit code; stderr: {stderr}");
+        for needle in *expected {
+            assert!(stderr.contains(needle), "{what}: {needle:?} not named in: {stderr}");
+        }
+    }
+    // Serve refuses the same way, before touching the network.
+    let (dir, config) = example_copy();
+    edit(&dir.path().join("magistral.toml"), "max_json_depth = 32", "max_json_depth = -1");
+    let out = magistral(&["serve", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("limits.max_json_depth"));
+    // A missing file is named too.
+    let out = magistral(&["check", "--config", "/nonexistent/magistral.toml"], &[]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/magistral.toml"));
+}
+
+#[tokio::test]
+async fn apply_dry_run_shows_the_difference_and_apply_makes_it() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let env = [("MAGISTRAL_NATS__URL", url.as_str())];
+    let (dir, config) = example_copy();
+    let config = config.to_str().unwrap().to_owned();
+    let js = jetstream(&url).await;
+
+    let out = magistral(&["apply", "--dry-run", "--config", &config], &env);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("+ stream ORDERS: create"));
+    assert!(js.get_stream("ORDERS").await.is_err(), "dry run created the stream");
+
+    let out = magistral(&["apply", "--config", &config], &env);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(js.get_stream("ORDERS").await.is_ok());
+    let out = magistral(&["apply", "--dry-run", "--config", &config], &env);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("= stream ORDERS: unchanged"));
+
+    // 30 days → 90 days.
+    edit(&dir.path().join("streams/ORDERS.json"), "2592000000000000", "7776000000000000");
+    let out = magistral(&["apply", "--dry-run", "--config", &config], &env);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("~ stream ORDERS: update") && stdout.contains("max_age"), "{stdout}");
+    let max_age = |js: async_nats::jetstream::Context| async move {
+        js.get_stream("ORDERS").await.unwrap().info().await.unwrap().config.max_age
+    };
+    assert_eq!(max_age(js.clone()).await, Duration::from_secs(30 * 86_400));
+    let out = magistral(&["apply", "--config", &config], &env);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(max_age(js.clone()).await, Duration::from_secs(90 * 86_400));
+
+    // NATS unreachable: exit 69.
+    drop(nats);
+    let out = magistral(&["apply", "--config", &config], &env);
+    assert_eq!(out.status.code(), Some(69), "{}", String::from_utf8_lossy(&out.stderr));
+}
