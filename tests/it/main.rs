@@ -5,3 +5,4 @@ mod nats_harness;
 mod faults;
 mod process;
 mod publish;
+mod openapi;
