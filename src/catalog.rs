@@ -2,10 +2,13 @@
 //! whole (`magistral check`), and consulted on every request.
 
 use std::fs;
+use std::sync::Arc;
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ConfigError, ConfigProblem, TokenSource};
 use crate::contracts::{Contract, Contracts};
+use crate::delivery::subscription::Subscription;
+use crate::delivery::system;
 use crate::participants::{hash_token, Participant, Participants};
 use crate::streams::StreamDef;
 use crate::subject::{self, PatternSet};
@@ -15,7 +18,9 @@ use crate::subject::{self, PatternSet};
 pub struct Catalog {
     pub participants: Participants,
     pub contracts: Contracts,
+    /// Declared streams, then the gateway's system streams.
     pub streams: Vec<StreamDef>,
+    pub subscriptions: Vec<Arc<Subscription>>,
     pub require_contract: bool,
 }
 
@@ -51,12 +56,17 @@ impl Catalog {
                     Err(message) => problem(config_file.clone(), field, message),
                 }
             }
-            for (i, pattern) in p.publish.iter().enumerate() {
-                if let Err(message) = subject::validate_pattern(pattern) {
-                    problem(config_file.clone(), format!("participants.{name}.publish[{i}]"), message);
+            for (kind, patterns) in [("publish", &p.publish), ("subscribe", &p.subscribe)] {
+                for (i, pattern) in patterns.iter().enumerate() {
+                    if let Err(message) = subject::validate_pattern(pattern) {
+                        problem(config_file.clone(), format!("participants.{name}.{kind}[{i}]"), message);
+                    }
                 }
             }
-            participants.push(Participant::new(name.clone(), hashes, PatternSet::new(p.publish.clone())));
+            let mut participant = Participant::new(name.clone(), hashes, PatternSet::new(p.publish.clone()));
+            participant.subscribe = PatternSet::new(p.subscribe.clone());
+            participant.admin = p.admin;
+            participants.push(participant);
         }
 
         // Streams.
@@ -126,8 +136,31 @@ impl Catalog {
             }
         }
 
+        // Subscriptions, over the declared and the system streams.
+        let declared_streams = streams.len();
+        streams.extend(system::streams(&config.system));
+        let mut subscriptions = Vec::new();
+        for (name, cfg) in &config.subscriptions {
+            let permissions = config.participants.get(&cfg.participant).map(|p| p.subscribe.as_slice());
+            match Subscription::resolve(name, cfg, config, &streams, permissions) {
+                Ok(sub) => subscriptions.push(Arc::new(sub)),
+                Err(list) => {
+                    for (field, message) in list {
+                        let field = if field.is_empty() { format!("subscriptions.{name}") } else { format!("subscriptions.{name}.{field}") };
+                        problem(config_file.clone(), field, message);
+                    }
+                }
+            }
+        }
+        for def in &streams[..declared_streams] {
+            if def.name().starts_with("MAGISTRAL_") || def.config.subjects.iter().any(|s| s.starts_with(system::RESERVED_PREFIX) || s == ">") {
+                problem(Some(def.file.clone()), "name".into(), "MAGISTRAL_* streams and magistral.> subjects belong to the gateway".into());
+            }
+        }
+
         if problems.is_empty() {
             Ok(Self {
+                subscriptions,
                 participants: Participants::new(participants),
                 contracts: Contracts::new(contracts),
                 streams,
@@ -142,6 +175,11 @@ impl Catalog {
     #[must_use]
     pub fn stream_for(&self, subject: &str) -> Option<&StreamDef> {
         self.streams.iter().find(|s| s.binds(subject))
+    }
+
+    #[must_use]
+    pub fn subscription(&self, name: &str) -> Option<&Arc<Subscription>> {
+        self.subscriptions.iter().find(|s| s.name == name)
     }
 }
 

@@ -33,6 +33,13 @@ pub struct Config {
     pub contracts: Vec<ContractBinding>,
     /// Connected systems, by name.
     pub participants: BTreeMap<String, ParticipantConfig>,
+    /// Push subscriptions, by name (the name is part of consumer and subject names).
+    pub subscriptions: BTreeMap<String, SubscriptionConfig>,
+    /// The gateway's own streams: dead letters, delivery status events, replays.
+    pub system: SystemConfig,
+    /// How often configuration files are checked for changes (0 = only on SIGHUP).
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
     /// The file these settings came from; relative paths resolve against its folder.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -53,6 +60,10 @@ impl Default for Config {
             log: LogConfig::default(),
             contracts: Vec::new(),
             participants: BTreeMap::new(),
+            subscriptions: BTreeMap::new(),
+            system: SystemConfig::default(),
+            // Cheap (a few small files hashed) and quick enough for a ConfigMap update.
+            reload_interval: Duration::from_secs(5),
             source: None,
         }
     }
@@ -197,6 +208,174 @@ pub struct ParticipantConfig {
     /// Subject patterns the participant may publish to.
     #[serde(default)]
     pub publish: Vec<String>,
+    /// Subject patterns the participant may subscribe to.
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+    /// May operate every subscription (pause, resume, replay), not only its own.
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// A participant's standing interest in subjects, delivered by HTTP push.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionConfig {
+    /// The participant that owns it; it needs subscribe permission for every subject.
+    pub participant: String,
+    /// Subject patterns (filters) to deliver.
+    pub subjects: Vec<String>,
+    /// Where to deliver (http or https).
+    pub endpoint: String,
+    #[serde(default)]
+    pub method: DeliveryMethod,
+    /// Extra request headers, e.g. `Authorization` for an ERP web service.
+    #[serde(default)]
+    pub headers: BTreeMap<String, SecretValue>,
+    /// Per-attempt HTTP timeout.
+    #[serde(default = "defaults::delivery_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Delay before each retry; the last one repeats.
+    #[serde(default = "defaults::retry_schedule")]
+    pub retry_schedule: Vec<Delay>,
+    /// Attempts before a message is dead-lettered.
+    #[serde(default = "defaults::max_attempts")]
+    pub max_attempts: u32,
+    /// One message in flight across all replicas, in stream order.
+    #[serde(default)]
+    pub ordered: bool,
+    /// Ordered only: when a message exhausts its attempts, dead-letter it and go on, or
+    /// block the subscription until an operator acts.
+    #[serde(default)]
+    pub on_exhausted: OnExhausted,
+    /// Unordered only: deliveries in flight at once (per subscription, all replicas).
+    #[serde(default = "defaults::max_in_flight")]
+    pub max_in_flight: u32,
+    /// Deliveries per second per gateway replica; none = unlimited.
+    #[serde(default)]
+    pub rate_limit: Option<f64>,
+    /// Standard Webhooks secrets (`whsec_<base64>`); several sign at once during rotation.
+    #[serde(default)]
+    pub signing_secrets: Vec<SecretValue>,
+    /// Retry 4xx answers (except 410) instead of dead-lettering them at once.
+    #[serde(default)]
+    pub retry_client_errors: bool,
+    /// Consecutive failures that open the circuit breaker.
+    #[serde(default = "defaults::breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before one probe delivery.
+    #[serde(default = "defaults::breaker_cooldown", with = "humantime_serde")]
+    pub breaker_cooldown: Duration,
+    /// Where a new subscription starts: `new` messages only, or `all` the stream holds.
+    #[serde(default)]
+    pub start: StartPosition,
+    /// How long a delivery may go silent before JetStream gives the message to another
+    /// replica (a crashed one's). In-progress acks every third of it keep slow endpoints
+    /// from causing duplicates.
+    #[serde(default = "defaults::ack_wait", with = "humantime_serde")]
+    pub ack_wait: Duration,
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    // An ERP web service answering a sales order may take seconds; 10 s bounds a hung one.
+    pub fn delivery_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    // Internal systems: quick first retries for blips, then back off to hourly.
+    pub fn retry_schedule() -> Vec<super::Delay> {
+        [1, 5, 30, 120, 600, 1800, 3600].map(|s| super::Delay(Duration::from_secs(s))).to_vec()
+    }
+    // 1s..1h then hourly: about a day of trying before a person must look.
+    pub fn max_attempts() -> u32 {
+        30
+    }
+    pub fn max_in_flight() -> u32 {
+        32
+    }
+    pub fn breaker_failures() -> u32 {
+        5
+    }
+    pub fn ack_wait() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn breaker_cooldown() -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
+/// A duration written as `"30s"`, `"2m"`, `"1h"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Delay(#[serde(with = "humantime_serde")] pub Duration);
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DeliveryMethod {
+    #[default]
+    Post,
+    Put,
+    Patch,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnExhausted {
+    #[default]
+    DeadLetter,
+    Block,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartPosition {
+    #[default]
+    New,
+    All,
+}
+
+/// A value given literally, or read from an environment variable or a file.
+#[derive(Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SecretValue {
+    Literal(String),
+    Env { env: String },
+    File { file: PathBuf },
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Literal(_) => f.write_str("Literal(<redacted>)"),
+            Self::Env { env } => write!(f, "Env({env})"),
+            Self::File { file } => write!(f, "File({})", file.display()),
+        }
+    }
+}
+
+/// The gateway's own streams.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SystemConfig {
+    /// Replicas of the system streams and KV bucket (3 on a NATS cluster).
+    pub replicas: usize,
+    /// How long dead letters are kept.
+    #[serde(with = "humantime_serde")]
+    pub dead_letter_max_age: Duration,
+    /// How long delivery status events are kept.
+    #[serde(with = "humantime_serde")]
+    pub events_max_age: Duration,
+}
+
+impl Default for SystemConfig {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            // Long enough to survive a holiday weekend before someone replays them.
+            dead_letter_max_age: Duration::from_secs(30 * 86_400),
+            events_max_age: Duration::from_secs(7 * 86_400),
+        }
+    }
 }
 
 /// Where a participant's token comes from. The token itself is never in the config file.

@@ -9,6 +9,8 @@
 //! - [`contracts`]: JSON Schema contracts bound to subjects.
 //! - [`streams`]: stream files and reconciling them with the server (`magistral apply`).
 //! - [`publish`]: the publish path, from checked bytes to PubAck; CloudEvents headers.
+//! - [`delivery`]: push subscriptions: consumers, HTTP attempts, retries, dead letters.
+//! - [`reload`]: configuration changes picked up without a restart.
 //! - [`http`]: routes, extractors, the RFC 9457 error contract, operations endpoints.
 //! - [`nats`]: the NATS connection; [`telemetry`]: logs and metrics; [`dev`]: `magistral dev`.
 #![forbid(unsafe_code)]
@@ -16,11 +18,13 @@
 pub mod catalog;
 pub mod config;
 pub mod contracts;
+pub mod delivery;
 pub mod dev;
 pub mod http;
 pub mod nats;
 pub mod participants;
 pub mod publish;
+pub mod reload;
 pub mod streams;
 pub mod subject;
 pub mod telemetry;
@@ -45,6 +49,8 @@ pub enum RunError {
     Nats(#[from] nats::ConnectError),
     #[error("serving HTTP: {0}")]
     Serve(#[from] std::io::Error),
+    #[error("delivery engine: {0}")]
+    Delivery(String),
 }
 
 /// Runs the gateway until `shutdown` is cancelled, then drains: readiness goes false, new
@@ -60,6 +66,9 @@ pub async fn run(config: Config, catalog: Catalog, listener: TcpListener, shutdo
     let client = nats::connect(&config.nats).await?;
     let limits = Arc::new(config.limits.clone());
     let publisher = Publisher::new(client.clone(), &limits);
+    let tasks = TaskTracker::new();
+    let engine = delivery::Engine::new(publisher.jetstream().clone(), config.system.replicas).map_err(RunError::Delivery)?;
+    let deliveries = Arc::new(delivery::Deliveries::new(Arc::new(engine), tasks.clone(), shutdown.clone()));
     let state = AppState {
         catalog: Arc::new(ArcSwap::from_pointee(catalog)),
         limits: limits.clone(),
@@ -67,9 +76,9 @@ pub async fn run(config: Config, catalog: Catalog, listener: TcpListener, shutdo
         client: client.clone(),
         health: Arc::new(Health::default()),
         metrics: telemetry::metrics_handle(),
+        deliveries,
     };
-    let tasks = TaskTracker::new();
-    tasks.spawn(reconcile_until_done(state.clone(), shutdown.clone()));
+    tasks.spawn(start_when_reconciled(state.clone(), config.clone(), shutdown.clone()));
 
     let app = http::router(state.clone());
     let addr = listener.local_addr()?;
@@ -99,25 +108,16 @@ pub async fn run(config: Config, catalog: Catalog, listener: TcpListener, shutdo
     Ok(())
 }
 
-/// Creates or updates every declared stream, retrying with backoff until it succeeds or the
-/// gateway stops. Never deletes.
-async fn reconcile_until_done(state: AppState, shutdown: CancellationToken) {
+/// Reconciles streams (retrying while NATS is unreachable), then starts deliveries and
+/// the configuration watcher.
+async fn start_when_reconciled(state: AppState, config: Config, shutdown: CancellationToken) {
     let mut delay = Duration::from_millis(200);
     loop {
         let catalog = state.catalog.load_full();
-        let mut failed = false;
-        for def in &catalog.streams {
-            match streams::reconcile(state.publisher.jetstream(), def, false).await {
-                Ok(change) => tracing::info!(%change, "stream reconciled"),
-                Err(err) => {
-                    tracing::warn!(%err, "stream reconcile failed; will retry");
-                    failed = true;
-                }
-            }
-        }
-        if !failed {
+        if reconcile_all(&state, &catalog).await {
             state.health.set_streams_reconciled();
-            return;
+            state.deliveries.apply(&catalog);
+            break;
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -125,4 +125,20 @@ async fn reconcile_until_done(state: AppState, shutdown: CancellationToken) {
         }
         delay = (delay * 2).min(Duration::from_secs(10));
     }
+    reload::watch(state, config, shutdown).await;
+}
+
+/// Creates or updates every stream of the catalog (never deletes); true when all succeeded.
+pub async fn reconcile_all(state: &AppState, catalog: &Catalog) -> bool {
+    let mut ok = true;
+    for def in &catalog.streams {
+        match streams::reconcile(state.publisher.jetstream(), def, false).await {
+            Ok(change) => tracing::info!(%change, "stream reconciled"),
+            Err(err) => {
+                tracing::warn!(%err, "stream reconcile failed; will retry");
+                ok = false;
+            }
+        }
+    }
+    ok
 }

@@ -12,6 +12,9 @@ pub struct Participant {
     /// SHA-256 of each accepted token; the tokens themselves are not kept.
     pub(crate) token_hashes: Vec<[u8; 32]>,
     pub publish: PatternSet,
+    pub subscribe: PatternSet,
+    /// May operate every subscription, not only its own.
+    pub admin: bool,
     /// The CloudEvents `source` stamped on everything this participant publishes.
     pub source: String,
 }
@@ -20,7 +23,7 @@ impl Participant {
     #[must_use]
     pub fn new(name: String, token_hashes: Vec<[u8; 32]>, publish: PatternSet) -> Self {
         let source = format!("/participants/{name}");
-        Self { name, token_hashes, publish, source }
+        Self { name, token_hashes, publish, subscribe: PatternSet::default(), admin: false, source }
     }
 }
 

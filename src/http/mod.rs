@@ -4,6 +4,7 @@
 pub mod ops;
 pub mod problem;
 pub mod publish;
+pub mod subscriptions;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,6 +33,7 @@ pub struct AppState {
     pub client: async_nats::Client,
     pub health: Arc<Health>,
     pub metrics: PrometheusHandle,
+    pub deliveries: Arc<crate::delivery::Deliveries>,
 }
 
 /// Readiness facts the background tasks update.
@@ -57,6 +59,12 @@ impl Health {
 pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/publish/{subject}"),
     ("post", "/v1/publish"),
+    ("get", "/v1/subscriptions"),
+    ("get", "/v1/subscriptions/{name}"),
+    ("post", "/v1/subscriptions/{name}/pause"),
+    ("post", "/v1/subscriptions/{name}/resume"),
+    ("get", "/v1/subscriptions/{name}/dead-letters"),
+    ("post", "/v1/subscriptions/{name}/dead-letters/replay"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -68,6 +76,12 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/publish/{subject}", post(publish::publish_one))
         .route("/v1/publish", post(publish::publish_batch))
+        .route("/v1/subscriptions", get(subscriptions::list))
+        .route("/v1/subscriptions/{name}", get(subscriptions::show))
+        .route("/v1/subscriptions/{name}/pause", post(subscriptions::pause))
+        .route("/v1/subscriptions/{name}/resume", post(subscriptions::resume))
+        .route("/v1/subscriptions/{name}/dead-letters", get(subscriptions::dead_letters))
+        .route("/v1/subscriptions/{name}/dead-letters/replay", post(subscriptions::replay))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -31,6 +31,7 @@ pub enum ProblemType {
     PublishTimeout,
     Overloaded,
     NotFound,
+    InvalidQuery,
     MethodNotAllowed,
     Internal,
 }
@@ -58,6 +59,7 @@ impl ProblemType {
         Self::PublishTimeout,
         Self::Overloaded,
         Self::NotFound,
+        Self::InvalidQuery,
         Self::MethodNotAllowed,
         Self::Internal,
     ];
@@ -86,6 +88,7 @@ impl ProblemType {
             Self::PublishTimeout => "publish-timeout",
             Self::Overloaded => "overloaded",
             Self::NotFound => "not-found",
+            Self::InvalidQuery => "invalid-query",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::Internal => "internal",
         }
@@ -99,7 +102,8 @@ impl ProblemType {
             | Self::JsonTooDeep
             | Self::InvalidSubject
             | Self::InvalidCloudEvent
-            | Self::InvalidId => StatusCode::BAD_REQUEST,
+            | Self::InvalidId
+            | Self::InvalidQuery => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge | Self::TooManyItems => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -138,6 +142,7 @@ impl ProblemType {
             Self::PublishTimeout => "JetStream did not confirm storage in time",
             Self::Overloaded => "The gateway is at its in-flight limit",
             Self::NotFound => "No such resource",
+            Self::InvalidQuery => "The query parameters are invalid",
             Self::MethodNotAllowed => "The method is not allowed on this resource",
             Self::Internal => "Internal error",
         }

@@ -71,6 +71,12 @@ pub fn prepare(catalog: &Catalog, limits: &Limits, participant: &Participant, dr
 
     subject::validate_publish_subject(&subject, limits.max_subject_length)
         .map_err(|e| Problem::new(ProblemType::InvalidSubject, format!("{subject:?}: {e}")))?;
+    if subject.starts_with(crate::delivery::system::RESERVED_PREFIX) {
+        return Err(Problem::new(
+            ProblemType::InvalidSubject,
+            format!("{subject:?}: subjects under `magistral.` are reserved for the gateway"),
+        ));
+    }
     if !participant.publish.allows(&subject) {
         return Err(Problem::new(
             ProblemType::Forbidden,

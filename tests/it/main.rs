@@ -2,6 +2,7 @@
 mod common;
 
 mod nats_harness;
+mod delivery;
 mod faults;
 mod process;
 mod publish;

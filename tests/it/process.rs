@@ -67,7 +67,7 @@ async fn the_binary_serves_the_example_and_stops_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let http = reqwest::Client::new();
+    let http = crate::common::http_client();
     let base = format!("http://{listen}");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {

@@ -48,7 +48,7 @@ impl Gateway {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(magistral::run(config, catalog, listener, shutdown.clone()));
-        let gateway = Gateway { addr, http: reqwest::Client::new(), shutdown, handle: Some(handle) };
+        let gateway = Gateway { addr, http: crate::common::http_client(), shutdown, handle: Some(handle) };
         gateway.wait_ready(Duration::from_secs(10)).await;
         gateway
     }
@@ -119,4 +119,48 @@ pub async fn stream_count(js: &jetstream::Context, stream: &str) -> u64 {
 /// The problem `type` slug of a problem+json response body.
 pub fn slug(body: &serde_json::Value) -> &str {
     body["type"].as_str().unwrap_or_default().trim_start_matches("urn:magistral:problem:")
+}
+
+pub const OPS: &str = "ops-test-token-000001";
+
+/// A push subscription config for tests: quick retries, breaker out of the way unless asked.
+pub fn subscription(participant: &str, subjects: &[&str], endpoint: &str, extra: serde_json::Value) -> magistral::config::SubscriptionConfig {
+    let mut value = serde_json::json!({
+        "participant": participant,
+        "subjects": subjects,
+        "endpoint": endpoint,
+        "retry_schedule": ["100ms", "200ms", "400ms"],
+        "breaker_failures": 1000,
+        "timeout": "5s",
+    });
+    if let (Some(base), serde_json::Value::Object(extra)) = (value.as_object_mut(), extra) {
+        base.extend(extra);
+    }
+    serde_json::from_value(value).expect("test subscription config")
+}
+
+impl Gateway {
+    /// The basic scenario plus the given subscriptions.
+    pub async fn with_subscriptions(nats_url: &str, subs: Vec<(&str, magistral::config::SubscriptionConfig)>) -> Gateway {
+        Self::start_with(scenario("basic"), nats_url, move |c| {
+            for (name, sub) in subs {
+                c.subscriptions.insert(name.to_owned(), sub);
+            }
+        })
+        .await
+    }
+
+    /// `GET` a JSON resource as `token`.
+    pub async fn get_json(&self, token: &str, path: &str) -> serde_json::Value {
+        let r = self.http.get(self.url(path)).bearer_auth(token).send().await.unwrap();
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    /// `POST` JSON as `token`; returns status and body.
+    pub async fn post_json(&self, token: &str, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let r = self.http.post(self.url(path)).bearer_auth(token).json(&body).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
 }

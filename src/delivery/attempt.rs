@@ -1,0 +1,167 @@
+//! One delivery attempt: the HTTP request (body as stored, CloudEvents binary-mode headers,
+//! Standard Webhooks signature, trace context, the subscription's own headers), in-progress
+//! acks while it runs, and the endpoint's answer classified.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+
+use super::outcome::{parse_retry_after, Class};
+use super::signature;
+use super::subscription::Subscription;
+
+/// Longest part of an endpoint's answer kept for operators (dead letters, status).
+pub const EXCERPT_BYTES: usize = 512;
+
+/// What one attempt came to.
+#[derive(Debug, Clone)]
+pub struct AttemptResult {
+    pub class: Class,
+    pub status: Option<u16>,
+    pub retry_after: Option<Duration>,
+    /// The start of the response body, or the transport error.
+    pub excerpt: String,
+    pub elapsed: Duration,
+}
+
+/// The id receivers deduplicate by: `ce-id`, else `Nats-Msg-Id`, else stream and sequence.
+#[must_use]
+pub fn message_id(message: &jetstream::Message) -> String {
+    let header = |name: &str| message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
+    header("ce-id").or_else(|| header("Nats-Msg-Id")).unwrap_or_else(|| {
+        message
+            .info()
+            .map(|i| format!("{}-{}", i.stream, i.stream_sequence))
+            .unwrap_or_default()
+    })
+}
+
+/// The subject the message was published to (replays carry it in a header).
+#[must_use]
+pub fn original_subject(message: &jetstream::Message) -> String {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(super::dead_letter::ORIGINAL_SUBJECT))
+        .map_or_else(|| message.subject.to_string(), |v| v.as_str().to_owned())
+}
+
+/// Sends one attempt. While it runs, in-progress acks keep JetStream from redelivering
+/// the message to another replica, whatever the endpoint's timeout.
+pub async fn send(
+    http: &reqwest::Client,
+    sub: &Subscription,
+    message: &jetstream::Message,
+    attempt: u32,
+    ack_wait: Duration,
+) -> AttemptResult {
+    let started = Instant::now();
+    let headers = request_headers(sub, message, attempt);
+    let request = http
+        .request(sub.method.clone(), sub.endpoint.clone())
+        .headers(headers)
+        .timeout(sub.timeout)
+        .body(message.payload.clone())
+        .send();
+    tokio::pin!(request);
+    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + ack_wait / 3, ack_wait / 3);
+    let response = loop {
+        tokio::select! {
+            response = &mut request => break response,
+            _ = progress.tick() => {
+                let _ = message.ack_with(AckKind::Progress).await;
+            }
+        }
+    };
+    let mut result = match response {
+        Ok(mut response) => {
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            let mut excerpt = Vec::new();
+            if !(200..300).contains(&status) {
+                while excerpt.len() < EXCERPT_BYTES {
+                    match tokio::time::timeout(Duration::from_secs(2), response.chunk()).await {
+                        Ok(Ok(Some(chunk))) => excerpt.extend_from_slice(&chunk),
+                        _ => break,
+                    }
+                }
+                excerpt.truncate(EXCERPT_BYTES);
+            }
+            AttemptResult {
+                class: Class::of_status(status, retry_after.is_some()),
+                status: Some(status),
+                retry_after,
+                excerpt: String::from_utf8_lossy(&excerpt).into_owned(),
+                elapsed: Duration::ZERO,
+            }
+        }
+        Err(err) => AttemptResult {
+            class: if err.is_timeout() { Class::Timeout } else { Class::Unreachable },
+            status: None,
+            retry_after: None,
+            excerpt: error_chain(&err),
+            elapsed: Duration::ZERO,
+        },
+    };
+    result.elapsed = started.elapsed();
+    result
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text.truncate(EXCERPT_BYTES);
+    text
+}
+
+/// CloudEvents HTTP binary mode: every `ce-*` NATS header as is (both bindings use the same
+/// percent-encoding), `content-type`, trace context; then Standard Webhooks headers.
+fn request_headers(sub: &Subscription, message: &jetstream::Message, attempt: u32) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(nats) = &message.headers {
+        for (name, values) in nats.iter() {
+            let lower = name.to_string().to_ascii_lowercase();
+            if lower.starts_with("ce-") || lower == "traceparent" || lower == "tracestate" || lower == "content-type" {
+                if let (Ok(name), Some(value)) = (HeaderName::from_bytes(lower.as_bytes()), values.first())
+                    && let Ok(value) = HeaderValue::from_str(value.as_str())
+                {
+                    headers.insert(name, value);
+                }
+            }
+        }
+    }
+    headers.entry(CONTENT_TYPE).or_insert(HeaderValue::from_static("application/json"));
+    let id = message_id(message);
+    let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        headers.insert("webhook-id", v);
+    }
+    headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
+    if !sub.signing_keys.is_empty() {
+        let signature = signature::sign(&sub.signing_keys, &id, timestamp, &message.payload);
+        if let Ok(v) = HeaderValue::from_str(&signature) {
+            headers.insert("webhook-signature", v);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&original_subject(message)) {
+        headers.insert("magistral-subject", v);
+    }
+    headers.insert("magistral-attempt", HeaderValue::from(attempt));
+    if let Ok(v) = HeaderValue::from_str(&sub.name) {
+        headers.insert("magistral-subscription", v);
+    }
+    for (name, value) in &sub.headers {
+        headers.insert(name.clone(), value.clone());
+    }
+    headers
+}

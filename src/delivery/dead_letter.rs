@@ -1,0 +1,300 @@
+//! Dead letters and delivery status events.
+//!
+//! A dead letter is the original message (headers and body) republished to
+//! `magistral.dlq.<subscription>` with `Magistral-*` headers saying why. Replay moves it to
+//! `magistral.replay.<subscription>`, which only that subscription's consumer reads, so
+//! the subject's other subscribers never see it twice. Status events go to
+//! `magistral.delivery.<event>.<subscription>` as JSON, for participants to subscribe to.
+
+use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use percent_encoding::{utf8_percent_encode, CONTROLS};
+use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use super::attempt::{message_id, original_subject, AttemptResult};
+use super::system::{dlq_subject, event_subject, replay_subject, DLQ_STREAM};
+
+pub const ORIGINAL_SUBJECT: &str = "Magistral-Original-Subject";
+const ORIGINAL_STREAM: &str = "Magistral-Original-Stream";
+const ORIGINAL_SEQ: &str = "Magistral-Original-Seq";
+const SUBSCRIPTION: &str = "Magistral-Subscription";
+const CLASS: &str = "Magistral-Failure-Class";
+const STATUS: &str = "Magistral-Last-Status";
+const ATTEMPTS: &str = "Magistral-Attempts";
+const FIRST_ATTEMPT: &str = "Magistral-First-Attempt";
+const LAST_ATTEMPT: &str = "Magistral-Last-Attempt";
+const EXCERPT: &str = "Magistral-Response-Excerpt";
+
+/// Why a message failed, as recorded with the dead letter and in status events.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub result: AttemptResult,
+    pub attempts: u32,
+    pub first_attempt: OffsetDateTime,
+    pub last_attempt: OffsetDateTime,
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// Stores the message in the dead-letter stream and waits for the PubAck.
+///
+/// # Errors
+/// NATS did not store it; the caller must not terminate the original then.
+pub async fn store(js: &jetstream::Context, subscription: &str, message: &jetstream::Message, failure: &Failure) -> Result<(), String> {
+    let mut headers = HeaderMap::new();
+    if let Some(original) = &message.headers {
+        for (name, values) in original.iter() {
+            let n = name.to_string();
+            // A dead letter must never be deduplicated away, and old reasons are replaced.
+            if n.eq_ignore_ascii_case("Nats-Msg-Id") || n.starts_with("Magistral-") {
+                if n == ORIGINAL_SUBJECT || n == ORIGINAL_STREAM || n == ORIGINAL_SEQ {
+                    for v in values {
+                        headers.append(n.as_str(), v.as_str());
+                    }
+                }
+                continue;
+            }
+            for v in values {
+                headers.append(n.as_str(), v.as_str());
+            }
+        }
+    }
+    if headers.get(ORIGINAL_SUBJECT).is_none() {
+        headers.insert(ORIGINAL_SUBJECT, message.subject.as_str());
+        if let Ok(info) = message.info() {
+            headers.insert(ORIGINAL_STREAM, info.stream);
+            headers.insert(ORIGINAL_SEQ, info.stream_sequence.to_string().as_str());
+        }
+    }
+    headers.insert(SUBSCRIPTION, subscription);
+    headers.insert(CLASS, failure.result.class.slug());
+    if let Some(status) = failure.result.status {
+        headers.insert(STATUS, status.to_string().as_str());
+    }
+    headers.insert(ATTEMPTS, failure.attempts.to_string().as_str());
+    headers.insert(FIRST_ATTEMPT, rfc3339(failure.first_attempt).as_str());
+    headers.insert(LAST_ATTEMPT, rfc3339(failure.last_attempt).as_str());
+    headers.insert(EXCERPT, utf8_percent_encode(&failure.result.excerpt, CONTROLS).to_string().as_str());
+    let ack = js
+        .publish_with_headers(dlq_subject(subscription), headers, message.payload.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    ack.await.map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// A delivery status event (`magistral.delivery.<event>.<subscription>`).
+#[derive(Debug, Serialize)]
+pub struct StatusEvent {
+    pub event: &'static str,
+    pub subscription: String,
+    pub message_id: String,
+    pub subject: String,
+    /// `ce-correlationid` of the message, when the publisher set one.
+    pub correlation_id: Option<String>,
+    /// `ce-source` of the message: who published it.
+    pub publisher: Option<String>,
+    pub class: &'static str,
+    pub status: Option<u16>,
+    pub attempts: u32,
+    pub detail: String,
+    pub at: String,
+}
+
+/// Publishes a status event. Best effort: a lost event never holds up a delivery.
+pub async fn publish_event(js: &jetstream::Context, event: &'static str, subscription: &str, message: &jetstream::Message, failure: &Failure) {
+    let header = |name: &str| {
+        message.headers.as_ref().and_then(|h| h.get(name)).map(|v| {
+            percent_encoding::percent_decode_str(v.as_str()).decode_utf8_lossy().into_owned()
+        })
+    };
+    let body = StatusEvent {
+        event,
+        subscription: subscription.to_owned(),
+        message_id: message_id(message),
+        subject: original_subject(message),
+        correlation_id: header("ce-correlationid"),
+        publisher: header("ce-source"),
+        class: failure.result.class.slug(),
+        status: failure.result.status,
+        attempts: failure.attempts,
+        detail: failure.result.excerpt.clone(),
+        at: rfc3339(OffsetDateTime::now_utc()),
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert("ce-specversion", "1.0");
+    headers.insert("ce-id", uuid::Uuid::now_v7().to_string().as_str());
+    headers.insert("ce-source", "/magistral");
+    headers.insert("ce-type", format!("magistral.delivery.{event}").as_str());
+    headers.insert("ce-time", body.at.as_str());
+    headers.insert("content-type", "application/json");
+    let Ok(payload) = serde_json::to_vec(&body) else { return };
+    match js.publish_with_headers(event_subject(event, subscription), headers, payload.into()).await {
+        Ok(ack) => {
+            if let Err(err) = ack.await {
+                tracing::warn!(%err, subscription, event, "status event not stored");
+            }
+        }
+        Err(err) => tracing::warn!(%err, subscription, event, "status event not sent"),
+    }
+}
+
+/// A dead letter as listed to operators.
+#[derive(Debug, Serialize)]
+pub struct DeadLetter {
+    /// Sequence in the dead-letter stream; replay takes these or message ids.
+    pub dlq_seq: u64,
+    pub id: String,
+    pub subject: String,
+    pub class: Option<String>,
+    pub status: Option<u16>,
+    pub attempts: Option<u32>,
+    pub first_attempt: Option<String>,
+    pub last_attempt: Option<String>,
+    pub response_excerpt: Option<String>,
+    pub publisher: Option<String>,
+    pub dead_lettered_at: String,
+}
+
+/// Lists up to `limit` dead letters of a subscription, oldest first, from `after_seq`.
+///
+/// # Errors
+/// NATS could not be asked.
+pub async fn list(js: &jetstream::Context, subscription: &str, after_seq: u64, limit: usize) -> Result<(Vec<DeadLetter>, u64), String> {
+    let raw = read(js, subscription, after_seq, limit).await?;
+    let total = count(js, subscription).await?;
+    Ok((raw.iter().map(describe).collect(), total))
+}
+
+/// How many dead letters a subscription has.
+///
+/// # Errors
+/// NATS could not be asked.
+pub async fn count(js: &jetstream::Context, subscription: &str) -> Result<u64, String> {
+    let stream = js.get_stream(DLQ_STREAM).await.map_err(|e| e.to_string())?;
+    let subject = dlq_subject(subscription);
+    let mut subjects = stream.info_with_subjects(&subject).await.map_err(|e| e.to_string())?;
+    let mut total = 0;
+    while let Some(entry) = subjects.next().await {
+        let (_, n) = entry.map_err(|e| e.to_string())?;
+        total += n as u64;
+    }
+    Ok(total)
+}
+
+struct RawDeadLetter {
+    seq: u64,
+    headers: HeaderMap,
+    payload: bytes::Bytes,
+    at: OffsetDateTime,
+}
+
+async fn read(js: &jetstream::Context, subscription: &str, after_seq: u64, limit: usize) -> Result<Vec<RawDeadLetter>, String> {
+    let stream = js.get_stream(DLQ_STREAM).await.map_err(|e| e.to_string())?;
+    let pending = count(js, subscription).await?;
+    if pending == 0 || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: dlq_subject(subscription),
+            deliver_policy: if after_seq > 0 { DeliverPolicy::ByStartSequence { start_sequence: after_seq + 1 } } else { DeliverPolicy::All },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let next = tokio::time::timeout(std::time::Duration::from_millis(500), messages.next()).await;
+        let Ok(Some(Ok(m))) = next else { break };
+        let Ok(info) = m.info() else { continue };
+        let (seq, at, remaining) = (info.stream_sequence, info.published, info.pending);
+        out.push(RawDeadLetter { seq, headers: m.headers.clone().unwrap_or_default(), payload: m.payload.clone(), at });
+        if remaining == 0 {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+fn describe(raw: &RawDeadLetter) -> DeadLetter {
+    let h = |name: &str| raw.headers.get(name).map(|v| v.as_str().to_owned());
+    DeadLetter {
+        dlq_seq: raw.seq,
+        id: h("ce-id").unwrap_or_else(|| format!("dlq-{}", raw.seq)),
+        subject: h(ORIGINAL_SUBJECT).unwrap_or_default(),
+        class: h(CLASS),
+        status: h(STATUS).and_then(|s| s.parse().ok()),
+        attempts: h(ATTEMPTS).and_then(|s| s.parse().ok()),
+        first_attempt: h(FIRST_ATTEMPT),
+        last_attempt: h(LAST_ATTEMPT),
+        response_excerpt: h(EXCERPT).map(|e| percent_encoding::percent_decode_str(&e).decode_utf8_lossy().into_owned()),
+        publisher: h("ce-source").map(|e| percent_encoding::percent_decode_str(&e).decode_utf8_lossy().into_owned()),
+        dead_lettered_at: rfc3339(raw.at),
+    }
+}
+
+/// Which dead letters to replay.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    All,
+    /// Message ids (`ce-id`) or dead-letter sequences.
+    Ids(Vec<String>),
+}
+
+/// Moves selected dead letters to the subscription's replay subject (stored first, then
+/// removed from the dead-letter stream: a crash in between replays twice, never loses).
+///
+/// # Errors
+/// NATS refused a step; what was replayed before it stays replayed.
+pub async fn replay(js: &jetstream::Context, subscription: &str, selection: &Selection, max: usize) -> Result<Vec<String>, String> {
+    let stream = js.get_stream(DLQ_STREAM).await.map_err(|e| e.to_string())?;
+    let mut replayed = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = read(js, subscription, after, 500).await?;
+        if page.is_empty() {
+            break;
+        }
+        for raw in &page {
+            after = raw.seq;
+            let id = raw.headers.get("ce-id").map(|v| v.as_str().to_owned()).unwrap_or_default();
+            let wanted = match selection {
+                Selection::All => true,
+                Selection::Ids(ids) => ids.iter().any(|x| *x == id || x.parse::<u64>().is_ok_and(|s| s == raw.seq)),
+            };
+            if !wanted {
+                continue;
+            }
+            let mut headers = HeaderMap::new();
+            for (name, values) in raw.headers.iter() {
+                let n = name.to_string();
+                let keep = !n.starts_with("Magistral-") || n == ORIGINAL_SUBJECT || n == ORIGINAL_STREAM || n == ORIGINAL_SEQ;
+                if keep {
+                    for v in values {
+                        headers.append(n.as_str(), v.as_str());
+                    }
+                }
+            }
+            js.publish_with_headers(replay_subject(subscription), headers, raw.payload.clone())
+                .await
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())?;
+            stream.delete_message(raw.seq).await.map_err(|e| e.to_string())?;
+            replayed.push(id);
+            if replayed.len() >= max {
+                return Ok(replayed);
+            }
+        }
+        if page.len() < 500 {
+            break;
+        }
+    }
+    Ok(replayed)
+}

@@ -1,0 +1,308 @@
+//! Push delivery: durable JetStream consumers that POST every message to a participant's
+//! endpoint, with retries, a circuit breaker, dead letters, replay and status events.
+//!
+//! - [`subscription`]: configuration resolved into what a worker runs.
+//! - [`worker`]: fetch loop and per-message decisions (one per subscription and stream).
+//! - [`attempt`]: one HTTP request, signed, with CloudEvents headers.
+//! - [`outcome`]: classes of answers and the retry policy.
+//! - [`breaker`]: stop fetching while an endpoint is down.
+//! - [`dead_letter`]: the dead-letter stream, replay, status events.
+//! - [`signature`]: Standard Webhooks signing.
+//! - [`system`]: the gateway's own streams and bucket.
+
+pub mod attempt;
+pub mod breaker;
+pub mod dead_letter;
+pub mod outcome;
+pub mod signature;
+pub mod subscription;
+pub mod system;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_nats::jetstream::{self, kv};
+use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::catalog::Catalog;
+use attempt::AttemptResult;
+use breaker::{Breaker, BreakerState};
+use subscription::Subscription;
+use worker::Worker;
+
+/// What delivery workers share: NATS, one pooled HTTP client, and the status bucket.
+pub struct Engine {
+    pub js: jetstream::Context,
+    pub http: reqwest::Client,
+    status: tokio::sync::OnceCell<kv::Store>,
+    system_replicas: usize,
+}
+
+/// Operator-visible status of a subscription kept in the status bucket (shared by replicas).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, Default)]
+pub struct StoredStatus {
+    /// Why it is paused (`None` when running).
+    pub paused_reason: Option<String>,
+    pub paused_at: Option<String>,
+    pub last_error: Option<LastError>,
+}
+
+/// The last failed attempt.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct LastError {
+    pub class: String,
+    pub status: Option<u16>,
+    pub detail: String,
+    pub attempt: u32,
+    pub at: String,
+}
+
+impl Engine {
+    /// # Errors
+    /// The HTTP client could not be built (no TLS provider).
+    pub fn new(js: jetstream::Context, system_replicas: usize) -> Result<Self, String> {
+        // One process-wide TLS provider; ring, as async-nats uses it already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("magistral/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self { js, http, status: tokio::sync::OnceCell::new(), system_replicas })
+    }
+
+    async fn status_bucket(&self) -> Result<&kv::Store, String> {
+        self.status
+            .get_or_try_init(|| async {
+                self.js
+                    .create_key_value(kv::Config {
+                        bucket: system::STATUS_BUCKET.to_owned(),
+                        description: "magistral subscription status".to_owned(),
+                        history: 1,
+                        num_replicas: self.system_replicas,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await
+    }
+
+    /// The stored status of a subscription.
+    pub async fn stored_status(&self, name: &str) -> StoredStatus {
+        let Ok(bucket) = self.status_bucket().await else { return StoredStatus::default() };
+        match bucket.get(name).await {
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            _ => StoredStatus::default(),
+        }
+    }
+
+    async fn update_status(&self, name: &str, change: impl FnOnce(&mut StoredStatus)) {
+        let mut status = self.stored_status(name).await;
+        change(&mut status);
+        if let (Ok(bucket), Ok(bytes)) = (self.status_bucket().await, serde_json::to_vec(&status)) {
+            if let Err(err) = bucket.put(name, bytes.into()).await {
+                tracing::warn!(subscription = name, %err, "status not stored");
+            }
+        }
+    }
+
+    /// Pauses every consumer of a subscription (on all replicas: JetStream consumer pause)
+    /// and records why.
+    pub async fn pause(&self, sub: &Subscription, reason: &str, result: &AttemptResult) {
+        tracing::warn!(subscription = %sub.name, reason, "pausing subscription");
+        let reason = reason.to_owned();
+        let last_error = LastError {
+            class: result.class.slug().to_owned(),
+            status: result.status,
+            detail: result.excerpt.chars().take(200).collect(),
+            attempt: 0,
+            at: now(),
+        };
+        // The reason first, so whoever sees the pause can also see why.
+        self.update_status(&sub.name, |s| {
+            s.paused_reason = Some(reason);
+            s.paused_at = Some(now());
+            s.last_error = Some(last_error);
+        })
+        .await;
+        let until = OffsetDateTime::now_utc() + time::Duration::days(365 * 100);
+        for stream in consumer_streams(sub) {
+            if let Ok(s) = self.js.get_stream(&stream).await
+                && let Err(err) = s.pause_consumer(&sub.consumer_name(), until).await
+            {
+                tracing::warn!(subscription = %sub.name, %stream, %err, "consumer pause failed");
+            }
+        }
+    }
+
+    /// Resumes every consumer of a subscription.
+    ///
+    /// # Errors
+    /// NATS refused.
+    pub async fn resume(&self, sub: &Subscription) -> Result<(), String> {
+        for stream in consumer_streams(sub) {
+            let s = self.js.get_stream(&stream).await.map_err(|e| e.to_string())?;
+            s.resume_consumer(&sub.consumer_name()).await.map_err(|e| e.to_string())?;
+        }
+        self.update_status(&sub.name, |s| {
+            s.paused_reason = None;
+            s.paused_at = None;
+        })
+        .await;
+        Ok(())
+    }
+
+    /// Pauses on an operator's request.
+    ///
+    /// # Errors
+    /// NATS refused.
+    pub async fn pause_by_operator(&self, sub: &Subscription, by: &str) -> Result<(), String> {
+        let until = OffsetDateTime::now_utc() + time::Duration::days(365 * 100);
+        for stream in consumer_streams(sub) {
+            let s = self.js.get_stream(&stream).await.map_err(|e| e.to_string())?;
+            s.pause_consumer(&sub.consumer_name(), until).await.map_err(|e| e.to_string())?;
+        }
+        let reason = format!("paused by {by}");
+        self.update_status(&sub.name, |s| {
+            s.paused_reason = Some(reason);
+            s.paused_at = Some(now());
+        })
+        .await;
+        Ok(())
+    }
+
+    /// Consumer facts across a subscription's streams: (paused, pending, in flight).
+    pub async fn consumer_facts(&self, sub: &Subscription) -> Option<(bool, u64, u64)> {
+        let mut paused = false;
+        let (mut pending, mut in_flight) = (0, 0);
+        for stream in consumer_streams(sub) {
+            let s = self.js.get_stream(&stream).await.ok()?;
+            let info = s.consumer_info(sub.consumer_name()).await.ok()?;
+            paused |= info.paused;
+            pending += info.num_pending;
+            in_flight += info.num_ack_pending as u64;
+        }
+        Some((paused, pending, in_flight))
+    }
+}
+
+/// The streams a subscription has a consumer on: those its subjects span, and replays.
+#[must_use]
+pub fn consumer_streams(sub: &Subscription) -> Vec<String> {
+    let mut streams: Vec<String> = sub.spans.iter().map(|(s, _)| s.clone()).collect();
+    streams.push(system::REPLAY_STREAM.to_owned());
+    streams
+}
+
+fn now() -> String {
+    OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default()
+}
+
+/// In-process state of one subscription on this replica.
+pub struct Control {
+    breaker: Mutex<Breaker>,
+    last_error: Mutex<Option<LastError>>,
+}
+
+impl Control {
+    fn new(sub: &Subscription) -> Self {
+        Self { breaker: Mutex::new(Breaker::new(sub.breaker_failures, sub.breaker_cooldown)), last_error: Mutex::new(None) }
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.lock().map(|b| b.state(Instant::now())).unwrap_or(BreakerState::Closed)
+    }
+
+    fn record(&self, result: &AttemptResult, attempt: u32) {
+        if let Ok(mut b) = self.breaker.lock() {
+            b.record(result.class, Instant::now());
+        }
+        if result.class != outcome::Class::Delivered
+            && let Ok(mut last) = self.last_error.lock()
+        {
+            *last = Some(LastError {
+                class: result.class.slug().to_owned(),
+                status: result.status,
+                detail: result.excerpt.chars().take(200).collect(),
+                attempt,
+                at: now(),
+            });
+        }
+    }
+
+    pub fn last_error(&self) -> Option<LastError> {
+        self.last_error.lock().ok().and_then(|l| l.clone())
+    }
+}
+
+struct Running {
+    sub: Arc<Subscription>,
+    control: Arc<Control>,
+    cancel: CancellationToken,
+}
+
+/// Starts, restarts and stops workers as the catalog changes.
+pub struct Deliveries {
+    pub engine: Arc<Engine>,
+    running: Mutex<HashMap<String, Running>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Deliveries {
+    #[must_use]
+    pub fn new(engine: Arc<Engine>, tracker: TaskTracker, shutdown: CancellationToken) -> Self {
+        Self { engine, running: Mutex::new(HashMap::new()), tracker, shutdown }
+    }
+
+    /// Brings running workers in line with the catalog: new subscriptions start, changed ones
+    /// restart, removed ones stop (their consumers stay until `apply --prune`).
+    pub fn apply(&self, catalog: &Catalog) {
+        let Ok(mut running) = self.running.lock() else { return };
+        running.retain(|name, r| {
+            let keep = catalog.subscription(name).is_some_and(|s| **s == *r.sub);
+            if !keep {
+                tracing::info!(subscription = %name, "stopping delivery (removed or changed)");
+                r.cancel.cancel();
+            }
+            keep
+        });
+        for sub in &catalog.subscriptions {
+            if running.contains_key(&sub.name) {
+                continue;
+            }
+            tracing::info!(subscription = %sub.name, endpoint = %sub.endpoint_redacted(), "starting delivery");
+            let control = Arc::new(Control::new(sub));
+            let cancel = self.shutdown.child_token();
+            let mut spans = sub.spans.clone();
+            spans.push((system::REPLAY_STREAM.to_owned(), vec![system::replay_subject(&sub.name)]));
+            for (stream, filters) in spans {
+                let worker = Worker {
+                    engine: self.engine.clone(),
+                    sub: sub.clone(),
+                    control: control.clone(),
+                    is_replay: stream == system::REPLAY_STREAM,
+                    stream,
+                    filters,
+                    cancel: cancel.clone(),
+                };
+                self.tracker.spawn(worker.run());
+            }
+            running.insert(sub.name.clone(), Running { sub: sub.clone(), control, cancel });
+        }
+    }
+
+    /// This replica's in-process view of a subscription.
+    pub fn control(&self, name: &str) -> Option<Arc<Control>> {
+        self.running.lock().ok()?.get(name).map(|r| r.control.clone())
+    }
+}

@@ -1,0 +1,219 @@
+//! A subscription as the delivery engine uses it: configuration resolved (secrets read,
+//! signing keys decoded, URL parsed) and mapped onto the streams its subjects span.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
+use super::outcome::RetryPolicy;
+use super::signature::SigningKey;
+use crate::config::{Config, DeliveryMethod, OnExhausted, SecretValue, StartPosition, SubscriptionConfig};
+use crate::streams::StreamDef;
+use crate::subject;
+
+/// A push subscription, ready to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscription {
+    pub name: String,
+    pub participant: String,
+    pub subjects: Vec<String>,
+    pub endpoint: reqwest::Url,
+    pub method: reqwest::Method,
+    /// Extra headers with secrets already read.
+    pub headers: HeaderMap,
+    pub timeout: Duration,
+    pub policy: RetryPolicy,
+    pub ordered: bool,
+    pub on_exhausted: OnExhausted,
+    pub max_in_flight: u32,
+    pub rate_limit: Option<f64>,
+    pub signing_keys: Vec<SigningKey>,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
+    pub start: StartPosition,
+    pub ack_wait: Duration,
+    /// `(stream, filter subjects)` for every stream the subjects span: one consumer each.
+    pub spans: Vec<(String, Vec<String>)>,
+}
+
+impl Subscription {
+    /// The durable consumer name, the same on every stream and every replica.
+    #[must_use]
+    pub fn consumer_name(&self) -> String {
+        consumer_name(&self.name)
+    }
+
+    /// The endpoint without credentials, for listings and logs.
+    #[must_use]
+    pub fn endpoint_redacted(&self) -> String {
+        let mut url = self.endpoint.clone();
+        let _ = url.set_password(None);
+        let _ = url.set_username("");
+        url.to_string()
+    }
+
+    /// Resolves one configured subscription. `streams` includes the system streams.
+    ///
+    /// # Errors
+    /// `(field, message)` for every problem, field relative to `subscriptions.<name>`.
+    pub fn resolve(
+        name: &str,
+        cfg: &SubscriptionConfig,
+        config: &Config,
+        streams: &[StreamDef],
+        subscribe_permissions: Option<&[String]>,
+    ) -> Result<Self, Vec<(String, String)>> {
+        let mut problems = Vec::new();
+        if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            problems.push((String::new(), "a subscription name is 1-64 of A-Z, a-z, 0-9, '-', '_'".to_owned()));
+        }
+        match subscribe_permissions {
+            None => problems.push(("participant".into(), format!("no participant {:?}", cfg.participant))),
+            Some(allowed) => {
+                for (i, s) in cfg.subjects.iter().enumerate() {
+                    if !allowed.iter().any(|p| subject::covers(p, s)) {
+                        problems.push((
+                            format!("subjects[{i}]"),
+                            format!("participant {} may not subscribe to {s}", cfg.participant),
+                        ));
+                    }
+                }
+            }
+        }
+        if cfg.subjects.is_empty() {
+            problems.push(("subjects".into(), "at least one subject".into()));
+        }
+        let mut spans: Vec<(String, Vec<String>)> = Vec::new();
+        for (i, s) in cfg.subjects.iter().enumerate() {
+            if let Err(m) = subject::validate_pattern(s) {
+                problems.push((format!("subjects[{i}]"), m));
+                continue;
+            }
+            let mut found = false;
+            for stream in streams {
+                for stored in &stream.config.subjects {
+                    // The consumer filter is the narrower of the two patterns.
+                    let filter = if subject::covers(stored, s) {
+                        s.clone()
+                    } else if subject::covers(s, stored) {
+                        stored.clone()
+                    } else {
+                        continue;
+                    };
+                    found = true;
+                    match spans.iter_mut().find(|(n, _)| n == stream.name()) {
+                        Some((_, filters)) if !filters.contains(&filter) => filters.push(filter),
+                        Some(_) => {}
+                        None => spans.push((stream.name().to_owned(), vec![filter])),
+                    }
+                }
+            }
+            if !found {
+                problems.push((format!("subjects[{i}]"), format!("no stream stores {s}")));
+            }
+        }
+        let endpoint = match reqwest::Url::parse(&cfg.endpoint) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
+            Ok(_) => {
+                problems.push(("endpoint".into(), "only http and https endpoints".into()));
+                None
+            }
+            Err(e) => {
+                problems.push(("endpoint".into(), format!("not a URL: {e}")));
+                None
+            }
+        };
+        let mut headers = HeaderMap::new();
+        for (key, value) in &cfg.headers {
+            let field = format!("headers.{key}");
+            let Ok(header) = HeaderName::from_bytes(key.as_bytes()) else {
+                problems.push((field, "not a valid header name".into()));
+                continue;
+            };
+            match read_secret(config, value).and_then(|v| HeaderValue::from_str(&v).map_err(|_| "not a valid header value".into())) {
+                Ok(mut v) => {
+                    v.set_sensitive(true);
+                    headers.insert(header, v);
+                }
+                Err(m) => problems.push((field, m)),
+            }
+        }
+        let mut signing_keys = Vec::new();
+        for (i, secret) in cfg.signing_secrets.iter().enumerate() {
+            match read_secret(config, secret).and_then(|s| SigningKey::from_secret(&s)) {
+                Ok(key) => signing_keys.push(key),
+                Err(m) => problems.push((format!("signing_secrets[{i}]"), m)),
+            }
+        }
+        if cfg.retry_schedule.is_empty() {
+            problems.push(("retry_schedule".into(), "at least one delay".into()));
+        }
+        if cfg.max_attempts == 0 {
+            problems.push(("max_attempts".into(), "at least 1".into()));
+        }
+        if cfg.max_in_flight == 0 || cfg.max_in_flight > 10_000 {
+            problems.push(("max_in_flight".into(), "between 1 and 10000".into()));
+        }
+        if cfg.rate_limit.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+            problems.push(("rate_limit".into(), "a positive number of messages per second".into()));
+        }
+        if cfg.ack_wait < Duration::from_secs(1) {
+            problems.push(("ack_wait".into(), "at least 1s".into()));
+        }
+        if cfg.timeout.is_zero() {
+            problems.push(("timeout".into(), "must be more than 0".into()));
+        }
+        let (Some(endpoint), true) = (endpoint, problems.is_empty()) else {
+            return Err(problems);
+        };
+        Ok(Self {
+            name: name.to_owned(),
+            participant: cfg.participant.clone(),
+            subjects: cfg.subjects.clone(),
+            endpoint,
+            method: match cfg.method {
+                DeliveryMethod::Post => reqwest::Method::POST,
+                DeliveryMethod::Put => reqwest::Method::PUT,
+                DeliveryMethod::Patch => reqwest::Method::PATCH,
+            },
+            headers,
+            timeout: cfg.timeout,
+            policy: RetryPolicy {
+                schedule: cfg.retry_schedule.iter().map(|d| d.0).collect(),
+                max_attempts: cfg.max_attempts,
+                retry_client_errors: cfg.retry_client_errors,
+            },
+            ordered: cfg.ordered,
+            on_exhausted: cfg.on_exhausted,
+            max_in_flight: if cfg.ordered { 1 } else { cfg.max_in_flight },
+            rate_limit: cfg.rate_limit,
+            signing_keys,
+            breaker_failures: cfg.breaker_failures.max(1),
+            breaker_cooldown: cfg.breaker_cooldown,
+            start: cfg.start,
+            ack_wait: cfg.ack_wait,
+            spans,
+        })
+    }
+}
+
+/// The durable consumer name of a subscription.
+#[must_use]
+pub fn consumer_name(subscription: &str) -> String {
+    format!("magistral-{subscription}")
+}
+
+/// Reads a literal, environment or file secret.
+///
+/// # Errors
+/// The variable is unset or the file unreadable.
+pub fn read_secret(config: &Config, value: &SecretValue) -> Result<String, String> {
+    match value {
+        SecretValue::Literal(s) => Ok(s.clone()),
+        SecretValue::Env { env } => std::env::var(env).map_err(|_| format!("environment variable {env} is not set")),
+        SecretValue::File { file } => {
+            let path = config.resolve(file);
+            std::fs::read_to_string(&path).map(|s| s.trim().to_owned()).map_err(|e| format!("{}: {e}", path.display()))
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! One worker per (subscription, stream): keeps the durable consumer in place, fetches
+//! within the in-flight bound, rate limit and circuit breaker, and runs each delivery to a
+//! decision: ack, retry (NAK with delay, or in place when ordered), dead letter, or pause.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer, DeliverPolicy};
+use async_nats::jetstream::{self, AckKind};
+use futures::StreamExt;
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::attempt::{self, AttemptResult};
+use super::breaker::BreakerState;
+use super::dead_letter::{self, Failure};
+use super::outcome::{Class, Decision};
+use super::subscription::Subscription;
+use super::{Control, Engine};
+use crate::config::{OnExhausted, StartPosition};
+
+/// How long one pull request waits for messages.
+const FETCH_EXPIRES: Duration = Duration::from_secs(5);
+
+pub struct Worker {
+    pub engine: Arc<Engine>,
+    pub sub: Arc<Subscription>,
+    pub control: Arc<Control>,
+    pub stream: String,
+    pub filters: Vec<String>,
+    /// The replay stream's consumer starts from its beginning: replays are always wanted.
+    pub is_replay: bool,
+    pub cancel: CancellationToken,
+}
+
+impl Worker {
+    fn consumer_config(&self) -> pull::Config {
+        let mut config = pull::Config {
+            durable_name: Some(self.sub.consumer_name()),
+            description: Some(format!("magistral push subscription {} of {}", self.sub.name, self.sub.participant)),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.sub.ack_wait,
+            // Attempts are counted and capped by the gateway, which dead-letters; the server
+            // must never drop a message silently.
+            max_deliver: -1,
+            max_ack_pending: i64::from(self.sub.max_in_flight),
+            deliver_policy: match (self.is_replay, self.sub.start) {
+                (true, _) | (false, StartPosition::All) => DeliverPolicy::All,
+                (false, StartPosition::New) => DeliverPolicy::New,
+            },
+            ..Default::default()
+        };
+        if let [one] = self.filters.as_slice() {
+            config.filter_subject = one.clone();
+        } else {
+            config.filter_subjects = self.filters.clone();
+        }
+        config
+    }
+
+    /// Creates the consumer, or updates it when the subscription changed (keeping its start
+    /// position, which JetStream cannot change).
+    async fn ensure_consumer(&self) -> Result<Consumer<pull::Config>, String> {
+        let stream = self.engine.js.get_stream(&self.stream).await.map_err(|e| e.to_string())?;
+        let mut wanted = self.consumer_config();
+        match stream.get_consumer::<pull::Config>(&self.sub.consumer_name()).await {
+            Ok(mut existing) => {
+                let current = existing.info().await.map_err(|e| e.to_string())?.config.clone();
+                wanted.deliver_policy = current.deliver_policy;
+                let differs = current.filter_subject != wanted.filter_subject
+                    || current.filter_subjects != wanted.filter_subjects
+                    || current.max_ack_pending != wanted.max_ack_pending
+                    || current.ack_wait != wanted.ack_wait
+                    || current.description != wanted.description;
+                if differs {
+                    stream.update_consumer(wanted).await.map_err(|e| e.to_string())
+                } else {
+                    Ok(existing)
+                }
+            }
+            Err(_) => stream.create_consumer(wanted).await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Runs until cancelled; NATS outages are waited out with backoff.
+    pub async fn run(self) {
+        let mut backoff = Duration::from_millis(200);
+        let consumer = loop {
+            match self.ensure_consumer().await {
+                Ok(c) => break c,
+                Err(err) => {
+                    tracing::warn!(subscription = %self.sub.name, stream = %self.stream, %err, "consumer not ready; retrying");
+                    if self.sleep(backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        };
+        let permits = Arc::new(Semaphore::new(self.sub.max_in_flight as usize));
+        let deliveries = TaskTracker::new();
+        let mut next_slot = Instant::now();
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            if self.cancel.is_cancelled() {
+                break;
+            }
+            let probe = match self.control.breaker_state() {
+                BreakerState::Closed => false,
+                BreakerState::HalfOpen => true,
+                BreakerState::Open { until } => {
+                    if self.sleep_until(until).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let ordered_or_probe = self.sub.ordered || probe;
+            // Take one permit (waiting), then whatever else is free.
+            let first = tokio::select! {
+                () = self.cancel.cancelled() => break,
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            let mut held = vec![first];
+            while !ordered_or_probe && held.len() < self.sub.max_in_flight as usize {
+                match permits.clone().try_acquire_owned() {
+                    Ok(p) => held.push(p),
+                    Err(_) => break,
+                }
+            }
+            let batch = consumer.fetch().max_messages(held.len()).expires(FETCH_EXPIRES).messages().await;
+            let mut batch = match batch {
+                Ok(b) => {
+                    backoff = Duration::from_millis(200);
+                    b
+                }
+                Err(err) => {
+                    tracing::debug!(subscription = %self.sub.name, %err, "fetch failed; backing off");
+                    if self.sleep(backoff).await {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    () = self.cancel.cancelled() => None,
+                    n = batch.next() => n,
+                };
+                let Some(Ok(message)) = next else { break };
+                let Some(permit) = held.pop() else { break };
+                if let Some(rate) = self.sub.rate_limit {
+                    let now = Instant::now();
+                    if next_slot > now && self.sleep_until(next_slot).await {
+                        let _ = message.ack_with(AckKind::Nak(None)).await;
+                        break;
+                    }
+                    next_slot = next_slot.max(now) + Duration::from_secs_f64(1.0 / rate);
+                }
+                if let Ok(info) = message.info() {
+                    metrics::gauge!("magistral_consumer_pending", "subscription" => self.sub.name.clone()).set(info.pending as f64);
+                }
+                if ordered_or_probe {
+                    // In line: the next fetch waits for this message's decision.
+                    self.deliver(message).await;
+                    drop(permit);
+                } else {
+                    let worker = self.handle();
+                    deliveries.spawn(async move {
+                        worker.deliver(message).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+        deliveries.close();
+        deliveries.wait().await;
+    }
+
+    /// A cheap copy for a delivery task.
+    fn handle(&self) -> Worker {
+        Worker {
+            engine: self.engine.clone(),
+            sub: self.sub.clone(),
+            control: self.control.clone(),
+            stream: self.stream.clone(),
+            filters: Vec::new(),
+            is_replay: self.is_replay,
+            cancel: self.cancel.clone(),
+        }
+    }
+
+    /// Sleeps; true when cancelled meanwhile.
+    async fn sleep(&self, d: Duration) -> bool {
+        self.sleep_until(Instant::now() + d).await
+    }
+
+    async fn sleep_until(&self, t: Instant) -> bool {
+        tokio::select! {
+            () = self.cancel.cancelled() => true,
+            () = tokio::time::sleep_until(t) => false,
+        }
+    }
+
+    /// Delivers one message to a decision.
+    async fn deliver(&self, message: jetstream::Message) {
+        let first_attempt = OffsetDateTime::now_utc();
+        let mut attempt = message.info().map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX)).unwrap_or(1);
+        loop {
+            let result = attempt::send(&self.engine.http, &self.sub, &message, attempt, self.sub.ack_wait).await;
+            self.control.record(&result, attempt);
+            metrics::counter!("magistral_delivery_total", "subscription" => self.sub.name.clone(), "class" => result.class.slug())
+                .increment(1);
+            metrics::histogram!("magistral_delivery_duration_seconds", "subscription" => self.sub.name.clone())
+                .record(result.elapsed.as_secs_f64());
+            let failure = Failure { result: result.clone(), attempts: attempt, first_attempt, last_attempt: OffsetDateTime::now_utc() };
+            let decision = self.sub.policy.decide(result.class, attempt, result.retry_after);
+            if attempt == 1 && result.class != Class::Delivered {
+                dead_letter::publish_event(&self.engine.js, "failed", &self.sub.name, &message, &failure).await;
+            }
+            match decision {
+                Decision::Ack => {
+                    if let Ok(info) = message.info() {
+                        let lag = OffsetDateTime::now_utc() - info.published;
+                        metrics::histogram!("magistral_delivery_lag_seconds", "subscription" => self.sub.name.clone())
+                            .record(lag.as_seconds_f64().max(0.0));
+                    }
+                    let _ = message.ack().await;
+                    return;
+                }
+                Decision::Retry(delay) if self.sub.ordered => {
+                    // Ordered: keep the message (and so the subscription's one slot) and retry
+                    // in place; a NAK would let the next message overtake it.
+                    if !self.hold(&message, delay).await {
+                        let _ = message.ack_with(AckKind::Nak(None)).await;
+                        return;
+                    }
+                    attempt += 1;
+                    while let BreakerState::Open { until } = self.control.breaker_state() {
+                        if !self.hold_until(&message, until).await {
+                            let _ = message.ack_with(AckKind::Nak(None)).await;
+                            return;
+                        }
+                    }
+                }
+                Decision::Retry(delay) => {
+                    let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+                    return;
+                }
+                Decision::DeadLetter if self.sub.ordered && self.sub.on_exhausted == OnExhausted::Block => {
+                    let reason = format!("blocked: message {} exhausted its attempts", attempt::message_id(&message));
+                    self.engine.pause(&self.sub, &reason, &result).await;
+                    let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    return;
+                }
+                Decision::DeadLetter => {
+                    match dead_letter::store(&self.engine.js, &self.sub.name, &message, &failure).await {
+                        Ok(()) => {
+                            metrics::counter!("magistral_dead_letters_total", "subscription" => self.sub.name.clone()).increment(1);
+                            dead_letter::publish_event(&self.engine.js, "dead_lettered", &self.sub.name, &message, &failure).await;
+                            let _ = message.ack_with(AckKind::Term).await;
+                        }
+                        Err(err) => {
+                            // Never terminate what the dead-letter stream did not take.
+                            tracing::warn!(subscription = %self.sub.name, %err, "dead letter not stored; will retry");
+                            let _ = message.ack_with(AckKind::Nak(Some(self.sub.policy.delay_after(attempt)))).await;
+                        }
+                    }
+                    return;
+                }
+                Decision::PauseSubscription => {
+                    self.engine.pause(&self.sub, "endpoint answered 410 Gone", &result).await;
+                    let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Keeps a message in progress for `delay`; false when cancelled.
+    async fn hold(&self, message: &jetstream::Message, delay: Duration) -> bool {
+        self.hold_until(message, Instant::now() + delay).await
+    }
+
+    async fn hold_until(&self, message: &jetstream::Message, until: Instant) -> bool {
+        let mut progress = tokio::time::interval(self.sub.ack_wait / 3);
+        loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => return false,
+                () = tokio::time::sleep_until(until) => return true,
+                _ = progress.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
+            }
+        }
+    }
+}
+
+/// Logged, operator-visible summary of an attempt that did not deliver.
+pub fn describe(result: &AttemptResult) -> String {
+    match result.status {
+        Some(s) => format!("{} (HTTP {s})", result.class.slug()),
+        None => format!("{}: {}", result.class.slug(), result.excerpt),
+    }
+}

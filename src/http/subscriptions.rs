@@ -1,0 +1,181 @@
+//! Operating subscriptions: list with state, pause/resume, dead letters and replay.
+//! A participant sees and operates its own subscriptions; an `admin` participant all.
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::problem::{Problem, ProblemType};
+use super::{authenticate, media_type, read_body, AppState};
+use crate::catalog::Catalog;
+use crate::delivery::breaker::BreakerState;
+use crate::delivery::dead_letter::{self, Selection};
+use crate::delivery::subscription::Subscription;
+use crate::participants::Participant;
+
+fn visible(participant: &Participant, sub: &Subscription) -> bool {
+    participant.admin || participant.name == sub.participant
+}
+
+/// The subscription `name`, if the caller may operate it.
+fn find<'c>(catalog: &'c Catalog, participant: &Participant, name: &str) -> Result<&'c std::sync::Arc<Subscription>, Problem> {
+    let sub = catalog
+        .subscription(name)
+        .ok_or_else(|| Problem::new(ProblemType::NotFound, format!("no subscription {name}")))?;
+    if !visible(participant, sub) {
+        return Err(Problem::new(
+            ProblemType::Forbidden,
+            format!("subscription {name} belongs to {}", sub.participant),
+        ));
+    }
+    Ok(sub)
+}
+
+fn unavailable(err: String) -> Problem {
+    Problem::new(ProblemType::NatsUnavailable, format!("NATS: {err}")).retry_after(2)
+}
+
+async fn describe(state: &AppState, sub: &Subscription) -> Value {
+    let engine = &state.deliveries.engine;
+    let stored = engine.stored_status(&sub.name).await;
+    let facts = engine.consumer_facts(sub).await;
+    let control = state.deliveries.control(&sub.name);
+    let breaker_open = control
+        .as_ref()
+        .is_some_and(|c| matches!(c.breaker_state(), BreakerState::Open { .. }));
+    let paused = facts.is_some_and(|(p, _, _)| p);
+    let state_name = if paused {
+        "paused"
+    } else if breaker_open {
+        "breaker-open"
+    } else {
+        "active"
+    };
+    let dead_letters = dead_letter::count(&engine.js, &sub.name).await.ok();
+    let last_error = control.and_then(|c| c.last_error()).or(stored.last_error);
+    json!({
+        "name": sub.name,
+        "participant": sub.participant,
+        "mode": "push",
+        "subjects": sub.subjects,
+        "endpoint": sub.endpoint_redacted(),
+        "method": sub.method.as_str(),
+        "ordered": sub.ordered,
+        "max_in_flight": sub.max_in_flight,
+        "state": state_name,
+        "paused_reason": if paused { stored.paused_reason } else { None },
+        "pending": facts.map(|(_, p, _)| p),
+        "in_flight": facts.map(|(_, _, f)| f),
+        "dead_letters": dead_letters,
+        "last_error": last_error,
+    })
+}
+
+/// `GET /v1/subscriptions`
+pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, Problem> {
+    let catalog = state.catalog.load_full();
+    let participant = authenticate(&catalog, &headers)?;
+    let mut out = Vec::new();
+    for sub in catalog.subscriptions.iter().filter(|s| visible(participant, s)) {
+        out.push(describe(&state, sub).await);
+    }
+    Ok(Json(json!({ "subscriptions": out })).into_response())
+}
+
+/// `GET /v1/subscriptions/{name}`
+pub async fn show(State(state): State<AppState>, Path(name): Path<String>, headers: HeaderMap) -> Result<Response, Problem> {
+    let catalog = state.catalog.load_full();
+    let participant = authenticate(&catalog, &headers)?;
+    let sub = find(&catalog, participant, &name)?;
+    Ok(Json(describe(&state, sub).await).into_response())
+}
+
+/// `POST /v1/subscriptions/{name}/pause`
+pub async fn pause(State(state): State<AppState>, Path(name): Path<String>, headers: HeaderMap) -> Result<Response, Problem> {
+    let catalog = state.catalog.load_full();
+    let participant = authenticate(&catalog, &headers)?;
+    let sub = find(&catalog, participant, &name)?;
+    state.deliveries.engine.pause_by_operator(sub, &participant.name).await.map_err(unavailable)?;
+    Ok(Json(describe(&state, sub).await).into_response())
+}
+
+/// `POST /v1/subscriptions/{name}/resume`
+pub async fn resume(State(state): State<AppState>, Path(name): Path<String>, headers: HeaderMap) -> Result<Response, Problem> {
+    let catalog = state.catalog.load_full();
+    let participant = authenticate(&catalog, &headers)?;
+    let sub = find(&catalog, participant, &name)?;
+    state.deliveries.engine.resume(sub).await.map_err(unavailable)?;
+    Ok(Json(describe(&state, sub).await).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    /// Dead-letter sequence to continue after (the previous page's `next`).
+    #[serde(default)]
+    after: u64,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// `GET /v1/subscriptions/{name}/dead-letters?after=&limit=`
+pub async fn dead_letters(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let catalog = state.catalog.load_full();
+    let participant = authenticate(&catalog, &headers)?;
+    let sub = find(&catalog, participant, &name)?;
+    let Query(page) = page.map_err(|e| Problem::new(ProblemType::InvalidQuery, e.body_text()))?;
+    let limit = page.limit.unwrap_or(100).clamp(1, 1000);
+    let (items, total) = dead_letter::list(&state.deliveries.engine.js, &sub.name, page.after, limit)
+        .await
+        .map_err(unavailable)?;
+    let next = if items.len() == limit { items.last().map(|d| d.dlq_seq) } else { None };
+    Ok(Json(json!({ "total": total, "dead_letters": items, "next": next })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayRequest {
+    /// Message ids (`ce-id`) or dead-letter sequences.
+    #[serde(default)]
+    ids: Vec<String>,
+    /// Replay every dead letter of the subscription.
+    #[serde(default)]
+    all: bool,
+}
+
+/// `POST /v1/subscriptions/{name}/dead-letters/replay` with `{"ids": [...]}` or `{"all": true}`.
+pub async fn replay(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let catalog = state.catalog.load_full();
+    let participant = authenticate(&catalog, &headers)?;
+    let sub = find(&catalog, participant, &name)?;
+    if media_type(&headers).as_deref() != Some("application/json") {
+        return Err(Problem::new(ProblemType::UnsupportedMediaType, "send application/json"));
+    }
+    let body = read_body(body, &headers, 1024 * 1024).await?;
+    let request: ReplayRequest = serde_json::from_slice(&body).map_err(crate::publish::malformed)?;
+    let selection = match (request.all, request.ids.is_empty()) {
+        (true, true) => Selection::All,
+        (false, false) => Selection::Ids(request.ids),
+        _ => {
+            return Err(Problem::new(ProblemType::MalformedJson, "send either {\"ids\": [...]} or {\"all\": true}"));
+        }
+    };
+    let replayed = dead_letter::replay(&state.deliveries.engine.js, &sub.name, &selection, 10_000)
+        .await
+        .map_err(unavailable)?;
+    Ok(Json(json!({ "replayed": replayed.len(), "ids": replayed })).into_response())
+}
