@@ -459,6 +459,11 @@ impl From<ConfigProblem> for ConfigError {
     }
 }
 
+/// Top-level settings holding one value (`MAGISTRAL_LISTEN`), for filtering variables.
+const VALUE_KEYS: &[&str] = &["listen", "streams_dir", "contracts_dir", "require_contract", "reload_interval"];
+/// Top-level tables, set through nested variables (`MAGISTRAL_NATS__URL`).
+const TABLE_KEYS: &[&str] = &["nats", "limits", "log", "contracts", "participants", "subscriptions", "system"];
+
 impl Config {
     /// Layers defaults < `path` (when given) < `MAGISTRAL_*` environment variables
     /// (`MAGISTRAL_NATS__URL` sets `nats.url`).
@@ -468,7 +473,16 @@ impl Config {
         if let Some(path) = path {
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment.merge(Env::prefixed("MAGISTRAL_").split("__").ignore(&["config"]))
+        // Only variables naming a setting: `MAGISTRAL_CONFIG`, `MAGISTRAL_LOG` (a log filter)
+        // and those Kubernetes injects for a Service named magistral (`MAGISTRAL_PORT`, ...)
+        // are not settings and must not fail the start.
+        figment.merge(Env::prefixed("MAGISTRAL_").split("__").filter(|key| {
+            let key = key.as_str().to_ascii_lowercase();
+            match key.split_once('.') {
+                Some((top, _)) => TABLE_KEYS.contains(&top),
+                None => VALUE_KEYS.contains(&key.as_str()),
+            }
+        }))
     }
 
     /// Reads and parses the configuration.
@@ -491,11 +505,16 @@ impl Config {
             problems: err
                 .into_iter()
                 .map(|e| ConfigProblem {
+                    // The file, or the provider's name (e.g. "`MAGISTRAL_` environment variable(s)").
                     file: e
                         .metadata
                         .as_ref()
-                        .and_then(|m| m.source.as_ref())
-                        .and_then(|s| s.file_path().map(Path::to_path_buf))
+                        .map(|m| {
+                            m.source
+                                .as_ref()
+                                .and_then(|s| s.file_path().map(Path::to_path_buf))
+                                .unwrap_or_else(|| PathBuf::from(m.name.to_string()))
+                        })
                         .or_else(|| path.map(Path::to_path_buf)),
                     field: if e.path.is_empty() { "(top level)".into() } else { e.path.join(".") },
                     message: e.kind.to_string(),
@@ -503,6 +522,21 @@ impl Config {
                 .collect(),
         })?;
         config.source = path.map(Path::to_path_buf);
+        // NATS credential and TLS files resolve against the config file, like every path.
+        let base = config.base_dir();
+        for file in [
+            &mut config.nats.creds_file,
+            &mut config.nats.tls_ca_file,
+            &mut config.nats.tls_cert_file,
+            &mut config.nats.tls_key_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+        }
         Ok(config)
     }
 

@@ -26,11 +26,18 @@ impl StreamDef {
     /// Not JSON, not an object, not a NATS stream config, or no name/subjects.
     pub fn parse(file: PathBuf, text: &str) -> Result<Self, (String, String)> {
         let value: Value = serde_json::from_str(text).map_err(|e| ("(file)".to_owned(), format!("not JSON: {e}")))?;
-        let Value::Object(declared) = value.clone() else {
+        let Value::Object(declared) = value else {
             return Err(("(file)".into(), "a stream file holds one JSON object".into()));
         };
-        let config: stream::Config = serde_json::from_value(value)
-            .map_err(|e| ("(file)".to_owned(), format!("not a NATS stream config: {e}")))?;
+        // Fields the file leaves out take the client's defaults (as `nats stream add` does).
+        let mut full = serde_json::to_value(stream::Config::default()).unwrap_or_default();
+        if let Value::Object(full) = &mut full {
+            full.extend(declared.clone());
+        }
+        let config: stream::Config = serde_path_to_error::deserialize(full).map_err(|e| {
+            let field = e.path().to_string();
+            (if field == "." { "(file)".to_owned() } else { field }, format!("not a NATS stream config: {}", e.inner()))
+        })?;
         if config.name.is_empty() {
             return Err(("name".into(), "a stream needs a name".into()));
         }

@@ -91,6 +91,17 @@ pub fn router(state: AppState) -> Router {
             Problem::new(ProblemType::MethodNotAllowed, "see /openapi.json for the methods of this route")
         })
         .with_state(state)
+        // A bug must answer 500 in our format, not drop the connection; the detail stays in
+        // the log.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|panic: Box<dyn std::any::Any + Send>| {
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown");
+            tracing::error!(panic = message, "request handler panicked");
+            axum::response::IntoResponse::into_response(Problem::new(ProblemType::Internal, "internal error"))
+        }))
 }
 
 /// The participant a request's `Authorization: Bearer` token belongs to.

@@ -1,6 +1,7 @@
 //! `POST /v1/publish/{subject}` and `POST /v1/publish` (batch): HTTP in, checks, JetStream.
 
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -11,6 +12,8 @@ use serde_json::{json, Value};
 
 use super::problem::{Problem, ProblemType};
 use super::{authenticate, header_str, media_type, read_body, AppState};
+use crate::catalog::Catalog;
+use crate::participants::Participant;
 use crate::publish::cloudevents::{self, ClientAttributes, StructuredEvent};
 use crate::publish::{self, check_utf8, exceeds_depth, Draft, Outgoing};
 
@@ -40,12 +43,49 @@ fn mode_of(headers: &HeaderMap) -> Result<Mode, Problem> {
 /// Publishes one message; 202 once JetStream stored it, 200 for a duplicate.
 pub async fn publish_one(
     State(state): State<AppState>,
-    Path(subject): Path<String>,
+    subject: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
     let catalog = state.catalog.load_full();
     let participant = authenticate(&catalog, &headers)?;
+    let subject = match subject {
+        Ok(Path(subject)) => subject,
+        Err(_) => {
+            let problem = Problem::new(ProblemType::InvalidSubject, "the subject is not valid UTF-8 once percent-decoded");
+            count_refusal(&participant.name, &problem);
+            return Err(problem);
+        }
+    };
+    let result = publish_one_checked(&state, &catalog, participant, subject, headers, body).await;
+    if let Err(problem) = &result {
+        count_refusal(&participant.name, problem);
+    }
+    result
+}
+
+/// Refusals count in `magistral_publish_total` too, so a misbehaving participant shows.
+/// (Failures after a stream was chosen are counted by the publisher.)
+fn count_refusal(participant: &str, problem: &Problem) {
+    if problem.kind.status().is_client_error() || problem.kind == ProblemType::Overloaded {
+        metrics::counter!(
+            "magistral_publish_total",
+            "stream" => "",
+            "participant" => participant.to_owned(),
+            "outcome" => problem.kind.slug()
+        )
+        .increment(1);
+    }
+}
+
+async fn publish_one_checked(
+    state: &AppState,
+    catalog: &Catalog,
+    participant: &Participant,
+    subject: String,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
     let mode = mode_of(&headers)?;
     let body = read_body(body, &headers, state.limits.max_body_bytes).await?;
     check_utf8(&body)?;
@@ -77,8 +117,7 @@ pub async fn publish_one(
         traceparent: header_str(&headers, "traceparent").map(str::to_owned),
         tracestate: header_str(&headers, "tracestate").map(str::to_owned),
     };
-    let outgoing = publish::prepare(&catalog, &state.limits, participant, draft)?;
-    drop(catalog);
+    let outgoing = publish::prepare(catalog, &state.limits, participant, draft)?;
     let stored = state.publisher.publish(outgoing).await?;
     let status = if stored.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((status, Json(stored)).into_response())
@@ -141,8 +180,11 @@ pub async fn publish_batch(State(state): State<AppState>, headers: HeaderMap, bo
         if exceeds_depth(&body, limits.max_json_depth + 2) {
             return Err(too_deep(limits.max_json_depth));
         }
-        let parsed: Vec<BatchItem<'_>> = serde_json::from_slice(&body).map_err(publish::malformed)?;
-        items.extend(parsed.into_iter().map(Ok));
+        // Items one by one, so a bad item is named by its index like any other refusal.
+        let raw: Vec<&RawValue> = serde_json::from_slice(&body).map_err(|e| {
+            Problem::new(ProblemType::MalformedJson, format!("a batch is a JSON array of items: {e}"))
+        })?;
+        items.extend(raw.into_iter().map(|item| serde_json::from_str(item.get()).map_err(publish::malformed)));
     }
     if items.len() > limits.max_batch_items {
         return Err(Problem::new(
@@ -188,18 +230,35 @@ pub async fn publish_batch(State(state): State<AppState>, headers: HeaderMap, bo
         return Err(problem);
     }
 
+    let ids: Vec<String> = ready.iter().map(|o| o.id.clone()).collect();
     let results = state.publisher.publish_batch(ready).await?;
     let failed = results.iter().filter(|r| r.is_err()).count();
+    let duplicates = results.iter().filter(|r| r.as_ref().is_ok_and(|s| s.duplicate)).count();
+    let retry_after = results.iter().filter_map(|r| r.as_ref().err()).filter_map(|p| p.retry_after).max();
     let results: Vec<Value> = results
         .into_iter()
-        .map(|r| match r {
+        .zip(ids)
+        .enumerate()
+        .map(|(index, (r, id))| match r {
             Ok(stored) => json!(stored),
-            Err(problem) => json!({ "error": problem.body() }),
+            // The id lets the client retry exactly this item, idempotently.
+            Err(problem) => json!({ "index": index, "id": id, "error": problem.body() }),
         })
         .collect();
-    // All stored: 202. Some not: 207, each item says which (retry those with the same id).
-    let status = if failed == 0 { StatusCode::ACCEPTED } else { StatusCode::MULTI_STATUS };
-    Ok((status, Json(json!({ "stored": results.len() - failed, "failed": failed, "results": results }))).into_response())
+    // All stored: 202. Some: 207, each failed item says why (retry those with their id).
+    // None: 503, like a single publish would answer.
+    let status = match failed {
+        0 => StatusCode::ACCEPTED,
+        n if n == results.len() => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::MULTI_STATUS,
+    };
+    let stored = results.len() - failed - duplicates;
+    let body = json!({ "stored": stored, "duplicates": duplicates, "failed": failed, "results": results });
+    let mut response = (status, Json(body)).into_response();
+    if let Some(seconds) = retry_after.filter(|_| failed > 0) {
+        response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
+    }
+    Ok(response)
 }
 
 fn too_deep(max: usize) -> Problem {

@@ -89,12 +89,17 @@ pub fn prepare(catalog: &Catalog, limits: &Limits, participant: &Participant, dr
         .name()
         .to_owned();
 
-    let id = match idempotency_key.or_else(|| attributes.id.clone()) {
-        Some(id) => {
+    let given = match (idempotency_key, attributes.id.clone()) {
+        (Some(key), _) => Some(("Idempotency-Key (or batch item id)", key)),
+        (None, Some(id)) => Some(("CloudEvents id", id)),
+        (None, None) => None,
+    };
+    let id = match given {
+        Some((source, id)) => {
             if id.is_empty() || id.len() > MAX_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(Problem::new(
                     ProblemType::InvalidId,
-                    format!("a message id is 1-{MAX_ID_LEN} printable ASCII characters without spaces"),
+                    format!("{source}: a message id is 1-{MAX_ID_LEN} printable ASCII characters without spaces"),
                 ));
             }
             id

@@ -114,3 +114,30 @@ async fn shutdown_stops_cleanly() {
     assert_eq!(gw.publish(BITRIX, "orders.misc", "{}").send().await.unwrap().status(), 202);
     tokio::time::timeout(Duration::from_secs(10), gw.stop()).await.expect("stops within the drain timeout");
 }
+
+/// A batch sent while NATS is down: 503 with Retry-After, every item named with its id so
+/// the client can retry it idempotently.
+#[tokio::test]
+async fn batch_during_outage_answers_503_with_each_item_id() {
+    let mut nats = NatsServer::start();
+    let gw = Gateway::start(&nats.url()).await;
+    nats.kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.http.get(gw.url("/readyz")).send().await.unwrap().status() != 503 {
+        assert!(Instant::now() < deadline, "outage not noticed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let items = serde_json::json!([
+        {"subject": "orders.misc", "data": {"n": 1}, "id": "b-1"},
+        {"subject": "orders.misc", "data": {"n": 2}}
+    ]);
+    let r = gw.http.post(gw.url("/v1/publish")).bearer_auth(BITRIX).json(&items).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "3");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["failed"], 2);
+    assert_eq!(body["results"][0]["id"], "b-1");
+    assert_eq!(body["results"][1]["index"], 1);
+    assert!(body["results"][1]["id"].as_str().is_some_and(|id| !id.is_empty()), "generated id returned");
+    assert_eq!(body["results"][0]["error"]["type"], "urn:magistral:problem:nats-unavailable");
+}

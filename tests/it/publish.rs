@@ -67,6 +67,8 @@ async fn every_error_class_is_classified_and_stores_nothing() {
         ("wildcard >", gw.publish(BITRIX, "orders.>", "{}"), 400, "invalid-subject"),
         ("system subject", gw.publish(BITRIX, "$JS.API.STREAM.LIST", "{}"), 400, "invalid-subject"),
         ("space in subject", gw.publish(BITRIX, "orders.a%20b", "{}"), 400, "invalid-subject"),
+        ("subject not UTF-8", gw.publish(BITRIX, "orders.%FF", "{}"), 400, "invalid-subject"),
+        ("reserved subject", gw.publish(BITRIX, "magistral.dlq.x", "{}"), 400, "invalid-subject"),
         ("over-long subject", gw.publish(BITRIX, &long_subject, "{}"), 400, "invalid-subject"),
         ("no stream binds the subject", gw.publish(BITRIX, "unstored.thing", "{}"), 404, "no-stream"),
         ("contract violation", gw.publish(BITRIX, "orders.created", invalid_order), 422, "contract-violation"),
@@ -330,16 +332,19 @@ async fn batch_with_one_bad_item_stores_nothing_and_names_it() {
     assert_eq!(slug(&refused[1]), "invalid-subject");
     assert_eq!(stream_count(&js, "ORDERS").await, 0);
 
-    // A typo in an item's members is refused too, not silently dropped.
+    // A typo in an item's members is refused too, by index, not silently dropped.
     let response = gw
         .http
         .post(gw.url("/v1/publish"))
         .bearer_auth(BITRIX)
-        .json(&json!([{"subject": "orders.misc", "dta": {}}]))
+        .json(&json!([{"subject": "orders.misc", "data": {}}, {"subject": "orders.misc", "dta": {}}]))
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 400);
+    assert_eq!(response.status(), 422);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["items"][0]["index"], 1);
+    assert_eq!(slug(&body["items"][0]), "malformed-json");
     assert_eq!(stream_count(&js, "ORDERS").await, 0);
 }
 
