@@ -212,3 +212,171 @@ async fn gone_endpoint_pauses_the_subscription_until_resumed() {
     let got = receiver.wait_for(3, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 3, "the first message again, and the second");
 }
+
+/// Deterministic "random" failures: about one answer in six is a 500.
+fn flaky(n: usize) -> bool {
+    (n.wrapping_mul(2_654_435_761) >> 7) % 6 == 0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_subscription_delivers_in_publish_order_despite_failures() {
+    let nats = NatsServer::start();
+    let receiver = Receiver::scripted(|n, _| if flaky(n) { Answer::status(500) } else { Answer::ok() }).await;
+    let sub = subscription(
+        "nav",
+        &["orders.misc"],
+        &receiver.url(),
+        json!({"ordered": true, "retry_schedule": ["10ms"], "max_attempts": 1000}),
+    );
+    let gw = Gateway::with_subscriptions(&nats.url(), vec![("nav-ordered", sub)]).await;
+    let items: Vec<Value> = (0..500).map(|i| json!({"subject": "orders.misc", "data": {"n": i}})).collect();
+    let r = gw.http.post(gw.url("/v1/publish")).bearer_auth(BITRIX).json(&items).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let delivered: Vec<u64> = loop {
+        // Answers mirror requests one to one, so request k succeeded unless flaky(k).
+        let got = receiver.received();
+        let ok: Vec<u64> = got
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| !flaky(*k))
+            .map(|(_, r)| serde_json::from_slice::<Value>(&r.body).unwrap()["n"].as_u64().unwrap())
+            .collect();
+        if ok.len() >= 500 {
+            break ok;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "only {} of 500 delivered", ok.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(delivered, (0..500).collect::<Vec<_>>(), "successful deliveries out of publish order");
+    let failures = receiver.received().len() - 500;
+    assert!(failures > 50, "the test should have injected failures ({failures})");
+    // Every request, failed or not, was for the oldest undelivered message.
+    let all: Vec<u64> = receiver.received().iter().map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["n"].as_u64().unwrap()).collect();
+    assert!(all.windows(2).all(|w| w[1] == w[0] || w[1] == w[0] + 1), "a message overtook a failing one");
+}
+
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|lab| l.contains(lab)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn breaker_stops_attempts_while_the_endpoint_is_down_and_nothing_is_lost() {
+    let nats = NatsServer::start();
+    let mut receiver = Receiver::start().await;
+    receiver.go_down();
+    let sub = subscription(
+        "nav",
+        &["orders.misc"],
+        &receiver.url(),
+        json!({"breaker_failures": 3, "breaker_cooldown": "2s", "retry_schedule": ["100ms"], "max_attempts": 100, "timeout": "1s"}),
+    );
+    let gw = Gateway::with_subscriptions(&nats.url(), vec![("nav-breaker", sub)]).await;
+    for i in 0..5 {
+        gw.publish(BITRIX, "orders.misc", format!(r#"{{"n":{i}}}"#)).send().await.unwrap();
+    }
+    let attempts = || async {
+        let text = gw.http.get(gw.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        metric(&text, "magistral_delivery_total{", &[r#"subscription="nav-breaker""#, r#"class="endpoint-unreachable""#])
+    };
+    // Wait for the breaker to open.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = gw.get_json(NAV, "/v1/subscriptions/nav-breaker").await;
+        if s["state"] == "breaker-open" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "breaker never opened: {s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let at_open = attempts().await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(attempts().await, at_open, "attempts rose while the breaker was open");
+    assert!(at_open <= 5.0, "no more than the in-flight messages were tried ({at_open})");
+
+    receiver.come_back().await;
+    let got = receiver.wait_for(5, Duration::from_secs(20)).await;
+    let mut ns: Vec<u64> = got.iter().map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["n"].as_u64().unwrap()).collect();
+    ns.sort_unstable();
+    ns.dedup();
+    assert_eq!(ns, vec![0, 1, 2, 3, 4]);
+    let s = gw.get_json(NAV, "/v1/subscriptions/nav-breaker").await;
+    assert_eq!(s["state"], "active");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_share_a_subscription_without_duplicates() {
+    let nats = NatsServer::start();
+    let receiver = Receiver::start().await;
+    let sub = || subscription("nav", &["orders.misc"], &receiver.url(), json!({"max_in_flight": 16}));
+    let a = Gateway::with_subscriptions(&nats.url(), vec![("nav-shared", sub())]).await;
+    let b = Gateway::with_subscriptions(&nats.url(), vec![("nav-shared", sub())]).await;
+    for chunk in 0..4 {
+        let gw = if chunk % 2 == 0 { &a } else { &b };
+        let items: Vec<Value> = (0..100).map(|i| json!({"subject": "orders.misc", "data": {"n": chunk * 100 + i}})).collect();
+        let r = gw.http.post(gw.url("/v1/publish")).bearer_auth(BITRIX).json(&items).send().await.unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    receiver.wait_for(400, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = receiver.received();
+    let ids: std::collections::HashSet<&str> = got.iter().map(|r| r.header("webhook-id").unwrap()).collect();
+    assert_eq!(ids.len(), 400, "every message delivered");
+    assert_eq!(got.len(), 400, "no message delivered twice");
+}
+
+#[tokio::test]
+async fn slow_endpoint_past_ack_wait_gets_no_duplicate() {
+    let nats = NatsServer::start();
+    let receiver = Receiver::scripted(|_, _| Answer::ok().after(Duration::from_secs(4))).await;
+    let sub = subscription("nav", &["orders.misc"], &receiver.url(), json!({"ack_wait": "1s", "timeout": "10s"}));
+    let gw = Gateway::with_subscriptions(&nats.url(), vec![("nav-slow", sub)]).await;
+    gw.publish(BITRIX, "orders.misc", "{}").send().await.unwrap();
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(receiver.received().len(), 1, "redelivered while the first request was still running");
+}
+
+#[tokio::test]
+async fn a_subscription_added_to_the_config_file_starts_without_a_restart() {
+    let nats = NatsServer::start();
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let basic = crate::common::gateway::scenario("basic");
+    let contracts = basic.parent().unwrap().join("../../../examples/wine-retail/contracts").canonicalize().unwrap();
+    let text = std::fs::read_to_string(&basic)
+        .unwrap()
+        .replace("contracts_dir = \"../../../examples/wine-retail/contracts\"", &format!("contracts_dir = {:?}", contracts.display().to_string()));
+    std::fs::create_dir(dir.path().join("streams")).unwrap();
+    std::fs::copy(basic.parent().unwrap().join("streams/ORDERS.json"), dir.path().join("streams/ORDERS.json")).unwrap();
+    let config = dir.path().join("magistral.toml");
+    std::fs::write(&config, &text).unwrap();
+    let gw = Gateway::start_with(config.clone(), &nats.url(), |c| c.reload_interval = Duration::from_millis(200)).await;
+    assert_eq!(gw.get_json(NAV, "/v1/subscriptions").await["subscriptions"].as_array().unwrap().len(), 0);
+
+    std::fs::write(
+        &config,
+        format!(
+            "{text}\n[subscriptions.nav-new]\nparticipant = \"nav\"\nsubjects = [\"orders.misc\"]\nendpoint = \"{}\"\n",
+            receiver.url()
+        ),
+    )
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while gw.get_json(NAV, "/v1/subscriptions").await["subscriptions"].as_array().unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the new subscription was not picked up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gw.publish(BITRIX, "orders.misc", r#"{"hello":"nav"}"#).send().await.unwrap();
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].body.as_ref(), br#"{"hello":"nav"}"#);
+
+    // A broken change is refused and the running configuration stays.
+    std::fs::write(&config, format!("{text}\nthis is not toml = = =\n")).unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(gw.get_json(NAV, "/v1/subscriptions").await["subscriptions"].as_array().unwrap().len(), 1);
+    assert_eq!(gw.publish(BITRIX, "orders.misc", "{}").send().await.unwrap().status(), 202);
+}
