@@ -37,6 +37,9 @@ enum Command {
         /// Print the differences without changing anything.
         #[arg(long)]
         dry_run: bool,
+        /// Also delete the consumers of subscriptions no longer in the configuration.
+        #[arg(long)]
+        prune: bool,
     },
 }
 
@@ -73,7 +76,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check => unreachable!("handled above"),
-        Command::Apply { dry_run } => runtime.block_on(apply(config, catalog, dry_run)),
+        Command::Apply { dry_run, prune } => runtime.block_on(apply(config, catalog, dry_run, prune)),
         Command::Serve => runtime.block_on(serve(config, catalog)),
         Command::Dev => {
             let store = PathBuf::from(".magistral/dev/jetstream");
@@ -119,7 +122,7 @@ async fn serve(config: Config, catalog: Catalog) -> ExitCode {
     }
 }
 
-async fn apply(config: Config, catalog: Catalog, dry_run: bool) -> ExitCode {
+async fn apply(config: Config, catalog: Catalog, dry_run: bool, prune: bool) -> ExitCode {
     let client = match magistral::nats::connect(&config.nats).await {
         Ok(c) => c,
         Err(err) => {
@@ -143,6 +146,19 @@ async fn apply(config: Config, catalog: Catalog, dry_run: bool) -> ExitCode {
             Ok(change) => println!("{change}"),
             Err(err) => {
                 eprintln!("{err}");
+                failed = true;
+            }
+        }
+    }
+    if prune {
+        match magistral::delivery::prune(&js, &catalog, dry_run).await {
+            Ok(pruned) => {
+                for (stream, consumer) in pruned {
+                    println!("- consumer {consumer} on {stream}: delete (its subscription is gone)");
+                }
+            }
+            Err(err) => {
+                eprintln!("prune: {err}");
                 failed = true;
             }
         }

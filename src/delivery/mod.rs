@@ -306,3 +306,35 @@ impl Deliveries {
         self.running.lock().ok()?.get(name).map(|r| r.control.clone())
     }
 }
+
+/// Deletes (unless `dry_run`) the gateway's consumers whose subscription is no longer
+/// configured, or no longer spans that stream. Returns `(stream, consumer)` pairs.
+///
+/// # Errors
+/// NATS could not be asked or refused a deletion.
+pub async fn prune(js: &jetstream::Context, catalog: &Catalog, dry_run: bool) -> Result<Vec<(String, String)>, String> {
+    use futures::StreamExt;
+    let mut pruned = Vec::new();
+    for def in &catalog.streams {
+        let stream = js.get_stream(def.name()).await.map_err(|e| e.to_string())?;
+        let mut names = stream.consumer_names();
+        let mut doomed = Vec::new();
+        while let Some(name) = names.next().await {
+            let name = name.map_err(|e| e.to_string())?;
+            let Some(sub_name) = name.strip_prefix("magistral-") else { continue };
+            let wanted = catalog
+                .subscription(sub_name)
+                .is_some_and(|sub| consumer_streams(sub).iter().any(|s| s == def.name()));
+            if !wanted {
+                doomed.push(name);
+            }
+        }
+        for name in doomed {
+            if !dry_run {
+                stream.delete_consumer(&name).await.map_err(|e| e.to_string())?;
+            }
+            pruned.push((def.name().to_owned(), name));
+        }
+    }
+    Ok(pruned)
+}

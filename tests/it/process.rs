@@ -241,3 +241,43 @@ async fn apply_dry_run_shows_the_difference_and_apply_makes_it() {
     let out = magistral(&["apply", "--config", &config], &env);
     assert_eq!(out.status.code(), Some(69), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test]
+async fn apply_prune_deletes_only_consumers_of_removed_subscriptions() {
+    use async_nats::jetstream::consumer::pull;
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let env = [("MAGISTRAL_NATS__URL", url.as_str())];
+    let (dir, config) = example_copy();
+    let toml = dir.path().join("magistral.toml");
+    edit(&toml, "publish = [\"orders.status\"]", "publish = [\"orders.status\"]\nsubscribe = [\"orders.created\"]");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(
+        &toml,
+        format!("{text}\n[subscriptions.nav-orders]\nparticipant = \"nav\"\nsubjects = [\"orders.created\"]\nendpoint = \"http://127.0.0.1:9/hook\"\n"),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    let out = magistral(&["apply", "--config", &config], &env);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let js = jetstream(&url).await;
+    let orders = js.get_stream("ORDERS").await.unwrap();
+    for name in ["magistral-nav-orders", "magistral-removed-sub", "someone-elses"] {
+        orders
+            .create_consumer(pull::Config { durable_name: Some(name.into()), ..Default::default() })
+            .await
+            .unwrap();
+    }
+    let out = magistral(&["apply", "--prune", "--dry-run", "--config", &config], &env);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("- consumer magistral-removed-sub on ORDERS: delete"), "{stdout}");
+    assert!(!stdout.contains("magistral-nav-orders") && !stdout.contains("someone-elses"), "{stdout}");
+    assert!(orders.consumer_info("magistral-removed-sub").await.is_ok(), "dry run deleted");
+
+    let out = magistral(&["apply", "--prune", "--config", &config], &env);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(orders.consumer_info("magistral-removed-sub").await.is_err());
+    assert!(orders.consumer_info("magistral-nav-orders").await.is_ok());
+    assert!(orders.consumer_info("someone-elses").await.is_ok());
+}
