@@ -209,13 +209,18 @@ fn now() -> String {
 
 /// In-process state of one subscription on this replica.
 pub struct Control {
+    name: String,
     breaker: Mutex<Breaker>,
     last_error: Mutex<Option<LastError>>,
 }
 
 impl Control {
     fn new(sub: &Subscription) -> Self {
-        Self { breaker: Mutex::new(Breaker::new(sub.breaker_failures, sub.breaker_cooldown)), last_error: Mutex::new(None) }
+        Self {
+            name: sub.name.clone(),
+            breaker: Mutex::new(Breaker::new(sub.breaker_failures, sub.breaker_cooldown)),
+            last_error: Mutex::new(None),
+        }
     }
 
     pub fn breaker_state(&self) -> BreakerState {
@@ -224,7 +229,10 @@ impl Control {
 
     fn record(&self, result: &AttemptResult, attempt: u32) {
         if let Ok(mut b) = self.breaker.lock() {
-            b.record(result.class, Instant::now());
+            let now = Instant::now();
+            b.record(result.class, now);
+            let open = matches!(b.state(now), BreakerState::Open { .. });
+            metrics::gauge!("magistral_breaker_open", "subscription" => self.name.clone()).set(if open { 1.0 } else { 0.0 });
         }
         if result.class != outcome::Class::Delivered
             && let Ok(mut last) = self.last_error.lock()

@@ -261,6 +261,9 @@ impl Worker {
                     match dead_letter::store(&self.engine.js, &self.sub.name, &message, &failure).await {
                         Ok(()) => {
                             metrics::counter!("magistral_dead_letters_total", "subscription" => self.sub.name.clone()).increment(1);
+                            if let Ok(depth) = dead_letter::count(&self.engine.js, &self.sub.name).await {
+                                metrics::gauge!("magistral_dead_letters", "subscription" => self.sub.name.clone()).set(depth as f64);
+                            }
                             dead_letter::publish_event(&self.engine.js, "dead_lettered", &self.sub.name, &message, &failure).await;
                             let _ = message.ack_with(AckKind::Term).await;
                         }

@@ -56,6 +56,9 @@ async fn describe(state: &AppState, sub: &Subscription) -> Value {
         "active"
     };
     let dead_letters = dead_letter::count(&engine.js, &sub.name).await.ok();
+    if let Some(depth) = dead_letters {
+        metrics::gauge!("magistral_dead_letters", "subscription" => sub.name.clone()).set(depth as f64);
+    }
     let last_error = control.and_then(|c| c.last_error()).or(stored.last_error);
     json!({
         "name": sub.name,

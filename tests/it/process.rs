@@ -281,3 +281,98 @@ async fn apply_prune_deletes_only_consumers_of_removed_subscriptions() {
     assert!(orders.consumer_info("magistral-nav-orders").await.is_ok());
     assert!(orders.consumer_info("someone-elses").await.is_ok());
 }
+
+/// Two gateway processes deliver one subscription; one is killed with SIGKILL mid-delivery.
+/// Every message still arrives at least once; duplicates are counted and reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_gateway_mid_delivery_loses_nothing() {
+    use crate::common::receiver::{Answer, Receiver};
+    let nats = NatsServer::start();
+    let receiver = Receiver::scripted(|_, _| Answer::ok().after(Duration::from_millis(30))).await;
+    let (dir, config) = example_copy();
+    let toml = dir.path().join("magistral.toml");
+    edit(&toml, "publish = [\"orders.status\"]", "publish = [\"orders.status\"]\nsubscribe = [\"orders.created\"]");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(
+        &toml,
+        format!(
+            "{text}\n[subscriptions.nav-orders]\nparticipant = \"nav\"\nsubjects = [\"orders.created\"]\nendpoint = \"{}\"\nack_wait = \"2s\"\nmax_in_flight = 8\n",
+            receiver.url()
+        ),
+    )
+    .unwrap();
+    let http = crate::common::http_client();
+    let start = |port: u16| {
+        Command::new(BIN)
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .env("MAGISTRAL_LISTEN", format!("127.0.0.1:{port}"))
+            .env("MAGISTRAL_NATS__URL", nats.url())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = start(port_a);
+    let mut b = start(port_b);
+    for port in [port_a, port_b] {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !http
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            assert!(Instant::now() < deadline, "gateway on {port} not ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Both workers must have joined the consumer before the load starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let order = std::fs::read(example("samples/sales-order.valid.json")).unwrap();
+    for i in 0..200 {
+        let r = http
+            .post(format!("http://127.0.0.1:{port_a}/v1/publish/orders.created"))
+            .bearer_auth("bitrix-demo-token")
+            .header("content-type", "application/json")
+            .header("idempotency-key", format!("order-{i}"))
+            .body(order.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    receiver.wait_for(40, Duration::from_secs(20)).await;
+    let delivered_by = |port: u16| {
+        let http = http.clone();
+        async move {
+            let text = http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
+            text.lines()
+                .filter(|l| l.starts_with("magistral_delivery_total{") && l.contains(r#"class="delivered""#))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        }
+    };
+    let by_b = delivered_by(port_b).await;
+    b.kill().unwrap();
+    b.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        let got = receiver.received();
+        let ids: std::collections::HashSet<String> = got.iter().map(|r| r.header("webhook-id").unwrap().to_owned()).collect();
+        if ids.len() == 200 {
+            break got;
+        }
+        assert!(Instant::now() < deadline, "only {} of 200 distinct messages delivered after the kill", ids.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let by_a = delivered_by(port_a).await;
+    assert!(by_b > 0.0, "the killed replica never delivered: the test proves nothing");
+    eprintln!(
+        "kill -9 of one gateway mid-delivery: 200 messages, {} deliveries, {} duplicates; acked by the killed replica before the kill: {by_b}, by the survivor: {by_a}",
+        got.len(),
+        got.len() - 200
+    );
+    let _ = a.kill();
+    let _ = a.wait();
+}

@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone)]
 pub struct Received {
     pub at: Instant,
+    /// The sender's address: tells which gateway process delivered.
+    pub peer: SocketAddr,
     pub method: Method,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -147,12 +149,20 @@ impl Drop for Receiver {
 fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     let app = axum::Router::new().fallback(handle).with_state(shared);
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+        let _ = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
     });
 }
 
-async fn handle(State(shared): State<Arc<Shared>>, method: Method, headers: HeaderMap, body: Bytes) -> Response {
-    let received = Received { at: Instant::now(), method, headers, body };
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let received = Received { at: Instant::now(), peer, method, headers, body };
     let answer = {
         let mut list = shared.received.lock().unwrap();
         let n = list.len();
