@@ -380,3 +380,40 @@ async fn a_subscription_added_to_the_config_file_starts_without_a_restart() {
     assert_eq!(gw.get_json(NAV, "/v1/subscriptions").await["subscriptions"].as_array().unwrap().len(), 1);
     assert_eq!(gw.publish(BITRIX, "orders.misc", "{}").send().await.unwrap().status(), 202);
 }
+
+#[tokio::test]
+async fn ordered_block_mode_holds_the_line_until_an_operator_resumes() {
+    let nats = NatsServer::start();
+    let receiver = Receiver::scripted(|_, _| Answer::status(500)).await;
+    let sub = subscription(
+        "nav",
+        &["orders.misc"],
+        &receiver.url(),
+        json!({"ordered": true, "on_exhausted": "block", "max_attempts": 2, "retry_schedule": ["50ms"]}),
+    );
+    let gw = Gateway::with_subscriptions(&nats.url(), vec![("nav-blocking", sub)]).await;
+    gw.publish(BITRIX, "orders.misc", r#"{"n":1}"#).send().await.unwrap();
+    gw.publish(BITRIX, "orders.misc", r#"{"n":2}"#).send().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let state = loop {
+        let s = gw.get_json(NAV, "/v1/subscriptions/nav-blocking").await;
+        if s["state"] == "paused" {
+            break s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never blocked: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(state["paused_reason"].as_str().unwrap().starts_with("blocked"), "{state}");
+    assert_eq!(state["dead_letters"], 0, "block mode does not dead-letter");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen: Vec<Value> = receiver.received().iter().map(|r| serde_json::from_slice(&r.body).unwrap()).collect();
+    assert!(seen.iter().all(|v| v["n"] == 1), "the second message overtook the blocked one");
+
+    receiver.set_script(|_, _| Answer::ok());
+    let (status, _) = gw.post_json(OPS, "/v1/subscriptions/nav-blocking/resume", json!({})).await;
+    assert_eq!(status, 200, "an admin may resume");
+    let before = receiver.received().len();
+    let got = receiver.wait_for(before + 2, Duration::from_secs(10)).await;
+    let tail: Vec<Value> = got[before..].iter().map(|r| serde_json::from_slice(&r.body).unwrap()).collect();
+    assert_eq!(tail, vec![json!({"n":1}), json!({"n":2})]);
+}
