@@ -88,7 +88,7 @@ impl Worker {
     /// Runs until cancelled; NATS outages are waited out with backoff.
     pub async fn run(self) {
         let mut backoff = Duration::from_millis(200);
-        let consumer = loop {
+        let mut consumer = loop {
             match self.ensure_consumer().await {
                 Ok(c) => break c,
                 Err(err) => {
@@ -143,6 +143,11 @@ impl Worker {
                         break;
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
+                    // The consumer may be gone (deleted by hand, or lost with a stream):
+                    // put it back.
+                    if let Ok(fresh) = self.ensure_consumer().await {
+                        consumer = fresh;
+                    }
                     continue;
                 }
             };
@@ -151,7 +156,21 @@ impl Worker {
                     () = self.cancel.cancelled() => None,
                     n = batch.next() => n,
                 };
-                let Some(Ok(message)) = next else { break };
+                let message = match next {
+                    Some(Ok(message)) => message,
+                    Some(Err(err)) => {
+                        tracing::debug!(subscription = %self.sub.name, %err, "pull failed; checking the consumer");
+                        if self.sleep(backoff).await {
+                            break;
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        if let Ok(fresh) = self.ensure_consumer().await {
+                            consumer = fresh;
+                        }
+                        break;
+                    }
+                    None => break,
+                };
                 let Some(permit) = held.pop() else { break };
                 if let Some(rate) = self.sub.rate_limit {
                     let now = Instant::now();

@@ -417,3 +417,22 @@ async fn ordered_block_mode_holds_the_line_until_an_operator_resumes() {
     let tail: Vec<Value> = got[before..].iter().map(|r| serde_json::from_slice(&r.body).unwrap()).collect();
     assert_eq!(tail, vec![json!({"n":1}), json!({"n":2})]);
 }
+
+#[tokio::test]
+async fn a_deleted_consumer_is_recreated() {
+    let nats = NatsServer::start();
+    let receiver = Receiver::start().await;
+    let sub = subscription("nav", &["orders.misc"], &receiver.url(), json!({"start": "all"}));
+    let gw = Gateway::with_subscriptions(&nats.url(), vec![("nav-recreate", sub)]).await;
+    gw.publish(BITRIX, "orders.misc", r#"{"n":1}"#).send().await.unwrap();
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    let js = crate::common::gateway::jetstream(&nats.url()).await;
+    js.get_stream("ORDERS").await.unwrap().delete_consumer("magistral-nav-recreate").await.unwrap();
+    gw.publish(BITRIX, "orders.misc", r#"{"n":2}"#).send().await.unwrap();
+    // Recreated from its configured start (`all`), so the first message may come again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !receiver.received().iter().any(|r| r.body.as_ref() == br#"{"n":2}"#) {
+        assert!(tokio::time::Instant::now() < deadline, "not delivered after the consumer was deleted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
