@@ -141,3 +141,24 @@ async fn batch_during_outage_answers_503_with_each_item_id() {
     assert!(body["results"][1]["id"].as_str().is_some_and(|id| !id.is_empty()), "generated id returned");
     assert_eq!(body["results"][0]["error"]["type"], "urn:magistral:problem:nats-unavailable");
 }
+
+/// Deliveries stop while NATS is down and resume on their own when it is back.
+#[tokio::test]
+async fn deliveries_resume_after_a_nats_outage() {
+    use crate::common::gateway::subscription;
+    use crate::common::receiver::Receiver;
+    let mut nats = NatsServer::start();
+    let receiver = Receiver::start().await;
+    let sub = subscription("nav", &["orders.misc"], &receiver.url(), serde_json::json!({}));
+    let gw = Gateway::with_subscriptions(&nats.url(), vec![("nav-outage", sub)]).await;
+    gw.publish(BITRIX, "orders.misc", r#"{"n":1}"#).send().await.unwrap();
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    nats.kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    nats.restart();
+    gw.wait_ready(Duration::from_secs(20)).await;
+    let r = gw.publish(BITRIX, "orders.misc", r#"{"n":2}"#).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let got = receiver.wait_for(2, Duration::from_secs(20)).await;
+    assert_eq!(got[1].body.as_ref(), br#"{"n":2}"#);
+}
