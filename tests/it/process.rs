@@ -171,6 +171,19 @@ fn check_names_file_and_field_of_every_problem() {
             &["contracts[1].subjects[0]", "invoices.>"],
         ),
         (
+            "subscription without subscribe permission",
+            |d| {
+                let path = d.join("magistral.toml");
+                let text = std::fs::read_to_string(&path).unwrap();
+                std::fs::write(
+                    path,
+                    format!("{text}\n[subscriptions.nav-orders]\nparticipant = \"nav\"\nsubjects = [\"orders.created\"]\nendpoint = \"http://nav.local/hook\"\nsigning_secrets = [\"whsec_c2hvcnQ=\"]\n"),
+                )
+                .unwrap();
+            },
+            &["subscriptions.nav-orders.subjects[0]", "may not subscribe", "subscriptions.nav-orders.signing_secrets[0]"],
+        ),
+        (
             "stream file not JSON",
             |d| edit(&d.join("streams/ORDERS.json"), "\"name\"", "name"),
             &["ORDERS.json", "not JSON"],
