@@ -1,10 +1,12 @@
 //! Keeps `docs/openapi.json` and `docs/errors.md` honest against the code, without a network:
 //! the documented routes are the router's routes, every problem class is in the spec's enum
-//! and in the error catalogue with its real status, and each publish route documents every
-//! problem class it can answer with, under that class's status.
+//! and in the error catalogue with its real status, each route documents every problem class
+//! it can answer with (and no other), under that class's status, and the `delivery` webhook
+//! and the catalogue's delivery table document every delivery outcome class.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use magistral::delivery::outcome::Class;
 use magistral::http::ROUTES;
 use magistral::http::problem::ProblemType;
 use serde_json::Value;
@@ -12,47 +14,89 @@ use serde_json::Value;
 const SPEC: &str = include_str!("../../docs/openapi.json");
 const ERRORS_MD: &str = include_str!("../../docs/errors.md");
 
-const PUBLISH_ONE: (&str, &str) = ("post", "/v1/publish/{subject}");
-const PUBLISH_BATCH: (&str, &str) = ("post", "/v1/publish");
+type Route = (&'static str, &'static str);
+
+const PUBLISH_ONE: Route = ("post", "/v1/publish/{subject}");
+const PUBLISH_BATCH: Route = ("post", "/v1/publish");
+const SUBSCRIPTIONS: Route = ("get", "/v1/subscriptions");
+const SUBSCRIPTION: Route = ("get", "/v1/subscriptions/{name}");
+const PAUSE: Route = ("post", "/v1/subscriptions/{name}/pause");
+const RESUME: Route = ("post", "/v1/subscriptions/{name}/resume");
+const DEAD_LETTERS: Route = ("get", "/v1/subscriptions/{name}/dead-letters");
+const REPLAY: Route = ("post", "/v1/subscriptions/{name}/dead-letters/replay");
+/// The authenticated API; the operations routes (`/healthz`, ...) answer no problem of their own.
+const API: &[Route] = &[
+    PUBLISH_ONE,
+    PUBLISH_BATCH,
+    SUBSCRIPTIONS,
+    SUBSCRIPTION,
+    PAUSE,
+    RESUME,
+    DEAD_LETTERS,
+    REPLAY,
+];
+/// Routes that name one subscription: it may be unknown, or another participant's.
+const ONE_SUBSCRIPTION: &[Route] = &[SUBSCRIPTION, PAUSE, RESUME, DEAD_LETTERS, REPLAY];
 const URN_PREFIX: &str = "urn:magistral:problem:";
 
 /// Where each problem class is answered as the top-level problem of a route; `None` for a
 /// class nobody has placed yet, which fails `every_problem_type_is_placed` with its name (a
 /// runtime failure rather than a non-exhaustive match, so a new class does not stop the
-/// other integration tests from compiling). Router-level classes belong to no operation.
-fn routes_of(kind: ProblemType) -> Option<&'static [(&'static str, &'static str)]> {
+/// other integration tests from compiling). Router-level answers (an unknown path's
+/// `not-found`, `method-not-allowed`) belong to no operation; `docs/openapi.json` says so in
+/// `info.description`.
+fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
     use ProblemType as P;
     Some(match kind {
-        // Body, auth and content-type checks run on both publish routes.
-        P::MalformedJson
-        | P::InvalidUtf8
-        | P::PayloadTooLarge
-        | P::JsonTooDeep
-        | P::UnsupportedMediaType
-        | P::Unauthorized => &[PUBLISH_ONE, PUBLISH_BATCH],
+        // Body checks: both publish routes and the replay request.
+        P::MalformedJson | P::PayloadTooLarge | P::UnsupportedMediaType => {
+            &[PUBLISH_ONE, PUBLISH_BATCH, REPLAY]
+        }
+        P::InvalidUtf8 | P::JsonTooDeep => &[PUBLISH_ONE, PUBLISH_BATCH],
+        // Every API route authenticates first; any handler can fail unexpectedly.
+        P::Unauthorized | P::Internal => API,
         // Per-message checks: on a batch they come back as items of `batch-rejected`.
-        P::Forbidden
-        | P::InvalidSubject
+        // Naming another participant's subscription is `forbidden` too.
+        P::Forbidden => &[PUBLISH_ONE, SUBSCRIPTION, PAUSE, RESUME, DEAD_LETTERS, REPLAY],
+        P::InvalidSubject
         | P::InvalidCloudEvent
         | P::InvalidId
         | P::NoStream
         | P::ContractViolation
         | P::ContractRequired
         | P::UnknownDataschema => &[PUBLISH_ONE],
-        // On a batch these are per-item `error`s of a 207 answer.
-        P::NatsUnavailable | P::PublishTimeout => &[PUBLISH_ONE],
-        P::Overloaded | P::Internal => &[PUBLISH_ONE, PUBLISH_BATCH],
+        // On a batch `nats-unavailable` is a per-item `error` of a 207/503 answer; the
+        // subscription routes that ask NATS answer it whole. `publish-timeout` likewise.
+        P::NatsUnavailable => &[PUBLISH_ONE, PAUSE, RESUME, DEAD_LETTERS, REPLAY],
+        P::PublishTimeout => &[PUBLISH_ONE],
+        P::Overloaded => &[PUBLISH_ONE, PUBLISH_BATCH],
         P::BatchRejected | P::TooManyItems => &[PUBLISH_BATCH],
-        P::NotFound | P::MethodNotAllowed => &[],
+        // An unknown subscription (and, router-level, an unknown path).
+        P::NotFound => ONE_SUBSCRIPTION,
+        P::InvalidQuery => &[DEAD_LETTERS],
+        P::MethodNotAllowed => &[],
         #[allow(unreachable_patterns)]
         _ => return None,
     })
 }
 
 /// The routes of `kind`, for classes that are placed.
-fn placed(kind: ProblemType) -> &'static [(&'static str, &'static str)] {
+fn placed(kind: ProblemType) -> &'static [Route] {
     routes_of(kind).unwrap_or(&[])
 }
+
+/// Every delivery outcome class (`Class` has no list of its own).
+const CLASSES: &[Class] = &[
+    Class::Delivered,
+    Class::Throttled,
+    Class::EndpointTimeout,
+    Class::EndpointError,
+    Class::Timeout,
+    Class::Unreachable,
+    Class::Gone,
+    Class::Rejected,
+    Class::Unexpected,
+];
 
 #[test]
 fn every_problem_type_is_placed() {
@@ -227,12 +271,19 @@ fn errors_md_has_one_row_per_problem_type_with_its_status() {
 }
 
 #[test]
-fn publish_routes_document_every_problem_they_can_answer() {
+fn every_route_documents_every_problem_it_can_answer() {
     let spec = spec();
     let by_slug: BTreeMap<&str, ProblemType> =
         ProblemType::ALL.iter().map(|k| (k.slug(), *k)).collect();
+    for route in API {
+        assert!(
+            ROUTES.contains(route),
+            "{route:?} is not a route of the router"
+        );
+    }
 
-    for route in [PUBLISH_ONE, PUBLISH_BATCH] {
+    for route in ROUTES {
+        let route = *route;
         let op = operation(&spec, route);
         let documented = documented_problems(op);
 
@@ -288,9 +339,21 @@ fn publish_routes_document_every_problem_they_can_answer() {
                 );
             }
         }
-        assert!(
-            op["security"].as_array().is_some_and(|s| !s.is_empty()),
-            "{route:?} requires the bearer scheme"
+        // Every error response is a documented problem (or, for a batch, a BatchResult).
+        for (code, response) in op["responses"].as_object().expect("responses") {
+            if code.starts_with('4') || code.starts_with('5') {
+                assert!(
+                    response.get("x-problem-types").is_some()
+                        || route.1 == "/readyz",
+                    "{route:?}: error response {code} has no x-problem-types"
+                );
+            }
+        }
+        let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
+        assert_eq!(
+            secured,
+            API.contains(&route),
+            "{route:?}: the API routes (and only they) require the bearer scheme"
         );
     }
 
@@ -323,6 +386,173 @@ fn publish_routes_document_every_problem_they_can_answer() {
         codes(PUBLISH_BATCH).is_superset(&BTreeSet::from(["202".into(), "207".into()])),
         "batch: 202 and 207"
     );
+}
+
+/// A batch answer whose items all failed is a 503 `BatchResult`, not a problem; failed items
+/// carry `index`, `id` and `error`.
+#[test]
+fn batch_results_are_documented_as_answered() {
+    let spec = spec();
+    let responses = &operation(&spec, PUBLISH_BATCH)["responses"];
+    for code in ["202", "207", "503"] {
+        assert_eq!(
+            responses[code]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/BatchResult",
+            "batch {code} documents a BatchResult"
+        );
+    }
+    let result = &spec["components"]["schemas"]["BatchResult"];
+    let required: BTreeSet<&str> = result["required"]
+        .as_array()
+        .expect("BatchResult.required")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        required,
+        BTreeSet::from(["stored", "duplicates", "failed", "results"])
+    );
+    let failure = &spec["components"]["schemas"]["BatchFailure"];
+    for member in ["index", "id", "error"] {
+        assert!(
+            failure["required"]
+                .as_array()
+                .expect("BatchFailure.required")
+                .iter()
+                .any(|m| m == member),
+            "BatchFailure requires {member}"
+        );
+    }
+}
+
+#[test]
+fn subscription_routes_document_their_answers() {
+    let spec = spec();
+    let schemas = &spec["components"]["schemas"];
+    let ok_schema = |route: Route| -> String {
+        operation(&spec, route)["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{route:?}: 200 has no JSON schema"))
+            .to_owned()
+    };
+    assert_eq!(ok_schema(SUBSCRIPTIONS), "#/components/schemas/SubscriptionList");
+    for route in [SUBSCRIPTION, PAUSE, RESUME] {
+        assert_eq!(ok_schema(route), "#/components/schemas/Subscription", "{route:?}");
+    }
+    assert_eq!(ok_schema(DEAD_LETTERS), "#/components/schemas/DeadLetterPage");
+    assert_eq!(ok_schema(REPLAY), "#/components/schemas/ReplayResult");
+    // The request and query shapes the handlers take.
+    assert_eq!(
+        operation(&spec, REPLAY)["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/ReplayRequest"
+    );
+    let replay = &schemas["ReplayRequest"]["properties"];
+    assert!(replay.get("ids").is_some() && replay.get("all").is_some());
+    let params: BTreeSet<&str> = operation(&spec, DEAD_LETTERS)["parameters"]
+        .as_array()
+        .expect("dead-letters parameters")
+        .iter()
+        .filter_map(|p| p["$ref"].as_str())
+        .filter_map(|r| r.strip_prefix("#/components/parameters/"))
+        .map(|name| spec["components"]["parameters"][name]["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(params, BTreeSet::from(["after", "limit"]));
+    // Every class a dead letter, a status or a last error can name is in the enum.
+    let listed: BTreeSet<&str> = schemas["DeliveryClass"]["enum"]
+        .as_array()
+        .expect("DeliveryClass.enum")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let all: BTreeSet<&str> = CLASSES.iter().map(|c| c.slug()).collect();
+    assert_eq!(listed, all, "DeliveryClass enum vs outcome::Class");
+}
+
+/// The `delivery` webhook documents how every answer is classified, as the code classifies it.
+#[test]
+fn delivery_webhook_classifies_answers_like_the_code() {
+    let spec = spec();
+    let op = &spec["webhooks"]["delivery"]["post"];
+    assert!(op.is_object(), "docs/openapi.json has no webhooks.delivery.post");
+    let responses = op["responses"].as_object().expect("webhook responses");
+    let classes_of = |key: &str| -> BTreeSet<String> {
+        responses[key]["x-delivery-class"]
+            .as_array()
+            .unwrap_or_else(|| panic!("webhook response {key} has no x-delivery-class"))
+            .iter()
+            .map(|c| c.as_str().expect("class").to_owned())
+            .collect()
+    };
+    let mut seen: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for status in 100u16..=599 {
+        // The most specific response object documents the status.
+        let exact = status.to_string();
+        let range = format!("{}XX", status / 100);
+        let key = [exact.as_str(), range.as_str(), "default"]
+            .into_iter()
+            .find(|k| responses.contains_key(*k))
+            .unwrap_or_else(|| panic!("no webhook response documents {status}"));
+        for retry_after in [false, true] {
+            let class = Class::of_status(status, retry_after).slug();
+            assert!(
+                classes_of(key).contains(class),
+                "webhook response {key} does not list `{class}`, the class of {status} \
+                 (Retry-After: {retry_after})"
+            );
+            seen.entry(key.to_owned()).or_default().insert(class.to_owned());
+        }
+    }
+    for key in responses.keys() {
+        assert_eq!(
+            classes_of(key),
+            seen.remove(key).unwrap_or_default(),
+            "webhook response {key} lists classes no status of it is given"
+        );
+    }
+    for header in [
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "ce-specversion",
+        "ce-id",
+        "ce-source",
+        "ce-type",
+        "ce-time",
+        "traceparent",
+        "magistral-subject",
+        "magistral-attempt",
+        "magistral-subscription",
+    ] {
+        assert!(
+            op["parameters"]
+                .as_array()
+                .expect("webhook parameters")
+                .iter()
+                .any(|p| p["in"] == "header" && p["name"] == header),
+            "webhook documents header {header}"
+        );
+    }
+}
+
+/// docs/errors.md has a delivery outcome table: one row per class.
+#[test]
+fn errors_md_lists_every_delivery_class() {
+    let section = ERRORS_MD
+        .split("## Delivery outcomes")
+        .nth(1)
+        .expect("docs/errors.md has a `## Delivery outcomes` section");
+    let section = section.split("\n## ").next().unwrap_or(section);
+    let rows: BTreeSet<&str> = section
+        .lines()
+        .filter_map(|line| {
+            line.trim()
+                .strip_prefix("| `")
+                .and_then(|rest| rest.split_once('`'))
+                .map(|(slug, _)| slug)
+        })
+        .collect();
+    let all: BTreeSet<&str> = CLASSES.iter().map(|c| c.slug()).collect();
+    assert_eq!(rows, all, "delivery outcome rows in docs/errors.md vs outcome::Class");
 }
 
 #[test]
