@@ -9,6 +9,8 @@ use crate::config::{Config, ConfigError, ConfigProblem, TokenSource};
 use crate::contracts::{Contract, Contracts};
 use crate::delivery::subscription::Subscription;
 use crate::delivery::system;
+use crate::directory::Directory;
+use crate::request::Responder;
 use crate::participants::{hash_token, Participant, Participants};
 use crate::streams::StreamDef;
 use crate::subject::{self, PatternSet};
@@ -21,6 +23,8 @@ pub struct Catalog {
     /// Declared streams, then the gateway's system streams.
     pub streams: Vec<StreamDef>,
     pub subscriptions: Vec<Arc<Subscription>>,
+    pub responders: Vec<Arc<Responder>>,
+    pub directories: Vec<Directory>,
     pub require_contract: bool,
 }
 
@@ -56,7 +60,9 @@ impl Catalog {
                     Err(message) => problem(config_file.clone(), field, message),
                 }
             }
-            for (kind, patterns) in [("publish", &p.publish), ("subscribe", &p.subscribe)] {
+            for (kind, patterns) in
+                [("publish", &p.publish), ("subscribe", &p.subscribe), ("request", &p.request), ("respond", &p.respond)]
+            {
                 for (i, pattern) in patterns.iter().enumerate() {
                     if let Err(message) = subject::validate_pattern(pattern) {
                         problem(config_file.clone(), format!("participants.{name}.{kind}[{i}]"), message);
@@ -65,6 +71,10 @@ impl Catalog {
             }
             let mut participant = Participant::new(name.clone(), hashes, PatternSet::new(p.publish.clone()));
             participant.subscribe = PatternSet::new(p.subscribe.clone());
+            participant.request = PatternSet::new(p.request.clone());
+            participant.respond = PatternSet::new(p.respond.clone());
+            participant.kv_read = p.kv_read.clone();
+            participant.kv_write = p.kv_write.clone();
             participant.admin = p.admin;
             participants.push(participant);
         }
@@ -103,8 +113,11 @@ impl Catalog {
         let mut contracts = Vec::new();
         for (i, binding) in config.contracts.iter().enumerate() {
             let field = |f: &str| format!("contracts[{i}].{f}");
-            if binding.subjects.is_empty() {
-                problem(config_file.clone(), field("subjects"), "a contract is bound to at least one subject pattern".into());
+            // A contract with neither subjects nor replies may still govern a directory.
+            for (j, pattern) in binding.replies.iter().enumerate() {
+                if let Err(message) = subject::validate_pattern(pattern) {
+                    problem(config_file.clone(), field(&format!("replies[{j}]")), message);
+                }
             }
             if contracts.iter().any(|c: &Contract| c.name == binding.name && c.version == binding.version) {
                 problem(config_file.clone(), field("version"), format!("{} v{} is declared twice", binding.name, binding.version));
@@ -112,8 +125,15 @@ impl Catalog {
             for (j, pattern) in binding.subjects.iter().enumerate() {
                 if let Err(message) = subject::validate_pattern(pattern) {
                     problem(config_file.clone(), field(&format!("subjects[{j}]")), message);
-                } else if !streams.iter().any(|s| s.config.subjects.iter().any(|sp| subject::covers(sp, pattern))) {
-                    problem(config_file.clone(), field(&format!("subjects[{j}]")), format!("no stream in {} stores {pattern}", streams_dir.display()));
+                } else if !streams.iter().any(|s| s.config.subjects.iter().any(|sp| subject::covers(sp, pattern)))
+                    && !config.responders.values().flat_map(|r| &r.subjects).any(|rs| subject::covers(rs, pattern))
+                    && !config.participants.values().flat_map(|p| &p.request).any(|rp| subject::covers(rp, pattern))
+                {
+                    problem(
+                        config_file.clone(),
+                        field(&format!("subjects[{j}]")),
+                        format!("no stream in {} stores {pattern}, and no responder or requester uses it", streams_dir.display()),
+                    );
                 }
             }
             let file = contracts_dir.join(&binding.file);
@@ -131,14 +151,47 @@ impl Catalog {
                 },
             };
             match Contract::compile(binding.name.clone(), binding.version, file.clone(), binding.subjects.clone(), schema) {
-                Ok(contract) => contracts.push(contract),
+                Ok(mut contract) => {
+                    contract.replies = binding.replies.clone();
+                    contracts.push(contract);
+                }
                 Err(message) => problem(Some(file), "(schema)".into(), format!("not a valid JSON Schema 2020-12: {message}")),
             }
         }
 
-        // Subscriptions, over the declared and the system streams.
+        // Directories (their buckets' streams can be subscribed to).
+        let mut directories = Vec::new();
+        for (name, cfg) in &config.directories {
+            match Directory::resolve(name, cfg, config) {
+                Ok(d) => directories.push(d),
+                Err(list) => {
+                    for (field, message) in list {
+                        let field = if field.is_empty() { format!("directories.{name}") } else { format!("directories.{name}.{field}") };
+                        problem(config_file.clone(), field, message);
+                    }
+                }
+            }
+        }
+
+        // Responders.
+        let mut responders = Vec::new();
+        for (name, cfg) in &config.responders {
+            let permissions = config.participants.get(&cfg.participant).map(|p| p.respond.as_slice());
+            match Responder::resolve(name, cfg, config, permissions) {
+                Ok(r) => responders.push(Arc::new(r)),
+                Err(list) => {
+                    for (field, message) in list {
+                        let field = if field.is_empty() { format!("responders.{name}") } else { format!("responders.{name}.{field}") };
+                        problem(config_file.clone(), field, message);
+                    }
+                }
+            }
+        }
+
+        // Subscriptions, over the declared, system and directory streams.
         let declared_streams = streams.len();
         streams.extend(system::streams(&config.system));
+        streams.extend(directories.iter().map(Directory::stream));
         let mut subscriptions = Vec::new();
         for (name, cfg) in &config.subscriptions {
             let permissions = config.participants.get(&cfg.participant).map(|p| p.subscribe.as_slice());
@@ -161,6 +214,8 @@ impl Catalog {
         if problems.is_empty() {
             Ok(Self {
                 subscriptions,
+                responders,
+                directories,
                 participants: Participants::new(participants),
                 contracts: Contracts::new(contracts),
                 streams,
@@ -175,6 +230,11 @@ impl Catalog {
     #[must_use]
     pub fn stream_for(&self, subject: &str) -> Option<&StreamDef> {
         self.streams.iter().find(|s| s.binds(subject))
+    }
+
+    #[must_use]
+    pub fn directory(&self, bucket: &str) -> Option<&Directory> {
+        self.directories.iter().find(|d| d.bucket == bucket)
     }
 
     #[must_use]

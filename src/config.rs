@@ -35,6 +35,10 @@ pub struct Config {
     pub participants: BTreeMap<String, ParticipantConfig>,
     /// Push subscriptions, by name (the name is part of consumer and subject names).
     pub subscriptions: BTreeMap<String, SubscriptionConfig>,
+    /// HTTP endpoints that answer requests on subjects, by name.
+    pub responders: BTreeMap<String, ResponderConfig>,
+    /// Reference books kept in JetStream KV buckets, by name (= bucket name).
+    pub directories: BTreeMap<String, DirectoryConfig>,
     /// The gateway's own streams: dead letters, delivery status events, replays.
     pub system: SystemConfig,
     /// How often configuration files are checked for changes (0 = only on SIGHUP).
@@ -61,6 +65,8 @@ impl Default for Config {
             contracts: Vec::new(),
             participants: BTreeMap::new(),
             subscriptions: BTreeMap::new(),
+            responders: BTreeMap::new(),
+            directories: BTreeMap::new(),
             system: SystemConfig::default(),
             // Cheap (a few small files hashed) and quick enough for a ConfigMap update.
             reload_interval: Duration::from_secs(5),
@@ -132,6 +138,12 @@ pub struct Limits {
     /// Publishes waiting for their PubAck at once; past it the gateway answers 503 rather
     /// than queue without bound.
     pub max_in_flight_publishes: usize,
+    /// Request/reply wait when the requester names none (`?timeout=`).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// The longest `?timeout=` a requester may ask for.
+    #[serde(with = "humantime_serde")]
+    pub max_request_timeout: Duration,
     /// Seconds suggested in `Retry-After` when NATS is unavailable.
     pub retry_after_seconds: u64,
     /// How long shutdown waits for in-flight requests before closing anyway.
@@ -152,6 +164,9 @@ impl Default for Limits {
             // The async-nats default ack window is 5,000; stay under it so the client
             // never blocks a request silently.
             max_in_flight_publishes: 4096,
+            // A live question to an ERP: seconds, not minutes; a page is waiting for it.
+            request_timeout: Duration::from_secs(5),
+            max_request_timeout: Duration::from_secs(60),
             retry_after_seconds: 2,
             // Kubernetes' default grace period is 30 s; finish before it.
             drain_timeout: Duration::from_secs(20),
@@ -192,8 +207,12 @@ pub struct ContractBinding {
     pub version: u32,
     /// Schema file, relative to `contracts_dir`.
     pub file: PathBuf,
-    /// Subject patterns whose data must honour the schema.
+    /// Subject patterns whose data (published, or sent as a request) must honour the schema.
+    #[serde(default)]
     pub subjects: Vec<String>,
+    /// Request subject patterns whose replies must honour the schema.
+    #[serde(default)]
+    pub replies: Vec<String>,
 }
 
 /// A connected system.
@@ -214,6 +233,64 @@ pub struct ParticipantConfig {
     /// May operate every subscription (pause, resume, replay), not only its own.
     #[serde(default)]
     pub admin: bool,
+    /// Subject patterns the participant may send requests to (`POST /v1/request/...`).
+    #[serde(default)]
+    pub request: Vec<String>,
+    /// Subject patterns the participant may answer as a responder.
+    #[serde(default)]
+    pub respond: Vec<String>,
+    /// Directories (bucket names, or `*`) the participant may read.
+    #[serde(default)]
+    pub kv_read: Vec<String>,
+    /// Directories (bucket names, or `*`) the participant may write.
+    #[serde(default)]
+    pub kv_write: Vec<String>,
+}
+
+/// An HTTP endpoint of a participant that answers requests on subjects.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponderConfig {
+    /// The participant answering; it needs `respond` permission for the subjects.
+    pub participant: String,
+    /// Subjects (wildcards allowed) this endpoint answers.
+    pub subjects: Vec<String>,
+    pub endpoint: String,
+    #[serde(default)]
+    pub method: DeliveryMethod,
+    #[serde(default)]
+    pub headers: BTreeMap<String, SecretValue>,
+    /// Per-request HTTP timeout (the requester's own timeout may be shorter).
+    #[serde(default = "defaults::delivery_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Requests forwarded at once, per gateway replica.
+    #[serde(default = "defaults::max_in_flight")]
+    pub max_concurrency: u32,
+    #[serde(default)]
+    pub signing_secrets: Vec<SecretValue>,
+}
+
+/// A reference book in a JetStream KV bucket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// The participant that owns the book; it may always read and write it.
+    pub owner: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Revisions kept per key (1-64).
+    #[serde(default = "defaults::history")]
+    pub history: i64,
+    /// How long a value lives without being rewritten; none = forever.
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+    #[serde(default = "defaults::replicas")]
+    pub replicas: usize,
+    /// Contract name every value must honour (its newest version, or `contract_version`).
+    #[serde(default)]
+    pub contract: Option<String>,
+    #[serde(default)]
+    pub contract_version: Option<u32>,
 }
 
 /// A participant's standing interest in subjects, delivered by HTTP push.
@@ -298,6 +375,12 @@ mod defaults {
     }
     pub fn ack_wait() -> Duration {
         Duration::from_secs(30)
+    }
+    pub fn history() -> i64 {
+        1
+    }
+    pub fn replicas() -> usize {
+        1
     }
     pub fn breaker_cooldown() -> Duration {
         Duration::from_secs(30)
@@ -462,7 +545,8 @@ impl From<ConfigProblem> for ConfigError {
 /// Top-level settings holding one value (`MAGISTRAL_LISTEN`), for filtering variables.
 const VALUE_KEYS: &[&str] = &["listen", "streams_dir", "contracts_dir", "require_contract", "reload_interval"];
 /// Top-level tables, set through nested variables (`MAGISTRAL_NATS__URL`).
-const TABLE_KEYS: &[&str] = &["nats", "limits", "log", "contracts", "participants", "subscriptions", "system"];
+const TABLE_KEYS: &[&str] =
+    &["nats", "limits", "log", "contracts", "participants", "subscriptions", "responders", "directories", "system"];
 
 impl Config {
     /// Layers defaults < `path` (when given) < `MAGISTRAL_*` environment variables

@@ -17,6 +17,8 @@ pub struct Contract {
     pub file: PathBuf,
     /// Subject patterns this version governs.
     pub subjects: Vec<String>,
+    /// Request subject patterns whose replies this version governs.
+    pub replies: Vec<String>,
     /// URI stamped as `ce-dataschema`: the schema's `$id`, or a URN naming the version.
     pub dataschema: String,
     pub schema: Value,
@@ -55,7 +57,7 @@ impl Contract {
             .get("$id")
             .and_then(Value::as_str)
             .map_or_else(|| format!("urn:magistral:contract:{name}:v{version}"), str::to_owned);
-        Ok(Self { name, version, file, subjects, dataschema, schema, validator })
+        Ok(Self { name, version, file, subjects, replies: Vec::new(), dataschema, schema, validator })
     }
 
     /// Every way `data` breaks this contract; empty when it honours it.
@@ -115,6 +117,12 @@ impl Contracts {
                     })
             }
         }
+    }
+
+    /// The contract replies to requests on `subject` must honour (newest version).
+    #[must_use]
+    pub fn for_reply(&self, subject: &str) -> Option<&Contract> {
+        self.0.iter().find(|c| c.replies.iter().any(|p| subject::matches(p, subject)))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Contract> {

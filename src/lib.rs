@@ -10,6 +10,8 @@
 //! - [`streams`]: stream files and reconciling them with the server (`magistral apply`).
 //! - [`publish`]: the publish path, from checked bytes to PubAck; CloudEvents headers.
 //! - [`delivery`]: push subscriptions: consumers, HTTP attempts, retries, dead letters.
+//! - [`request`]: request/reply and participants' HTTP responders (NATS micro services).
+//! - [`directory`]: reference books in JetStream KV.
 //! - [`reload`]: configuration changes picked up without a restart.
 //! - [`http`]: routes, extractors, the RFC 9457 error contract, operations endpoints.
 //! - [`nats`]: the NATS connection; [`telemetry`]: logs and metrics; [`dev`]: `magistral dev`.
@@ -20,11 +22,13 @@ pub mod config;
 pub mod contracts;
 pub mod delivery;
 pub mod dev;
+pub mod directory;
 pub mod http;
 pub mod nats;
 pub mod participants;
 pub mod publish;
 pub mod reload;
+pub mod request;
 pub mod streams;
 pub mod subject;
 pub mod telemetry;
@@ -68,6 +72,7 @@ pub async fn run(config: Config, catalog: Catalog, listener: TcpListener, shutdo
     let publisher = Publisher::new(client.clone(), &limits);
     let tasks = TaskTracker::new();
     let engine = delivery::Engine::new(publisher.jetstream().clone(), config.system.replicas).map_err(RunError::Delivery)?;
+    let http_client = engine.http.clone();
     let deliveries = Arc::new(delivery::Deliveries::new(Arc::new(engine), tasks.clone(), shutdown.clone()));
     let state = AppState {
         catalog: Arc::new(ArcSwap::from_pointee(catalog)),
@@ -77,6 +82,8 @@ pub async fn run(config: Config, catalog: Catalog, listener: TcpListener, shutdo
         health: Arc::new(Health::default()),
         metrics: telemetry::metrics_handle(),
         deliveries,
+        responders: Arc::new(request::Responders::new(client.clone(), http_client.clone(), tasks.clone(), shutdown.clone())),
+        stores: Arc::new(http::kv::Stores::default()),
     };
     tasks.spawn(start_when_reconciled(state.clone(), config.clone(), shutdown.clone()));
 
@@ -117,6 +124,7 @@ async fn start_when_reconciled(state: AppState, config: Config, shutdown: Cancel
         if reconcile_all(&state, &catalog).await {
             state.health.set_streams_reconciled();
             state.deliveries.apply(&catalog);
+            state.responders.apply(&catalog);
             break;
         }
         tokio::select! {
@@ -131,7 +139,13 @@ async fn start_when_reconciled(state: AppState, config: Config, shutdown: Cancel
 /// Creates or updates every stream of the catalog (never deletes); true when all succeeded.
 pub async fn reconcile_all(state: &AppState, catalog: &Catalog) -> bool {
     let mut ok = true;
-    for def in &catalog.streams {
+    for directory in &catalog.directories {
+        if let Err(err) = directory.ensure(state.publisher.jetstream()).await {
+            tracing::warn!(%err, "directory bucket not ready; will retry");
+            ok = false;
+        }
+    }
+    for def in catalog.streams.iter().filter(|s| !s.bucket) {
         match streams::reconcile(state.publisher.jetstream(), def, false).await {
             Ok(change) => tracing::info!(%change, "stream reconciled"),
             Err(err) => {

@@ -141,7 +141,17 @@ async fn apply(config: Config, catalog: Catalog, dry_run: bool, prune: bool) -> 
     }
     let js = async_nats::jetstream::new(client);
     let mut failed = false;
-    for def in &catalog.streams {
+    for directory in &catalog.directories {
+        if dry_run {
+            println!("= directory {}: ensured on apply (bucket settings are applied as configured)", directory.bucket);
+        } else if let Err(err) = directory.ensure(&js).await {
+            eprintln!("{err}");
+            failed = true;
+        } else {
+            println!("= directory {}: bucket ready", directory.bucket);
+        }
+    }
+    for def in catalog.streams.iter().filter(|s| !s.bucket) {
         match magistral::streams::reconcile(&js, def, dry_run).await {
             Ok(change) => println!("{change}"),
             Err(err) => {

@@ -13,6 +13,11 @@ pub struct Participant {
     pub(crate) token_hashes: Vec<[u8; 32]>,
     pub publish: PatternSet,
     pub subscribe: PatternSet,
+    pub request: PatternSet,
+    pub respond: PatternSet,
+    /// Directory (bucket) names it may read / write; `*` = all.
+    pub kv_read: Vec<String>,
+    pub kv_write: Vec<String>,
     /// May operate every subscription, not only its own.
     pub admin: bool,
     /// The CloudEvents `source` stamped on everything this participant publishes.
@@ -23,7 +28,28 @@ impl Participant {
     #[must_use]
     pub fn new(name: String, token_hashes: Vec<[u8; 32]>, publish: PatternSet) -> Self {
         let source = format!("/participants/{name}");
-        Self { name, token_hashes, publish, subscribe: PatternSet::default(), admin: false, source }
+        Self {
+            name,
+            token_hashes,
+            publish,
+            subscribe: PatternSet::default(),
+            request: PatternSet::default(),
+            respond: PatternSet::default(),
+            kv_read: Vec::new(),
+            kv_write: Vec::new(),
+            admin: false,
+            source,
+        }
+    }
+
+    #[must_use]
+    pub fn may_read(&self, bucket: &str) -> bool {
+        self.kv_read.iter().chain(&self.kv_write).any(|b| b == "*" || b == bucket)
+    }
+
+    #[must_use]
+    pub fn may_write(&self, bucket: &str) -> bool {
+        self.kv_write.iter().any(|b| b == "*" || b == bucket)
     }
 }
 

@@ -43,6 +43,7 @@ pub async fn reload(state: &AppState, path: Option<&Path>) -> Result<(), String>
     state.catalog.store(catalog.clone());
     crate::reconcile_all(state, &catalog).await;
     state.deliveries.apply(&catalog);
+    state.responders.apply(&catalog);
     metrics::counter!("magistral_config_reloads_total", "outcome" => "applied").increment(1);
     tracing::info!("configuration reloaded");
     Ok(())

@@ -17,6 +17,8 @@ pub struct StreamDef {
     /// The file's JSON as written; only the keys it sets are compared with the server.
     pub declared: serde_json::Map<String, Value>,
     pub config: stream::Config,
+    /// The stream of a directory's KV bucket: created as a bucket, never as a plain stream.
+    pub bucket: bool,
 }
 
 impl StreamDef {
@@ -47,7 +49,7 @@ impl StreamDef {
         for (i, s) in config.subjects.iter().enumerate() {
             subject::validate_pattern(s).map_err(|m| (format!("subjects[{i}]"), m))?;
         }
-        Ok(Self { file, declared, config })
+        Ok(Self { file, declared, config, bucket: false })
     }
 
     #[must_use]

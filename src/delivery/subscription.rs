@@ -112,39 +112,14 @@ impl Subscription {
                 problems.push((format!("subjects[{i}]"), format!("no stream stores {s}")));
             }
         }
-        let endpoint = match reqwest::Url::parse(&cfg.endpoint) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
-            Ok(_) => {
-                problems.push(("endpoint".into(), "only http and https endpoints".into()));
-                None
-            }
-            Err(e) => {
-                problems.push(("endpoint".into(), format!("not a URL: {e}")));
-                None
+        let target = resolve_target(config, &cfg.endpoint, cfg.method, &cfg.headers, &cfg.signing_secrets);
+        let (endpoint, method, headers, signing_keys) = match target {
+            Ok(t) => (Some(t.endpoint), t.method, t.headers, t.signing_keys),
+            Err(list) => {
+                problems.extend(list);
+                (None, reqwest::Method::POST, HeaderMap::new(), Vec::new())
             }
         };
-        let mut headers = HeaderMap::new();
-        for (key, value) in &cfg.headers {
-            let field = format!("headers.{key}");
-            let Ok(header) = HeaderName::from_bytes(key.as_bytes()) else {
-                problems.push((field, "not a valid header name".into()));
-                continue;
-            };
-            match read_secret(config, value).and_then(|v| HeaderValue::from_str(&v).map_err(|_| "not a valid header value".into())) {
-                Ok(mut v) => {
-                    v.set_sensitive(true);
-                    headers.insert(header, v);
-                }
-                Err(m) => problems.push((field, m)),
-            }
-        }
-        let mut signing_keys = Vec::new();
-        for (i, secret) in cfg.signing_secrets.iter().enumerate() {
-            match read_secret(config, secret).and_then(|s| SigningKey::from_secret(&s)) {
-                Ok(key) => signing_keys.push(key),
-                Err(m) => problems.push((format!("signing_secrets[{i}]"), m)),
-            }
-        }
         if cfg.retry_schedule.is_empty() {
             problems.push(("retry_schedule".into(), "at least one delay".into()));
         }
@@ -171,11 +146,7 @@ impl Subscription {
             participant: cfg.participant.clone(),
             subjects: cfg.subjects.clone(),
             endpoint,
-            method: match cfg.method {
-                DeliveryMethod::Post => reqwest::Method::POST,
-                DeliveryMethod::Put => reqwest::Method::PUT,
-                DeliveryMethod::Patch => reqwest::Method::PATCH,
-            },
+            method,
             headers,
             timeout: cfg.timeout,
             policy: RetryPolicy {
@@ -194,6 +165,76 @@ impl Subscription {
             ack_wait: cfg.ack_wait,
             spans,
         })
+    }
+}
+
+/// Where and how to call a participant's HTTP endpoint (subscriptions and responders).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpTarget {
+    pub endpoint: reqwest::Url,
+    pub method: reqwest::Method,
+    /// Extra headers, secrets already read, marked sensitive.
+    pub headers: HeaderMap,
+    pub signing_keys: Vec<SigningKey>,
+}
+
+/// Parses an endpoint and reads its header values and signing secrets.
+///
+/// # Errors
+/// `(field, message)` for every problem.
+pub fn resolve_target(
+    config: &Config,
+    endpoint: &str,
+    method: DeliveryMethod,
+    headers: &std::collections::BTreeMap<String, SecretValue>,
+    signing_secrets: &[SecretValue],
+) -> Result<HttpTarget, Vec<(String, String)>> {
+    let mut problems = Vec::new();
+    let endpoint = match reqwest::Url::parse(endpoint) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
+        Ok(_) => {
+            problems.push(("endpoint".into(), "only http and https endpoints".into()));
+            None
+        }
+        Err(e) => {
+            problems.push(("endpoint".into(), format!("not a URL: {e}")));
+            None
+        }
+    };
+    let mut resolved = HeaderMap::new();
+    for (key, value) in headers {
+        let field = format!("headers.{key}");
+        let Ok(header) = HeaderName::from_bytes(key.as_bytes()) else {
+            problems.push((field, "not a valid header name".into()));
+            continue;
+        };
+        match read_secret(config, value).and_then(|v| HeaderValue::from_str(&v).map_err(|_| "not a valid header value".into())) {
+            Ok(mut v) => {
+                v.set_sensitive(true);
+                resolved.insert(header, v);
+            }
+            Err(m) => problems.push((field, m)),
+        }
+    }
+    let mut signing_keys = Vec::new();
+    for (i, secret) in signing_secrets.iter().enumerate() {
+        match read_secret(config, secret).and_then(|s| SigningKey::from_secret(&s)) {
+            Ok(key) => signing_keys.push(key),
+            Err(m) => problems.push((format!("signing_secrets[{i}]"), m)),
+        }
+    }
+    match (endpoint, problems.is_empty()) {
+        (Some(endpoint), true) => Ok(HttpTarget {
+            endpoint,
+            method: match method {
+                DeliveryMethod::Post => reqwest::Method::POST,
+                DeliveryMethod::Put => reqwest::Method::PUT,
+                DeliveryMethod::Patch => reqwest::Method::PATCH,
+            },
+            headers: resolved,
+            signing_keys,
+        }),
+        _ => Err(problems),
     }
 }
 

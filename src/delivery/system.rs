@@ -56,6 +56,7 @@ pub fn streams(cfg: &SystemConfig) -> Vec<StreamDef> {
             file: PathBuf::from("(built-in)"),
             declared: declared.as_object().cloned().unwrap_or_default(),
             config,
+            bucket: false,
         }
     };
     vec![

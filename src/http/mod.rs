@@ -1,9 +1,11 @@
 //! The HTTP surface: routes, shared state, and the extractors every route uses so that bad
 //! input comes back in our problem format before any business check runs.
 
+pub mod kv;
 pub mod ops;
 pub mod problem;
 pub mod publish;
+pub mod request;
 pub mod subscriptions;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +36,9 @@ pub struct AppState {
     pub health: Arc<Health>,
     pub metrics: PrometheusHandle,
     pub deliveries: Arc<crate::delivery::Deliveries>,
+    pub responders: Arc<crate::request::Responders>,
+    /// Open directory buckets.
+    pub stores: Arc<kv::Stores>,
 }
 
 /// Readiness facts the background tasks update.
@@ -59,6 +64,11 @@ impl Health {
 pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/publish/{subject}"),
     ("post", "/v1/publish"),
+    ("post", "/v1/request/{subject}"),
+    ("get", "/v1/kv/{bucket}"),
+    ("get", "/v1/kv/{bucket}/{key}"),
+    ("put", "/v1/kv/{bucket}/{key}"),
+    ("delete", "/v1/kv/{bucket}/{key}"),
     ("get", "/v1/subscriptions"),
     ("get", "/v1/subscriptions/{name}"),
     ("post", "/v1/subscriptions/{name}/pause"),
@@ -76,6 +86,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/publish/{subject}", post(publish::publish_one))
         .route("/v1/publish", post(publish::publish_batch))
+        .route("/v1/request/{subject}", post(request::request))
+        .route("/v1/kv/{bucket}", get(kv::list))
+        .route("/v1/kv/{bucket}/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/v1/subscriptions", get(subscriptions::list))
         .route("/v1/subscriptions/{name}", get(subscriptions::show))
         .route("/v1/subscriptions/{name}/pause", post(subscriptions::pause))

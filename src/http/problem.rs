@@ -32,6 +32,12 @@ pub enum ProblemType {
     Overloaded,
     NotFound,
     InvalidQuery,
+    RevisionMismatch,
+    InvalidKey,
+    ReplyContractViolation,
+    ResponderError,
+    RequestTimeout,
+    NoResponders,
     MethodNotAllowed,
     Internal,
 }
@@ -60,6 +66,12 @@ impl ProblemType {
         Self::Overloaded,
         Self::NotFound,
         Self::InvalidQuery,
+        Self::RevisionMismatch,
+        Self::InvalidKey,
+        Self::ReplyContractViolation,
+        Self::ResponderError,
+        Self::RequestTimeout,
+        Self::NoResponders,
         Self::MethodNotAllowed,
         Self::Internal,
     ];
@@ -89,6 +101,12 @@ impl ProblemType {
             Self::Overloaded => "overloaded",
             Self::NotFound => "not-found",
             Self::InvalidQuery => "invalid-query",
+            Self::RevisionMismatch => "revision-mismatch",
+            Self::InvalidKey => "invalid-key",
+            Self::ReplyContractViolation => "reply-contract-violation",
+            Self::ResponderError => "responder-error",
+            Self::RequestTimeout => "request-timeout",
+            Self::NoResponders => "no-responders",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::Internal => "internal",
         }
@@ -116,6 +134,12 @@ impl ProblemType {
             Self::PublishTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::RevisionMismatch => StatusCode::PRECONDITION_FAILED,
+            Self::InvalidKey => StatusCode::BAD_REQUEST,
+            Self::ReplyContractViolation => StatusCode::BAD_GATEWAY,
+            Self::ResponderError => StatusCode::BAD_GATEWAY,
+            Self::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::NoResponders => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -143,6 +167,12 @@ impl ProblemType {
             Self::Overloaded => "The gateway is at its in-flight limit",
             Self::NotFound => "No such resource",
             Self::InvalidQuery => "The query parameters are invalid",
+            Self::RevisionMismatch => "The value changed since the given revision",
+            Self::InvalidKey => "The key is not a valid directory key",
+            Self::ReplyContractViolation => "The reply does not honour its contract",
+            Self::ResponderError => "The responder answered with an error",
+            Self::RequestTimeout => "The responder did not answer in time",
+            Self::NoResponders => "No responder is listening on this subject",
             Self::MethodNotAllowed => "The method is not allowed on this resource",
             Self::Internal => "Internal error",
         }
@@ -151,7 +181,15 @@ impl ProblemType {
     /// Whether the same request may succeed if sent again unchanged.
     #[must_use]
     pub const fn retryable(self) -> bool {
-        matches!(self, Self::NatsUnavailable | Self::PublishTimeout | Self::Overloaded | Self::Internal)
+        matches!(
+            self,
+            Self::NatsUnavailable
+                | Self::PublishTimeout
+                | Self::Overloaded
+                | Self::Internal
+                | Self::NoResponders
+                | Self::RequestTimeout
+        )
     }
 
     #[must_use]
@@ -171,11 +209,13 @@ pub struct Problem {
     pub items: Vec<Value>,
     /// Seconds for `Retry-After`.
     pub retry_after: Option<u64>,
+    /// A status other than the class's own: a responder's error keeps the code it chose.
+    pub status: Option<StatusCode>,
 }
 
 impl Problem {
     pub fn new(kind: ProblemType, detail: impl Into<String>) -> Self {
-        Self { kind, detail: detail.into(), errors: Vec::new(), items: Vec::new(), retry_after: None }
+        Self { kind, detail: detail.into(), errors: Vec::new(), items: Vec::new(), retry_after: None, status: None }
     }
 
     #[must_use]
@@ -188,6 +228,12 @@ impl Problem {
     pub fn retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
         self
+    }
+
+    /// The HTTP status answered.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        self.status.unwrap_or_else(|| self.kind.status())
     }
 
     /// The problem as a JSON object (also used for batch items).
@@ -209,7 +255,7 @@ impl Problem {
         serde_json::to_value(Body {
             type_: self.kind.uri(),
             title: self.kind.title(),
-            status: self.kind.status().as_u16(),
+            status: self.status().as_u16(),
             detail: &self.detail,
             retryable: self.kind.retryable(),
             errors: &self.errors,
@@ -221,7 +267,7 @@ impl Problem {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let status = self.kind.status();
+        let status = self.status();
         let body = self.body().to_string();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();

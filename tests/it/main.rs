@@ -2,8 +2,12 @@
 mod common;
 
 mod nats_harness;
+mod cluster;
 mod delivery;
 mod faults;
+mod kv;
 mod process;
 mod publish;
+mod request;
 mod openapi;
+mod helm;

@@ -65,6 +65,9 @@ type Script = Box<dyn Fn(usize, &Received) -> Answer + Send + Sync>;
 
 struct Shared {
     received: Mutex<Vec<Received>>,
+    /// Requests being answered now, and the most seen at once.
+    in_flight: std::sync::atomic::AtomicUsize,
+    max_in_flight: std::sync::atomic::AtomicUsize,
     script: Mutex<Script>,
     notify: Notify,
 }
@@ -85,6 +88,8 @@ impl Receiver {
     pub async fn scripted(script: impl Fn(usize, &Received) -> Answer + Send + Sync + 'static) -> Receiver {
         let shared = Arc::new(Shared {
             received: Mutex::new(Vec::new()),
+            in_flight: Default::default(),
+            max_in_flight: Default::default(),
             script: Mutex::new(Box::new(script)),
             notify: Notify::new(),
         });
@@ -101,6 +106,11 @@ impl Receiver {
 
     pub fn set_script(&self, script: impl Fn(usize, &Received) -> Answer + Send + Sync + 'static) {
         *self.shared.script.lock().unwrap() = Box::new(script);
+    }
+
+    /// The most requests this endpoint was answering at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.max_in_flight.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -171,9 +181,13 @@ async fn handle(
         script(n, &received)
     };
     shared.notify.notify_waiters();
+    use std::sync::atomic::Ordering::SeqCst;
+    let now = shared.in_flight.fetch_add(1, SeqCst) + 1;
+    shared.max_in_flight.fetch_max(now, SeqCst);
     if !answer.delay.is_zero() {
         tokio::time::sleep(answer.delay).await;
     }
+    shared.in_flight.fetch_sub(1, SeqCst);
     let mut response = (StatusCode::from_u16(answer.status).unwrap(), answer.body).into_response();
     for (name, value) in answer.headers {
         response.headers_mut().insert(name, value.parse().unwrap());

@@ -1,0 +1,185 @@
+//! `POST /v1/request/{subject}?timeout=`: an HTTP request becomes a NATS request; the reply
+//! becomes the HTTP response (or a problem mapped from NATS micro error headers).
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::problem::{Problem, ProblemType};
+use super::{authenticate, header_str, media_type, read_body, AppState};
+use crate::publish::cloudevents::{self, StoredAttributes};
+use crate::publish::{check_utf8, exceeds_depth, malformed};
+use crate::subject;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestQuery {
+    /// `500ms`, `5s`, ...; bounded by `limits.max_request_timeout`.
+    timeout: Option<String>,
+}
+
+/// Sends the body as a NATS request and answers with the reply.
+pub async fn request(
+    State(state): State<AppState>,
+    subject: Result<Path<String>, PathRejection>,
+    query: Result<Query<RequestQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let catalog = state.catalog.load_full();
+    let participant = authenticate(&catalog, &headers)?;
+    let Ok(Path(subject)) = subject else {
+        return Err(Problem::new(ProblemType::InvalidSubject, "the subject is not valid UTF-8 once percent-decoded"));
+    };
+    let Query(query) = query.map_err(|e| Problem::new(ProblemType::InvalidQuery, e.body_text()))?;
+    let limits = &state.limits;
+    let timeout = match query.timeout.as_deref() {
+        None => limits.request_timeout,
+        Some(t) => humantime::parse_duration(t)
+            .map_err(|e| Problem::new(ProblemType::InvalidQuery, format!("timeout {t:?}: {e} (e.g. 500ms, 5s)")))?,
+    }
+    .min(limits.max_request_timeout)
+    .max(Duration::from_millis(1));
+
+    subject::validate_publish_subject(&subject, limits.max_subject_length)
+        .map_err(|e| Problem::new(ProblemType::InvalidSubject, format!("{subject:?}: {e}")))?;
+    if subject.starts_with(crate::delivery::system::RESERVED_PREFIX) {
+        return Err(Problem::new(ProblemType::InvalidSubject, "subjects under `magistral.` are reserved"));
+    }
+    if !participant.request.allows(&subject) {
+        return Err(Problem::new(
+            ProblemType::Forbidden,
+            format!("participant {} may not send requests to {subject}", participant.name),
+        ));
+    }
+    match media_type(&headers).as_deref() {
+        Some(t) if cloudevents::is_json_media_type(t) => {}
+        other => {
+            return Err(Problem::new(
+                ProblemType::UnsupportedMediaType,
+                format!("{} is not accepted; send application/json", other.unwrap_or("no Content-Type")),
+            ));
+        }
+    }
+    let body = read_body(body, &headers, limits.max_body_bytes).await?;
+    check_utf8(&body)?;
+    if exceeds_depth(&body, limits.max_json_depth) {
+        return Err(Problem::new(ProblemType::JsonTooDeep, format!("the data nests deeper than {} levels", limits.max_json_depth)));
+    }
+    let attributes = cloudevents::from_http_headers(&headers)?;
+    let contract = catalog
+        .contracts
+        .for_subject(&subject, attributes.dataschema.as_deref())
+        .map_err(|e| Problem::new(ProblemType::UnknownDataschema, e.to_string()))?;
+    match contract {
+        Some(contract) => {
+            let value: serde_json::Value = serde_json::from_slice(&body).map_err(malformed)?;
+            let violations = contract.violations(&value);
+            if !violations.is_empty() {
+                return Err(Problem::new(
+                    ProblemType::ContractViolation,
+                    format!("{} violation(s) of contract {} v{}", violations.len(), contract.name, contract.version),
+                )
+                .with_errors(violations));
+            }
+        }
+        None => {
+            serde_json::from_slice::<serde::de::IgnoredAny>(&body).map_err(malformed)?;
+        }
+    }
+
+    let id = attributes.id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let nats_headers = StoredAttributes {
+        id: &id,
+        source: &participant.source,
+        type_: attributes.type_.as_deref().unwrap_or(&subject),
+        subject: attributes.subject.as_deref(),
+        dataschema: contract.map(|c| c.dataschema.as_str()),
+        time: attributes.time.as_deref(),
+        extensions: &attributes.extensions,
+        traceparent: header_str(&headers, "traceparent"),
+        tracestate: header_str(&headers, "tracestate"),
+    }
+    .to_nats_headers();
+
+    if state.client.connection_state() != async_nats::connection::State::Connected {
+        return Err(Problem::new(ProblemType::NatsUnavailable, "not connected to NATS").retry_after(limits.retry_after_seconds));
+    }
+    let started = std::time::Instant::now();
+    let sent = state
+        .client
+        .send_request(
+            subject.clone(),
+            async_nats::Request::new().payload(body).headers(nats_headers).timeout(Some(timeout)),
+        )
+        .await;
+    let outcome = match &sent {
+        Ok(_) => "answered",
+        Err(e) => match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => "no-responders",
+            async_nats::RequestErrorKind::TimedOut => "request-timeout",
+            _ => "nats-unavailable",
+        },
+    };
+    metrics::histogram!("magistral_request_duration_seconds", "participant" => participant.name.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("magistral_request_total", "participant" => participant.name.clone(), "outcome" => outcome).increment(1);
+    let reply = sent.map_err(|e| match e.kind() {
+        async_nats::RequestErrorKind::NoResponders => {
+            Problem::new(ProblemType::NoResponders, format!("nothing answers {subject}")).retry_after(limits.retry_after_seconds)
+        }
+        async_nats::RequestErrorKind::TimedOut => {
+            Problem::new(ProblemType::RequestTimeout, format!("no answer within {timeout:?}"))
+        }
+        _ => Problem::new(ProblemType::NatsUnavailable, "the request could not be sent").retry_after(limits.retry_after_seconds),
+    })?;
+
+    let reply_header = |name: &str| reply.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
+    if let Some(code) = reply_header("Nats-Service-Error-Code") {
+        let detail = reply_header("Nats-Service-Error").unwrap_or_default();
+        let status = code
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|c| (400..600).contains(c))
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::BAD_GATEWAY);
+        let mut problem = Problem::new(ProblemType::ResponderError, format!("{detail} (service error code {code})"));
+        problem.status = Some(status);
+        return Err(problem);
+    }
+    if let Some(contract) = catalog.contracts.for_reply(&subject) {
+        let value: serde_json::Value = serde_json::from_slice(&reply.payload)
+            .map_err(|e| Problem::new(ProblemType::ReplyContractViolation, format!("the reply is not JSON: {e}")))?;
+        let violations = contract.violations(&value);
+        if !violations.is_empty() {
+            return Err(Problem::new(
+                ProblemType::ReplyContractViolation,
+                format!("the reply breaks contract {} v{}", contract.name, contract.version),
+            )
+            .with_errors(violations));
+        }
+    }
+    let content_type = reply_header("content-type").unwrap_or_else(|| "application/json".to_owned());
+    let mut response = (StatusCode::OK, reply.payload).into_response();
+    if let Ok(v) = HeaderValue::from_str(&content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    if let Some(h) = &reply.headers {
+        for (name, values) in h.iter() {
+            let lower = name.to_string().to_ascii_lowercase();
+            if lower.starts_with("ce-")
+                && let (Ok(n), Some(v)) = (header::HeaderName::from_bytes(lower.as_bytes()), values.first())
+                && let Ok(v) = HeaderValue::from_str(v.as_str())
+            {
+                response.headers_mut().insert(n, v);
+            }
+        }
+    }
+    Ok(response)
+}

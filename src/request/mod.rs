@@ -1,0 +1,123 @@
+//! Request/reply: HTTP requesters reach NATS services, and participants' HTTP endpoints
+//! answer requests as NATS micro services (so NATS-native requesters reach them too).
+//!
+//! - [`responder`]: serving one configured responder on every replica (queue group).
+//! - The HTTP side, `POST /v1/request/{subject}`, is [`crate::http::request`].
+
+pub mod responder;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::catalog::Catalog;
+use crate::config::{Config, ResponderConfig};
+use crate::delivery::subscription::{resolve_target, HttpTarget};
+use crate::subject;
+
+/// A configured responder, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Responder {
+    pub name: String,
+    pub participant: String,
+    pub subjects: Vec<String>,
+    pub target: HttpTarget,
+    pub timeout: Duration,
+    pub max_concurrency: u32,
+}
+
+impl Responder {
+    /// # Errors
+    /// `(field, message)` for every problem, relative to `responders.<name>`.
+    pub fn resolve(
+        name: &str,
+        cfg: &ResponderConfig,
+        config: &Config,
+        respond_permissions: Option<&[String]>,
+    ) -> Result<Self, Vec<(String, String)>> {
+        let mut problems = Vec::new();
+        if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            problems.push((String::new(), "a responder name is 1-64 of A-Z, a-z, 0-9, '-', '_'".to_owned()));
+        }
+        if cfg.subjects.is_empty() {
+            problems.push(("subjects".into(), "at least one subject".into()));
+        }
+        for (i, s) in cfg.subjects.iter().enumerate() {
+            if let Err(m) = subject::validate_pattern(s) {
+                problems.push((format!("subjects[{i}]"), m));
+            } else if s.starts_with('$') || s.starts_with(crate::delivery::system::RESERVED_PREFIX) {
+                problems.push((format!("subjects[{i}]"), "system and gateway subjects cannot be answered".into()));
+            }
+            match respond_permissions {
+                Some(allowed) if allowed.iter().any(|p| subject::covers(p, s)) => {}
+                Some(_) => problems.push((format!("subjects[{i}]"), format!("participant {} may not respond on {s}", cfg.participant))),
+                None => {}
+            }
+        }
+        if respond_permissions.is_none() {
+            problems.push(("participant".into(), format!("no participant {:?}", cfg.participant)));
+        }
+        if cfg.max_concurrency == 0 {
+            problems.push(("max_concurrency".into(), "at least 1".into()));
+        }
+        let target = resolve_target(config, &cfg.endpoint, cfg.method, &cfg.headers, &cfg.signing_secrets);
+        match (target, problems.is_empty()) {
+            (Ok(target), true) => Ok(Self {
+                name: name.to_owned(),
+                participant: cfg.participant.clone(),
+                subjects: cfg.subjects.clone(),
+                target,
+                timeout: cfg.timeout,
+                max_concurrency: cfg.max_concurrency,
+            }),
+            (Ok(_), false) => Err(problems),
+            (Err(more), _) => {
+                problems.extend(more);
+                Err(problems)
+            }
+        }
+    }
+}
+
+struct Running {
+    responder: Arc<Responder>,
+    cancel: CancellationToken,
+}
+
+/// Starts, restarts and stops responders as the catalog changes.
+pub struct Responders {
+    client: async_nats::Client,
+    http: reqwest::Client,
+    running: Mutex<HashMap<String, Running>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Responders {
+    #[must_use]
+    pub fn new(client: async_nats::Client, http: reqwest::Client, tracker: TaskTracker, shutdown: CancellationToken) -> Self {
+        Self { client, http, running: Mutex::new(HashMap::new()), tracker, shutdown }
+    }
+
+    pub fn apply(&self, catalog: &Catalog) {
+        let Ok(mut running) = self.running.lock() else { return };
+        running.retain(|name, r| {
+            let keep = catalog.responders.iter().any(|c| c.name == *name && **c == *r.responder);
+            if !keep {
+                r.cancel.cancel();
+            }
+            keep
+        });
+        for responder in &catalog.responders {
+            if running.contains_key(&responder.name) {
+                continue;
+            }
+            let cancel = self.shutdown.child_token();
+            self.tracker.spawn(responder::serve(self.client.clone(), self.http.clone(), responder.clone(), cancel.clone()));
+            running.insert(responder.name.clone(), Running { responder: responder.clone(), cancel });
+        }
+    }
+}

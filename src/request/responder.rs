@@ -1,0 +1,162 @@
+//! One responder on one replica: a NATS micro service (`$SRV.PING/INFO/STATS` discovery)
+//! whose endpoints share the queue group `q` across replicas, forwarding each request to the
+//! participant's HTTP endpoint and replying with its body — or with micro error headers
+//! (`Nats-Service-Error`, `Nats-Service-Error-Code`) carrying a classified code.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::service::{self, ServiceExt};
+use async_nats::HeaderMap as NatsHeaders;
+use futures::StreamExt;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::Responder;
+use crate::delivery::outcome::Class;
+use crate::delivery::signature;
+
+/// Serves until cancelled, re-registering after NATS outages.
+pub async fn serve(client: async_nats::Client, http: reqwest::Client, responder: Arc<Responder>, cancel: CancellationToken) {
+    let permits = Arc::new(Semaphore::new(responder.max_concurrency as usize));
+    let mut backoff = Duration::from_millis(200);
+    while !cancel.is_cancelled() {
+        let service = client
+            .service_builder()
+            .description(format!("magistral responder {} of participant {}", responder.name, responder.participant))
+            .start(format!("magistral-{}", responder.name), env!("CARGO_PKG_VERSION"))
+            .await;
+        let service = match service {
+            Ok(s) => s,
+            Err(err) => {
+                tracing::warn!(responder = %responder.name, %err, "cannot register the micro service; retrying");
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        };
+        let mut endpoints = Vec::new();
+        for (i, subject) in responder.subjects.iter().enumerate() {
+            match service.endpoint_builder().name(format!("e{i}")).add(subject.clone()).await {
+                Ok(e) => endpoints.push(e),
+                Err(err) => tracing::warn!(responder = %responder.name, %subject, %err, "endpoint not added"),
+            }
+        }
+        tracing::info!(responder = %responder.name, subjects = ?responder.subjects, "responder serving");
+        let mut requests = futures::stream::select_all(endpoints);
+        loop {
+            // A permit first: requests wait in NATS, not in an unbounded queue here.
+            let permit = tokio::select! {
+                () = cancel.cancelled() => break,
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            let request = tokio::select! {
+                () = cancel.cancelled() => break,
+                r = requests.next() => match r { Some(r) => r, None => break },
+            };
+            let http = http.clone();
+            let responder = responder.clone();
+            tokio::spawn(async move {
+                answer(&http, &responder, request).await;
+                drop(permit);
+            });
+        }
+        let _ = service.stop().await;
+        if cancel.is_cancelled() {
+            return;
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+    }
+}
+
+async fn answer(http: &reqwest::Client, responder: &Responder, request: service::Request) {
+    let message = &request.message;
+    let headers = forward_headers(responder, message);
+    let timeout = responder.timeout;
+    let sent = http
+        .request(responder.target.method.clone(), responder.target.endpoint.clone())
+        .headers(headers)
+        .timeout(timeout)
+        .body(message.payload.clone())
+        .send()
+        .await;
+    let (result, reply_headers) = match sent {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let content_type = response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let body = response.bytes().await.unwrap_or_default();
+            let mut reply = NatsHeaders::new();
+            reply.insert("content-type", content_type.as_deref().unwrap_or("application/json"));
+            if (200..300).contains(&status) {
+                (Ok(body), reply)
+            } else {
+                let class = Class::of_status(status, false);
+                let excerpt = String::from_utf8_lossy(&body[..body.len().min(200)]).replace(['\r', '\n'], " ");
+                // A 4xx is the endpoint's answer about this request and travels as is; a
+                // failing endpoint (5xx, anything else) is a bad gateway to the requester.
+                let code = if (400..500).contains(&status) { status as usize } else { 502 };
+                (Err(service::error::Error { status: format!("{}: HTTP {status} {excerpt}", class.slug()), code }), reply)
+            }
+        }
+        Err(err) => {
+            let (class, code) = if err.is_timeout() { (Class::Timeout, 504) } else { (Class::Unreachable, 503) };
+            (Err(service::error::Error { status: format!("{}: the responder endpoint did not answer", class.slug()), code }), NatsHeaders::new())
+        }
+    };
+    metrics::counter!(
+        "magistral_responder_requests_total",
+        "responder" => responder.name.clone(),
+        "outcome" => if result.is_ok() { "answered" } else { "error" }
+    )
+    .increment(1);
+    if let Err(err) = request.respond_with_headers(result, reply_headers).await {
+        tracing::debug!(responder = %responder.name, %err, "reply not sent (requester gone?)");
+    }
+}
+
+/// Same conventions as push delivery: `ce-*`, trace context, Standard Webhooks headers.
+fn forward_headers(responder: &Responder, message: &async_nats::Message) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let mut id = None;
+    if let Some(nats) = &message.headers {
+        for (name, values) in nats.iter() {
+            let lower = name.to_string().to_ascii_lowercase();
+            if lower.starts_with("ce-") || lower == "traceparent" || lower == "tracestate" || lower == "content-type" {
+                if let (Ok(n), Some(v)) = (HeaderName::from_bytes(lower.as_bytes()), values.first())
+                    && let Ok(v) = HeaderValue::from_str(v.as_str())
+                {
+                    if lower == "ce-id" {
+                        id = Some(v.to_str().unwrap_or_default().to_owned());
+                    }
+                    headers.insert(n, v);
+                }
+            }
+        }
+    }
+    headers.entry(CONTENT_TYPE).or_insert(HeaderValue::from_static("application/json"));
+    let id = id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        headers.insert("webhook-id", v);
+    }
+    headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
+    if !responder.target.signing_keys.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&signature::sign(&responder.target.signing_keys, &id, timestamp, &message.payload))
+    {
+        headers.insert("webhook-signature", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(message.subject.as_str()) {
+        headers.insert("magistral-subject", v);
+    }
+    for (name, value) in &responder.target.headers {
+        headers.insert(name.clone(), value.clone());
+    }
+    headers
+}

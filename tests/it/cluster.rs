@@ -1,0 +1,670 @@
+//! Fault tests on real processes over loopback: a three-node NATS cluster with R3 streams,
+//! gateway processes (the built binary) killed, stopped and restarted under load.
+//!
+//! Each test publishes valid sales orders with a unique `Idempotency-Key` per message,
+//! records every answer, and afterwards compares: every id answered 2xx must be in the
+//! stream (read back with an ordered consumer, by `Nats-Msg-Id`) and, where a push
+//! subscription runs, delivered at least once (by `webhook-id`). Each prints a one-line
+//! summary of what it measured. Waits are conditions polled against deadlines; the only
+//! fixed durations are the faults themselves (how long NATS stays down).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+
+use crate::common::cluster::{self, add_nav_subscription, example_copy, make_r3, GatewayProcess, NatsCluster, WAIT};
+use crate::common::gateway::example;
+use crate::common::nats::NatsServer;
+use crate::common::receiver::{Answer, Receiver};
+
+const TOKEN: &str = "bitrix-demo-token";
+const SUBJECT: &str = "orders.created";
+const STREAM: &str = "ORDERS";
+/// Longer than the gateway's publish timeout (5 s) plus its safety margin: a request the
+/// gateway does not answer within this is the gateway's fault, not the client's.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+// ---------------------------------------------------------------------------------------
+// Load: workers publishing orders, every attempt recorded
+
+/// One HTTP attempt to publish one message.
+#[derive(Debug, Clone)]
+struct Attempt {
+    id: String,
+    /// Index of the gateway it was sent to.
+    gateway: usize,
+    sent: Instant,
+    answered: Instant,
+    /// HTTP status and `Retry-After`, or the transport error (no HTTP answer).
+    outcome: Result<(u16, Option<String>), String>,
+}
+
+impl Attempt {
+    fn status(&self) -> Option<u16> {
+        self.outcome.as_ref().ok().map(|(s, _)| *s)
+    }
+    fn is_2xx(&self) -> bool {
+        self.status().is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
+struct Load {
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<Attempt>>>,
+    /// Count of each non-2xx answer by status, problem type and detail.
+    problems: Arc<Mutex<BTreeMap<String, usize>>>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    /// `workers` concurrent publishers; worker `w` prefers gateway `w % bases.len()`. With
+    /// `failover`, any answer but a 2xx (connection refused or closed, 503, 504) makes the
+    /// worker retry the same message, same id, on the next gateway, as a load balancer or a
+    /// careful client would.
+    fn start(tag: &str, bases: Vec<String>, workers: usize, failover: bool, pause: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let problems = Arc::new(Mutex::new(BTreeMap::new()));
+        let body = Bytes::from(std::fs::read(example("samples/sales-order.valid.json")).unwrap());
+        let bases = Arc::new(bases);
+        let handles = (0..workers)
+            .map(|w| {
+                let (stop, log, problems, body, bases, tag) =
+                    (stop.clone(), log.clone(), problems.clone(), body.clone(), bases.clone(), tag.to_owned());
+                tokio::spawn(async move {
+                    let http = crate::common::http_client();
+                    let mut n = 0;
+                    while !stop.load(Ordering::SeqCst) {
+                        let id = format!("{tag}-w{w}-{n}");
+                        n += 1;
+                        let tries = if failover { bases.len() } else { 1 };
+                        let mut trouble = false;
+                        for t in 0..tries {
+                            let gateway = (w + t) % bases.len();
+                            let sent = Instant::now();
+                            let result = http
+                                .post(format!("{}/v1/publish/{SUBJECT}", bases[gateway]))
+                                .bearer_auth(TOKEN)
+                                .header("content-type", "application/json")
+                                .header("idempotency-key", &id)
+                                .body(body.clone())
+                                .timeout(REQUEST_TIMEOUT)
+                                .send()
+                                .await;
+                            let outcome = match result {
+                                Ok(r) => {
+                                    let retry_after = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                                    let status = r.status().as_u16();
+                                    let body = r.bytes().await.unwrap_or_default();
+                                    if !(200..300).contains(&status) {
+                                        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                                        let slug = problem["type"].as_str().unwrap_or("?").trim_start_matches("urn:magistral:problem:");
+                                        *problems.lock().unwrap().entry(format!("{status} {slug}: {}", problem["detail"].as_str().unwrap_or(""))).or_insert(0) += 1;
+                                    }
+                                    Ok((status, retry_after))
+                                }
+                                Err(e) => Err(format!("{e:?}")),
+                            };
+                            let answered = Instant::now();
+                            let accepted = matches!(&outcome, Ok((s, _)) if (200..300).contains(s));
+                            trouble |= !accepted;
+                            log.lock().unwrap().push(Attempt { id: id.clone(), gateway, sent, answered, outcome });
+                            if accepted {
+                                break;
+                            }
+                        }
+                        // Back off a little on trouble, as a client honouring Retry-After would
+                        // (shorter, to sample the outage densely).
+                        tokio::time::sleep(if trouble { pause.max(Duration::from_millis(50)) } else { pause }).await;
+                    }
+                })
+            })
+            .collect();
+        Load { stop, log, problems, handles }
+    }
+
+    fn attempts(&self) -> Vec<Attempt> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// 2xx answers to attempts sent at or after `since`, by `gateway` (any when `None`).
+    fn ok_since(&self, since: Instant, gateway: Option<usize>) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a.sent >= since && a.is_2xx() && gateway.is_none_or(|g| a.gateway == g))
+            .count()
+    }
+
+    /// Polls until `ok_since(since, gateway) >= n` (≤ `within`).
+    async fn wait_ok(&self, n: usize, since: Instant, gateway: Option<usize>, within: Duration, what: &str) {
+        let deadline = Instant::now() + within;
+        loop {
+            let got = self.ok_since(since, gateway);
+            if got >= n {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let recent: Vec<_> = self.attempts().into_iter().rev().take(5).collect();
+                panic!("{what}: only {got} of {n} 2xx within {within:?}; latest attempts: {recent:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the workers; returns every attempt, and prints each kind of non-2xx answer
+    /// with its count.
+    async fn finish(self) -> Vec<Attempt> {
+        self.stop.store(true, Ordering::SeqCst);
+        for h in self.handles {
+            h.await.expect("load worker");
+        }
+        for (problem, n) in self.problems.lock().unwrap().iter() {
+            eprintln!("  answered {n} times: {problem}");
+        }
+        Arc::try_unwrap(self.log).expect("workers done").into_inner().unwrap()
+    }
+}
+
+/// What the attempts add up to.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Distinct message ids tried.
+    sent: usize,
+    attempts: usize,
+    /// Distinct ids answered 2xx at least once.
+    ok: HashSet<String>,
+    unavailable_503: usize,
+    /// 503s without `Retry-After`.
+    no_retry_after: Vec<Attempt>,
+    timeout_504: usize,
+    /// Any other HTTP status.
+    other: Vec<Attempt>,
+    /// No HTTP answer at all.
+    transport: Vec<Attempt>,
+}
+
+impl Tally {
+    fn of(attempts: &[Attempt]) -> Tally {
+        let mut t = Tally { attempts: attempts.len(), ..Tally::default() };
+        t.sent = attempts.iter().map(|a| a.id.as_str()).collect::<HashSet<_>>().len();
+        for a in attempts {
+            match &a.outcome {
+                Ok((s, _)) if (200..300).contains(s) => {
+                    t.ok.insert(a.id.clone());
+                }
+                Ok((503, ra)) => {
+                    t.unavailable_503 += 1;
+                    if ra.is_none() {
+                        t.no_retry_after.push(a.clone());
+                    }
+                }
+                Ok((504, _)) => t.timeout_504 += 1,
+                Ok(_) => t.other.push(a.clone()),
+                Err(_) => t.transport.push(a.clone()),
+            }
+        }
+        t
+    }
+
+    /// The longest stretch between two consecutive 2xx answers: how long publishing was
+    /// interrupted.
+    fn longest_gap(attempts: &[Attempt]) -> Duration {
+        let mut times: Vec<Instant> = attempts.iter().filter(|a| a.is_2xx()).map(|a| a.answered).collect();
+        times.sort();
+        times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading back what was stored and delivered
+
+/// Every `Nats-Msg-Id` in the stream, in stream order, read with an ordered consumer.
+/// Retries (≤ 30 s) while the cluster elects leaders after a fault.
+async fn stored_ids(urls: &str) -> Vec<String> {
+    let deadline = Instant::now() + WAIT;
+    let js = cluster::jetstream(urls).await;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), read_stream(&js)).await {
+            Ok(Ok(ids)) => return ids,
+            Ok(Err(e)) if Instant::now() < deadline => eprintln!("reading {STREAM} failed, retrying: {e}"),
+            Err(_) if Instant::now() < deadline => eprintln!("reading {STREAM} took over 10 s, retrying"),
+            Ok(Err(e)) => panic!("cannot read {STREAM}: {e}"),
+            Err(_) => panic!("cannot read {STREAM} within {WAIT:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn read_stream(js: &async_nats::jetstream::Context) -> Result<Vec<String>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut stream = js.get_stream(STREAM).await?;
+    let total = stream.info().await?.state.messages as usize;
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig { deliver_policy: DeliverPolicy::All, ..Default::default() })
+        .await?;
+    let mut messages = consumer.messages().await?.take(total);
+    let mut ids = Vec::with_capacity(total);
+    while let Some(m) = messages.next().await {
+        let m = m?;
+        let id = m.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_owned());
+        ids.push(id.unwrap_or_default());
+    }
+    Ok(ids)
+}
+
+/// `webhook-id`s received so far, one entry per delivery (duplicates included).
+fn delivered_ids(receiver: &Receiver) -> Vec<String> {
+    receiver.received().iter().filter_map(|r| r.header("webhook-id").map(str::to_owned)).collect()
+}
+
+/// Waits (≤ `within`) until every id in `ids` was delivered at least once; returns all
+/// deliveries so far.
+async fn wait_delivered(receiver: &Receiver, ids: &HashSet<String>, within: Duration) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = delivered_ids(receiver);
+        let seen: HashSet<&str> = got.iter().map(String::as_str).collect();
+        let missing: Vec<&String> = ids.iter().filter(|id| !seen.contains(id.as_str())).collect();
+        if missing.is_empty() {
+            return got;
+        }
+        if Instant::now() >= deadline {
+            let mut sample: Vec<_> = missing.iter().take(10).collect();
+            sample.sort();
+            panic!("{} of {} acknowledged messages never delivered within {within:?}, e.g. {sample:?}", missing.len(), ids.len());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Ids answered 2xx but not in the stream (must be empty), and how many stored ids were
+/// never answered 2xx (allowed: a 504 or a broken connection may still have been stored).
+fn compare(ok: &HashSet<String>, stored: &[String]) -> (Vec<String>, usize, usize) {
+    let stored_set: HashSet<&str> = stored.iter().map(String::as_str).collect();
+    let mut missing: Vec<String> = ok.iter().filter(|id| !stored_set.contains(id.as_str())).cloned().collect();
+    missing.sort();
+    let extra = stored_set.iter().filter(|id| !ok.contains(**id)).count();
+    let duplicates = stored.len() - stored_set.len();
+    (missing, extra, duplicates)
+}
+
+/// Deliveries beyond the first of each id.
+fn duplicates(deliveries: &[String]) -> usize {
+    deliveries.len() - deliveries.iter().collect::<HashSet<_>>().len()
+}
+
+/// The first few of a list, for assertion messages.
+fn first(list: &[Attempt]) -> &[Attempt] {
+    &list[..list.len().min(3)]
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+// ---------------------------------------------------------------------------------------
+// The tests
+
+/// Three NATS nodes, an R3 stream, two gateway processes under load; the stream's leader
+/// node is killed with SIGKILL mid-load. Every 2xx must be in the stream, errors may only
+/// be 503/504, and both gateways must go on answering 2xx on the remaining quorum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_node_kill_9_loses_no_acknowledged_publish() {
+    let started = Instant::now();
+    let mut nats = NatsCluster::start().await;
+    let (dir, config) = example_copy();
+    make_r3(dir.path());
+    let env = [("MAGISTRAL_SYSTEM__REPLICAS", "3")];
+    let http = crate::common::http_client();
+    let mut gateways =
+        [GatewayProcess::start("a", &config, &nats.urls(), &env, dir.path()), GatewayProcess::start("b", &config, &nats.urls(), &env, dir.path())];
+    for g in &mut gateways {
+        g.wait_ready(&http, WAIT).await;
+    }
+    let js = cluster::jetstream(&nats.urls()).await;
+    let info = js.get_stream(STREAM).await.unwrap().info().await.unwrap().clone();
+    assert_eq!(info.config.num_replicas, 3, "the gateway created ORDERS as R3");
+    let leader = info.cluster.as_ref().and_then(|c| c.leader.clone()).expect("ORDERS has a leader");
+    let victim = nats.index_of(&leader).expect("leader is one of ours");
+
+    let load = Load::start("kill9", gateways.iter().map(GatewayProcess::base).collect(), 6, false, Duration::from_millis(5));
+    load.wait_ok(150, started, None, WAIT, "load before the kill").await;
+    nats.kill(victim);
+    let killed_at = Instant::now();
+    // Publishing goes on through both gateways on the remaining quorum.
+    for g in 0..2 {
+        load.wait_ok(50, killed_at, Some(g), WAIT, &format!("gateway {} after the kill", gateways[g].name)).await;
+    }
+    // Keep loading at least 2 s past the kill so the failover window is fully sampled.
+    while killed_at.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let attempts = load.finish().await;
+    let tally = Tally::of(&attempts);
+    let stored = stored_ids(&nats.urls()).await;
+    let (missing, extra, stored_dupes) = compare(&tally.ok, &stored);
+    let new_leader = js.get_stream(STREAM).await.unwrap().info().await.unwrap().cluster.clone().and_then(|c| c.leader);
+    let ok_after: usize = load_ok_after(&attempts, killed_at);
+    eprintln!(
+        "cluster node kill -9: killed {leader} (ORDERS leader) under load; sent {}, attempts {}, 2xx {} ({} sent after the kill), 503 {}, 504 {}, other {}, transport errors {}; found in stream {} (2xx missing {}, stored without 2xx {extra}, duplicates {stored_dupes}); longest gap between 2xx {:?}; new leader {new_leader:?}; took {}",
+        tally.sent,
+        tally.attempts,
+        tally.ok.len(),
+        ok_after,
+        tally.unavailable_503,
+        tally.timeout_504,
+        tally.other.len(),
+        tally.transport.len(),
+        stored.len(),
+        missing.len(),
+        Tally::longest_gap(&attempts),
+        secs(started.elapsed()),
+    );
+    assert!(missing.is_empty(), "answered 2xx but not in the stream: {missing:?}");
+    assert!(tally.other.is_empty(), "only 2xx/503/504 expected, got {} such, first: {:#?}", tally.other.len(), first(&tally.other));
+    assert!(tally.transport.is_empty(), "the gateways always answer, got {} transport errors, first: {:#?}", tally.transport.len(), first(&tally.transport));
+    assert!(tally.no_retry_after.is_empty(), "503 without Retry-After: {} such, first: {:#?}", tally.no_retry_after.len(), first(&tally.no_retry_after));
+    assert_ne!(new_leader.as_deref(), Some(leader.as_str()), "the killed node cannot still lead");
+}
+
+fn load_ok_after(attempts: &[Attempt], t: Instant) -> usize {
+    attempts.iter().filter(|a| a.sent >= t && a.is_2xx()).count()
+}
+
+/// A body sent in two halves a second apart: the request is in flight (headers and half
+/// the body received) for that second. `written` counts requests whose first half has
+/// been handed to the connection.
+fn slow_body(bytes: &Bytes, written: Arc<AtomicUsize>) -> reqwest::Body {
+    let (first, second) = (bytes.slice(..bytes.len() / 2), bytes.slice(bytes.len() / 2..));
+    let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(futures::stream::once(async move {
+        // Polled again only once the first half was taken: it is on its way.
+        written.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok(second)
+    }));
+    reqwest::Body::wrap_stream(stream)
+}
+
+/// SIGTERM to a gateway under load: new connections are refused at once, requests in
+/// flight (slow uploads half received) still finish with 2xx, the process exits 0 within
+/// its grace period, and every 2xx is in the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_sigterm_under_load_finishes_in_flight_requests() {
+    const SLOW: usize = 6;
+    let started = Instant::now();
+    let nats = NatsServer::start();
+    let (dir, config) = example_copy();
+    let drain = Duration::from_secs(10);
+    let env = [("MAGISTRAL_LIMITS__DRAIN_TIMEOUT", "10s")];
+    let http = crate::common::http_client();
+    let mut gw = GatewayProcess::start("a", &config, &nats.url(), &env, dir.path());
+    gw.wait_ready(&http, WAIT).await;
+
+    let load = Load::start("term", vec![gw.base()], 4, false, Duration::from_millis(5));
+    load.wait_ok(100, started, None, WAIT, "load before SIGTERM").await;
+
+    // Slow uploads, each on a connection already accepted and used once (so the server
+    // holds it, not its listen backlog), then a half body; a second later the other half.
+    let body = Bytes::from(std::fs::read(example("samples/sales-order.valid.json")).unwrap());
+    let written = Arc::new(AtomicUsize::new(0));
+    let mut slow = Vec::new();
+    for i in 0..SLOW {
+        let (base, body, written) = (gw.base(), body.clone(), written.clone());
+        slow.push(tokio::spawn(async move {
+            let http = crate::common::http_client();
+            let send = |id: String, body: reqwest::Body| {
+                http.post(format!("{base}/v1/publish/{SUBJECT}"))
+                    .bearer_auth(TOKEN)
+                    .header("content-type", "application/json")
+                    .header("idempotency-key", id)
+                    .body(body)
+                    .timeout(REQUEST_TIMEOUT)
+                    .send()
+            };
+            let warm = send(format!("term-warm-{i}"), body.clone().into()).await.expect("warm-up publish");
+            assert_eq!(warm.status(), 202);
+            let _ = warm.bytes().await;
+            let id = format!("term-slow-{i}");
+            let r = send(id.clone(), slow_body(&body, written)).await;
+            (id, r.map(|r| r.status().as_u16()).map_err(|e| format!("{e:?}")), Instant::now())
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while written.load(Ordering::SeqCst) < SLOW {
+        assert!(Instant::now() < deadline, "slow uploads did not start");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // One round trip through the server after the half bodies went out: its I/O driver has
+    // picked them up, so they are requests in progress, not unread bytes.
+    assert_eq!(http.get(format!("{}/healthz", gw.base())).send().await.unwrap().status(), 200);
+
+    gw.sigterm();
+    let term_at = Instant::now();
+    // It stops accepting: a new connection is refused while the slow requests still run.
+    let refused_at = loop {
+        match tokio::net::TcpStream::connect(("127.0.0.1", gw.port)).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break Instant::now(),
+            _ => {}
+        }
+        assert!(term_at.elapsed() < Duration::from_secs(5), "still accepting connections 5 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let grace = drain + Duration::from_secs(8);
+    let (exit, took) = gw.wait_exit(grace).await;
+    let exited_at = Instant::now();
+    let mut slow_results = Vec::new();
+    for h in slow {
+        slow_results.push(h.await.unwrap());
+    }
+    let attempts = load.finish().await;
+    let after_exit = http.get(format!("{}/healthz", gw.base())).send().await;
+
+    let tally = Tally::of(&attempts);
+    let mut ok = tally.ok.clone();
+    ok.extend(slow_results.iter().filter(|(_, r, _)| r.as_ref().is_ok_and(|s| *s == 202)).map(|(id, _, _)| id.clone()));
+    let stored = stored_ids(&nats.url()).await;
+    let (missing, extra, stored_dupes) = compare(&ok, &stored);
+    let slow_ok = slow_results.iter().filter(|(_, r, _)| matches!(r, Ok(202))).count();
+    let slow_done = slow_results.iter().map(|(_, _, at)| *at).max().unwrap();
+    let early_errors: Vec<&Attempt> = tally.transport.iter().filter(|a| a.answered < term_at).collect();
+    eprintln!(
+        "SIGTERM under load: sent {} (+{SLOW} slow in flight), 2xx {} + {slow_ok}/{SLOW} slow, 503 {}, 504 {}, other {}, refused/closed after SIGTERM {}; found in stream {} (2xx missing {}, stored without 2xx {extra}, duplicates {stored_dupes}); refused new connections {:?} after SIGTERM, last in-flight answered {:?} after, exit {exit} after {:?} (grace {grace:?}); took {}",
+        tally.sent,
+        tally.ok.len(),
+        tally.unavailable_503,
+        tally.timeout_504,
+        tally.other.len(),
+        tally.transport.len(),
+        stored.len(),
+        missing.len(),
+        refused_at - term_at,
+        slow_done.saturating_duration_since(term_at),
+        took,
+        secs(started.elapsed()),
+    );
+    assert!(exit.success(), "exit after SIGTERM: {exit:?}\n{}", gw.log_tail(30));
+    assert!(missing.is_empty(), "answered 2xx but not in the stream: {missing:?}");
+    assert!(
+        slow_results.iter().all(|(_, r, _)| matches!(r, Ok(202))),
+        "requests in flight at SIGTERM must finish with 202: {slow_results:?}"
+    );
+    assert!(refused_at < slow_done, "new connections were still accepted while in-flight requests ran");
+    assert!(slow_done <= exited_at, "the process exited before answering its in-flight requests");
+    assert!(tally.other.is_empty(), "unexpected statuses: {:#?}", tally.other);
+    assert!(tally.no_retry_after.is_empty(), "503 without Retry-After: {} such, first: {:#?}", tally.no_retry_after.len(), first(&tally.no_retry_after));
+    assert!(early_errors.is_empty(), "transport errors before SIGTERM: {early_errors:#?}");
+    assert!(after_exit.is_err(), "something still answers on the port after exit");
+}
+
+/// The whole NATS cluster killed for ~3 s under publish load with a push subscription
+/// running: publishes get 503 + Retry-After (or 504), `/readyz` 503, nothing sent during
+/// the outage gets a 2xx; after restarting the nodes, both gateways (not restarted) publish
+/// and deliver again, and every 2xx is stored and delivered at least once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_whole_cluster_outage_then_publish_and_delivery_resume() {
+    let started = Instant::now();
+    let outage = Duration::from_secs(3);
+    let mut nats = NatsCluster::start().await;
+    let receiver = Receiver::start().await;
+    let (dir, config) = example_copy();
+    make_r3(dir.path());
+    add_nav_subscription(dir.path(), &receiver.url());
+    let env = [("MAGISTRAL_SYSTEM__REPLICAS", "3")];
+    let http = crate::common::http_client();
+    let mut gateways =
+        [GatewayProcess::start("a", &config, &nats.urls(), &env, dir.path()), GatewayProcess::start("b", &config, &nats.urls(), &env, dir.path())];
+    for g in &mut gateways {
+        g.wait_ready(&http, WAIT).await;
+    }
+
+    let load = Load::start("outage", gateways.iter().map(GatewayProcess::base).collect(), 4, false, Duration::from_millis(10));
+    load.wait_ok(60, started, None, WAIT, "load before the outage").await;
+    receiver.wait_for(20, WAIT).await;
+    nats.kill_all();
+    let down_at = Instant::now();
+    for g in &gateways {
+        g.wait_not_ready(&http, Duration::from_secs(10)).await;
+    }
+    let not_ready_after = down_at.elapsed();
+    // Both gateways must have answered publishes during the outage before it ends.
+    let deadline = down_at + WAIT;
+    while down_at.elapsed() < outage
+        || (0..2).any(|g| !load.attempts().iter().any(|a| a.gateway == g && a.sent >= down_at && a.status() == Some(503)))
+    {
+        assert!(Instant::now() < deadline, "no 503 from both gateways during the outage");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let restart_at = Instant::now();
+    nats.restart_all().await;
+    let nats_back = restart_at.elapsed();
+    for g in &mut gateways {
+        g.wait_ready(&http, WAIT).await;
+    }
+    let ready_again = restart_at.elapsed();
+    let up_at = Instant::now();
+    for g in 0..2 {
+        load.wait_ok(30, up_at, Some(g), WAIT, &format!("gateway {} after NATS returned", gateways[g].name)).await;
+    }
+    let attempts = load.finish().await;
+    let tally = Tally::of(&attempts);
+    let stored = stored_ids(&nats.urls()).await;
+    let (missing, extra, stored_dupes) = compare(&tally.ok, &stored);
+    let deliveries = wait_delivered(&receiver, &tally.ok, WAIT).await;
+    let distinct = deliveries.iter().collect::<HashSet<_>>().len();
+    let during: Vec<&Attempt> = attempts.iter().filter(|a| a.sent >= down_at && a.answered <= restart_at).collect();
+    let ok_during: Vec<&&Attempt> = during.iter().filter(|a| a.is_2xx()).collect();
+    eprintln!(
+        "whole NATS cluster down {}: sent {}, 2xx {} ({} after recovery), 503 {}, 504 {}, other {}, transport errors {}; during the outage {} attempts, 2xx {}; /readyz 503 within {:?}; NATS back {:?} after restart, gateways ready {:?} after; found in stream {} (2xx missing {}, stored without 2xx {extra}, duplicates {stored_dupes}); delivered {distinct} distinct in {} deliveries, duplicates {}; took {}",
+        secs(restart_at - down_at),
+        tally.sent,
+        tally.ok.len(),
+        load_ok_after(&attempts, up_at),
+        tally.unavailable_503,
+        tally.timeout_504,
+        tally.other.len(),
+        tally.transport.len(),
+        during.len(),
+        ok_during.len(),
+        not_ready_after,
+        nats_back,
+        ready_again,
+        stored.len(),
+        missing.len(),
+        deliveries.len(),
+        duplicates(&deliveries),
+        secs(started.elapsed()),
+    );
+    assert!(ok_during.is_empty(), "2xx for publishes sent while every NATS node was dead: {ok_during:#?}");
+    assert!(missing.is_empty(), "answered 2xx but not in the stream: {missing:?}");
+    assert!(tally.other.is_empty(), "only 2xx/503/504 expected, got {} such, first: {:#?}", tally.other.len(), first(&tally.other));
+    assert!(tally.transport.is_empty(), "the gateways always answer, got {} transport errors, first: {:#?}", tally.transport.len(), first(&tally.transport));
+    assert!(tally.no_retry_after.is_empty(), "503 without Retry-After: {} such, first: {:#?}", tally.no_retry_after.len(), first(&tally.no_retry_after));
+}
+
+/// Two gateway processes under steady publish load (clients fail over to the other gateway
+/// on a refused connection, same Idempotency-Key) with a push subscription; rolling restart:
+/// SIGTERM A, start A, wait ready, SIGTERM B, start B. Every 2xx is stored and delivered at
+/// least once; duplicates are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_rolling_restart_of_gateways_loses_no_message() {
+    let started = Instant::now();
+    let nats = NatsServer::start();
+    // A little latency so deliveries are in flight when a gateway stops.
+    let receiver = Receiver::scripted(|_, _| Answer::ok().after(Duration::from_millis(20))).await;
+    let (dir, config) = example_copy();
+    add_nav_subscription(dir.path(), &receiver.url());
+    let env = [("MAGISTRAL_LIMITS__DRAIN_TIMEOUT", "10s")];
+    let http = crate::common::http_client();
+    let mut gateways =
+        [GatewayProcess::start("a", &config, &nats.url(), &env, dir.path()), GatewayProcess::start("b", &config, &nats.url(), &env, dir.path())];
+    for g in &mut gateways {
+        g.wait_ready(&http, WAIT).await;
+    }
+    let load = Load::start("rolling", gateways.iter().map(GatewayProcess::base).collect(), 4, true, Duration::from_millis(10));
+    load.wait_ok(60, started, None, WAIT, "load before the restart").await;
+    receiver.wait_for(20, WAIT).await;
+
+    // (gateway, SIGTERM sent, ready again, exit, time to exit)
+    let mut windows: Vec<(usize, Instant, Instant)> = Vec::new();
+    let mut exits = BTreeMap::new();
+    for g in 0..2 {
+        let term_at = Instant::now();
+        gateways[g].sigterm();
+        let (exit, took) = gateways[g].wait_exit(Duration::from_secs(20)).await;
+        assert!(exit.success(), "gateway {} exit after SIGTERM: {exit:?}\n{}", gateways[g].name, gateways[g].log_tail(30));
+        gateways[g].start_again();
+        gateways[g].wait_ready(&http, WAIT).await;
+        let ready_at = Instant::now();
+        windows.push((g, term_at, ready_at));
+        exits.insert(gateways[g].name.clone(), (took, ready_at - term_at));
+        // The restarted one takes its share of the load again.
+        load.wait_ok(20, ready_at, Some(g), WAIT, &format!("gateway {} after its restart", gateways[g].name)).await;
+    }
+    let attempts = load.finish().await;
+    let tally = Tally::of(&attempts);
+    let stored = stored_ids(&nats.url()).await;
+    let (missing, extra, stored_dupes) = compare(&tally.ok, &stored);
+    let deliveries = wait_delivered(&receiver, &tally.ok, WAIT).await;
+    let distinct = deliveries.iter().collect::<HashSet<_>>().len();
+    // A transport error is expected only from a gateway between its SIGTERM and its return.
+    let stray: Vec<&Attempt> = tally
+        .transport
+        .iter()
+        .filter(|a| !windows.iter().any(|(g, from, to)| a.gateway == *g && a.sent >= *from && a.sent <= *to))
+        .collect();
+    let unanswered: Vec<&str> = {
+        let tried: HashMap<&str, ()> = attempts.iter().map(|a| (a.id.as_str(), ())).collect();
+        tried.keys().filter(|id| !tally.ok.contains(**id)).copied().collect()
+    };
+    let exit_report: Vec<String> =
+        exits.iter().map(|(name, (took, back))| format!("{name}: exit 0 after {took:?}, ready again after {back:?}")).collect();
+    eprintln!(
+        "rolling restart of 2 gateways: sent {}, attempts {}, 2xx {}, failed over after refused/closed connections {}, 503 {}, 504 {}, other {}, ids without any 2xx {}; found in stream {} (2xx missing {}, stored without 2xx {extra}, duplicates {stored_dupes}); delivered {distinct} distinct in {} deliveries, duplicates {}; {}; took {}",
+        tally.sent,
+        tally.attempts,
+        tally.ok.len(),
+        tally.transport.len(),
+        tally.unavailable_503,
+        tally.timeout_504,
+        tally.other.len(),
+        unanswered.len(),
+        stored.len(),
+        missing.len(),
+        deliveries.len(),
+        duplicates(&deliveries),
+        exit_report.join("; "),
+        secs(started.elapsed()),
+    );
+    assert!(missing.is_empty(), "answered 2xx but not in the stream: {missing:?}");
+    assert!(tally.other.is_empty(), "only 2xx/503/504 expected, got {} such, first: {:#?}", tally.other.len(), first(&tally.other));
+    assert!(tally.no_retry_after.is_empty(), "503 without Retry-After: {} such, first: {:#?}", tally.no_retry_after.len(), first(&tally.no_retry_after));
+    assert!(stray.is_empty(), "transport errors outside a gateway's restart window: {stray:#?}");
+    assert!(unanswered.is_empty(), "messages no gateway accepted (both tried): {unanswered:?}");
+}

@@ -1,0 +1,494 @@
+//! The Helm chart (`helm/magistral`): `helm lint --strict` and `helm template` over the values
+//! files in `tests/configs/helm/`, assertions on the rendered objects, and the rendered
+//! `magistral.toml` run through `magistral check` with the pod's environment and mounted
+//! secrets recreated in a temp dir.
+//!
+//! helm comes from `scripts/install-helm.sh` (`.tools/bin/helm`) or `$HELM_BIN`. Without it
+//! these tests fail, unless `MAGISTRAL_SKIP_HELM=1` asks to skip them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use base64::Engine as _;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_magistral");
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+fn chart() -> PathBuf {
+    Path::new(REPO).join("helm/magistral")
+}
+
+fn values(name: &str) -> PathBuf {
+    Path::new(REPO).join("tests/configs/helm").join(format!("{name}.yaml"))
+}
+
+/// The helm binary, or `None` when skipping was asked for.
+fn helm() -> Option<PathBuf> {
+    let candidate = std::env::var_os("HELM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(REPO).join(".tools/bin/helm"));
+    if candidate.is_file() {
+        return Some(candidate);
+    }
+    if std::env::var("MAGISTRAL_SKIP_HELM").as_deref() == Ok("1") {
+        eprintln!(
+            "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
+             !!! SKIPPED: Helm chart test — no helm at {} and MAGISTRAL_SKIP_HELM=1.\n\
+             !!! The chart was NOT checked. Run scripts/install-helm.sh to test it.\n\
+             !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n",
+            candidate.display()
+        );
+        return None;
+    }
+    panic!(
+        "helm not found at {} (HELM_BIN unset or wrong): run scripts/install-helm.sh \
+         (or set MAGISTRAL_SKIP_HELM=1 to skip the chart tests knowingly)",
+        candidate.display()
+    );
+}
+
+fn run_helm(helm: &Path, args: &[&str]) -> Output {
+    Command::new(helm)
+        .args(args)
+        // No user helm config or repositories leak into the test.
+        .env("HELM_CONFIG_HOME", std::env::temp_dir().join("magistral-helm-test/config"))
+        .env("HELM_CACHE_HOME", std::env::temp_dir().join("magistral-helm-test/cache"))
+        .env("HELM_DATA_HOME", std::env::temp_dir().join("magistral-helm-test/data"))
+        .output()
+        .expect("run helm")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The objects `helm template` rendered.
+struct Rendered {
+    docs: Vec<Value>,
+}
+
+impl Rendered {
+    fn parse(yaml: &str) -> Self {
+        let mut docs = Vec::new();
+        for doc in serde_norway::Deserializer::from_str(yaml) {
+            let value: serde_norway::Value = serde::Deserialize::deserialize(doc).expect("rendered YAML parses");
+            if value.is_null() {
+                continue;
+            }
+            docs.push(serde_json::to_value(value).expect("YAML as JSON"));
+        }
+        Self { docs }
+    }
+
+    fn all(&self, kind: &str) -> Vec<&Value> {
+        self.docs.iter().filter(|d| d["kind"] == kind).collect()
+    }
+
+    fn one(&self, kind: &str) -> &Value {
+        let found = self.all(kind);
+        assert_eq!(found.len(), 1, "expected one {kind}, rendered {}", found.len());
+        found[0]
+    }
+
+    fn named(&self, kind: &str, name: &str) -> &Value {
+        self.docs
+            .iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
+    }
+
+    fn container(&self) -> &Value {
+        &self.one("Deployment")["spec"]["template"]["spec"]["containers"][0]
+    }
+
+    fn pod(&self) -> &Value {
+        &self.one("Deployment")["spec"]["template"]["spec"]
+    }
+
+    fn env(&self, name: &str) -> Option<&Value> {
+        self.container()["env"].as_array()?.iter().find(|e| e["name"] == name)
+    }
+
+    fn env_value(&self, name: &str) -> Option<&str> {
+        self.env(name)?["value"].as_str()
+    }
+
+    fn config_toml(&self) -> &str {
+        self.all("ConfigMap")
+            .into_iter()
+            .find_map(|c| c["data"]["magistral.toml"].as_str())
+            .expect("a ConfigMap with magistral.toml")
+    }
+}
+
+fn template(helm: &Path, release: &str, args: &[&str]) -> Rendered {
+    let chart = chart();
+    let mut all = vec!["template", release, chart.to_str().unwrap(), "--namespace", "integration"];
+    all.extend_from_slice(args);
+    let out = run_helm(helm, &all);
+    assert!(out.status.success(), "helm {all:?} failed:\n{}", text(&out.stderr));
+    Rendered::parse(&text(&out.stdout))
+}
+
+fn template_values(helm: &Path, name: &str) -> Rendered {
+    let file = values(name);
+    template(helm, "bus", &["-f", file.to_str().unwrap()])
+}
+
+/// `helm template` that must fail; returns its error text.
+fn template_error(helm: &Path, args: &[&str]) -> String {
+    let chart = chart();
+    let mut all = vec!["template", "bus", chart.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = run_helm(helm, &all);
+    assert!(!out.status.success(), "helm {all:?} should have failed:\n{}", text(&out.stdout));
+    text(&out.stderr)
+}
+
+/// A valid value for any mounted secret: a Standard Webhooks secret also serves as a token
+/// (16+ characters) and as a header value.
+fn secret_value() -> String {
+    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode([42u8; 32]))
+}
+
+/// Lays out what the pod sees — /etc/magistral/{config,streams,contracts} and the mounted
+/// secrets — in a temp dir, and runs `magistral check` with the pod's environment.
+fn check_in_pod_layout(r: &Rendered) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let secrets_root = root.join("run-secrets");
+    let pod = r.pod();
+    let container = r.container();
+    // ConfigMap volumes at their mount paths, under root.
+    for mount in container["volumeMounts"].as_array().unwrap() {
+        let mount_path = mount["mountPath"].as_str().unwrap();
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .expect("every mount has a volume");
+        if let Some(cm) = volume["configMap"]["name"].as_str() {
+            let target = root.join(mount_path.trim_start_matches('/'));
+            std::fs::create_dir_all(&target).unwrap();
+            let map = r.named("ConfigMap", cm);
+            for (file, content) in map["data"].as_object().into_iter().flatten() {
+                std::fs::write(target.join(file), content.as_str().unwrap()).unwrap();
+            }
+        } else if let Some(items) = volume["secret"]["items"].as_array() {
+            let rest = mount_path.strip_prefix("/run/secrets/").expect("secrets are mounted under /run/secrets");
+            let target = secrets_root.join(rest);
+            std::fs::create_dir_all(&target).unwrap();
+            for item in items {
+                std::fs::write(target.join(item["path"].as_str().unwrap()), secret_value()).unwrap();
+            }
+        }
+    }
+    let config_dir = root.join("etc/magistral/config");
+    let toml = std::fs::read_to_string(config_dir.join("magistral.toml")).unwrap();
+    std::fs::write(
+        config_dir.join("magistral.toml"),
+        toml.replace("/run/secrets/", &format!("{}/", secrets_root.display())),
+    )
+    .unwrap();
+
+    let mut cmd = Command::new(BIN);
+    cmd.arg("check");
+    for (key, _) in std::env::vars() {
+        if key.starts_with("MAGISTRAL_") || key.starts_with("SECRET_") {
+            cmd.env_remove(key);
+        }
+    }
+    for env in container["env"].as_array().unwrap() {
+        let name = env["name"].as_str().unwrap();
+        if let Some(value) = env["value"].as_str() {
+            cmd.env(name, value);
+        } else if env["valueFrom"]["secretKeyRef"].is_object() {
+            cmd.env(name, secret_value());
+        }
+    }
+    cmd.env("MAGISTRAL_CONFIG", config_dir.join("magistral.toml"));
+    let out = cmd.output().expect("run magistral check");
+    drop(dir);
+    out
+}
+
+fn assert_checks(r: &Rendered, what: &str) {
+    let out = check_in_pod_layout(r);
+    assert!(
+        out.status.success(),
+        "{what}: the rendered configuration fails `magistral check`:\n{}\n--- magistral.toml ---\n{}",
+        text(&out.stderr),
+        r.config_toml()
+    );
+    println!("{what}: {}", text(&out.stdout).trim());
+}
+
+/// Seconds of a Kubernetes-style duration in magistral.toml (`"20s"`, `"1m"`).
+fn seconds(duration: &str) -> u64 {
+    let d = duration.trim_matches('"');
+    if let Some(s) = d.strip_suffix("ms") {
+        s.parse::<u64>().unwrap() / 1000
+    } else if let Some(s) = d.strip_suffix('s') {
+        s.parse().unwrap()
+    } else if let Some(m) = d.strip_suffix('m') {
+        m.parse::<u64>().unwrap() * 60
+    } else {
+        panic!("unexpected duration {duration}")
+    }
+}
+
+fn toml_setting<'a>(toml: &'a str, key: &str) -> Option<&'a str> {
+    toml.lines().find_map(|l| l.trim().strip_prefix(key)?.trim_start().strip_prefix('=').map(str::trim))
+}
+
+/// What every rendering must hold: hardened pod, probes on the right paths, a grace period
+/// that covers preStop + drain, listen on all interfaces, no Secret objects.
+fn assert_common(r: &Rendered) {
+    let pod = r.pod();
+    let c = r.container();
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(c["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(c["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(pod["enableServiceLinks"], false);
+    assert_eq!(pod["automountServiceAccountToken"], false);
+
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], "http");
+    assert_eq!(c["ports"][0]["name"], "http");
+
+    let strategy = &r.one("Deployment")["spec"]["strategy"];
+    assert_eq!(strategy["type"], "RollingUpdate");
+    assert_eq!(strategy["rollingUpdate"]["maxUnavailable"], 0);
+
+    let drain = seconds(toml_setting(r.config_toml(), "drain_timeout").expect("limits.drain_timeout rendered"));
+    let pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"].as_u64().unwrap_or(0);
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().expect("terminationGracePeriodSeconds");
+    assert!(grace > pre_stop + drain, "grace {grace}s must exceed preStop {pre_stop}s + drain {drain}s");
+
+    assert!(r.env_value("MAGISTRAL_LISTEN").unwrap().starts_with("0.0.0.0:"), "listen on all interfaces");
+    assert_eq!(r.env_value("MAGISTRAL_CONFIG"), Some("/etc/magistral/config/magistral.toml"));
+    assert!(r.env_value("MAGISTRAL_NATS__URL").is_some());
+    assert!(r.all("Secret").is_empty(), "the chart references Secrets, it never creates them");
+    let service = r.one("Service");
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "http");
+    assert_eq!(service["spec"]["selector"], r.one("Deployment")["spec"]["selector"]["matchLabels"]);
+}
+
+#[test]
+fn chart_lints_strictly_with_every_values_file() {
+    let Some(helm) = helm() else { return };
+    let chart = chart();
+    let mut runs = vec![vec!["lint", "--strict", chart.to_str().unwrap()]];
+    let files: Vec<PathBuf> = ["minimal", "external-nats", "ha"].iter().map(|n| values(n)).collect();
+    for f in &files {
+        runs.push(vec!["lint", "--strict", chart.to_str().unwrap(), "-f", f.to_str().unwrap()]);
+    }
+    for args in runs {
+        let out = run_helm(&helm, &args);
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "helm {args:?}:\n{stdout}\n{}", text(&out.stderr));
+        assert!(stdout.contains("1 chart(s) linted, 0 chart(s) failed"), "{stdout}");
+        println!("helm {}: {}", args[3..].join(" "), stdout.lines().last().unwrap_or_default());
+    }
+}
+
+#[test]
+fn minimal_values_render_one_checked_replica() {
+    let Some(helm) = helm() else { return };
+    let r = template_values(&helm, "minimal");
+    assert_common(&r);
+    assert_eq!(r.one("Deployment")["spec"]["replicas"], 1);
+    assert!(r.all("PodDisruptionBudget").is_empty(), "no PDB for one replica: it would block every node drain");
+    assert!(r.all("HorizontalPodAutoscaler").is_empty());
+    assert!(r.all("ServiceMonitor").is_empty());
+    assert_eq!(r.env_value("MAGISTRAL_NATS__URL"), Some("nats://nats.messaging.svc.cluster.local:4222"));
+    assert_eq!(r.container()["image"], "registry.example.com/integration/magistral:0.1.0");
+    // The stream JSON string is kept byte for byte.
+    let streams = r.named("ConfigMap", "bus-magistral-streams");
+    assert!(streams["data"]["EVENTS.json"].as_str().unwrap().contains("\"duplicate_window\": 120000000000"));
+    assert_checks(&r, "minimal");
+}
+
+#[test]
+fn external_nats_values_reference_every_secret() {
+    let Some(helm) = helm() else { return };
+    let r = template_values(&helm, "external-nats");
+    assert_common(&r);
+    let toml = r.config_toml();
+
+    // NATS: seed list in the environment, creds and TLS files mounted from Secrets.
+    assert_eq!(
+        r.env_value("MAGISTRAL_NATS__URL"),
+        Some("tls://nats-0.nats.messaging:4222,tls://nats-1.nats.messaging:4222,tls://nats-2.nats.messaging:4222")
+    );
+    assert_eq!(toml_setting(toml, "creds_file"), Some("\"/run/secrets/magistral-nats/creds/nats.creds\""));
+    assert_eq!(toml_setting(toml, "tls_ca_file"), Some("\"/run/secrets/magistral-nats/tls/ca.crt\""));
+    assert_eq!(toml_setting(toml, "tls_cert_file"), Some("\"/run/secrets/magistral-nats/tls/tls.crt\""));
+    assert_eq!(toml_setting(toml, "tls_required"), Some("true"));
+    let volumes = r.pod()["volumes"].as_array().unwrap();
+    let volume = |name: &str| volumes.iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("volume {name}"));
+    assert_eq!(volume("nats-creds")["secret"]["secretName"], "magistral-nats-creds");
+    assert_eq!(volume("nats-creds")["secret"]["items"][0], serde_json::json!({"key": "magistral.creds", "path": "nats.creds"}));
+    assert_eq!(volume("nats-tls")["secret"]["secretName"], "magistral-nats-tls");
+
+    // Tokens and webhook secrets: references only, mounted read-only with just the named keys.
+    assert!(toml.contains(r#"{ file = "/run/secrets/magistral/magistral-tokens/nav" }"#), "{toml}");
+    assert!(toml.contains(r#"{ file = "/run/secrets/magistral/magistral-tokens/nav-next" }"#));
+    assert!(toml.contains(r#"{ env = "SECRET_MAGISTRAL_TOKENS_BITRIX" }"#));
+    assert!(toml.contains(r#"{ file = "/run/secrets/magistral/magistral-webhooks/nav-orders" }"#));
+    assert!(toml.contains(r#"Authorization = { file = "/run/secrets/magistral/magistral-webhooks/nav-authorization" }"#));
+    let env = r.env("SECRET_MAGISTRAL_TOKENS_BITRIX").expect("env token from the Secret");
+    assert_eq!(env["valueFrom"]["secretKeyRef"], serde_json::json!({"name": "magistral-tokens", "key": "bitrix"}));
+    let tokens = volumes.iter().find(|v| v["secret"]["secretName"] == "magistral-tokens").expect("tokens volume");
+    assert_eq!(tokens["secret"]["defaultMode"], 0o440);
+    let keys: Vec<&str> = tokens["secret"]["items"].as_array().unwrap().iter().map(|i| i["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["nav", "nav-next"], "only the keys the configuration names are mounted");
+    for mount in r.container()["volumeMounts"].as_array().unwrap() {
+        if mount["mountPath"].as_str().unwrap().starts_with("/run/secrets") {
+            assert_eq!(mount["readOnly"], true, "{mount}");
+        }
+    }
+    // Nothing secret in the ConfigMap: every token line is a reference.
+    for line in toml.lines().map(str::trim).filter(|l| l.starts_with("{ ")) {
+        assert!(line.starts_with("{ file = ") || line.starts_with("{ env = ") || line.starts_with("{ sha256 = "), "{line}");
+    }
+    assert!(!toml.contains("whsec_"));
+    // The YAML map stream was rendered as JSON with exact integers.
+    let streams = r.named("ConfigMap", "bus-magistral-streams");
+    let orders: Value = serde_json::from_str(streams["data"]["ORDERS.json"].as_str().unwrap()).unwrap();
+    assert_eq!(orders["max_age"], 2_592_000_000_000_000u64);
+    assert_eq!(orders["num_replicas"], 3);
+    assert_checks(&r, "external-nats");
+}
+
+#[test]
+fn ha_values_render_hpa_pdb_and_service_monitor() {
+    let Some(helm) = helm() else { return };
+    let r = template_values(&helm, "ha");
+    assert_common(&r);
+    let deployment = r.one("Deployment");
+    assert!(deployment["spec"].get("replicas").is_none(), "the HPA owns replicas: {}", deployment["spec"]);
+    let hpa = r.one("HorizontalPodAutoscaler");
+    assert_eq!(hpa["apiVersion"], "autoscaling/v2");
+    assert_eq!(hpa["spec"]["minReplicas"], 3);
+    assert_eq!(hpa["spec"]["maxReplicas"], 12);
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], deployment["metadata"]["name"]);
+    assert_eq!(hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 65);
+    assert_eq!(hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"], 300);
+    let pdb = r.one("PodDisruptionBudget");
+    assert_eq!(pdb["apiVersion"], "policy/v1");
+    assert_eq!(pdb["spec"]["minAvailable"], 2);
+    assert_eq!(pdb["spec"]["selector"], deployment["spec"]["selector"]);
+    let sm = r.one("ServiceMonitor");
+    assert_eq!(sm["metadata"]["labels"]["release"], "kube-prometheus-stack");
+    assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics");
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "http");
+    // 10 s preStop + 30 s drain + 10 s margin.
+    assert_eq!(r.pod()["terminationGracePeriodSeconds"], 50);
+    assert_eq!(toml_setting(r.config_toml(), "drain_timeout"), Some("\"30s\""));
+    assert_eq!(toml_setting(r.config_toml(), "replicas"), Some("3"), "R3 system streams");
+    // Default URL: the official NATS chart's service for this release name.
+    assert_eq!(r.env_value("MAGISTRAL_NATS__URL"), Some("nats://bus-nats:4222"));
+    let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
+    assert!(annotations["checksum/config"].as_str().is_some_and(|s| s.len() == 64), "{annotations}");
+    assert_checks(&r, "ha");
+}
+
+#[test]
+fn default_values_render_and_check() {
+    let Some(helm) = helm() else { return };
+    let r = template(&helm, "magistral", &[]);
+    assert_common(&r);
+    assert_eq!(r.one("Deployment")["spec"]["replicas"], 2);
+    assert_eq!(r.one("PodDisruptionBudget")["spec"]["minAvailable"], 1);
+    assert_eq!(r.pod()["terminationGracePeriodSeconds"], 35);
+    assert_eq!(r.env_value("MAGISTRAL_NATS__URL"), Some("nats://magistral-nats:4222"));
+    // A release whose name contains "nats" is the NATS chart's full name as is.
+    let r2 = template(&helm, "nats-bus", &[]);
+    assert_eq!(r2.env_value("MAGISTRAL_NATS__URL"), Some("nats://nats-bus:4222"));
+    assert_checks(&r, "default values");
+}
+
+#[test]
+fn existing_config_maps_are_mounted_by_name() {
+    let Some(helm) = helm() else { return };
+    let r = template(
+        &helm,
+        "bus",
+        &[
+            "--set",
+            "existingConfigMap=bus-config,streams.existingConfigMap=bus-streams,contracts.existingConfigMap=bus-contracts",
+        ],
+    );
+    assert!(r.all("ConfigMap").is_empty(), "no ConfigMap rendered when all are given by name");
+    let volumes = r.pod()["volumes"].as_array().unwrap();
+    for (volume, name) in [("config", "bus-config"), ("streams", "bus-streams"), ("contracts", "bus-contracts")] {
+        let v = volumes.iter().find(|v| v["name"] == volume).unwrap();
+        assert_eq!(v["configMap"]["name"], name);
+    }
+    for mount in r.container()["volumeMounts"].as_array().unwrap() {
+        assert!(mount.get("subPath").is_none(), "subPath mounts never see ConfigMap updates: {mount}");
+    }
+}
+
+#[test]
+fn chart_refuses_inlined_secrets_and_unsafe_timing() {
+    let Some(helm) = helm() else { return };
+    let err = template_error(&helm, &["--set", "subscriptions.s.participant=p,subscriptions.s.signing_secrets[0]=whsec_abc"]);
+    assert!(err.contains("subscriptions.s.signing_secrets[0]: give a reference"), "{err}");
+    let err = template_error(&helm, &["--set", "participants.p.tokens[0]=plain-token-in-values"]);
+    assert!(err.contains("participants.p.tokens[0]: give a reference"), "{err}");
+    let err = template_error(&helm, &["--set", "shutdown.terminationGracePeriodSeconds=25"]);
+    assert!(err.contains("must be longer than preStopSleepSeconds + drainTimeoutSeconds (25)"), "{err}");
+    let err = template_error(&helm, &["--set", "config.limits.drain_timeout=60s"]);
+    assert!(err.contains("use shutdown.drainTimeoutSeconds"), "{err}");
+    let err = template_error(&helm, &["--set", "config.listen=127.0.0.1:8080"]);
+    assert!(err.contains("config.listen is set by the chart"), "{err}");
+}
+
+/// The umbrella chart that adds the official NATS chart: its declaration, and the magistral
+/// part rendered with the NATS part left out (fetching the NATS chart needs the network).
+#[test]
+fn stack_chart_wires_the_official_nats_chart() {
+    let Some(helm) = helm() else { return };
+    let stack = Path::new(REPO).join("helm/magistral-stack");
+    let chart: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(stack.join("Chart.yaml")).unwrap()).unwrap();
+    let deps = chart["dependencies"].as_sequence().unwrap();
+    let nats = deps.iter().find(|d| d["name"].as_str() == Some("nats")).expect("nats dependency");
+    assert_eq!(nats["condition"].as_str(), Some("nats.enabled"));
+    assert_eq!(nats["repository"].as_str(), Some("https://nats-io.github.io/k8s/helm/charts/"));
+    let magistral = deps.iter().find(|d| d["name"].as_str() == Some("magistral")).expect("magistral dependency");
+    assert_eq!(magistral["repository"].as_str(), Some("file://../magistral"));
+    let values: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(stack.join("values.yaml")).unwrap()).unwrap();
+    assert_eq!(values["nats"]["config"]["cluster"]["replicas"].as_u64(), Some(3));
+    assert_eq!(values["nats"]["config"]["jetstream"]["enabled"].as_bool(), Some(true));
+
+    // A copy without the NATS dependency, with magistral packaged into charts/.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("magistral-stack");
+    std::fs::create_dir_all(copy.join("charts")).unwrap();
+    std::fs::copy(stack.join("values.yaml"), copy.join("values.yaml")).unwrap();
+    let mut chart = chart;
+    let kept: Vec<serde_norway::Value> =
+        deps.iter().filter(|d| d["name"].as_str() != Some("nats")).cloned().collect();
+    chart["dependencies"] = serde_norway::Value::Sequence(kept);
+    std::fs::write(copy.join("Chart.yaml"), serde_norway::to_string(&chart).unwrap()).unwrap();
+    let magistral_chart = self::chart();
+    let out = run_helm(&helm, &["package", magistral_chart.to_str().unwrap(), "--destination", copy.join("charts").to_str().unwrap()]);
+    assert!(out.status.success(), "helm package: {}", text(&out.stderr));
+    let out = run_helm(&helm, &["template", "bus", copy.to_str().unwrap(), "--set", "nats.enabled=false"]);
+    assert!(out.status.success(), "helm template stack: {}", text(&out.stderr));
+    let r = Rendered::parse(&text(&out.stdout));
+    assert_common(&r);
+    assert_eq!(r.env_value("MAGISTRAL_NATS__URL"), Some("nats://bus-nats:4222"), "the NATS chart's service in this release");
+    assert_eq!(toml_setting(r.config_toml(), "replicas"), Some("3"));
+}
