@@ -461,7 +461,7 @@ fn stack_chart_wires_the_official_nats_chart() {
     let stack = Path::new(REPO).join("helm/magistral-stack");
     let chart: serde_norway::Value =
         serde_norway::from_str(&std::fs::read_to_string(stack.join("Chart.yaml")).unwrap()).unwrap();
-    let deps = chart["dependencies"].as_sequence().unwrap();
+    let deps = chart["dependencies"].as_sequence().unwrap().clone();
     let nats = deps.iter().find(|d| d["name"].as_str() == Some("nats")).expect("nats dependency");
     assert_eq!(nats["condition"].as_str(), Some("nats.enabled"));
     assert_eq!(nats["repository"].as_str(), Some("https://nats-io.github.io/k8s/helm/charts/"));
@@ -477,7 +477,7 @@ fn stack_chart_wires_the_official_nats_chart() {
     let copy = dir.path().join("magistral-stack");
     std::fs::create_dir_all(copy.join("charts")).unwrap();
     std::fs::copy(stack.join("values.yaml"), copy.join("values.yaml")).unwrap();
-    let mut chart = chart;
+    let mut chart = chart.clone();
     let kept: Vec<serde_norway::Value> =
         deps.iter().filter(|d| d["name"].as_str() != Some("nats")).cloned().collect();
     chart["dependencies"] = serde_norway::Value::Sequence(kept);
