@@ -557,7 +557,7 @@ impl Config {
         if let Some(path) = path {
             figment = figment.merge(Toml::file_exact(path));
         }
-        // Only variables naming a setting: `MAGISTRAL_CONFIG`, `MAGISTRAL_LOG` (a log filter)
+        // Only variables naming a setting: `MAGISTRAL_CONFIG` (the file itself)
         // and those Kubernetes injects for a Service named magistral (`MAGISTRAL_PORT`, ...)
         // are not settings and must not fail the start.
         figment.merge(Env::prefixed("MAGISTRAL_").split("__").filter(|key| {

@@ -122,9 +122,9 @@ async fn start_when_reconciled(state: AppState, config: Config, shutdown: Cancel
     loop {
         let catalog = state.catalog.load_full();
         if reconcile_all(&state, &catalog).await {
-            state.health.set_streams_reconciled();
-            state.deliveries.apply(&catalog);
+            state.deliveries.apply(&catalog).await;
             state.responders.apply(&catalog);
+            state.health.set_streams_reconciled();
             break;
         }
         tokio::select! {

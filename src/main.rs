@@ -59,10 +59,13 @@ fn main() -> ExitCode {
     };
     if let Command::Check = cli.command {
         println!(
-            "configuration OK: {} participant(s), {} stream(s), {} contract(s)",
+            "configuration OK: {} participant(s), {} stream(s), {} contract(s), {} subscription(s), {} responder(s), {} directory(ies)",
             catalog.participants.iter().count(),
-            catalog.streams.len(),
-            catalog.contracts.iter().count()
+            catalog.streams.iter().filter(|s| s.file.extension().is_some_and(|e| e == "json")).count(),
+            catalog.contracts.iter().count(),
+            catalog.subscriptions.len(),
+            catalog.responders.len(),
+            catalog.directories.len(),
         );
         return ExitCode::SUCCESS;
     }

@@ -40,10 +40,12 @@ pub async fn reload(state: &AppState, path: Option<&Path>) -> Result<(), String>
     let config = Config::load(path).map_err(|e| e.to_string())?;
     let catalog = Catalog::load(&config).map_err(|e| e.to_string())?;
     let catalog = Arc::new(catalog);
-    state.catalog.store(catalog.clone());
+    // Streams and consumers first, then the catalog requests see: once a change is visible,
+    // everything it needs exists.
     crate::reconcile_all(state, &catalog).await;
-    state.deliveries.apply(&catalog);
+    state.deliveries.apply(&catalog).await;
     state.responders.apply(&catalog);
+    state.catalog.store(catalog.clone());
     metrics::counter!("magistral_config_reloads_total", "outcome" => "applied").increment(1);
     tracing::info!("configuration reloaded");
     Ok(())

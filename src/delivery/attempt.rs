@@ -29,12 +29,22 @@ pub struct AttemptResult {
 #[must_use]
 pub fn message_id(message: &jetstream::Message) -> String {
     let header = |name: &str| message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
-    header("ce-id").or_else(|| header("Nats-Msg-Id")).unwrap_or_else(|| {
+    header("ce-id")
+        .or_else(|| header("Nats-Msg-Id"))
+        .or_else(|| header(super::dead_letter::ORIGINAL_MSG_ID))
+        .unwrap_or_else(|| {
         message
             .info()
             .map(|i| format!("{}-{}", i.stream, i.stream_sequence))
             .unwrap_or_default()
     })
+}
+
+/// Whether the message is itself a delivery status event (no events about events: a
+/// subscription to `magistral.delivery.>` with a failing endpoint must not feed itself).
+#[must_use]
+pub fn is_status_event(message: &jetstream::Message) -> bool {
+    original_subject(message).starts_with("magistral.delivery.")
 }
 
 /// The subject the message was published to (replays carry it in a header).

@@ -18,6 +18,9 @@ use super::attempt::{message_id, original_subject, AttemptResult};
 use super::system::{dlq_subject, event_subject, replay_subject, DLQ_STREAM};
 
 pub const ORIGINAL_SUBJECT: &str = "Magistral-Original-Subject";
+/// The original `Nats-Msg-Id`, kept under another name so the dead-letter stream does not
+/// deduplicate on it, and replays keep their id.
+pub const ORIGINAL_MSG_ID: &str = "Magistral-Original-Msg-Id";
 const ORIGINAL_STREAM: &str = "Magistral-Original-Stream";
 const ORIGINAL_SEQ: &str = "Magistral-Original-Seq";
 const SUBSCRIPTION: &str = "Magistral-Subscription";
@@ -51,8 +54,14 @@ pub async fn store(js: &jetstream::Context, subscription: &str, message: &jetstr
         for (name, values) in original.iter() {
             let n = name.to_string();
             // A dead letter must never be deduplicated away, and old reasons are replaced.
-            if n.eq_ignore_ascii_case("Nats-Msg-Id") || n.starts_with("Magistral-") {
-                if n == ORIGINAL_SUBJECT || n == ORIGINAL_STREAM || n == ORIGINAL_SEQ {
+            if n.eq_ignore_ascii_case("Nats-Msg-Id") {
+                for v in values {
+                    headers.insert(ORIGINAL_MSG_ID, v.as_str());
+                }
+                continue;
+            }
+            if n.starts_with("Magistral-") {
+                if n == ORIGINAL_SUBJECT || n == ORIGINAL_STREAM || n == ORIGINAL_SEQ || n == ORIGINAL_MSG_ID {
                     for v in values {
                         headers.append(n.as_str(), v.as_str());
                     }
@@ -222,11 +231,20 @@ async fn read(js: &jetstream::Context, subscription: &str, after_seq: u64, limit
     Ok(out)
 }
 
+/// The id a dead letter is listed and replayed by: the message id, or `dlq-<seq>` for a
+/// message that had none.
+fn dead_letter_id(raw: &RawDeadLetter) -> String {
+    raw.headers
+        .get("ce-id")
+        .or_else(|| raw.headers.get(ORIGINAL_MSG_ID))
+        .map_or_else(|| format!("dlq-{}", raw.seq), |v| v.as_str().to_owned())
+}
+
 fn describe(raw: &RawDeadLetter) -> DeadLetter {
     let h = |name: &str| raw.headers.get(name).map(|v| v.as_str().to_owned());
     DeadLetter {
         dlq_seq: raw.seq,
-        id: h("ce-id").unwrap_or_else(|| format!("dlq-{}", raw.seq)),
+        id: dead_letter_id(raw),
         subject: h(ORIGINAL_SUBJECT).unwrap_or_default(),
         class: h(CLASS),
         status: h(STATUS).and_then(|s| s.parse().ok()),
@@ -243,7 +261,7 @@ fn describe(raw: &RawDeadLetter) -> DeadLetter {
 #[derive(Debug, Clone)]
 pub enum Selection {
     All,
-    /// Message ids (`ce-id`) or dead-letter sequences.
+    /// Message ids, or `dlq-<seq>` as listed for messages without one.
     Ids(Vec<String>),
 }
 
@@ -263,10 +281,11 @@ pub async fn replay(js: &jetstream::Context, subscription: &str, selection: &Sel
         }
         for raw in &page {
             after = raw.seq;
-            let id = raw.headers.get("ce-id").map(|v| v.as_str().to_owned()).unwrap_or_default();
+            let id = dead_letter_id(raw);
+            let by_seq = format!("dlq-{}", raw.seq);
             let wanted = match selection {
                 Selection::All => true,
-                Selection::Ids(ids) => ids.iter().any(|x| *x == id || x.parse::<u64>().is_ok_and(|s| s == raw.seq)),
+                Selection::Ids(ids) => ids.iter().any(|x| *x == id || *x == by_seq),
             };
             if !wanted {
                 continue;
@@ -274,7 +293,11 @@ pub async fn replay(js: &jetstream::Context, subscription: &str, selection: &Sel
             let mut headers = HeaderMap::new();
             for (name, values) in raw.headers.iter() {
                 let n = name.to_string();
-                let keep = !n.starts_with("Magistral-") || n == ORIGINAL_SUBJECT || n == ORIGINAL_STREAM || n == ORIGINAL_SEQ;
+                let keep = !n.starts_with("Magistral-")
+                    || n == ORIGINAL_SUBJECT
+                    || n == ORIGINAL_STREAM
+                    || n == ORIGINAL_SEQ
+                    || n == ORIGINAL_MSG_ID;
                 if keep {
                     for v in values {
                         headers.append(n.as_str(), v.as_str());

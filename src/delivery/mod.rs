@@ -212,7 +212,13 @@ pub struct Control {
     name: String,
     breaker: Mutex<Breaker>,
     last_error: Mutex<Option<LastError>>,
+    /// When each failing message (stream, seq) first failed on this replica; bounded.
+    first_failures: Mutex<HashMap<(String, u64), OffsetDateTime>>,
 }
+
+/// Failing messages remembered per subscription; past it the oldest memory is dropped and
+/// the publish time stands in.
+const MAX_REMEMBERED_FAILURES: usize = 10_000;
 
 impl Control {
     fn new(sub: &Subscription) -> Self {
@@ -220,6 +226,28 @@ impl Control {
             name: sub.name.clone(),
             breaker: Mutex::new(Breaker::new(sub.breaker_failures, sub.breaker_cooldown)),
             last_error: Mutex::new(None),
+            first_failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The first failure time of a message, remembering `now` if it is the first.
+    fn first_failure(&self, key: &(String, u64), now: OffsetDateTime) -> OffsetDateTime {
+        let Ok(mut map) = self.first_failures.lock() else { return now };
+        if let Some(t) = map.get(key) {
+            return *t;
+        }
+        if map.len() >= MAX_REMEMBERED_FAILURES
+            && let Some(oldest) = map.iter().min_by_key(|(_, t)| **t).map(|(k, _)| k.clone())
+        {
+            map.remove(&oldest);
+        }
+        map.insert(key.clone(), now);
+        now
+    }
+
+    fn forget(&self, key: &(String, u64)) {
+        if let Ok(mut map) = self.first_failures.lock() {
+            map.remove(key);
         }
     }
 
@@ -274,22 +302,25 @@ impl Deliveries {
 
     /// Brings running workers in line with the catalog: new subscriptions start, changed ones
     /// restart, removed ones stop (their consumers stay until `apply --prune`).
-    pub fn apply(&self, catalog: &Catalog) {
-        let Ok(mut running) = self.running.lock() else { return };
-        running.retain(|name, r| {
-            let keep = catalog.subscription(name).is_some_and(|s| **s == *r.sub);
-            if !keep {
-                tracing::info!(subscription = %name, "stopping delivery (removed or changed)");
-                r.cancel.cancel();
-            }
-            keep
-        });
-        for sub in &catalog.subscriptions {
-            if running.contains_key(&sub.name) {
-                continue;
-            }
+    ///
+    /// A new subscription's consumers are created before this returns, so a message
+    /// published once the gateway reports ready (or the reload is visible) is not missed.
+    pub async fn apply(&self, catalog: &Catalog) {
+        let to_start: Vec<Arc<Subscription>> = {
+            let Ok(mut running) = self.running.lock() else { return };
+            running.retain(|name, r| {
+                let keep = catalog.subscription(name).is_some_and(|s| **s == *r.sub);
+                if !keep {
+                    tracing::info!(subscription = %name, "stopping delivery (removed or changed)");
+                    r.cancel.cancel();
+                }
+                keep
+            });
+            catalog.subscriptions.iter().filter(|s| !running.contains_key(&s.name)).cloned().collect()
+        };
+        for sub in to_start {
             tracing::info!(subscription = %sub.name, endpoint = %sub.endpoint_redacted(), "starting delivery");
-            let control = Arc::new(Control::new(sub));
+            let control = Arc::new(Control::new(&sub));
             let cancel = self.shutdown.child_token();
             let mut spans = sub.spans.clone();
             spans.push((system::REPLAY_STREAM.to_owned(), vec![system::replay_subject(&sub.name)]));
@@ -303,9 +334,15 @@ impl Deliveries {
                     filters,
                     cancel: cancel.clone(),
                 };
+                // Best effort here; the worker keeps trying if NATS is not ready yet.
+                if let Err(err) = worker.ensure_consumer().await {
+                    tracing::warn!(subscription = %sub.name, %err, "consumer not created yet");
+                }
                 self.tracker.spawn(worker.run());
             }
-            running.insert(sub.name.clone(), Running { sub: sub.clone(), control, cancel });
+            if let Ok(mut running) = self.running.lock() {
+                running.insert(sub.name.clone(), Running { sub: sub.clone(), control, cancel });
+            }
         }
     }
 

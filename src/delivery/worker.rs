@@ -63,7 +63,7 @@ impl Worker {
 
     /// Creates the consumer, or updates it when the subscription changed (keeping its start
     /// position, which JetStream cannot change).
-    async fn ensure_consumer(&self) -> Result<Consumer<pull::Config>, String> {
+    pub async fn ensure_consumer(&self) -> Result<Consumer<pull::Config>, String> {
         let stream = self.engine.js.get_stream(&self.stream).await.map_err(|e| e.to_string())?;
         let mut wanted = self.consumer_config();
         match stream.get_consumer::<pull::Config>(&self.sub.consumer_name()).await {
@@ -181,7 +181,8 @@ impl Worker {
                     next_slot = next_slot.max(now) + Duration::from_secs_f64(1.0 / rate);
                 }
                 if let Ok(info) = message.info() {
-                    metrics::gauge!("magistral_consumer_pending", "subscription" => self.sub.name.clone()).set(info.pending as f64);
+                    metrics::gauge!("magistral_consumer_pending", "subscription" => self.sub.name.clone(), "stream" => self.stream.clone())
+                        .set(info.pending as f64);
                 }
                 if ordered_or_probe {
                     // In line: the next fetch waits for this message's decision.
@@ -227,27 +228,39 @@ impl Worker {
 
     /// Delivers one message to a decision.
     async fn deliver(&self, message: jetstream::Message) {
-        let first_attempt = OffsetDateTime::now_utc();
         let mut attempt = message.info().map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX)).unwrap_or(1);
+        let key = message.info().map(|i| (i.stream.to_owned(), i.stream_sequence)).unwrap_or_default();
+        let published = message.info().map(|i| i.published).unwrap_or_else(|_| OffsetDateTime::now_utc());
+        // No events about status events: a subscription to them must not feed itself.
+        let announce = !attempt::is_status_event(&message);
         loop {
+            let started = OffsetDateTime::now_utc();
             let result = attempt::send(&self.engine.http, &self.sub, &message, attempt, self.sub.ack_wait).await;
             self.control.record(&result, attempt);
             metrics::counter!("magistral_delivery_total", "subscription" => self.sub.name.clone(), "class" => result.class.slug())
                 .increment(1);
             metrics::histogram!("magistral_delivery_duration_seconds", "subscription" => self.sub.name.clone())
                 .record(result.elapsed.as_secs_f64());
+            let first_attempt = if result.class == Class::Delivered {
+                started
+            } else {
+                // Remembered from this replica's first failure; after a redelivery to another
+                // replica, the publish time is the honest lower bound.
+                self.control.first_failure(&key, if attempt == 1 { started } else { published })
+            };
             let failure = Failure { result: result.clone(), attempts: attempt, first_attempt, last_attempt: OffsetDateTime::now_utc() };
             let decision = self.sub.policy.decide(result.class, attempt, result.retry_after);
-            if attempt == 1 && result.class != Class::Delivered {
+            if announce && attempt == 1 && result.class != Class::Delivered {
                 dead_letter::publish_event(&self.engine.js, "failed", &self.sub.name, &message, &failure).await;
+            }
+            if !matches!(decision, Decision::Retry(_)) {
+                self.control.forget(&key);
             }
             match decision {
                 Decision::Ack => {
-                    if let Ok(info) = message.info() {
-                        let lag = OffsetDateTime::now_utc() - info.published;
-                        metrics::histogram!("magistral_delivery_lag_seconds", "subscription" => self.sub.name.clone())
-                            .record(lag.as_seconds_f64().max(0.0));
-                    }
+                    let lag = OffsetDateTime::now_utc() - published;
+                    metrics::histogram!("magistral_delivery_lag_seconds", "subscription" => self.sub.name.clone())
+                        .record(lag.as_seconds_f64().max(0.0));
                     let _ = message.ack().await;
                     return;
                 }
@@ -273,6 +286,9 @@ impl Worker {
                 Decision::DeadLetter if self.sub.ordered && self.sub.on_exhausted == OnExhausted::Block => {
                     let reason = format!("blocked: message {} exhausted its attempts", attempt::message_id(&message));
                     self.engine.pause(&self.sub, &reason, &result).await;
+                    if announce {
+                        dead_letter::publish_event(&self.engine.js, "blocked", &self.sub.name, &message, &failure).await;
+                    }
                     let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
                     return;
                 }
@@ -283,7 +299,9 @@ impl Worker {
                             if let Ok(depth) = dead_letter::count(&self.engine.js, &self.sub.name).await {
                                 metrics::gauge!("magistral_dead_letters", "subscription" => self.sub.name.clone()).set(depth as f64);
                             }
-                            dead_letter::publish_event(&self.engine.js, "dead_lettered", &self.sub.name, &message, &failure).await;
+                            if announce {
+                                dead_letter::publish_event(&self.engine.js, "dead_lettered", &self.sub.name, &message, &failure).await;
+                            }
                             let _ = message.ack_with(AckKind::Term).await;
                         }
                         Err(err) => {
@@ -296,6 +314,9 @@ impl Worker {
                 }
                 Decision::PauseSubscription => {
                     self.engine.pause(&self.sub, "endpoint answered 410 Gone", &result).await;
+                    if announce {
+                        dead_letter::publish_event(&self.engine.js, "paused", &self.sub.name, &message, &failure).await;
+                    }
                     let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
                     return;
                 }

@@ -211,11 +211,13 @@ pub struct Problem {
     pub retry_after: Option<u64>,
     /// A status other than the class's own: a responder's error keeps the code it chose.
     pub status: Option<StatusCode>,
+    /// Already counted in the publish metrics (so the HTTP layer does not count it again).
+    pub counted: bool,
 }
 
 impl Problem {
     pub fn new(kind: ProblemType, detail: impl Into<String>) -> Self {
-        Self { kind, detail: detail.into(), errors: Vec::new(), items: Vec::new(), retry_after: None, status: None }
+        Self { kind, detail: detail.into(), errors: Vec::new(), items: Vec::new(), retry_after: None, status: None, counted: false }
     }
 
     #[must_use]

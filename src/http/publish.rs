@@ -67,7 +67,7 @@ pub async fn publish_one(
 /// Refusals count in `magistral_publish_total` too, so a misbehaving participant shows.
 /// (Failures after a stream was chosen are counted by the publisher.)
 fn count_refusal(participant: &str, problem: &Problem) {
-    if problem.kind.status().is_client_error() || problem.kind == ProblemType::Overloaded {
+    if !problem.counted && (problem.kind.status().is_client_error() || problem.kind == ProblemType::Overloaded) {
         metrics::counter!(
             "magistral_publish_total",
             "stream" => "",

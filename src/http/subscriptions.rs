@@ -35,11 +35,42 @@ fn find<'c>(catalog: &'c Catalog, participant: &Participant, name: &str) -> Resu
     Ok(sub)
 }
 
-fn unavailable(err: String) -> Problem {
-    Problem::new(ProblemType::NatsUnavailable, format!("NATS: {err}")).retry_after(2)
+fn unavailable(state: &AppState) -> impl Fn(String) -> Problem + '_ {
+    move |err| Problem::new(ProblemType::NatsUnavailable, format!("NATS: {err}")).retry_after(state.limits.retry_after_seconds)
 }
 
+/// A subscription name from the path; a name that is not UTF-8 is simply unknown.
+pub struct Name(String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Name {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Problem> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(name)) => Ok(Self(name)),
+            Err(_) => Err(Problem::new(ProblemType::NotFound, "no such subscription")),
+        }
+    }
+}
+
+/// A subscription's state; NATS questions are bounded so a NATS outage shows as `unknown`
+/// quickly instead of hanging the listing.
 async fn describe(state: &AppState, sub: &Subscription) -> Value {
+    match tokio::time::timeout(std::time::Duration::from_secs(2), describe_unbounded(state, sub)).await {
+        Ok(v) => v,
+        Err(_) => json!({
+            "name": sub.name,
+            "participant": sub.participant,
+            "mode": "push",
+            "subjects": sub.subjects,
+            "endpoint": sub.endpoint_redacted(),
+            "state": "unknown",
+            "detail": "NATS did not answer within 2 s",
+        }),
+    }
+}
+
+async fn describe_unbounded(state: &AppState, sub: &Subscription) -> Value {
     let engine = &state.deliveries.engine;
     let stored = engine.stored_status(&sub.name).await;
     let facts = engine.consumer_facts(sub).await;
@@ -90,7 +121,7 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<R
 }
 
 /// `GET /v1/subscriptions/{name}`
-pub async fn show(State(state): State<AppState>, Path(name): Path<String>, headers: HeaderMap) -> Result<Response, Problem> {
+pub async fn show(State(state): State<AppState>, Name(name): Name, headers: HeaderMap) -> Result<Response, Problem> {
     let catalog = state.catalog.load_full();
     let participant = authenticate(&catalog, &headers)?;
     let sub = find(&catalog, participant, &name)?;
@@ -98,20 +129,20 @@ pub async fn show(State(state): State<AppState>, Path(name): Path<String>, heade
 }
 
 /// `POST /v1/subscriptions/{name}/pause`
-pub async fn pause(State(state): State<AppState>, Path(name): Path<String>, headers: HeaderMap) -> Result<Response, Problem> {
+pub async fn pause(State(state): State<AppState>, Name(name): Name, headers: HeaderMap) -> Result<Response, Problem> {
     let catalog = state.catalog.load_full();
     let participant = authenticate(&catalog, &headers)?;
     let sub = find(&catalog, participant, &name)?;
-    state.deliveries.engine.pause_by_operator(sub, &participant.name).await.map_err(unavailable)?;
+    state.deliveries.engine.pause_by_operator(sub, &participant.name).await.map_err(unavailable(&state))?;
     Ok(Json(describe(&state, sub).await).into_response())
 }
 
 /// `POST /v1/subscriptions/{name}/resume`
-pub async fn resume(State(state): State<AppState>, Path(name): Path<String>, headers: HeaderMap) -> Result<Response, Problem> {
+pub async fn resume(State(state): State<AppState>, Name(name): Name, headers: HeaderMap) -> Result<Response, Problem> {
     let catalog = state.catalog.load_full();
     let participant = authenticate(&catalog, &headers)?;
     let sub = find(&catalog, participant, &name)?;
-    state.deliveries.engine.resume(sub).await.map_err(unavailable)?;
+    state.deliveries.engine.resume(sub).await.map_err(unavailable(&state))?;
     Ok(Json(describe(&state, sub).await).into_response())
 }
 
@@ -128,7 +159,7 @@ pub struct Page {
 /// `GET /v1/subscriptions/{name}/dead-letters?after=&limit=`
 pub async fn dead_letters(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Name(name): Name,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
@@ -139,7 +170,7 @@ pub async fn dead_letters(
     let limit = page.limit.unwrap_or(100).clamp(1, 1000);
     let (items, total) = dead_letter::list(&state.deliveries.engine.js, &sub.name, page.after, limit)
         .await
-        .map_err(unavailable)?;
+        .map_err(unavailable(&state))?;
     let next = if items.len() == limit { items.last().map(|d| d.dlq_seq) } else { None };
     Ok(Json(json!({ "total": total, "dead_letters": items, "next": next })).into_response())
 }
@@ -158,7 +189,7 @@ struct ReplayRequest {
 /// `POST /v1/subscriptions/{name}/dead-letters/replay` with `{"ids": [...]}` or `{"all": true}`.
 pub async fn replay(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Name(name): Name,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
@@ -179,6 +210,9 @@ pub async fn replay(
     };
     let replayed = dead_letter::replay(&state.deliveries.engine.js, &sub.name, &selection, 10_000)
         .await
-        .map_err(unavailable)?;
+        .map_err(unavailable(&state))?;
+    if let Ok(depth) = dead_letter::count(&state.deliveries.engine.js, &sub.name).await {
+        metrics::gauge!("magistral_dead_letters", "subscription" => sub.name.clone()).set(depth as f64);
+    }
     Ok(Json(json!({ "replayed": replayed.len(), "ids": replayed })).into_response())
 }

@@ -206,7 +206,10 @@ impl Publisher {
         };
         in_flight.decrement(1.0);
         record(&labels, started, result.as_ref().map(|s| s.duplicate));
-        result
+        result.map_err(|mut p| {
+            p.counted = true;
+            p
+        })
     }
 
     /// Publishes a checked batch pipelined: every message is sent before any PubAck is

@@ -300,6 +300,66 @@ fn duplicates(deliveries: &[String]) -> usize {
     deliveries.len() - deliveries.iter().collect::<HashSet<_>>().len()
 }
 
+/// When the non-2xx answers came, relative to the fault at `t` (e.g. `+0.1s..+5.9s`).
+fn error_window(attempts: &[Attempt], t: Instant) -> String {
+    let offsets: Vec<f64> = attempts
+        .iter()
+        .filter(|a| !a.is_2xx())
+        .map(|a| if a.answered >= t { (a.answered - t).as_secs_f64() } else { -(t - a.answered).as_secs_f64() })
+        .collect();
+    match (offsets.iter().copied().reduce(f64::min), offsets.iter().copied().reduce(f64::max)) {
+        (Some(lo), Some(hi)) => format!("{lo:+.1}s..{hi:+.1}s"),
+        _ => "none".into(),
+    }
+}
+
+/// `/readyz` of each gateway polled every 100 ms while a fault plays out: how readiness
+/// looked while publishes failed.
+struct ReadySampler {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<Vec<(Instant, u16)>>,
+}
+
+impl ReadySampler {
+    fn start(bases: Vec<String>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = tokio::spawn(async move {
+            let http = crate::common::http_client();
+            let mut samples = Vec::new();
+            while !flag.load(Ordering::SeqCst) {
+                for base in &bases {
+                    let status = match http.get(format!("{base}/readyz")).timeout(Duration::from_secs(3)).send().await {
+                        Ok(r) => r.status().as_u16(),
+                        Err(_) => 0,
+                    };
+                    samples.push((Instant::now(), status));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            samples
+        });
+        ReadySampler { stop, handle }
+    }
+
+    /// `"N x 200, M x 503"` for the samples taken between `from` and `to`.
+    async fn finish(self, from: Instant, to: Instant) -> String {
+        self.stop.store(true, Ordering::SeqCst);
+        let samples = self.handle.await.unwrap();
+        let mut counts = BTreeMap::new();
+        for (_, status) in samples.iter().filter(|(t, _)| *t >= from && *t <= to) {
+            *counts.entry(*status).or_insert(0) += 1;
+        }
+        counts.iter().map(|(s, n)| format!("{n} x {s}")).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// First and last answer time of non-2xx attempts, if any.
+fn error_span(attempts: &[Attempt]) -> Option<(Instant, Instant)> {
+    let times = attempts.iter().filter(|a| !a.is_2xx()).map(|a| a.answered);
+    Some((times.clone().min()?, times.max()?))
+}
+
 /// The first few of a list, for assertion messages.
 fn first(list: &[Attempt]) -> &[Attempt] {
     &list[..list.len().min(3)]
@@ -335,6 +395,7 @@ async fn cluster_node_kill_9_loses_no_acknowledged_publish() {
     let victim = nats.index_of(&leader).expect("leader is one of ours");
 
     let load = Load::start("kill9", gateways.iter().map(GatewayProcess::base).collect(), 6, false, Duration::from_millis(5));
+    let readiness = ReadySampler::start(gateways.iter().map(GatewayProcess::base).collect());
     load.wait_ok(150, started, None, WAIT, "load before the kill").await;
     nats.kill(victim);
     let killed_at = Instant::now();
@@ -347,24 +408,35 @@ async fn cluster_node_kill_9_loses_no_acknowledged_publish() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let attempts = load.finish().await;
+    let ready_during_errors = match error_span(&attempts) {
+        Some((from, to)) => readiness.finish(from, to).await,
+        None => readiness.finish(killed_at, killed_at).await,
+    };
     let tally = Tally::of(&attempts);
     let stored = stored_ids(&nats.urls()).await;
     let (missing, extra, stored_dupes) = compare(&tally.ok, &stored);
     let new_leader = js.get_stream(STREAM).await.unwrap().info().await.unwrap().cluster.clone().and_then(|c| c.leader);
     let ok_after: usize = load_ok_after(&attempts, killed_at);
+    // The killed node comes back on its ports and store and catches up (its /healthz
+    // reports the R3 stream current).
+    let restart_at = Instant::now();
+    nats.restart(victim).await;
+    let rejoined = restart_at.elapsed();
     eprintln!(
-        "cluster node kill -9: killed {leader} (ORDERS leader) under load; sent {}, attempts {}, 2xx {} ({} sent after the kill), 503 {}, 504 {}, other {}, transport errors {}; found in stream {} (2xx missing {}, stored without 2xx {extra}, duplicates {stored_dupes}); longest gap between 2xx {:?}; new leader {new_leader:?}; took {}",
+        "cluster node kill -9: killed {leader} (ORDERS leader) under load; sent {}, attempts {}, 2xx {} ({} sent after the kill), 503 {} ({} without Retry-After), 504 {}, other {}, transport errors {}; found in stream {} (2xx missing {}, stored without 2xx {extra}, duplicates {stored_dupes}); longest gap between 2xx {:?}, non-2xx answered {} from the kill, /readyz meanwhile: {ready_during_errors}; new leader {new_leader:?}; {leader} restarted and current after {rejoined:?}; took {}",
         tally.sent,
         tally.attempts,
         tally.ok.len(),
         ok_after,
         tally.unavailable_503,
+        tally.no_retry_after.len(),
         tally.timeout_504,
         tally.other.len(),
         tally.transport.len(),
         stored.len(),
         missing.len(),
         Tally::longest_gap(&attempts),
+        error_window(&attempts, killed_at),
         secs(started.elapsed()),
     );
     assert!(missing.is_empty(), "answered 2xx but not in the stream: {missing:?}");
@@ -469,13 +541,15 @@ async fn cluster_sigterm_under_load_finishes_in_flight_requests() {
     let tally = Tally::of(&attempts);
     let mut ok = tally.ok.clone();
     ok.extend(slow_results.iter().filter(|(_, r, _)| r.as_ref().is_ok_and(|s| *s == 202)).map(|(id, _, _)| id.clone()));
+    // The warm-up publishes were asserted 202 too.
+    ok.extend((0..SLOW).map(|i| format!("term-warm-{i}")));
     let stored = stored_ids(&nats.url()).await;
     let (missing, extra, stored_dupes) = compare(&ok, &stored);
     let slow_ok = slow_results.iter().filter(|(_, r, _)| matches!(r, Ok(202))).count();
     let slow_done = slow_results.iter().map(|(_, _, at)| *at).max().unwrap();
     let early_errors: Vec<&Attempt> = tally.transport.iter().filter(|a| a.answered < term_at).collect();
     eprintln!(
-        "SIGTERM under load: sent {} (+{SLOW} slow in flight), 2xx {} + {slow_ok}/{SLOW} slow, 503 {}, 504 {}, other {}, refused/closed after SIGTERM {}; found in stream {} (2xx missing {}, stored without 2xx {extra}, duplicates {stored_dupes}); refused new connections {:?} after SIGTERM, last in-flight answered {:?} after, exit {exit} after {:?} (grace {grace:?}); took {}",
+        "SIGTERM under load: sent {} (+{SLOW} warm-up, +{SLOW} slow in flight), 2xx {} + {SLOW} warm-up + {slow_ok}/{SLOW} slow, 503 {}, 504 {}, other {}, refused/closed after SIGTERM {}; found in stream {} (2xx missing {}, stored without 2xx {extra}, duplicates {stored_dupes}); refused new connections {:?} after SIGTERM, last in-flight answered {:?} after, exit {exit} after {:?} (grace {grace:?}); took {}",
         tally.sent,
         tally.ok.len(),
         tally.unavailable_503,
@@ -561,12 +635,13 @@ async fn cluster_whole_cluster_outage_then_publish_and_delivery_resume() {
     let during: Vec<&Attempt> = attempts.iter().filter(|a| a.sent >= down_at && a.answered <= restart_at).collect();
     let ok_during: Vec<&&Attempt> = during.iter().filter(|a| a.is_2xx()).collect();
     eprintln!(
-        "whole NATS cluster down {}: sent {}, 2xx {} ({} after recovery), 503 {}, 504 {}, other {}, transport errors {}; during the outage {} attempts, 2xx {}; /readyz 503 within {:?}; NATS back {:?} after restart, gateways ready {:?} after; found in stream {} (2xx missing {}, stored without 2xx {extra}, duplicates {stored_dupes}); delivered {distinct} distinct in {} deliveries, duplicates {}; took {}",
+        "whole NATS cluster down {}: sent {}, 2xx {} ({} after recovery), 503 {} ({} without Retry-After), 504 {}, other {}, transport errors {}; during the outage {} attempts, 2xx {}; /readyz 503 within {:?}; NATS back {:?} after restart, gateways ready {:?} after; non-2xx answered {} from the restart; found in stream {} (2xx missing {}, stored without 2xx {extra}, duplicates {stored_dupes}); delivered {distinct} distinct in {} deliveries, duplicates {}; took {}",
         secs(restart_at - down_at),
         tally.sent,
         tally.ok.len(),
         load_ok_after(&attempts, up_at),
         tally.unavailable_503,
+        tally.no_retry_after.len(),
         tally.timeout_504,
         tally.other.len(),
         tally.transport.len(),
@@ -575,6 +650,7 @@ async fn cluster_whole_cluster_outage_then_publish_and_delivery_resume() {
         not_ready_after,
         nats_back,
         ready_again,
+        error_window(&attempts, restart_at),
         stored.len(),
         missing.len(),
         deliveries.len(),

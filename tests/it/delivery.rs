@@ -436,3 +436,57 @@ async fn a_deleted_consumer_is_recreated() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_message_without_a_cloudevents_id_keeps_its_nats_id_through_dead_letter_and_replay() {
+    let nats = NatsServer::start();
+    let erp = Receiver::scripted(|n, _| if n == 0 { Answer::status(422) } else { Answer::ok() }).await;
+    let gw = Gateway::with_subscriptions(
+        &nats.url(),
+        vec![("nav-native", subscription("nav", &["orders.misc"], &erp.url(), json!({})))],
+    )
+    .await;
+    // A NATS-native publisher: no CloudEvents headers, only a message id.
+    let js = crate::common::gateway::jetstream(&nats.url()).await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "native-1");
+    js.publish_with_headers("orders.misc", headers, r#"{"native":true}"#.into()).await.unwrap().await.unwrap();
+    let got = erp.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].header("webhook-id"), Some("native-1"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let list = loop {
+        let list = gw.get_json(NAV, "/v1/subscriptions/nav-native/dead-letters").await;
+        if list["total"] == 1 {
+            break list;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not dead-lettered: {list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(list["dead_letters"][0]["id"], "native-1");
+    let (status, body) = gw.post_json(NAV, "/v1/subscriptions/nav-native/dead-letters/replay", json!({"ids": ["native-1"]})).await;
+    assert_eq!((status, body["replayed"].as_u64()), (200, Some(1)), "{body}");
+    let got = erp.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(got[1].header("webhook-id"), Some("native-1"), "the replay keeps the id");
+}
+
+#[tokio::test]
+async fn status_events_about_status_events_are_not_published() {
+    let nats = NatsServer::start();
+    let failing = Receiver::scripted(|_, _| Answer::status(400)).await;
+    let gw = Gateway::with_subscriptions(
+        &nats.url(),
+        vec![
+            ("nav-orders", subscription("nav", &["orders.misc"], &failing.url(), json!({}))),
+            // Watches every status event, and fails too: it must not feed itself.
+            ("bitrix-watch", subscription("bitrix", &["magistral.delivery.>"], &failing.url(), json!({}))),
+        ],
+    )
+    .await;
+    gw.publish(BITRIX, "orders.misc", "{}").send().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let js = crate::common::gateway::jetstream(&nats.url()).await;
+    let events = crate::common::gateway::stream_count(&js, "MAGISTRAL_EVENTS").await;
+    assert_eq!(events, 2, "one message failed once and was dead-lettered: two events, no more");
+    let dead = gw.get_json(crate::common::gateway::OPS, "/v1/subscriptions/bitrix-watch/dead-letters").await;
+    assert_eq!(dead["total"], 2, "the watcher's own failures are dead-lettered quietly");
+}
