@@ -270,9 +270,11 @@ impl Publisher {
                 ProblemType::PublishTimeout,
                 "JetStream did not confirm in time; the message may or may not be stored: retry with the same Idempotency-Key",
             ),
-            PublishErrorKind::StreamNotFound => Problem::new(
-                ProblemType::NoStream,
-                "the stream for this subject does not exist on the NATS server (run `magistral apply`)",
+            // The subject is bound to a declared stream (checked before publishing), so "no
+            // responders" at PubAck time means the stream is unreachable right now (a node or
+            // leader change in a cluster) or was deleted by hand: retryable either way.
+            PublishErrorKind::StreamNotFound => self.unavailable(
+                "JetStream did not answer for this subject's stream (leader change, or the stream is missing: see `magistral apply`)",
             ),
             PublishErrorKind::MaxPayloadExceeded => {
                 Problem::new(ProblemType::PayloadTooLarge, "the message exceeds the NATS server's max_payload")
