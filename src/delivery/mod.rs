@@ -214,6 +214,8 @@ pub struct Control {
     last_error: Mutex<Option<LastError>>,
     /// When each failing message (stream, seq) first failed on this replica; bounded.
     first_failures: Mutex<HashMap<(String, u64), OffsetDateTime>>,
+    /// Deliveries of a message handed back unattempted while the breaker was open; bounded.
+    skipped: Mutex<HashMap<(String, u64), u32>>,
 }
 
 /// Failing messages remembered per subscription; past it the oldest memory is dropped and
@@ -227,7 +229,21 @@ impl Control {
             breaker: Mutex::new(Breaker::new(sub.breaker_failures, sub.breaker_cooldown)),
             last_error: Mutex::new(None),
             first_failures: Mutex::new(HashMap::new()),
+            skipped: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn note_skip(&self, key: &(String, u64)) {
+        if let Ok(mut map) = self.skipped.lock() {
+            if map.len() >= MAX_REMEMBERED_FAILURES && !map.contains_key(key) {
+                map.clear();
+            }
+            *map.entry(key.clone()).or_default() += 1;
+        }
+    }
+
+    fn skips(&self, key: &(String, u64)) -> u32 {
+        self.skipped.lock().ok().and_then(|m| m.get(key).copied()).unwrap_or(0)
     }
 
     /// The first failure time of a message, remembering `now` if it is the first.
@@ -247,6 +263,9 @@ impl Control {
 
     fn forget(&self, key: &(String, u64)) {
         if let Ok(mut map) = self.first_failures.lock() {
+            map.remove(key);
+        }
+        if let Ok(mut map) = self.skipped.lock() {
             map.remove(key);
         }
     }

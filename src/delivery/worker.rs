@@ -131,7 +131,9 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            let batch = consumer.fetch().max_messages(held.len()).expires(FETCH_EXPIRES).messages().await;
+            // `batch` waits (up to FETCH_EXPIRES) and yields messages as they come; `fetch` would
+            // return at once when nothing is pending and spin this loop.
+            let batch = consumer.batch().max_messages(held.len()).expires(FETCH_EXPIRES).messages().await;
             let mut batch = match batch {
                 Ok(b) => {
                     backoff = Duration::from_millis(200);
@@ -172,6 +174,17 @@ impl Worker {
                     None => break,
                 };
                 let Some(permit) = held.pop() else { break };
+                // A pull request made before the breaker opened may still bring messages:
+                // hand them back for after the cooldown without calling the endpoint.
+                if let (false, BreakerState::Open { until }) = (probe, self.control.breaker_state()) {
+                    if let Ok(info) = message.info() {
+                        self.control.note_skip(&(info.stream.to_owned(), info.stream_sequence));
+                    }
+                    let wait = until.saturating_duration_since(Instant::now());
+                    let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
+                    drop(permit);
+                    continue;
+                }
                 if let Some(rate) = self.sub.rate_limit {
                     let now = Instant::now();
                     if next_slot > now && self.sleep_until(next_slot).await {
@@ -228,8 +241,11 @@ impl Worker {
 
     /// Delivers one message to a decision.
     async fn deliver(&self, message: jetstream::Message) {
-        let mut attempt = message.info().map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX)).unwrap_or(1);
         let key = message.info().map(|i| (i.stream.to_owned(), i.stream_sequence)).unwrap_or_default();
+        // JetStream counts deliveries; those handed back unattempted while the breaker was
+        // open are not attempts.
+        let delivered = message.info().map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX)).unwrap_or(1);
+        let mut attempt = delivered.saturating_sub(self.control.skips(&key)).max(1);
         let published = message.info().map(|i| i.published).unwrap_or_else(|_| OffsetDateTime::now_utc());
         // No events about status events: a subscription to them must not feed itself.
         let announce = !attempt::is_status_event(&message);
