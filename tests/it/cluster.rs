@@ -598,9 +598,11 @@ async fn cluster_whole_cluster_outage_then_publish_and_delivery_resume() {
         g.wait_ready(&http, WAIT).await;
     }
 
+    let ready_after = started.elapsed();
     let load = Load::start("outage", gateways.iter().map(GatewayProcess::base).collect(), 4, false, Duration::from_millis(10));
     load.wait_ok(60, started, None, WAIT, "load before the outage").await;
     receiver.wait_for(20, WAIT).await;
+    let delivering_after = started.elapsed();
     nats.kill_all();
     let down_at = Instant::now();
     for g in &gateways {
@@ -635,7 +637,7 @@ async fn cluster_whole_cluster_outage_then_publish_and_delivery_resume() {
     let during: Vec<&Attempt> = attempts.iter().filter(|a| a.sent >= down_at && a.answered <= restart_at).collect();
     let ok_during: Vec<&&Attempt> = during.iter().filter(|a| a.is_2xx()).collect();
     eprintln!(
-        "whole NATS cluster down {}: sent {}, 2xx {} ({} after recovery), 503 {} ({} without Retry-After), 504 {}, other {}, transport errors {}; during the outage {} attempts, 2xx {}; /readyz 503 within {:?}; NATS back {:?} after restart, gateways ready {:?} after; non-2xx answered {} from the restart; found in stream {} (2xx missing {}, stored without 2xx {extra}, duplicates {stored_dupes}); delivered {distinct} distinct in {} deliveries, duplicates {}; took {}",
+        "whole NATS cluster down {}: sent {}, 2xx {} ({} after recovery), 503 {} ({} without Retry-After), 504 {}, other {}, transport errors {}; during the outage {} attempts, 2xx {}; /readyz 503 within {:?}; NATS back {:?} after restart, gateways ready {:?} after; non-2xx answered {} from the restart; found in stream {} (2xx missing {}, stored without 2xx {extra}, duplicates {stored_dupes}); delivered {distinct} distinct in {} deliveries, duplicates {}; cluster and gateways ready at {}, deliveries flowing at {}, took {}",
         secs(restart_at - down_at),
         tally.sent,
         tally.ok.len(),
@@ -655,6 +657,8 @@ async fn cluster_whole_cluster_outage_then_publish_and_delivery_resume() {
         missing.len(),
         deliveries.len(),
         duplicates(&deliveries),
+        secs(ready_after),
+        secs(delivering_after),
         secs(started.elapsed()),
     );
     assert!(ok_during.is_empty(), "2xx for publishes sent while every NATS node was dead: {ok_during:#?}");
