@@ -146,6 +146,16 @@ pub struct Limits {
     pub max_request_timeout: Duration,
     /// Seconds suggested in `Retry-After` when NATS is unavailable.
     pub retry_after_seconds: u64,
+    /// Most messages one `fetch` returns.
+    pub max_fetch: usize,
+    /// Longest long-poll `wait` of a `fetch`.
+    #[serde(with = "humantime_serde")]
+    pub max_fetch_wait: Duration,
+    /// Server-Sent Event streams one participant may hold open at once.
+    pub max_streams_per_participant: usize,
+    /// How often an idle event stream sends a comment so proxies keep it open.
+    #[serde(with = "humantime_serde")]
+    pub sse_heartbeat: Duration,
     /// How long shutdown waits for in-flight requests before closing anyway.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -168,6 +178,11 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(5),
             max_request_timeout: Duration::from_secs(60),
             retry_after_seconds: 2,
+            max_fetch: 1000,
+            // Long enough to save round trips, short enough for proxies' idle timeouts.
+            max_fetch_wait: Duration::from_secs(30),
+            max_streams_per_participant: 16,
+            sse_heartbeat: Duration::from_secs(15),
             // Kubernetes' default grace period is 30 s; finish before it.
             drain_timeout: Duration::from_secs(20),
         }
@@ -301,8 +316,13 @@ pub struct SubscriptionConfig {
     pub participant: String,
     /// Subject patterns (filters) to deliver.
     pub subjects: Vec<String>,
-    /// Where to deliver (http or https).
-    pub endpoint: String,
+    /// `push` (the gateway calls `endpoint`), `pull` (the participant fetches over HTTP,
+    /// e.g. from behind a firewall) or `stream` (Server-Sent Events, for apps and browsers).
+    #[serde(default)]
+    pub mode: SubscriptionMode,
+    /// Where to deliver (http or https); push mode only.
+    #[serde(default)]
+    pub endpoint: Option<String>,
     #[serde(default)]
     pub method: DeliveryMethod,
     /// Extra request headers, e.g. `Authorization` for an ERP web service.
@@ -399,6 +419,15 @@ pub enum DeliveryMethod {
     Post,
     Put,
     Patch,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubscriptionMode {
+    #[default]
+    Push,
+    Pull,
+    Stream,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -84,6 +84,7 @@ pub async fn run(config: Config, catalog: Catalog, listener: TcpListener, shutdo
         deliveries,
         responders: Arc::new(request::Responders::new(client.clone(), http_client.clone(), tasks.clone(), shutdown.clone())),
         stores: Arc::new(http::kv::Stores::default()),
+        sse_streams: Arc::new(http::events::StreamCounts::default()),
     };
     tasks.spawn(start_when_reconciled(state.clone(), config.clone(), shutdown.clone()));
 

@@ -14,6 +14,7 @@ pub mod attempt;
 pub mod breaker;
 pub mod dead_letter;
 pub mod outcome;
+pub mod pull;
 pub mod signature;
 pub mod subscription;
 pub mod system;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::catalog::Catalog;
+use crate::config::SubscriptionMode;
 use attempt::AttemptResult;
 use breaker::{Breaker, BreakerState};
 use subscription::Subscription;
@@ -41,6 +43,8 @@ pub struct Engine {
     pub js: jetstream::Context,
     pub http: reqwest::Client,
     status: tokio::sync::OnceCell<kv::Store>,
+    ack_ledger: tokio::sync::OnceCell<kv::Store>,
+    token_key: tokio::sync::OnceCell<pull::TokenKey>,
     system_replicas: usize,
 }
 
@@ -76,7 +80,14 @@ impl Engine {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| e.to_string())?;
-        Ok(Self { js, http, status: tokio::sync::OnceCell::new(), system_replicas })
+        Ok(Self {
+            js,
+            http,
+            status: tokio::sync::OnceCell::new(),
+            ack_ledger: tokio::sync::OnceCell::new(),
+            token_key: tokio::sync::OnceCell::new(),
+            system_replicas,
+        })
     }
 
     async fn status_bucket(&self) -> Result<&kv::Store, String> {
@@ -93,6 +104,39 @@ impl Engine {
                     .await
                     .map_err(|e| e.to_string())
             })
+            .await
+    }
+
+    /// The ledger of finished pull acks.
+    ///
+    /// # Errors
+    /// NATS refused.
+    pub async fn ack_ledger(&self) -> Result<&kv::Store, String> {
+        self.ack_ledger
+            .get_or_try_init(|| async {
+                self.js
+                    .create_key_value(kv::Config {
+                        bucket: pull::ACK_LEDGER.to_owned(),
+                        description: "magistral pull acks already carried out".to_owned(),
+                        history: 1,
+                        // Longer than any ack wait: a token past it is stale anyway.
+                        max_age: std::time::Duration::from_secs(24 * 3600),
+                        num_replicas: self.system_replicas,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await
+    }
+
+    /// The key pull ack tokens are signed with, shared by all replicas.
+    ///
+    /// # Errors
+    /// NATS refused.
+    pub async fn token_key(&self) -> Result<&pull::TokenKey, String> {
+        self.token_key
+            .get_or_try_init(|| async { pull::TokenKey::load(self.status_bucket().await?).await })
             .await
     }
 
@@ -198,6 +242,9 @@ impl Engine {
 /// The streams a subscription has a consumer on: those its subjects span, and replays.
 #[must_use]
 pub fn consumer_streams(sub: &Subscription) -> Vec<String> {
+    if sub.mode == SubscriptionMode::Stream {
+        return Vec::new();
+    }
     let mut streams: Vec<String> = sub.spans.iter().map(|(s, _)| s.clone()).collect();
     streams.push(system::REPLAY_STREAM.to_owned());
     streams
@@ -337,8 +384,9 @@ impl Deliveries {
             });
             catalog.subscriptions.iter().filter(|s| !running.contains_key(&s.name)).cloned().collect()
         };
-        for sub in to_start {
-            tracing::info!(subscription = %sub.name, endpoint = %sub.endpoint_redacted(), "starting delivery");
+        // Stream (SSE) subscriptions have no durable state: each connection reads on its own.
+        for sub in to_start.into_iter().filter(|s| s.mode != SubscriptionMode::Stream) {
+            tracing::info!(subscription = %sub.name, mode = ?sub.mode, endpoint = ?sub.endpoint_redacted(), "starting delivery");
             let control = Arc::new(Control::new(&sub));
             let cancel = self.shutdown.child_token();
             let mut spans = sub.spans.clone();
@@ -357,7 +405,10 @@ impl Deliveries {
                 if let Err(err) = worker.ensure_consumer().await {
                     tracing::warn!(subscription = %sub.name, %err, "consumer not created yet");
                 }
-                self.tracker.spawn(worker.run());
+                // Pull subscriptions have consumers but no worker: the participant fetches.
+                if sub.mode == SubscriptionMode::Push {
+                    self.tracker.spawn(worker.run());
+                }
             }
             if let Ok(mut running) = self.running.lock() {
                 running.insert(sub.name.clone(), Running { sub: sub.clone(), control, cancel });

@@ -7,7 +7,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::outcome::RetryPolicy;
 use super::signature::SigningKey;
-use crate::config::{Config, DeliveryMethod, OnExhausted, SecretValue, StartPosition, SubscriptionConfig};
+use crate::config::{Config, DeliveryMethod, OnExhausted, SecretValue, StartPosition, SubscriptionConfig, SubscriptionMode};
 use crate::streams::StreamDef;
 use crate::subject;
 
@@ -17,6 +17,8 @@ pub struct Subscription {
     pub name: String,
     pub participant: String,
     pub subjects: Vec<String>,
+    pub mode: SubscriptionMode,
+    /// Push mode's endpoint (a placeholder, never called, for pull and stream).
     pub endpoint: reqwest::Url,
     pub method: reqwest::Method,
     /// Extra headers with secrets already read.
@@ -43,9 +45,13 @@ impl Subscription {
         consumer_name(&self.name)
     }
 
-    /// The endpoint without credentials, for listings and logs.
+    /// The endpoint without credentials, for listings and logs (push mode only).
     #[must_use]
-    pub fn endpoint_redacted(&self) -> String {
+    pub fn endpoint_redacted(&self) -> Option<String> {
+        (self.mode == SubscriptionMode::Push).then(|| self.endpoint_without_credentials())
+    }
+
+    fn endpoint_without_credentials(&self) -> String {
         let mut url = self.endpoint.clone();
         let _ = url.set_password(None);
         let _ = url.set_username("");
@@ -112,7 +118,22 @@ impl Subscription {
                 problems.push((format!("subjects[{i}]"), format!("no stream stores {s}")));
             }
         }
-        let target = resolve_target(config, &cfg.endpoint, cfg.method, &cfg.headers, &cfg.signing_secrets);
+        let endpoint = match (cfg.mode, &cfg.endpoint) {
+            (SubscriptionMode::Push, Some(e)) => e.clone(),
+            (SubscriptionMode::Push, None) => {
+                problems.push(("endpoint".into(), "a push subscription needs an endpoint".into()));
+                "http://missing.invalid/".to_owned()
+            }
+            (_, Some(_)) => {
+                problems.push(("endpoint".into(), "pull and stream subscriptions have no endpoint".into()));
+                "http://unused.invalid/".to_owned()
+            }
+            (_, None) => "http://unused.invalid/".to_owned(),
+        };
+        if cfg.mode != SubscriptionMode::Push && spans_streams(&cfg.subjects, streams) > 1 {
+            problems.push(("subjects".into(), "pull and stream subscriptions read from one stream".into()));
+        }
+        let target = resolve_target(config, &endpoint, cfg.method, &cfg.headers, &cfg.signing_secrets);
         let (endpoint, method, headers, signing_keys) = match target {
             Ok(t) => (Some(t.endpoint), t.method, t.headers, t.signing_keys),
             Err(list) => {
@@ -145,6 +166,7 @@ impl Subscription {
             name: name.to_owned(),
             participant: cfg.participant.clone(),
             subjects: cfg.subjects.clone(),
+            mode: cfg.mode,
             endpoint,
             method,
             headers,
@@ -236,6 +258,16 @@ pub fn resolve_target(
         }),
         _ => Err(problems),
     }
+}
+
+/// How many streams the patterns touch.
+fn spans_streams(subjects: &[String], streams: &[StreamDef]) -> usize {
+    streams
+        .iter()
+        .filter(|st| {
+            st.config.subjects.iter().any(|stored| subjects.iter().any(|s| subject::covers(stored, s) || subject::covers(s, stored)))
+        })
+        .count()
 }
 
 /// The durable consumer name of a subscription.

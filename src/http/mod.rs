@@ -5,6 +5,8 @@ pub mod kv;
 pub mod ops;
 pub mod problem;
 pub mod publish;
+pub mod pull;
+pub mod events;
 pub mod request;
 pub mod subscriptions;
 
@@ -39,6 +41,8 @@ pub struct AppState {
     pub responders: Arc<crate::request::Responders>,
     /// Open directory buckets.
     pub stores: Arc<kv::Stores>,
+    /// Open event streams per participant.
+    pub sse_streams: Arc<events::StreamCounts>,
 }
 
 /// Readiness facts the background tasks update.
@@ -73,6 +77,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/subscriptions/{name}"),
     ("post", "/v1/subscriptions/{name}/pause"),
     ("post", "/v1/subscriptions/{name}/resume"),
+    ("post", "/v1/subscriptions/{name}/fetch"),
+    ("post", "/v1/subscriptions/{name}/ack"),
+    ("get", "/v1/subscriptions/{name}/events"),
     ("get", "/v1/subscriptions/{name}/dead-letters"),
     ("post", "/v1/subscriptions/{name}/dead-letters/replay"),
     ("get", "/healthz"),
@@ -93,6 +100,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/subscriptions/{name}", get(subscriptions::show))
         .route("/v1/subscriptions/{name}/pause", post(subscriptions::pause))
         .route("/v1/subscriptions/{name}/resume", post(subscriptions::resume))
+        .route("/v1/subscriptions/{name}/fetch", post(pull::fetch))
+        .route("/v1/subscriptions/{name}/ack", post(pull::ack))
+        .route("/v1/subscriptions/{name}/events", get(events::events))
         .route("/v1/subscriptions/{name}/dead-letters", get(subscriptions::dead_letters))
         .route("/v1/subscriptions/{name}/dead-letters/replay", post(subscriptions::replay))
         .route("/healthz", get(ops::healthz))

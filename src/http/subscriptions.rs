@@ -40,7 +40,7 @@ fn unavailable(state: &AppState) -> impl Fn(String) -> Problem + '_ {
 }
 
 /// A subscription name from the path; a name that is not UTF-8 is simply unknown.
-pub struct Name(String);
+pub struct Name(pub String);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Name {
     type Rejection = Problem;
@@ -61,7 +61,7 @@ async fn describe(state: &AppState, sub: &Subscription) -> Value {
         Err(_) => json!({
             "name": sub.name,
             "participant": sub.participant,
-            "mode": "push",
+            "mode": sub.mode,
             "subjects": sub.subjects,
             "endpoint": sub.endpoint_redacted(),
             "state": "unknown",
@@ -94,7 +94,7 @@ async fn describe_unbounded(state: &AppState, sub: &Subscription) -> Value {
     json!({
         "name": sub.name,
         "participant": sub.participant,
-        "mode": "push",
+        "mode": sub.mode,
         "subjects": sub.subjects,
         "endpoint": sub.endpoint_redacted(),
         "method": sub.method.as_str(),

@@ -8,6 +8,7 @@ mod faults;
 mod kv;
 mod process;
 mod publish;
+mod pull;
 mod request;
 mod openapi;
 mod helm;

@@ -1,8 +1,10 @@
 //! Keeps `docs/openapi.json` and `docs/errors.md` honest against the code, without a network:
 //! the documented routes are the router's routes, every problem class is in the spec's enum
 //! and in the error catalogue with its real status, each route documents every problem class
-//! it can answer with (and no other), under that class's status, and the `delivery` webhook
-//! and the catalogue's delivery table document every delivery outcome class.
+//! it can answer with (and no other), under that class's status (`responder-error` under each
+//! status a responder can choose), the `delivery` webhook and the catalogue's delivery table
+//! document every delivery outcome class, and the `responder` webhook documents how each
+//! answer of a responder's endpoint becomes the reply.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,10 +26,20 @@ const PAUSE: Route = ("post", "/v1/subscriptions/{name}/pause");
 const RESUME: Route = ("post", "/v1/subscriptions/{name}/resume");
 const DEAD_LETTERS: Route = ("get", "/v1/subscriptions/{name}/dead-letters");
 const REPLAY: Route = ("post", "/v1/subscriptions/{name}/dead-letters/replay");
+const REQUEST: Route = ("post", "/v1/request/{subject}");
+const KV_LIST: Route = ("get", "/v1/kv/{bucket}");
+const KV_GET: Route = ("get", "/v1/kv/{bucket}/{key}");
+const KV_PUT: Route = ("put", "/v1/kv/{bucket}/{key}");
+const KV_DELETE: Route = ("delete", "/v1/kv/{bucket}/{key}");
 /// The authenticated API; the operations routes (`/healthz`, ...) answer no problem of their own.
 const API: &[Route] = &[
     PUBLISH_ONE,
     PUBLISH_BATCH,
+    REQUEST,
+    KV_LIST,
+    KV_GET,
+    KV_PUT,
+    KV_DELETE,
     SUBSCRIPTIONS,
     SUBSCRIPTION,
     PAUSE,
@@ -35,8 +47,10 @@ const API: &[Route] = &[
     DEAD_LETTERS,
     REPLAY,
 ];
-/// Routes that name one subscription: it may be unknown, or another participant's.
-const ONE_SUBSCRIPTION: &[Route] = &[SUBSCRIPTION, PAUSE, RESUME, DEAD_LETTERS, REPLAY];
+/// Routes that name a key.
+const KEY: &[Route] = &[KV_GET, KV_PUT, KV_DELETE];
+/// Directory routes that write (and may wait for JetStream's confirmation).
+const KV_WRITE: &[Route] = &[KV_PUT, KV_DELETE];
 const URN_PREFIX: &str = "urn:magistral:problem:";
 
 /// Where each problem class is answered as the top-level problem of a route; `None` for a
@@ -48,32 +62,73 @@ const URN_PREFIX: &str = "urn:magistral:problem:";
 fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
     use ProblemType as P;
     Some(match kind {
-        // Body checks: both publish routes and the replay request.
+        // Body checks: the routes that take a body (replay: a small JSON command).
         P::MalformedJson | P::PayloadTooLarge | P::UnsupportedMediaType => {
-            &[PUBLISH_ONE, PUBLISH_BATCH, REPLAY]
+            &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, REPLAY]
         }
-        P::InvalidUtf8 | P::JsonTooDeep => &[PUBLISH_ONE, PUBLISH_BATCH],
+        P::InvalidUtf8 | P::JsonTooDeep => &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT],
         // Every API route authenticates first; any handler can fail unexpectedly.
         P::Unauthorized | P::Internal => API,
         // Per-message checks: on a batch they come back as items of `batch-rejected`.
-        // Naming another participant's subscription is `forbidden` too.
-        P::Forbidden => &[PUBLISH_ONE, SUBSCRIPTION, PAUSE, RESUME, DEAD_LETTERS, REPLAY],
-        P::InvalidSubject
-        | P::InvalidCloudEvent
-        | P::InvalidId
-        | P::NoStream
-        | P::ContractViolation
-        | P::ContractRequired
-        | P::UnknownDataschema => &[PUBLISH_ONE],
+        // Naming another participant's subscription, or a directory the participant may not
+        // read (or write), is `forbidden` too.
+        P::Forbidden => &[
+            PUBLISH_ONE,
+            REQUEST,
+            KV_LIST,
+            KV_GET,
+            KV_PUT,
+            KV_DELETE,
+            SUBSCRIPTION,
+            PAUSE,
+            RESUME,
+            DEAD_LETTERS,
+            REPLAY,
+        ],
+        // A request is checked like a publish, but goes to no stream and carries no
+        // message id of its own to validate.
+        P::InvalidSubject | P::InvalidCloudEvent | P::UnknownDataschema => &[PUBLISH_ONE, REQUEST],
+        P::InvalidId | P::NoStream | P::ContractRequired => &[PUBLISH_ONE],
+        // A directory value is checked against the directory's contract.
+        P::ContractViolation => &[PUBLISH_ONE, REQUEST, KV_PUT],
         // On a batch `nats-unavailable` is a per-item `error` of a 207/503 answer; the
-        // subscription routes that ask NATS answer it whole. `publish-timeout` likewise.
-        P::NatsUnavailable => &[PUBLISH_ONE, PAUSE, RESUME, DEAD_LETTERS, REPLAY],
-        P::PublishTimeout => &[PUBLISH_ONE],
+        // other routes that ask NATS answer it whole. `publish-timeout` likewise: a
+        // directory write waits for JetStream's confirmation as a publish does.
+        P::NatsUnavailable => &[
+            PUBLISH_ONE,
+            REQUEST,
+            KV_LIST,
+            KV_GET,
+            KV_PUT,
+            KV_DELETE,
+            PAUSE,
+            RESUME,
+            DEAD_LETTERS,
+            REPLAY,
+        ],
+        P::PublishTimeout => &[PUBLISH_ONE, KV_PUT, KV_DELETE],
         P::Overloaded => &[PUBLISH_ONE, PUBLISH_BATCH],
         P::BatchRejected | P::TooManyItems => &[PUBLISH_BATCH],
-        // An unknown subscription (and, router-level, an unknown path).
-        P::NotFound => ONE_SUBSCRIPTION,
-        P::InvalidQuery => &[DEAD_LETTERS],
+        // An unknown subscription, directory or key (and, router-level, an unknown path).
+        P::NotFound => &[
+            SUBSCRIPTION,
+            PAUSE,
+            RESUME,
+            DEAD_LETTERS,
+            REPLAY,
+            KV_LIST,
+            KV_GET,
+            KV_PUT,
+            KV_DELETE,
+        ],
+        // Query parameters (`?timeout=`, `?limit=`), and an `If-Match` that is not a revision.
+        P::InvalidQuery => &[DEAD_LETTERS, REQUEST, KV_LIST, KV_PUT, KV_DELETE],
+        P::InvalidKey => KEY,
+        P::RevisionMismatch => KV_WRITE,
+        // Request/reply only.
+        P::NoResponders | P::RequestTimeout | P::ResponderError | P::ReplyContractViolation => {
+            &[REQUEST]
+        }
         P::MethodNotAllowed => &[],
         #[allow(unreachable_patterns)]
         _ => return None,
@@ -127,25 +182,64 @@ fn operation<'a>(spec: &'a Value, (method, path): (&str, &str)) -> &'a Value {
     op
 }
 
-/// `x-problem-types` of every response of an operation, by status code.
-fn documented_problems(op: &Value) -> BTreeMap<u16, BTreeSet<String>> {
+/// `x-problem-types` of every response of an operation, by response key: a status code
+/// (`"404"`) or a range (`"4XX"`).
+fn documented_problems(op: &Value) -> BTreeMap<String, BTreeSet<String>> {
     let mut out = BTreeMap::new();
     for (code, response) in op["responses"].as_object().expect("responses") {
         let Some(slugs) = response.get("x-problem-types") else {
             continue;
         };
-        let status: u16 = code
-            .parse()
-            .unwrap_or_else(|_| panic!("response {code} is not a status code"));
+        assert!(
+            statuses_of_key(code).next().is_some(),
+            "response {code} is neither an error status nor an error range"
+        );
         let slugs = slugs
             .as_array()
             .expect("x-problem-types is an array")
             .iter()
             .map(|s| s.as_str().expect("slug").to_owned())
             .collect();
-        out.insert(status, slugs);
+        out.insert(code.clone(), slugs);
     }
     out
+}
+
+/// The error statuses a response key stands for: `"404"` → 404, `"4XX"` → 400..=499.
+fn statuses_of_key(key: &str) -> impl Iterator<Item = u16> {
+    let range = match key.as_bytes() {
+        [d @ (b'4' | b'5'), b'X', b'X'] => {
+            let base = u16::from(d - b'0') * 100;
+            base..=base + 99
+        }
+        _ => match key.parse::<u16>() {
+            Ok(s) if (400..=599).contains(&s) => s..=s,
+            _ => 1..=0,
+        },
+    };
+    range
+}
+
+/// Whether a problem of `kind` may be answered with `status`. Every class has its own
+/// status, except `responder-error`: it carries the status the responder chose — its
+/// endpoint's 4xx as answered, 502 when the endpoint failed, 503 unreachable, 504 timed out,
+/// or a NATS-native service's own error code (400–599).
+fn answers_with(kind: ProblemType, status: u16) -> bool {
+    if kind == ProblemType::ResponderError {
+        (400..=599).contains(&status)
+    } else {
+        status == kind.status().as_u16()
+    }
+}
+
+/// The response keys under which a route answering `kind` must list it: its status, and for
+/// `responder-error` each status the gateway's own responders produce.
+fn must_document(kind: ProblemType) -> Vec<String> {
+    if kind == ProblemType::ResponderError {
+        ["4XX", "502", "503", "504"].map(str::to_owned).to_vec()
+    } else {
+        vec![kind.status().as_u16().to_string()]
+    }
 }
 
 #[test]
@@ -292,14 +386,15 @@ fn every_route_documents_every_problem_it_can_answer() {
             .iter()
             .filter(|k| placed(**k).contains(&route))
         {
-            let status = kind.status().as_u16();
-            assert!(
-                documented
-                    .get(&status)
-                    .is_some_and(|s| s.contains(kind.slug())),
-                "{route:?}: response {status} does not list `{}` in x-problem-types",
-                kind.slug()
-            );
+            for key in must_document(*kind) {
+                assert!(
+                    documented
+                        .get(&key)
+                        .is_some_and(|s| s.contains(kind.slug())),
+                    "{route:?}: response {key} does not list `{}` in x-problem-types",
+                    kind.slug()
+                );
+            }
         }
         // Nothing documented that the route cannot answer, nor under a wrong status.
         for (status, slugs) in &documented {
@@ -307,9 +402,8 @@ fn every_route_documents_every_problem_it_can_answer() {
                 let kind = by_slug
                     .get(slug.as_str())
                     .unwrap_or_else(|| panic!("{route:?}: unknown problem type {slug}"));
-                assert_eq!(
-                    *status,
-                    kind.status().as_u16(),
+                assert!(
+                    statuses_of_key(status).all(|s| answers_with(*kind, s)),
                     "{route:?}: `{slug}` documented under {status}"
                 );
                 assert!(
@@ -317,7 +411,7 @@ fn every_route_documents_every_problem_it_can_answer() {
                     "{route:?}: documents `{slug}`, which it does not answer"
                 );
             }
-            let response = &op["responses"][status.to_string()];
+            let response = &op["responses"][status.as_str()];
             assert_eq!(
                 response["content"]["application/problem+json"]["schema"]["$ref"],
                 "#/components/schemas/Problem",
@@ -343,8 +437,7 @@ fn every_route_documents_every_problem_it_can_answer() {
         for (code, response) in op["responses"].as_object().expect("responses") {
             if code.starts_with('4') || code.starts_with('5') {
                 assert!(
-                    response.get("x-problem-types").is_some()
-                        || route.1 == "/readyz",
+                    response.get("x-problem-types").is_some() || route.1 == "/readyz",
                     "{route:?}: error response {code} has no x-problem-types"
                 );
             }
@@ -358,13 +451,15 @@ fn every_route_documents_every_problem_it_can_answer() {
     }
 
     // The statuses a publisher must be ready for, across both publish routes.
-    let statuses: BTreeSet<u16> = [PUBLISH_ONE, PUBLISH_BATCH]
+    let statuses: BTreeSet<String> = [PUBLISH_ONE, PUBLISH_BATCH]
         .into_iter()
         .flat_map(|route| documented_problems(operation(&spec, route)).into_keys())
         .collect();
-    for status in [400, 401, 403, 404, 413, 415, 422, 503, 504] {
+    for status in [
+        "400", "401", "403", "404", "413", "415", "422", "503", "504",
+    ] {
         assert!(
-            statuses.contains(&status),
+            statuses.contains(status),
             "no publish route documents {status}"
         );
     }
@@ -435,11 +530,21 @@ fn subscription_routes_document_their_answers() {
             .unwrap_or_else(|| panic!("{route:?}: 200 has no JSON schema"))
             .to_owned()
     };
-    assert_eq!(ok_schema(SUBSCRIPTIONS), "#/components/schemas/SubscriptionList");
+    assert_eq!(
+        ok_schema(SUBSCRIPTIONS),
+        "#/components/schemas/SubscriptionList"
+    );
     for route in [SUBSCRIPTION, PAUSE, RESUME] {
-        assert_eq!(ok_schema(route), "#/components/schemas/Subscription", "{route:?}");
+        assert_eq!(
+            ok_schema(route),
+            "#/components/schemas/Subscription",
+            "{route:?}"
+        );
     }
-    assert_eq!(ok_schema(DEAD_LETTERS), "#/components/schemas/DeadLetterPage");
+    assert_eq!(
+        ok_schema(DEAD_LETTERS),
+        "#/components/schemas/DeadLetterPage"
+    );
     assert_eq!(ok_schema(REPLAY), "#/components/schemas/ReplayResult");
     // The request and query shapes the handlers take.
     assert_eq!(
@@ -454,7 +559,11 @@ fn subscription_routes_document_their_answers() {
         .iter()
         .filter_map(|p| p["$ref"].as_str())
         .filter_map(|r| r.strip_prefix("#/components/parameters/"))
-        .map(|name| spec["components"]["parameters"][name]["name"].as_str().expect("name"))
+        .map(|name| {
+            spec["components"]["parameters"][name]["name"]
+                .as_str()
+                .expect("name")
+        })
         .collect();
     assert_eq!(params, BTreeSet::from(["after", "limit"]));
     // Every class a dead letter, a status or a last error can name is in the enum.
@@ -473,7 +582,10 @@ fn subscription_routes_document_their_answers() {
 fn delivery_webhook_classifies_answers_like_the_code() {
     let spec = spec();
     let op = &spec["webhooks"]["delivery"]["post"];
-    assert!(op.is_object(), "docs/openapi.json has no webhooks.delivery.post");
+    assert!(
+        op.is_object(),
+        "docs/openapi.json has no webhooks.delivery.post"
+    );
     let responses = op["responses"].as_object().expect("webhook responses");
     let classes_of = |key: &str| -> BTreeSet<String> {
         responses[key]["x-delivery-class"]
@@ -499,7 +611,9 @@ fn delivery_webhook_classifies_answers_like_the_code() {
                 "webhook response {key} does not list `{class}`, the class of {status} \
                  (Retry-After: {retry_after})"
             );
-            seen.entry(key.to_owned()).or_default().insert(class.to_owned());
+            seen.entry(key.to_owned())
+                .or_default()
+                .insert(class.to_owned());
         }
     }
     for key in responses.keys() {
@@ -534,6 +648,185 @@ fn delivery_webhook_classifies_answers_like_the_code() {
     }
 }
 
+/// The request route and the directory routes document what they answer on success, and the
+/// query parameters and headers their handlers read.
+#[test]
+fn request_and_directory_routes_document_their_answers() {
+    let spec = spec();
+    let response = |route: Route, code: &str| -> Value {
+        let r = operation(&spec, route)["responses"][code].clone();
+        assert!(r.is_object(), "{route:?} documents no {code}");
+        r
+    };
+    let json_schema = |route: Route, code: &str| -> Option<String> {
+        response(route, code)["content"]["application/json"]["schema"]["$ref"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let has_header = |route: Route, code: &str, header: &str| {
+        response(route, code)["headers"].get(header).is_some()
+    };
+    // Parameter names of an operation, with the path item's, resolving `$ref`s.
+    let parameters = |route: Route| -> BTreeSet<String> {
+        let path_item = &spec["paths"][route.1];
+        [
+            &path_item["parameters"],
+            &operation(&spec, route)["parameters"],
+        ]
+        .into_iter()
+        .filter_map(Value::as_array)
+        .flatten()
+        .map(|p| match p["$ref"].as_str() {
+            Some(r) => spec
+                .pointer(r.trim_start_matches('#'))
+                .expect("parameter $ref resolves"),
+            None => p,
+        })
+        .map(|p| p["name"].as_str().expect("parameter name").to_owned())
+        .collect()
+    };
+    let set =
+        |names: &[&str]| -> BTreeSet<String> { names.iter().map(|n| (*n).to_owned()).collect() };
+
+    // Request/reply: 200 is the reply as the responder sent it (no schema of the gateway's own).
+    assert!(
+        response(REQUEST, "200")["content"]
+            .get("application/json")
+            .is_some()
+    );
+    assert!(
+        json_schema(REQUEST, "200").is_none(),
+        "the reply's shape is the responder's"
+    );
+    assert!(parameters(REQUEST).is_superset(&set(&[
+        "subject",
+        "timeout",
+        "ce-id",
+        "ce-type",
+        "traceparent"
+    ])));
+
+    // Directories.
+    assert_eq!(
+        json_schema(KV_LIST, "200").as_deref(),
+        Some("#/components/schemas/KeyList")
+    );
+    assert_eq!(
+        parameters(KV_LIST),
+        set(&["bucket", "prefix", "limit", "cursor"])
+    );
+    let keys = &spec["components"]["schemas"]["KeyList"];
+    let required: BTreeSet<&str> = keys["required"]
+        .as_array()
+        .expect("KeyList.required")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(required, BTreeSet::from(["bucket", "keys", "next"]));
+
+    assert!(has_header(KV_GET, "200", "ETag") && has_header(KV_GET, "200", "Last-Modified"));
+    for code in ["200", "201"] {
+        assert_eq!(
+            json_schema(KV_PUT, code).as_deref(),
+            Some("#/components/schemas/KvWriteResult"),
+            "PUT {code}"
+        );
+        assert!(
+            has_header(KV_PUT, code, "ETag"),
+            "PUT {code} documents ETag"
+        );
+    }
+    assert!(has_header(KV_DELETE, "204", "ETag"));
+    assert!(parameters(KV_PUT).is_superset(&set(&["bucket", "key", "If-Match", "If-None-Match"])));
+    assert!(parameters(KV_DELETE).is_superset(&set(&["bucket", "key", "If-Match"])));
+    for route in [KV_GET, KV_PUT, KV_DELETE] {
+        assert!(
+            parameters(route).is_superset(&set(&["bucket", "key"])),
+            "{route:?}"
+        );
+    }
+}
+
+/// The `responder` webhook documents the request a responder's endpoint receives (the
+/// delivery headers, less the per-attempt ones) and turns each answer into the reply as the
+/// code does: 2xx is the reply; otherwise `Nats-Service-Error` names the delivery class of
+/// the status (`Class::of_status`, never with `Retry-After`) and `Nats-Service-Error-Code` is
+/// the status for a 4xx, 502 for anything else; no answer is 504, no connection 503.
+#[test]
+fn responder_webhook_maps_answers_like_the_code() {
+    let spec = spec();
+    let op = &spec["webhooks"]["responder"]["post"];
+    assert!(
+        op.is_object(),
+        "docs/openapi.json has no webhooks.responder.post"
+    );
+    let responses = op["responses"].as_object().expect("responder responses");
+    for status in 100u16..=599 {
+        let exact = status.to_string();
+        let range = format!("{}XX", status / 100);
+        let key = [exact.as_str(), range.as_str(), "default"]
+            .into_iter()
+            .find(|k| responses.contains_key(*k))
+            .unwrap_or_else(|| panic!("no responder response documents {status}"));
+        let response = &responses[key];
+        let class = Class::of_status(status, false).slug();
+        assert!(
+            response["x-delivery-class"]
+                .as_array()
+                .unwrap_or_else(|| panic!("responder response {key} has no x-delivery-class"))
+                .iter()
+                .any(|c| c == class),
+            "responder response {key} does not list `{class}`, the class of {status}"
+        );
+        let code = &response["x-service-error-code"];
+        match status {
+            200..=299 => assert!(code.is_null(), "{key}: a 2xx is the reply, not an error"),
+            400..=499 => assert!(
+                code == "status" || code.as_u64() == Some(u64::from(status)),
+                "{key}: a {status} travels as error code {status}, documented {code}"
+            ),
+            _ => assert_eq!(
+                code.as_u64(),
+                Some(502),
+                "{key}: a {status} becomes error code 502"
+            ),
+        }
+    }
+    assert_eq!(op["x-no-answer"]["endpoint-timeout"], 504);
+    assert_eq!(op["x-no-answer"]["endpoint-unreachable"], 503);
+
+    let headers: BTreeSet<&str> = op["parameters"]
+        .as_array()
+        .expect("responder parameters")
+        .iter()
+        .filter(|p| p["in"] == "header")
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for header in [
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "ce-specversion",
+        "ce-id",
+        "ce-source",
+        "ce-type",
+        "ce-time",
+        "traceparent",
+        "magistral-subject",
+    ] {
+        assert!(
+            headers.contains(header),
+            "responder webhook documents header {header}"
+        );
+    }
+    for header in ["magistral-attempt", "magistral-subscription"] {
+        assert!(
+            !headers.contains(header),
+            "a responder request has no {header}"
+        );
+    }
+}
+
 /// docs/errors.md has a delivery outcome table: one row per class.
 #[test]
 fn errors_md_lists_every_delivery_class() {
@@ -552,7 +845,10 @@ fn errors_md_lists_every_delivery_class() {
         })
         .collect();
     let all: BTreeSet<&str> = CLASSES.iter().map(|c| c.slug()).collect();
-    assert_eq!(rows, all, "delivery outcome rows in docs/errors.md vs outcome::Class");
+    assert_eq!(
+        rows, all,
+        "delivery outcome rows in docs/errors.md vs outcome::Class"
+    );
 }
 
 #[test]

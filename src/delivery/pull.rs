@@ -1,0 +1,240 @@
+//! HTTP pull: participants behind firewalls fetch from their subscription's durable consumer
+//! and ack with tokens the gateway signed. A token names the subscription and the message's
+//! ack subject; it cannot be forged, moved to another subscription, or used twice.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, kv};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use futures::StreamExt;
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use time::format_description::well_known::Rfc3339;
+
+use super::subscription::Subscription;
+use super::system;
+
+/// KV bucket remembering finished tokens, so an acked message cannot be acked again.
+pub const ACK_LEDGER: &str = "magistral_acks";
+/// Key in the status bucket holding the token signing key shared by all replicas.
+const TOKEN_KEY: &str = "_ack_token_key";
+
+/// What a token carries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AckToken {
+    /// Subscription name.
+    pub s: String,
+    /// The message's JetStream ack subject.
+    pub r: String,
+    /// Stream and sequence, for the ledger and for errors.
+    pub st: String,
+    pub q: u64,
+    /// Delivery count when fetched.
+    pub d: i64,
+}
+
+impl AckToken {
+    fn ledger_key(&self) -> String {
+        format!("{}.{}.{}", self.s, self.st, self.q)
+    }
+}
+
+/// Signs and checks tokens with one key shared by every replica (kept in NATS).
+#[derive(Clone)]
+pub struct TokenKey([u8; 32]);
+
+impl TokenKey {
+    /// Reads the shared key, creating it if this is the first replica ever.
+    ///
+    /// # Errors
+    /// NATS refused.
+    pub async fn load(status: &kv::Store) -> Result<Self, String> {
+        for _ in 0..3 {
+            if let Some(bytes) = status.get(TOKEN_KEY).await.map_err(|e| e.to_string())? {
+                let key: [u8; 32] = bytes.as_ref().try_into().map_err(|_| "the stored token key is malformed".to_owned())?;
+                return Ok(Self(key));
+            }
+            let fresh: [u8; 32] = rand::random();
+            // `create` fails if another replica won the race; then read theirs.
+            if status.create(TOKEN_KEY, fresh.to_vec().into()).await.is_ok() {
+                return Ok(Self(fresh));
+            }
+        }
+        Err("could not settle the ack token key".into())
+    }
+
+    fn mac(&self, payload: &[u8]) -> Vec<u8> {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0).expect("HMAC takes any key");
+        mac.update(payload);
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    #[must_use]
+    pub fn sign(&self, token: &AckToken) -> String {
+        let payload = serde_json::to_vec(token).unwrap_or_default();
+        format!("v1.{}.{}", URL_SAFE_NO_PAD.encode(&payload), URL_SAFE_NO_PAD.encode(self.mac(&payload)))
+    }
+
+    /// # Errors
+    /// The token is malformed, or its signature does not match (forged or altered).
+    pub fn verify(&self, text: &str) -> Result<AckToken, &'static str> {
+        let mut parts = text.split('.');
+        let (Some("v1"), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return Err("not an ack token");
+        };
+        let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| "not an ack token")?;
+        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| "not an ack token")?;
+        if !bool::from(self.mac(&payload).ct_eq(&signature)) {
+            return Err("the token's signature does not match: forged or altered");
+        }
+        serde_json::from_slice(&payload).map_err(|_| "not an ack token")
+    }
+}
+
+/// Fetches up to `max` messages, waiting up to `wait` for the first one and returning as
+/// soon as one arrives (then taking whatever else is already there).
+///
+/// # Errors
+/// NATS refused or is unreachable.
+pub async fn fetch(js: &jetstream::Context, key: &TokenKey, sub: &Subscription, max: usize, wait: Duration) -> Result<Vec<Value>, String> {
+    let mut consumers = Vec::new();
+    // Replays first (rare, and an operator is waiting for them), then the subscription's stream.
+    let mut streams = vec![system::REPLAY_STREAM.to_owned()];
+    streams.extend(sub.spans.iter().map(|(s, _)| s.clone()));
+    for stream in streams {
+        let stream = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
+        let consumer: jetstream::consumer::Consumer<pull::Config> =
+            stream.get_consumer(&sub.consumer_name()).await.map_err(|e| e.to_string())?;
+        consumers.push(consumer);
+    }
+    let mut out = Vec::new();
+    // What is there now, without waiting.
+    for consumer in &consumers {
+        if out.len() >= max {
+            break;
+        }
+        let mut batch = consumer.fetch().max_messages(max - out.len()).messages().await.map_err(|e| e.to_string())?;
+        while let Some(Ok(m)) = batch.next().await {
+            out.push(describe(key, sub, &m));
+        }
+    }
+    if out.is_empty() && !wait.is_zero() {
+        // Long poll for one message on the main stream; a batch of one ends the moment it
+        // arrives, so no pull request is left dangling.
+        let main = consumers.last().ok_or("no consumer")?;
+        let mut batch = main.batch().max_messages(1).expires(wait).messages().await.map_err(|e| e.to_string())?;
+        while let Some(Ok(m)) = batch.next().await {
+            out.push(describe(key, sub, &m));
+        }
+        if !out.is_empty() && max > 1 {
+            let mut rest = main.fetch().max_messages(max - 1).messages().await.map_err(|e| e.to_string())?;
+            while let Some(Ok(m)) = rest.next().await {
+                out.push(describe(key, sub, &m));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn describe(key: &TokenKey, sub: &Subscription, m: &jetstream::Message) -> Value {
+    let info = m.info().ok();
+    let headers = m.headers.clone().unwrap_or_default();
+    let decoded = |v: &str| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned();
+    let mut attributes = serde_json::Map::new();
+    for (name, values) in headers.iter() {
+        let n = name.to_string().to_ascii_lowercase();
+        if let (Some(attr), Some(v)) = (n.strip_prefix("ce-"), values.first()) {
+            attributes.insert(attr.to_owned(), Value::String(decoded(v.as_str())));
+        }
+    }
+    let (stream, seq, delivered, time) = match &info {
+        Some(i) => (i.stream.to_owned(), i.stream_sequence, i.delivered, i.published.format(&Rfc3339).unwrap_or_default()),
+        None => (String::new(), 0, 0, String::new()),
+    };
+    let token = AckToken { s: sub.name.clone(), r: m.reply.as_ref().map(ToString::to_string).unwrap_or_default(), st: stream.clone(), q: seq, d: delivered };
+    // Data as published when it is JSON; otherwise base64 (e.g. a directory delete marker).
+    let data = serde_json::from_slice::<Value>(&m.payload).ok();
+    let mut out = json!({
+        "id": super::attempt::message_id(m),
+        "subject": super::attempt::original_subject(m),
+        "stream": stream,
+        "seq": seq,
+        "time": time,
+        "publisher": attributes.get("source").cloned(),
+        "attributes": attributes,
+        "delivery_count": delivered,
+        "ack_token": key.sign(&token),
+    });
+    match data {
+        Some(data) => out["data"] = data,
+        None if m.payload.is_empty() => out["data"] = Value::Null,
+        None => out["data_base64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(&m.payload)),
+    }
+    out
+}
+
+/// What to do with a fetched message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Ack,
+    Nak,
+    Term,
+    InProgress,
+}
+
+/// Why one token's action was not carried out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckFailure {
+    AlreadyAcked,
+    Nats(String),
+}
+
+/// Carries out one verified token's action. Final actions (ack, term) are recorded in the
+/// ledger first, so a second use is refused; every action on an already-finished token
+/// changes nothing.
+///
+/// # Errors
+/// The token was already used for ack/term, or NATS failed.
+pub async fn act(client: &async_nats::Client, ledger: &kv::Store, token: &AckToken, action: Action, delay: Option<Duration>) -> Result<(), AckFailure> {
+    let key = token.ledger_key();
+    let finished = ledger.get(&key).await.map_err(|e| AckFailure::Nats(e.to_string()))?;
+    if finished.is_some() {
+        return Err(AckFailure::AlreadyAcked);
+    }
+    let body = match action {
+        Action::Ack => "+ACK".to_owned(),
+        Action::Term => "+TERM".to_owned(),
+        Action::InProgress => "+WPI".to_owned(),
+        Action::Nak => match delay {
+            Some(d) => format!("-NAK {}", json!({ "delay": d.as_nanos() as u64 })),
+            None => "-NAK".to_owned(),
+        },
+    };
+    if matches!(action, Action::Ack | Action::Term) {
+        ledger.create(&key, action_name(action).into()).await.map_err(|e| {
+            if matches!(e.kind(), kv::CreateErrorKind::AlreadyExists) { AckFailure::AlreadyAcked } else { AckFailure::Nats(e.to_string()) }
+        })?;
+        // Double ack: JetStream confirms it processed the ack.
+        client
+            .request(token.r.clone(), body.into())
+            .await
+            .map(|_| ())
+            .map_err(|e| AckFailure::Nats(e.to_string()))
+    } else {
+        client.publish(token.r.clone(), body.into()).await.map_err(|e| AckFailure::Nats(e.to_string()))
+    }
+}
+
+fn action_name(action: Action) -> &'static str {
+    match action {
+        Action::Ack => "ack",
+        Action::Nak => "nak",
+        Action::Term => "term",
+        Action::InProgress => "in-progress",
+    }
+}

@@ -1,0 +1,275 @@
+//! HTTP pull and Server-Sent Events for participants that cannot take webhooks.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use crate::common::gateway::{slug, subscription, Gateway, BITRIX, NAV};
+use crate::common::nats::NatsServer;
+
+fn pull_sub(extra: Value) -> magistral::config::SubscriptionConfig {
+    let mut base = json!({"participant": "nav", "subjects": ["orders.misc"], "mode": "pull", "ack_wait": "2s"});
+    if let (Some(b), Value::Object(e)) = (base.as_object_mut(), extra) {
+        b.extend(e);
+    }
+    serde_json::from_value(base).unwrap()
+}
+
+async fn fetch(gw: &Gateway, token: &str, body: Value) -> (u16, Value) {
+    gw.post_json(token, "/v1/subscriptions/nav-pull/fetch", body).await
+}
+
+async fn ack(gw: &Gateway, token: &str, acks: Value) -> (u16, Value) {
+    gw.post_json(token, "/v1/subscriptions/nav-pull/ack", json!({ "acks": acks })).await
+}
+
+async fn publish_n(gw: &Gateway, n: usize) {
+    let items: Vec<Value> = (0..n).map(|i| json!({"subject": "orders.misc", "data": {"n": i}})).collect();
+    let r = gw.http.post(gw.url("/v1/publish")).bearer_auth(BITRIX).json(&items).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+}
+
+#[tokio::test]
+async fn fetch_ack_nak_term_and_redelivery() {
+    let nats = NatsServer::start();
+    let gw = Gateway::with_subscriptions(&nats.url(), vec![("nav-pull", pull_sub(json!({})))]).await;
+    publish_n(&gw, 5).await;
+    let (status, body) = fetch(&gw, NAV, json!({"max": 3})).await;
+    assert_eq!(status, 200, "{body}");
+    let msgs = body["messages"].as_array().unwrap().clone();
+    assert_eq!(msgs.len(), 3);
+    let m = &msgs[0];
+    assert_eq!(m["data"], json!({"n": 0}));
+    assert_eq!(m["subject"], "orders.misc");
+    assert_eq!(m["stream"], "ORDERS");
+    assert_eq!(m["publisher"], "/participants/bitrix");
+    assert_eq!(m["attributes"]["source"], "/participants/bitrix");
+    assert_eq!(m["delivery_count"], 1);
+    assert!(m["id"].as_str().is_some() && m["time"].as_str().is_some() && m["seq"].as_u64().is_some());
+
+    // ack #0, nak #1 with a delay, term #2.
+    let (status, body) = ack(
+        &gw,
+        NAV,
+        json!([
+            {"token": msgs[0]["ack_token"], "action": "ack"},
+            {"token": msgs[1]["ack_token"], "action": "nak", "delay": "300ms"},
+            {"token": msgs[2]["ack_token"], "action": "term"},
+        ]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Next: #3, #4, then #1 again after its delay.
+    let (_, body) = fetch(&gw, NAV, json!({"max": 10})).await;
+    let ns: Vec<u64> = body["messages"].as_array().unwrap().iter().map(|m| m["data"]["n"].as_u64().unwrap()).collect();
+    assert_eq!(ns, vec![3, 4]);
+    let tokens: Vec<Value> = body["messages"].as_array().unwrap().iter().map(|m| json!({"token": m["ack_token"]})).collect();
+    assert_eq!(ack(&gw, NAV, json!(tokens)).await.0, 200);
+    let (_, body) = fetch(&gw, NAV, json!({"max": 10, "wait": "3s"})).await;
+    let again = &body["messages"][0];
+    assert_eq!(again["data"], json!({"n": 1}));
+    assert_eq!(again["delivery_count"], 2);
+    // Not acked: it comes back after the ack wait (2s).
+    let started = Instant::now();
+    let (_, body) = fetch(&gw, NAV, json!({"max": 10, "wait": "5s"})).await;
+    assert_eq!(body["messages"][0]["data"], json!({"n": 1}), "{body}");
+    assert!(started.elapsed() >= Duration::from_millis(1500), "redelivered before the ack wait");
+    assert_eq!(body["messages"][0]["delivery_count"], 3);
+}
+
+#[tokio::test]
+async fn long_poll_returns_as_soon_as_a_message_arrives() {
+    let nats = NatsServer::start();
+    let gw = Gateway::with_subscriptions(&nats.url(), vec![("nav-pull", pull_sub(json!({})))]).await;
+    let started = Instant::now();
+    let poll = fetch(&gw, NAV, json!({"max": 10, "wait": "20s"}));
+    let publisher = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        gw.publish(BITRIX, "orders.misc", r#"{"late":true}"#).send().await.unwrap();
+    };
+    let ((status, body), ()) = tokio::join!(poll, publisher);
+    let took = started.elapsed();
+    assert_eq!(status, 200);
+    assert_eq!(body["messages"][0]["data"], json!({"late": true}));
+    assert!(took >= Duration::from_millis(400) && took < Duration::from_secs(3), "took {took:?}");
+    // An empty long poll waits about as long as asked.
+    let started = Instant::now();
+    let (_, body) = fetch(&gw, NAV, json!({"wait": "700ms"})).await;
+    assert!(body["messages"].as_array().unwrap().is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(600));
+}
+
+#[tokio::test]
+async fn forged_foreign_and_replayed_tokens_are_refused_and_change_nothing() {
+    let nats = NatsServer::start();
+    let gw = Gateway::with_subscriptions(
+        &nats.url(),
+        vec![
+            ("nav-pull", pull_sub(json!({}))),
+            ("nav-other", pull_sub(json!({}))),
+        ],
+    )
+    .await;
+    publish_n(&gw, 2).await;
+    let (_, body) = fetch(&gw, NAV, json!({"max": 2})).await;
+    let msgs = body["messages"].as_array().unwrap().clone();
+    let (_, other) = gw.post_json(NAV, "/v1/subscriptions/nav-other/fetch", json!({"max": 1})).await;
+    let foreign = other["messages"][0]["ack_token"].as_str().unwrap().to_owned();
+    let good = msgs[0]["ack_token"].as_str().unwrap().to_owned();
+    // Alter one character of the signed payload.
+    let mut altered = good.clone().into_bytes();
+    altered[10] = if altered[10] == b'A' { b'B' } else { b'A' };
+    let altered = String::from_utf8(altered).unwrap();
+
+    for (what, token) in [("forged", "v1.eyJzIjoibmF2LXB1bGwifQ.AAAA".to_owned()), ("altered", altered), ("foreign", foreign), ("garbage", "hello".to_owned())] {
+        // The bad token rides with a good one: the whole request is refused.
+        let (status, body) = ack(&gw, NAV, json!([{"token": good}, {"token": token}])).await;
+        assert_eq!(status, 422, "{what}: {body}");
+        assert_eq!(slug(&body), "invalid-ack-token", "{what}");
+        assert_eq!(body["items"][0]["index"], 1, "{what}");
+    }
+    // Nothing was acked: both messages come back after the ack wait.
+    let (_, body) = fetch(&gw, NAV, json!({"max": 10, "wait": "4s"})).await;
+    assert_eq!(body["messages"].as_array().unwrap().len(), 2, "{body}");
+    let fresh: Vec<String> = body["messages"].as_array().unwrap().iter().map(|m| m["ack_token"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ack(&gw, NAV, json!([{"token": fresh[0]}])).await.0, 200);
+    // Replayed: the same token again.
+    let (status, body) = ack(&gw, NAV, json!([{"token": fresh[0]}])).await;
+    assert_eq!(status, 207, "{body}");
+    assert_eq!(slug(&body["results"][0]["error"]), "already-acked");
+    // Only the owner may fetch or ack; a push route is not a pull route.
+    let (status, body) = fetch(&gw, BITRIX, json!({})).await;
+    assert_eq!((status, slug(&body)), (403, "forbidden"));
+    let (status, body) = gw.post_json(NAV, "/v1/subscriptions/missing/fetch", json!({})).await;
+    assert_eq!((status, slug(&body)), (404, "not-found"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_pulling_one_subscription_split_the_messages() {
+    let nats = NatsServer::start();
+    let gw = Gateway::with_subscriptions(&nats.url(), vec![("nav-pull", pull_sub(json!({"max_in_flight": 1000})))]).await;
+    publish_n(&gw, 200).await;
+    let client = |gw: &Gateway| {
+        let http = gw.http.clone();
+        let url = gw.url("/v1/subscriptions/nav-pull");
+        async move {
+            let mut seen = Vec::new();
+            loop {
+                let r: Value = http.post(format!("{url}/fetch")).bearer_auth(NAV).json(&json!({"max": 7, "wait": "500ms"})).send().await.unwrap().json().await.unwrap();
+                let msgs = r["messages"].as_array().unwrap().clone();
+                if msgs.is_empty() {
+                    return seen;
+                }
+                let acks: Vec<Value> = msgs.iter().map(|m| json!({"token": m["ack_token"]})).collect();
+                let a = http.post(format!("{url}/ack")).bearer_auth(NAV).json(&json!({"acks": acks})).send().await.unwrap();
+                assert_eq!(a.status(), 200);
+                seen.extend(msgs.iter().map(|m| m["data"]["n"].as_u64().unwrap()));
+            }
+        }
+    };
+    let (a, b) = tokio::join!(client(&gw), client(&gw));
+    assert!(!a.is_empty() && !b.is_empty(), "both clients got messages ({} / {})", a.len(), b.len());
+    let mut all: Vec<u64> = a.iter().chain(&b).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..200).collect::<Vec<_>>(), "each message exactly once across the two");
+}
+
+/// Reads SSE events (id, data) from a response body until `n` events or the deadline.
+async fn read_events(response: reqwest::Response, n: usize, heartbeats: &mut usize) -> Vec<(u64, String)> {
+    let mut stream = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while events.len() < n {
+        let chunk = tokio::time::timeout_at(deadline, stream.next()).await.expect("events in time").expect("stream open").unwrap();
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            if block.starts_with(':') {
+                *heartbeats += 1;
+                continue;
+            }
+            let mut id = None;
+            let mut data = Vec::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse().ok();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
+                }
+            }
+            if let Some(id) = id {
+                events.push((id, data.join("\n")));
+            }
+        }
+    }
+    events
+}
+
+async fn consumer_count(nats: &NatsServer) -> usize {
+    let js = crate::common::gateway::jetstream(&nats.url()).await;
+    js.get_stream("ORDERS").await.unwrap().info().await.unwrap().state.consumer_count
+}
+
+#[tokio::test]
+async fn sse_resumes_after_last_event_id_without_gaps_and_releases_its_consumer() {
+    let nats = NatsServer::start();
+    let sub: magistral::config::SubscriptionConfig =
+        serde_json::from_value(json!({"participant": "nav", "subjects": ["orders.misc"], "mode": "stream", "start": "all"})).unwrap();
+    let gw = Gateway::start_with(crate::common::gateway::scenario("basic"), &nats.url(), move |c| {
+        c.subscriptions.insert("nav-live".into(), sub);
+        c.limits.sse_heartbeat = Duration::from_millis(300);
+        c.limits.max_streams_per_participant = 2;
+    })
+    .await;
+    publish_n(&gw, 150).await;
+    let before = consumer_count(&nats).await;
+    let mut heartbeats = 0;
+    // Browser style: the token in the query.
+    let r = gw.http.get(gw.url(&format!("/v1/subscriptions/nav-live/events?access_token={NAV}"))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert_eq!(consumer_count(&nats).await, before + 1);
+    let first = read_events(r, 100, &mut heartbeats).await;
+    assert_eq!(first.len(), 100);
+    assert_eq!(serde_json::from_str::<Value>(&first[0].1).unwrap(), json!({"n": 0}));
+    let last_id = first[99].0;
+    // Disconnected (response dropped): the consumer goes away.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while consumer_count(&nats).await != before {
+        assert!(Instant::now() < deadline, "the consumer outlived its client");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = gw
+        .http
+        .get(gw.url("/v1/subscriptions/nav-live/events"))
+        .bearer_auth(NAV)
+        .header("last-event-id", last_id.to_string())
+        .send()
+        .await
+        .unwrap();
+    let rest = read_events(r, 50, &mut heartbeats).await;
+    let ns: Vec<u64> = first.iter().chain(&rest).map(|(_, d)| serde_json::from_str::<Value>(d).unwrap()["n"].as_u64().unwrap()).collect();
+    assert_eq!(ns, (0..150).collect::<Vec<_>>(), "exactly the rest, no gap, no repeat");
+    // Idle: heartbeats keep it alive.
+    let r = gw.http.get(gw.url("/v1/subscriptions/nav-live/events")).bearer_auth(NAV).header("last-event-id", "100000").send().await.unwrap();
+    let mut stream = r.bytes_stream();
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !text.contains(":heartbeat") && !text.contains(": heartbeat") {
+        let chunk = tokio::time::timeout_at(deadline, stream.next()).await.expect("a heartbeat in time").unwrap().unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    // Bounded per participant (2 here: this one and one more).
+    let second = gw.http.get(gw.url("/v1/subscriptions/nav-live/events")).bearer_auth(NAV).header("last-event-id", "100000").send().await.unwrap();
+    assert_eq!(second.status(), 200);
+    let third = gw.http.get(gw.url("/v1/subscriptions/nav-live/events")).bearer_auth(NAV).send().await.unwrap();
+    assert_eq!(third.status(), 429);
+    assert_eq!(slug(&third.json::<Value>().await.unwrap()), "too-many-streams");
+    // A bad token in the query is refused like any other.
+    let r = gw.http.get(gw.url("/v1/subscriptions/nav-live/events?access_token=wrong")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    drop(stream);
+    drop(second);
+}
