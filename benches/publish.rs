@@ -1,0 +1,767 @@
+//! Publish benchmark (issue 2, "Performance"); results and how to read them are in
+//! `docs/benchmarks.md`. Run with `scripts/bench` (or `cargo bench --bench publish` with
+//! `NATS_SERVER_BIN` set).
+//!
+//! One run, one nats-server (started here: `-js`, file storage in a temp dir, killed at the
+//! end), and in the same process:
+//! - the gateway (`magistral::run`) on its own tokio runtime (threads named `gw`), with the
+//!   example's `ORDERS` stream and `sales-order` v1 contract, `require_contract = true`;
+//! - a bare axum handler on that same runtime: same route shape, reads the body, answers 202;
+//! - the load generator on a second runtime (threads named `lg`): one raw hyper HTTP/1.1
+//!   keep-alive connection per worker, one request in flight per connection (closed loop),
+//!   so "concurrency" = connections = requests in flight;
+//! - direct async-nats JetStream publishing from the `lg` runtime with the same number of
+//!   PubAcks outstanding (N workers, each publish → await its ack), the limit.
+//!
+//! Scenarios (each: warm-up, then a measured window; the stream is purged before each):
+//! - (a) `POST /v1/publish/orders.created` through the gateway, (c) the bare handler and
+//!   (b) direct publishing, at each level of `BENCH_CONCURRENCY`;
+//! - (d) `POST /v1/publish` with `BENCH_BATCH_SIZE` items per batch vs direct pipelined
+//!   publishing of the same count (send all, then await all acks), at each level of
+//!   `BENCH_BATCH_CONCURRENCY`.
+//!
+//! CPU time per message is read per thread from `/proc/self/task/*/schedstat` (ns on CPU),
+//! split by runtime (`gw`, `lg`), and from `/proc/<nats-server>/task/*/schedstat`.
+//!
+//! Environment (all optional):
+//! - `NATS_SERVER_BIN` (default `.tools/bin/nats-server`)
+//! - `BENCH_WARMUP_SECS` (1), `BENCH_SECS` (5): warm-up and measured window per scenario
+//! - `BENCH_CONCURRENCY` ("1,16,64,256"), `BENCH_BATCH_CONCURRENCY` ("1,4,16"),
+//!   `BENCH_BATCH_SIZE` (100)
+//! - `BENCH_GATEWAY_THREADS` (2), `BENCH_CLIENT_THREADS` (2): worker threads per runtime
+//! - `BENCH_SCENARIOS` ("single,batch"), `BENCH_PARTS` ("gateway,bare,direct"): what to run
+//!   (a part left out shows as 0; meant for profiling one part alone)
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
+use axum::extract::Path as UrlPath;
+use axum::http::{HeaderValue, Method, Request, StatusCode, header};
+use axum::response::IntoResponse;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use magistral::catalog::Catalog;
+use magistral::config::{Config, ContractBinding, ParticipantConfig};
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+const SUBJECT: &str = "orders.created";
+const STREAM: &str = "ORDERS";
+const TOKEN: &str = "bench-token-0123456789abcdef";
+const TARGET_PAYLOAD: usize = 1024;
+
+// ---------------------------------------------------------------------------------------
+// Settings
+
+struct Settings {
+    warmup: Duration,
+    duration: Duration,
+    levels: Vec<usize>,
+    batch_levels: Vec<usize>,
+    batch_size: usize,
+    gateway_threads: usize,
+    client_threads: usize,
+    single: bool,
+    batch: bool,
+    /// Which of gateway/bare/direct to run (for profiling one of them alone).
+    parts: Vec<String>,
+    nats_bin: PathBuf,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
+    match std::env::var(name) {
+        Ok(v) => v.trim().parse().map_err(|_| anyhow!("{name}={v:?} is not valid")),
+        Err(_) => Ok(default),
+    }
+}
+
+fn env_list(name: &str, default: &str) -> anyhow::Result<Vec<usize>> {
+    let raw = std::env::var(name).unwrap_or_else(|_| default.to_owned());
+    raw.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().map_err(|_| anyhow!("{name}: {s:?} is not a number")))
+        .collect()
+}
+
+impl Settings {
+    fn from_env() -> anyhow::Result<Self> {
+        let scenarios = std::env::var("BENCH_SCENARIOS").unwrap_or_else(|_| "single,batch".into());
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let nats_bin = std::env::var_os("NATS_SERVER_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| manifest.join(".tools/bin/nats-server"));
+        Ok(Self {
+            warmup: Duration::from_secs_f64(env_or("BENCH_WARMUP_SECS", 1.0)?),
+            duration: Duration::from_secs_f64(env_or("BENCH_SECS", 5.0)?),
+            levels: env_list("BENCH_CONCURRENCY", "1,16,64,256")?,
+            batch_levels: env_list("BENCH_BATCH_CONCURRENCY", "1,4,16")?,
+            batch_size: env_or("BENCH_BATCH_SIZE", 100)?,
+            gateway_threads: env_or("BENCH_GATEWAY_THREADS", 2)?,
+            client_threads: env_or("BENCH_CLIENT_THREADS", 2)?,
+            single: scenarios.split(',').any(|s| s.trim() == "single"),
+            batch: scenarios.split(',').any(|s| s.trim() == "batch"),
+            parts: std::env::var("BENCH_PARTS")
+                .unwrap_or_else(|_| "gateway,bare,direct".into())
+                .split(',')
+                .map(|p| p.trim().to_owned())
+                .collect(),
+            nats_bin,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// nats-server
+
+struct NatsServer {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    fn start(bin: &Path) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = StdListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Command::new(bin)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {} (run scripts/install-nats-server.sh)", bin.display()))?;
+        let server = Self { child, port, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while StdStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("nats-server did not listen on {port} within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(server)
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nats_version(bin: &Path) -> String {
+    Command::new(bin)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+// ---------------------------------------------------------------------------------------
+// CPU accounting (ns on CPU, per thread, from schedstat)
+
+#[derive(Default, Clone, Copy)]
+struct Cpu {
+    gateway: u64,
+    client: u64,
+    other: u64,
+    nats: u64,
+    /// Busy time of the whole machine (all processes), from `/proc/stat`.
+    machine: u64,
+}
+
+fn task_ns(task_dir: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(task_dir.join("schedstat")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+fn sample_cpu(nats_pid: u32) -> Cpu {
+    let mut cpu = Cpu::default();
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            let path = task.path();
+            let ns = task_ns(&path).unwrap_or(0);
+            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            match comm.trim() {
+                "gw" => cpu.gateway += ns,
+                "lg" => cpu.client += ns,
+                _ => cpu.other += ns,
+            }
+        }
+    }
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{nats_pid}/task")) {
+        cpu.nats = tasks.flatten().filter_map(|t| task_ns(&t.path())).sum();
+    }
+    cpu.machine = machine_busy_ns();
+    cpu
+}
+
+/// Non-idle CPU time of the whole machine, in ns (`/proc/stat` counts in USER_HZ = 100/s).
+fn machine_busy_ns() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().next() else { return 0 };
+    let ticks: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let busy: u64 = ticks.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
+    busy * 10_000_000
+}
+
+impl std::ops::Sub for Cpu {
+    type Output = Cpu;
+    fn sub(self, o: Cpu) -> Cpu {
+        Cpu {
+            gateway: self.gateway.saturating_sub(o.gateway),
+            client: self.client.saturating_sub(o.client),
+            other: self.other.saturating_sub(o.other),
+            nats: self.nats.saturating_sub(o.nats),
+            machine: self.machine.saturating_sub(o.machine),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Measurement
+
+#[derive(Clone, Copy)]
+struct Window {
+    /// Measured requests start at or after this and finish at or before `end`.
+    start: Instant,
+    end: Instant,
+}
+
+#[derive(Default)]
+struct WorkerStats {
+    /// Latencies (µs) of successful operations inside the window.
+    latencies: Vec<u32>,
+    /// Failed operations inside the window.
+    errors: u64,
+    /// Every successful operation, warm-up included (checked against the stream).
+    total_ok: u64,
+    first_error: Option<String>,
+}
+
+impl WorkerStats {
+    fn record(&mut self, window: Window, t0: Instant, outcome: Result<(), String>) {
+        let t1 = Instant::now();
+        let inside = t0 >= window.start && t1 <= window.end;
+        match outcome {
+            Ok(()) => {
+                self.total_ok += 1;
+                if inside {
+                    self.latencies.push(u32::try_from((t1 - t0).as_micros()).unwrap_or(u32::MAX));
+                }
+            }
+            Err(e) => {
+                if inside {
+                    self.errors += 1;
+                }
+                self.first_error.get_or_insert(e);
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Measured {
+    /// Operations (requests, publishes or batches) per second.
+    ops_per_sec: f64,
+    p50_us: u32,
+    p99_us: u32,
+    errors: u64,
+    total_ok: u64,
+    cpu: Cpu,
+    ops: u64,
+    first_error: Option<String>,
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Runs `workers` copies of `worker` for warm-up + window, sampling CPU over the window.
+async fn measure<F, Fut>(s: &Settings, nats_pid: u32, workers: usize, worker: F) -> Measured
+where
+    F: Fn(Window) -> Fut,
+    Fut: Future<Output = WorkerStats> + Send + 'static,
+{
+    let begin = Instant::now() + Duration::from_millis(20);
+    let window = Window { start: begin + s.warmup, end: begin + s.warmup + s.duration };
+    let handles: Vec<_> = (0..workers).map(|_| tokio::spawn(worker(window))).collect();
+    tokio::time::sleep_until(window.start.into()).await;
+    let cpu0 = sample_cpu(nats_pid);
+    tokio::time::sleep_until(window.end.into()).await;
+    let cpu1 = sample_cpu(nats_pid);
+    let mut latencies = Vec::new();
+    let (mut errors, mut total_ok, mut first_error) = (0, 0, None);
+    for h in handles {
+        let st = h.await.expect("worker panicked");
+        latencies.extend(st.latencies);
+        errors += st.errors;
+        total_ok += st.total_ok;
+        if first_error.is_none() {
+            first_error = st.first_error;
+        }
+    }
+    latencies.sort_unstable();
+    let ops = latencies.len() as u64;
+    Measured {
+        ops_per_sec: ops as f64 / s.duration.as_secs_f64(),
+        p50_us: percentile(&latencies, 50.0),
+        p99_us: percentile(&latencies, 99.0),
+        errors,
+        total_ok,
+        cpu: cpu1 - cpu0,
+        ops,
+        first_error,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP load generator: one raw hyper HTTP/1.1 connection per worker, keep-alive.
+
+struct HttpTarget {
+    addr: SocketAddr,
+    path: String,
+    host: HeaderValue,
+    authorization: HeaderValue,
+    content_type: HeaderValue,
+    body: Bytes,
+}
+
+async fn http_worker(target: std::sync::Arc<HttpTarget>, window: Window) -> WorkerStats {
+    let mut stats = WorkerStats { latencies: Vec::with_capacity(64 * 1024), ..Default::default() };
+    let connect = async {
+        let stream = TcpStream::connect(target.addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        anyhow::Ok(sender)
+    };
+    let mut sender = match connect.await {
+        Ok(s) => s,
+        Err(e) => {
+            stats.errors += 1;
+            stats.first_error = Some(format!("connect: {e}"));
+            return stats;
+        }
+    };
+    loop {
+        let t0 = Instant::now();
+        if t0 >= window.end {
+            return stats;
+        }
+        let outcome = async {
+            sender.ready().await.map_err(|e| e.to_string())?;
+            let mut req = Request::new(Full::new(target.body.clone()));
+            *req.method_mut() = Method::POST;
+            *req.uri_mut() = target.path.parse().map_err(|e: axum::http::uri::InvalidUri| e.to_string())?;
+            let h = req.headers_mut();
+            h.insert(header::HOST, target.host.clone());
+            h.insert(header::AUTHORIZATION, target.authorization.clone());
+            h.insert(header::CONTENT_TYPE, target.content_type.clone());
+            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("{status}: {}", String::from_utf8_lossy(&body)))
+            }
+        }
+        .await;
+        let broken = outcome.is_err() && sender.is_closed();
+        stats.record(window, t0, outcome);
+        if broken {
+            return stats;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Direct JetStream publishing: `per_op` publishes sent, then all their acks awaited.
+
+async fn direct_worker(js: jetstream::Context, payload: Bytes, per_op: usize, window: Window) -> WorkerStats {
+    let mut stats = WorkerStats { latencies: Vec::with_capacity(64 * 1024), ..Default::default() };
+    let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(per_op);
+    loop {
+        let t0 = Instant::now();
+        if t0 >= window.end {
+            return stats;
+        }
+        let outcome = async {
+            for _ in 0..per_op {
+                // Same id scheme as the gateway (UUIDv7 → Nats-Msg-Id), so the server does
+                // the same de-duplication bookkeeping for both.
+                let id = uuid::Uuid::now_v7().to_string();
+                let msg = PublishMessage::build().payload(payload.clone()).message_id(id.as_str());
+                acks.push(js.send_publish(SUBJECT, msg).await.map_err(|e| e.to_string())?);
+            }
+            if per_op == 1 {
+                acks.pop().expect("one ack").await.map_err(|e| e.to_string())?;
+            } else {
+                for r in futures::future::join_all(acks.drain(..).map(std::future::IntoFuture::into_future)).await {
+                    r.map_err(|e| e.to_string())?;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        acks.clear();
+        stats.record(window, t0, outcome);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The servers under test
+
+fn gateway_config(nats_url: &str) -> Config {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/wine-retail");
+    let mut config = Config::default();
+    config.nats.url = nats_url.to_owned();
+    config.streams_dir = example.join("streams");
+    config.contracts_dir = example.join("contracts");
+    config.require_contract = true;
+    // Built through serde, as from a config file, so fields added later take their defaults.
+    let hash = hex::encode(magistral::participants::hash_token(TOKEN));
+    config.contracts = vec![
+        serde_json::from_value::<ContractBinding>(serde_json::json!({
+            "name": "sales-order", "version": 1, "file": "sales-order.v1.json", "subjects": [SUBJECT],
+        }))
+        .expect("contract binding"),
+    ];
+    config.participants.insert(
+        "bitrix".into(),
+        serde_json::from_value::<ParticipantConfig>(serde_json::json!({
+            "tokens": [{ "sha256": hash }], "publish": [SUBJECT],
+        }))
+        .expect("participant"),
+    );
+    config
+}
+
+/// The HTTP-side limit: same route shape, reads the whole body, answers 202 with a body
+/// shaped like the gateway's.
+async fn bare_handler(UrlPath(_subject): UrlPath<String>, body: Bytes) -> impl IntoResponse {
+    std::hint::black_box(&body);
+    (
+        StatusCode::ACCEPTED,
+        [(header::CONTENT_TYPE, "application/json")],
+        r#"{"id":"019a0000-0000-7000-8000-000000000000","stream":"ORDERS","seq":1,"duplicate":false}"#,
+    )
+}
+
+/// The ~1 KiB order: the example's valid sample, compact, with lines appended until it
+/// reaches `TARGET_PAYLOAD` bytes.
+fn order_payload() -> anyhow::Result<Bytes> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/wine-retail/samples/sales-order.valid.json");
+    let mut order: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    let lines = order["lines"].as_array_mut().ok_or_else(|| anyhow!("sample has no lines"))?;
+    let template = lines[0].clone();
+    loop {
+        let size = serde_json::to_vec(&order)?.len();
+        if size >= TARGET_PAYLOAD {
+            break;
+        }
+        let lines = order["lines"].as_array_mut().expect("checked above");
+        let mut line = template.clone();
+        line["line_no"] = Value::from(lines.len() + 1);
+        lines.push(line);
+    }
+    Ok(serde_json::to_vec(&order)?.into())
+}
+
+async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.get(format!("http://{addr}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("gateway not ready within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Checks one publish through the gateway is accepted (a contract violation here would
+/// make the whole benchmark measure the error path).
+async fn smoke(addr: SocketAddr, payload: &Bytes) -> anyhow::Result<()> {
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/publish/{SUBJECT}"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(payload.clone())
+        .send()
+        .await?;
+    let status = r.status();
+    let text = r.text().await?;
+    if status != StatusCode::ACCEPTED {
+        bail!("smoke publish answered {status}: {text}");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Driver
+
+struct Bench {
+    s: Settings,
+    nats_pid: u32,
+    js: jetstream::Context,
+    payload: Bytes,
+    gateway: SocketAddr,
+    bare: SocketAddr,
+}
+
+impl Bench {
+    async fn purge(&self) -> anyhow::Result<u64> {
+        let mut stream = self.js.get_stream(STREAM).await?;
+        let before = stream.info().await?.state.messages;
+        stream.purge().await?;
+        Ok(before)
+    }
+
+    fn target(&self, addr: SocketAddr, path: &str, content_type: &str, body: Bytes) -> std::sync::Arc<HttpTarget> {
+        std::sync::Arc::new(HttpTarget {
+            addr,
+            path: path.to_owned(),
+            host: HeaderValue::from_str(&addr.to_string()).expect("ascii"),
+            authorization: HeaderValue::from_str(&format!("Bearer {TOKEN}")).expect("ascii"),
+            content_type: HeaderValue::from_str(content_type).expect("ascii"),
+            body,
+        })
+    }
+
+    fn skip(&self, part: &str) -> bool {
+        !self.s.parts.iter().any(|p| p == part)
+    }
+
+    async fn http(&self, target: std::sync::Arc<HttpTarget>, workers: usize) -> Measured {
+        if self.skip(if target.addr == self.bare { "bare" } else { "gateway" }) {
+            return Measured::default();
+        }
+        measure(&self.s, self.nats_pid, workers, move |w| http_worker(target.clone(), w)).await
+    }
+
+    async fn direct(&self, per_op: usize, workers: usize) -> Measured {
+        if self.skip("direct") {
+            return Measured::default();
+        }
+        let (js, payload) = (self.js.clone(), self.payload.clone());
+        measure(&self.s, self.nats_pid, workers, move |w| direct_worker(js.clone(), payload.clone(), per_op, w)).await
+    }
+
+    /// Purges, runs, then checks the stream holds exactly what was acknowledged.
+    async fn stored_run<Fut: Future<Output = Measured>>(&self, msgs_per_op: u64, run: Fut) -> anyhow::Result<Measured> {
+        self.purge().await?;
+        let m = run.await;
+        let stored = self.purge().await?;
+        if stored != m.total_ok * msgs_per_op {
+            eprintln!("WARNING: stream holds {stored} messages, {} were acknowledged", m.total_ok * msgs_per_op);
+        }
+        Ok(m)
+    }
+}
+
+fn report_errors(name: &str, m: &Measured) {
+    if m.errors > 0 || m.first_error.is_some() {
+        eprintln!("WARNING {name}: {} errors in window; first: {}", m.errors, m.first_error.as_deref().unwrap_or("-"));
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 { format!("{:.2}", a / b) } else { "-".into() }
+}
+
+fn ms(us: u32) -> String {
+    format!("{:.2}", f64::from(us) / 1000.0)
+}
+
+fn cpu_row(out: &mut String, scenario: &str, conc: usize, m: &Measured, msgs_per_op: u64, wall: Duration) {
+    let msgs = (m.ops * msgs_per_op).max(1) as f64;
+    let us = |ns: u64| format!("{:.1}", ns as f64 / 1000.0 / msgs);
+    let ours = m.cpu.gateway + m.cpu.client + m.cpu.other + m.cpu.nats;
+    let busy = ours as f64 / wall.as_nanos() as f64;
+    let foreign = m.cpu.machine.saturating_sub(ours) as f64 / wall.as_nanos() as f64;
+    if foreign > 0.15 {
+        eprintln!("WARNING {scenario} at {conc}: other processes used {foreign:.2} cores during the window; rerun on a quiet machine");
+    }
+    let _ = writeln!(
+        out,
+        "| {scenario} | {conc} | {} | {} | {} | {} | {:.2} | {:.2} |",
+        us(m.cpu.gateway),
+        us(m.cpu.client),
+        us(m.cpu.nats),
+        us(ours),
+        busy,
+        foreign
+    );
+}
+
+async fn run_all(b: &Bench) -> anyhow::Result<String> {
+    let s = &b.s;
+    let mut single = String::new();
+    let mut batch = String::new();
+    let mut cpu = String::new();
+    let _ = writeln!(cpu, "| scenario | concurrency | gateway µs/msg | load generator µs/msg | nats-server µs/msg | total µs/msg | cores busy | other processes (cores) |");
+    let _ = writeln!(cpu, "|---|---:|---:|---:|---:|---:|---:|---:|");
+
+    if s.single {
+        let _ = writeln!(single, "| concurrency | gateway msg/s | p50 ms | p99 ms | bare req/s | p50 ms | p99 ms | direct msg/s | p50 ms | p99 ms | gateway/direct | gateway/bare |");
+        let _ = writeln!(single, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let path = format!("/v1/publish/{SUBJECT}");
+        for &c in &s.levels {
+            eprintln!("single, concurrency {c}: gateway");
+            let g = b.stored_run(1, b.http(b.target(b.gateway, &path, "application/json", b.payload.clone()), c)).await?;
+            report_errors("gateway", &g);
+            eprintln!("single, concurrency {c}: bare handler");
+            let bare = b.http(b.target(b.bare, &path, "application/json", b.payload.clone()), c).await;
+            report_errors("bare", &bare);
+            eprintln!("single, concurrency {c}: direct");
+            let d = b.stored_run(1, b.direct(1, c)).await?;
+            report_errors("direct", &d);
+            let _ = writeln!(
+                single,
+                "| {c} | {:.0} | {} | {} | {:.0} | {} | {} | {:.0} | {} | {} | {} | {} |",
+                g.ops_per_sec, ms(g.p50_us), ms(g.p99_us),
+                bare.ops_per_sec, ms(bare.p50_us), ms(bare.p99_us),
+                d.ops_per_sec, ms(d.p50_us), ms(d.p99_us),
+                ratio(g.ops_per_sec, d.ops_per_sec), ratio(g.ops_per_sec, bare.ops_per_sec),
+            );
+            cpu_row(&mut cpu, "gateway", c, &g, 1, s.duration);
+            cpu_row(&mut cpu, "bare", c, &bare, 1, s.duration);
+            cpu_row(&mut cpu, "direct", c, &d, 1, s.duration);
+        }
+    }
+
+    if s.batch {
+        let n = s.batch_size;
+        let item = format!(r#"{{"subject":"{SUBJECT}","data":{}}}"#, std::str::from_utf8(&b.payload).expect("utf-8"));
+        let body: Bytes = format!("[{}]", vec![item; n].join(",")).into();
+        let _ = writeln!(batch, "| concurrent batches | msgs in flight | gateway msg/s | batch p50 ms | batch p99 ms | direct msg/s | p50 ms | p99 ms | gateway/direct |");
+        let _ = writeln!(batch, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for &c in &s.batch_levels {
+            eprintln!("batch of {n}, concurrency {c}: gateway");
+            let g = b.stored_run(n as u64, b.http(b.target(b.gateway, "/v1/publish", "application/json", body.clone()), c)).await?;
+            report_errors("gateway batch", &g);
+            eprintln!("batch of {n}, concurrency {c}: direct");
+            let d = b.stored_run(n as u64, b.direct(n, c)).await?;
+            report_errors("direct batch", &d);
+            let (gm, dm) = (g.ops_per_sec * n as f64, d.ops_per_sec * n as f64);
+            let _ = writeln!(
+                batch,
+                "| {c} | {} | {gm:.0} | {} | {} | {dm:.0} | {} | {} | {} |",
+                c * n, ms(g.p50_us), ms(g.p99_us), ms(d.p50_us), ms(d.p99_us), ratio(gm, dm),
+            );
+            cpu_row(&mut cpu, &format!("gateway batch×{n}"), c, &g, n as u64, s.duration);
+            cpu_row(&mut cpu, &format!("direct batch×{n}"), c, &d, n as u64, s.duration);
+        }
+    }
+
+    let mut out = String::new();
+    if s.single {
+        let _ = writeln!(out, "### Single-message publish ({} B order, `POST /v1/publish/{SUBJECT}`)\n\n{single}", b.payload.len());
+    }
+    if s.batch {
+        let _ = writeln!(out, "### Batch publish ({} items per `POST /v1/publish`)\n\n{batch}", s.batch_size);
+    }
+    let _ = writeln!(out, "### CPU per message over the measured window\n\n{cpu}");
+    Ok(out)
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    format!("{cores} CPU(s), {model}")
+}
+
+fn main() -> anyhow::Result<()> {
+    let s = Settings::from_env()?;
+    let version = nats_version(&s.nats_bin);
+    let nats = NatsServer::start(&s.nats_bin)?;
+    let nats_pid = nats.child.id();
+    let payload = order_payload()?;
+
+    // The gateway (and the bare handler) on their own runtime.
+    let gw_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(s.gateway_threads)
+        .thread_name("gw")
+        .enable_all()
+        .build()?;
+    let shutdown = CancellationToken::new();
+    let config = gateway_config(&nats.url());
+    let catalog = Catalog::load(&config).map_err(|e| anyhow!("{e}"))?;
+    let (gateway, bare, gw_task) = gw_rt.block_on(async {
+        let gw_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let bare_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let (gateway, bare) = (gw_listener.local_addr()?, bare_listener.local_addr()?);
+        let task = tokio::spawn(magistral::run(config, catalog, gw_listener, shutdown.clone()));
+        let router = axum::Router::new().route("/v1/publish/{subject}", axum::routing::post(bare_handler));
+        tokio::spawn(axum::serve(bare_listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future());
+        anyhow::Ok((gateway, bare, task))
+    })?;
+
+    // The load generator and the direct publisher on theirs.
+    let lg_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(s.client_threads)
+        .thread_name("lg")
+        .enable_all()
+        .build()?;
+    let result = lg_rt.block_on(async {
+        wait_ready(gateway).await?;
+        smoke(gateway, &payload).await?;
+        let client = async_nats::connect(nats.url()).await?;
+        let js = jetstream::context::ContextBuilder::new().timeout(Duration::from_secs(5)).build(client);
+        let bench = Bench { s, nats_pid, js, payload, gateway, bare };
+        eprintln!(
+            "magistral publish benchmark: {}; {}; payload {} B; warm-up {:?}, window {:?}; gateway threads {}, client threads {}",
+            machine(),
+            version,
+            bench.payload.len(),
+            bench.s.warmup,
+            bench.s.duration,
+            bench.s.gateway_threads,
+            bench.s.client_threads,
+        );
+        let tables = run_all(&bench).await?;
+        anyhow::Ok((tables, bench))
+    });
+    shutdown.cancel();
+    let _ = gw_rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), gw_task).await });
+    let (tables, bench) = result?;
+    println!(
+        "## Publish benchmark\n\n- machine: {}\n- {version}, JetStream file storage, R1\n- payload: {} B sales order (contract-validated)\n- warm-up {:?}, window {:?}; gateway runtime {} threads, load generator runtime {} threads\n\n{tables}",
+        machine(),
+        bench.payload.len(),
+        bench.s.warmup,
+        bench.s.duration,
+        bench.s.gateway_threads,
+        bench.s.client_threads,
+    );
+    drop(lg_rt);
+    drop(gw_rt);
+    drop(nats);
+    Ok(())
+}
