@@ -53,6 +53,10 @@ pub async fn store(js: &jetstream::Context, subscription: &str, message: &jetstr
     if let Some(original) = &message.headers {
         for (name, values) in original.iter() {
             let n = name.to_string();
+            // Publish preconditions (a directory's compare-and-set) belong to the original write.
+            if n.to_ascii_lowercase().starts_with("nats-expected-") {
+                continue;
+            }
             // A dead letter must never be deduplicated away, and old reasons are replaced.
             if n.eq_ignore_ascii_case("Nats-Msg-Id") {
                 for v in values {

@@ -28,14 +28,14 @@ use crate::publish::{check_utf8, exceeds_depth, malformed};
 pub struct Stores(Mutex<HashMap<String, kv::Store>>);
 
 impl Stores {
-    async fn get(&self, js: &jetstream::Context, bucket: &str) -> Result<kv::Store, Problem> {
+    async fn get(&self, js: &jetstream::Context, bucket: &str, retry_after: u64) -> Result<kv::Store, Problem> {
         if let Some(store) = self.0.lock().ok().and_then(|m| m.get(bucket).cloned()) {
             return Ok(store);
         }
         let store = js
             .get_key_value(bucket)
             .await
-            .map_err(|e| Problem::new(ProblemType::NatsUnavailable, format!("directory {bucket}: {e}")).retry_after(2))?;
+            .map_err(|e| Problem::new(ProblemType::NatsUnavailable, format!("directory {bucket}: {e}")).retry_after(retry_after))?;
         if let Ok(mut m) = self.0.lock() {
             m.insert(bucket.to_owned(), store.clone());
         }
@@ -84,7 +84,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
     value
         .parse::<u64>()
         .map(Some)
-        .map_err(|_| Problem::new(ProblemType::InvalidQuery, "If-Match takes the revision from an ETag, e.g. \"7\""))
+        .map_err(|_| Problem::new(ProblemType::InvalidHeader, "If-Match takes the revision from an ETag, e.g. \"7\""))
 }
 
 /// `GET /v1/kv/{bucket}/{key}`
@@ -93,11 +93,11 @@ pub async fn get(State(state): State<AppState>, path: Result<Path<(String, Strin
     let participant = authenticate(&catalog, &headers)?;
     let (bucket, key) = key_of(path)?;
     directory(&catalog, participant, &bucket, Access::Read)?;
-    let store = state.stores.get(state.publisher.jetstream(), &bucket).await?;
+    let store = state.stores.get(state.publisher.jetstream(), &bucket, state.limits.retry_after_seconds).await?;
     let entry = store
         .entry(&key)
         .await
-        .map_err(|e| Problem::new(ProblemType::NatsUnavailable, format!("directory read: {e}")).retry_after(2))?;
+        .map_err(|e| Problem::new(ProblemType::NatsUnavailable, format!("directory read: {e}")).retry_after(state.limits.retry_after_seconds))?;
     match entry {
         Some(entry) if entry.operation == kv::Operation::Put => {
             let mut response = (StatusCode::OK, entry.value).into_response();
@@ -134,9 +134,10 @@ pub async fn put(
             ));
         }
     }
-    let expected = match (if_match(&headers)?, header_str(&headers, "if-none-match").map(str::trim)) {
+    let create_only = header_str(&headers, "if-none-match").map(str::trim) == Some("*");
+    let mut expected = match (if_match(&headers)?, create_only) {
         (Some(rev), _) => Some(rev),
-        (None, Some("*")) => Some(0),
+        (None, true) => Some(0),
         _ => None,
     };
     let limits = &state.limits;
@@ -176,11 +177,20 @@ pub async fn put(
         tracestate: header_str(&headers, "tracestate"),
     }
     .to_nats_headers();
+    if create_only && expected == Some(0) {
+        // A deleted key may be created again: expect its delete marker (as KV `create` does).
+        let store = state.stores.get(state.publisher.jetstream(), &bucket, state.limits.retry_after_seconds).await?;
+        if let Ok(Some(entry)) = store.entry(&key).await
+            && entry.operation != kv::Operation::Put
+        {
+            expected = Some(entry.revision);
+        }
+    }
     if let Some(rev) = expected {
         nats_headers.insert("Nats-Expected-Last-Subject-Sequence", rev.to_string().as_str());
     }
     let revision = write(&state, &bucket, &key, nats_headers, body).await?;
-    let status = if expected == Some(0) { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if create_only { StatusCode::CREATED } else { StatusCode::OK };
     let mut response = (status, Json(json!({ "bucket": bucket, "key": key, "revision": revision }))).into_response();
     response.headers_mut().insert(header::ETAG, etag(revision));
     Ok(response)
@@ -197,7 +207,7 @@ async fn write(state: &AppState, bucket: &str, key: &str, headers: async_nats::H
             Problem::new(ProblemType::RevisionMismatch, "the key changed since that revision (or already exists); read it again")
         }
         PublishErrorKind::TimedOut => Problem::new(ProblemType::PublishTimeout, "JetStream did not confirm the write in time"),
-        _ => Problem::new(ProblemType::NatsUnavailable, "the directory write was not stored").retry_after(2),
+        _ => Problem::new(ProblemType::NatsUnavailable, "the directory write was not stored").retry_after(state.limits.retry_after_seconds),
     };
     let ack = js
         .publish_with_headers(format!("$KV.{bucket}.{key}"), headers, body)
@@ -214,10 +224,31 @@ pub async fn delete(State(state): State<AppState>, path: Result<Path<(String, St
     let participant = authenticate(&catalog, &headers)?;
     let (bucket, key) = key_of(path)?;
     directory(&catalog, participant, &bucket, Access::Write)?;
-    let mut nats_headers = async_nats::HeaderMap::new();
+    let expected = if_match(&headers)?;
+    // Deleting what is not there is a 404, not a marker pushed to every subscriber.
+    let store = state.stores.get(state.publisher.jetstream(), &bucket, state.limits.retry_after_seconds).await?;
+    let current = store.entry(&key).await.map_err(|e| {
+        Problem::new(ProblemType::NatsUnavailable, format!("directory read: {e}")).retry_after(state.limits.retry_after_seconds)
+    })?;
+    if !current.is_some_and(|e| e.operation == kv::Operation::Put) {
+        return Err(Problem::new(ProblemType::NotFound, format!("no key {key} in {bucket}")));
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    let type_ = format!("magistral.directory.{bucket}.delete");
+    let mut nats_headers = StoredAttributes {
+        id: &id,
+        source: &participant.source,
+        type_: &type_,
+        subject: Some(&key),
+        dataschema: None,
+        time: None,
+        extensions: &Default::default(),
+        traceparent: header_str(&headers, "traceparent"),
+        tracestate: header_str(&headers, "tracestate"),
+    }
+    .to_nats_headers();
     nats_headers.insert("KV-Operation", "DEL");
-    nats_headers.insert("ce-source", participant.source.as_str());
-    if let Some(rev) = if_match(&headers)? {
+    if let Some(rev) = expected {
         nats_headers.insert("Nats-Expected-Last-Subject-Sequence", rev.to_string().as_str());
     }
     let revision = write(&state, &bucket, &key, nats_headers, bytes::Bytes::new()).await?;
@@ -251,8 +282,10 @@ pub async fn list(
     let Query(query) = query.map_err(|e| Problem::new(ProblemType::InvalidQuery, e.body_text()))?;
     directory(&catalog, participant, &bucket, Access::Read)?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let store = state.stores.get(state.publisher.jetstream(), &bucket).await?;
-    let unavailable = |e: String| Problem::new(ProblemType::NatsUnavailable, format!("directory list: {e}")).retry_after(2);
+    let store = state.stores.get(state.publisher.jetstream(), &bucket, state.limits.retry_after_seconds).await?;
+    let unavailable = |e: String| {
+        Problem::new(ProblemType::NatsUnavailable, format!("directory list: {e}")).retry_after(state.limits.retry_after_seconds)
+    };
     let mut keys: Vec<String> = store
         .keys()
         .await

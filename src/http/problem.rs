@@ -32,6 +32,7 @@ pub enum ProblemType {
     Overloaded,
     NotFound,
     InvalidQuery,
+    InvalidHeader,
     TooManyStreams,
     AlreadyAcked,
     InvalidAckToken,
@@ -70,6 +71,7 @@ impl ProblemType {
         Self::Overloaded,
         Self::NotFound,
         Self::InvalidQuery,
+        Self::InvalidHeader,
         Self::TooManyStreams,
         Self::AlreadyAcked,
         Self::InvalidAckToken,
@@ -109,6 +111,7 @@ impl ProblemType {
             Self::Overloaded => "overloaded",
             Self::NotFound => "not-found",
             Self::InvalidQuery => "invalid-query",
+            Self::InvalidHeader => "invalid-header",
             Self::TooManyStreams => "too-many-streams",
             Self::AlreadyAcked => "already-acked",
             Self::InvalidAckToken => "invalid-ack-token",
@@ -146,6 +149,7 @@ impl ProblemType {
             Self::PublishTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::InvalidHeader => StatusCode::BAD_REQUEST,
             Self::TooManyStreams => StatusCode::TOO_MANY_REQUESTS,
             Self::AlreadyAcked => StatusCode::CONFLICT,
             Self::InvalidAckToken => StatusCode::UNPROCESSABLE_ENTITY,
@@ -183,6 +187,7 @@ impl ProblemType {
             Self::Overloaded => "The gateway is at its in-flight limit",
             Self::NotFound => "No such resource",
             Self::InvalidQuery => "The query parameters are invalid",
+            Self::InvalidHeader => "A request header is invalid",
             Self::TooManyStreams => "The participant holds its limit of open event streams",
             Self::AlreadyAcked => "The message was already acked or terminated with this token",
             Self::InvalidAckToken => "An ack token is forged, altered or for another subscription",
@@ -233,11 +238,13 @@ pub struct Problem {
     pub status: Option<StatusCode>,
     /// Already counted in the publish metrics (so the HTTP layer does not count it again).
     pub counted: bool,
+    /// JetStream answered "no responders" for a stream (worth retrying during a failover).
+    pub no_responders: bool,
 }
 
 impl Problem {
     pub fn new(kind: ProblemType, detail: impl Into<String>) -> Self {
-        Self { kind, detail: detail.into(), errors: Vec::new(), items: Vec::new(), retry_after: None, status: None, counted: false }
+        Self { kind, detail: detail.into(), errors: Vec::new(), items: Vec::new(), retry_after: None, status: None, counted: false, no_responders: false }
     }
 
     #[must_use]
@@ -279,7 +286,8 @@ impl Problem {
             title: self.kind.title(),
             status: self.status().as_u16(),
             detail: &self.detail,
-            retryable: self.kind.retryable(),
+            retryable: self.kind.retryable()
+                || (self.kind == ProblemType::ResponderError && matches!(self.status().as_u16(), 502..=504)),
             errors: &self.errors,
             items: &self.items,
         })

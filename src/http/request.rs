@@ -119,6 +119,7 @@ pub async fn request(
         )
         .await;
     let outcome = match &sent {
+        Ok(reply) if reply.headers.as_ref().is_some_and(|h| h.get("Nats-Service-Error-Code").is_some()) => "",
         Ok(_) => "answered",
         Err(e) => match e.kind() {
             async_nats::RequestErrorKind::NoResponders => "no-responders",
@@ -128,7 +129,9 @@ pub async fn request(
     };
     metrics::histogram!("magistral_request_duration_seconds", "participant" => participant.name.clone())
         .record(started.elapsed().as_secs_f64());
-    metrics::counter!("magistral_request_total", "participant" => participant.name.clone(), "outcome" => outcome).increment(1);
+    if !outcome.is_empty() {
+        metrics::counter!("magistral_request_total", "participant" => participant.name.clone(), "outcome" => outcome).increment(1);
+    }
     let reply = sent.map_err(|e| match e.kind() {
         async_nats::RequestErrorKind::NoResponders => {
             Problem::new(ProblemType::NoResponders, format!("nothing answers {subject}")).retry_after(limits.retry_after_seconds)
@@ -142,15 +145,18 @@ pub async fn request(
     let reply_header = |name: &str| reply.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
     if let Some(code) = reply_header("Nats-Service-Error-Code") {
         let detail = reply_header("Nats-Service-Error").unwrap_or_default();
-        let status = code
-            .trim()
-            .parse::<u16>()
-            .ok()
-            .filter(|c| (400..600).contains(c))
-            .and_then(|c| StatusCode::from_u16(c).ok())
-            .unwrap_or(StatusCode::BAD_GATEWAY);
+        // The service's 4xx is its answer about this request; 503/504 say it is unavailable;
+        // any other failure is a bad gateway (never our own 500).
+        let status = match code.trim().parse::<u16>() {
+            Ok(c @ (400..=499 | 503 | 504)) => StatusCode::from_u16(c).unwrap_or(StatusCode::BAD_GATEWAY),
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        metrics::counter!("magistral_request_total", "participant" => participant.name.clone(), "outcome" => "responder-error").increment(1);
         let mut problem = Problem::new(ProblemType::ResponderError, format!("{detail} (service error code {code})"));
         problem.status = Some(status);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            problem = problem.retry_after(limits.retry_after_seconds);
+        }
         return Err(problem);
     }
     if let Some(contract) = catalog.contracts.for_reply(&subject) {

@@ -50,6 +50,20 @@ pub struct Outgoing {
     payload: Bytes,
 }
 
+impl Outgoing {
+    /// A copy to send (headers and subject are small; the payload is shared).
+    fn clone_for_retry(&self) -> Self {
+        Self {
+            subject: self.subject.clone(),
+            participant: self.participant.clone(),
+            stream: self.stream.clone(),
+            id: self.id.clone(),
+            headers: self.headers.clone(),
+            payload: self.payload.clone(),
+        }
+    }
+}
+
 /// What JetStream confirmed.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Stored {
@@ -58,6 +72,9 @@ pub struct Stored {
     pub seq: u64,
     pub duplicate: bool,
 }
+
+/// Pause between publish retries while a stream has no leader.
+const NO_RESPONDERS_RETRY: Duration = Duration::from_millis(250);
 
 /// Longest message id accepted (it becomes `Nats-Msg-Id` and `ce-id`).
 const MAX_ID_LEN: usize = 256;
@@ -200,9 +217,21 @@ impl Publisher {
         let labels = (message.stream.clone(), message.participant.clone());
         let in_flight = metrics::gauge!("magistral_publish_in_flight");
         in_flight.increment(1.0);
-        let result = match self.send(message).await {
-            Ok((id, ack)) => self.await_ack(id, ack).await,
-            Err(problem) => Err(problem),
+        // "No responders" for a declared stream is a leader election (seconds): retry within
+        // the publish timeout, with the same message id, so JetStream's de-duplication makes
+        // the retries safe and the participant sees a slower 2xx instead of a 503.
+        let deadline = started + self.publish_timeout;
+        let result = loop {
+            let attempt = match self.send(message.clone_for_retry()).await {
+                Ok((id, ack)) => self.await_ack(id, ack).await,
+                Err(problem) => Err(problem),
+            };
+            match attempt {
+                Err(p) if p.no_responders && Instant::now() + NO_RESPONDERS_RETRY < deadline => {
+                    tokio::time::sleep(NO_RESPONDERS_RETRY).await;
+                }
+                other => break other,
+            }
         };
         in_flight.decrement(1.0);
         record(&labels, started, result.as_ref().map(|s| s.duplicate));
@@ -273,9 +302,13 @@ impl Publisher {
             // The subject is bound to a declared stream (checked before publishing), so "no
             // responders" at PubAck time means the stream is unreachable right now (a node or
             // leader change in a cluster) or was deleted by hand: retryable either way.
-            PublishErrorKind::StreamNotFound => self.unavailable(
-                "JetStream did not answer for this subject's stream (leader change, or the stream is missing: see `magistral apply`)",
-            ),
+            PublishErrorKind::StreamNotFound => {
+                let mut p = self.unavailable(
+                    "JetStream did not answer for this subject's stream (leader change, or the stream is missing: see `magistral apply`)",
+                );
+                p.no_responders = true;
+                p
+            }
             PublishErrorKind::MaxPayloadExceeded => {
                 Problem::new(ProblemType::PayloadTooLarge, "the message exceeds the NATS server's max_payload")
             }

@@ -98,7 +98,14 @@ async fn answer(http: &reqwest::Client, responder: &Responder, request: service:
                 (Ok(body), reply)
             } else {
                 let class = Class::of_status(status, false);
-                let excerpt = String::from_utf8_lossy(&body[..body.len().min(200)]).replace(['\r', '\n'], " ");
+                // A 4xx body is the endpoint's answer about the request and helps the requester;
+                // a 5xx body may be a stack trace: logged here, not passed on.
+                let excerpt = if (400..500).contains(&status) {
+                    String::from_utf8_lossy(&body[..body.len().min(200)]).replace(['\r', '\n'], " ")
+                } else {
+                    tracing::warn!(responder = %responder.name, status, body = %String::from_utf8_lossy(&body[..body.len().min(500)]), "responder endpoint failed");
+                    String::new()
+                };
                 // A 4xx is the endpoint's answer about this request and travels as is; a
                 // failing endpoint (5xx, anything else) is a bad gateway to the requester.
                 let code = if (400..500).contains(&status) { status as usize } else { 502 };

@@ -57,6 +57,12 @@ async fn put_get_delete_and_list_with_paging() {
     assert_eq!(r.status(), 404);
     assert_eq!(slug(&r.json::<Value>().await.unwrap()), "not-found");
     assert!(!gw.get_json(BITRIX, "/v1/kv/items?prefix=ACC").await["keys"].as_array().unwrap().iter().any(|k| k == "ACC-0001"));
+    // Deleting again: nothing there.
+    let r = gw.http.delete(gw.url("/v1/kv/items/ACC-0001")).bearer_auth(NAV).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    // A deleted key may be created again with a create-only write.
+    let r = put(&gw, NAV, "ACC-0001", item("ACC-0001", 310.0)).header("if-none-match", "*").send().await.unwrap();
+    assert_eq!(r.status(), 201);
 }
 
 #[tokio::test]
@@ -97,7 +103,7 @@ async fn compare_and_set_contracts_permissions_and_keys() {
             "unsupported-media-type",
         ),
         ("no token", gw.http.get(gw.url("/v1/kv/items/WR-0042")), 401, "unauthorized"),
-        ("bad If-Match", put(&gw, NAV, "WR-0042", item("WR-0042", 1.0)).header("if-match", "yesterday"), 400, "invalid-query"),
+        ("bad If-Match", put(&gw, NAV, "WR-0042", item("WR-0042", 1.0)).header("if-match", "yesterday"), 400, "invalid-header"),
     ];
     for (what, request, status, expected) in cases {
         let r = request.send().await.unwrap();
@@ -122,6 +128,14 @@ async fn directory_changes_are_pushed_to_subscribers() {
     assert_eq!(got[0].header("ce-subject"), Some("WR-0042"));
     assert_eq!(got[0].header("magistral-subject"), Some("$KV.items.WR-0042"));
     assert_eq!(got[0].header("ce-dataschema"), Some("https://magistral.dev/contracts/item/v1"));
+    // A delete is announced as one, with its own id.
+    let r = gw.http.delete(gw.url("/v1/kv/items/WR-0042")).bearer_auth(NAV).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let got = app.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(got[1].header("ce-type"), Some("magistral.directory.items.delete"));
+    assert_eq!(got[1].header("ce-subject"), Some("WR-0042"));
+    assert_ne!(got[1].header("webhook-id"), got[0].header("webhook-id"));
+    put(&gw, NAV, "WR-0042", item("WR-0042", 1590.0)).send().await.unwrap();
     // A NATS-native watcher sees it too.
     let js = crate::common::gateway::jetstream(&nats.url()).await;
     let store = js.get_key_value("items").await.unwrap();
