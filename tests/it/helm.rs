@@ -398,6 +398,13 @@ fn ha_values_render_hpa_pdb_and_service_monitor() {
     assert_eq!(r.env_value("MAGISTRAL_NATS__URL"), Some("nats://bus-nats:4222"));
     let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
     assert!(annotations["checksum/config"].as_str().is_some_and(|s| s.len() == 64), "{annotations}");
+    // Responders and directories: rendered, their secrets referenced like the subscriptions'.
+    let toml = r.config_toml();
+    assert!(toml.contains("[responders.erp-queries]"), "{toml}");
+    assert!(toml.contains(r#"Authorization = { file = "/run/secrets/magistral/bus-webhooks/erp-basic-auth" }"#));
+    assert!(toml.contains(r#"{ file = "/run/secrets/magistral/bus-webhooks/erp-queries" }"#));
+    assert!(toml.contains("[directories.items]"));
+    assert!(r.env("SECRET_BUS_TOKENS_CRM").is_some());
     assert_checks(&r, "ha");
 }
 
@@ -414,6 +421,22 @@ fn default_values_render_and_check() {
     let r2 = template(&helm, "nats-bus", &[]);
     assert_eq!(r2.env_value("MAGISTRAL_NATS__URL"), Some("nats://nats-bus:4222"));
     assert_checks(&r, "default values");
+}
+
+/// Settings the gateway reads only at start roll the pods; what it reloads by itself does not.
+#[test]
+fn only_restart_settings_roll_the_pods() {
+    let Some(helm) = helm() else { return };
+    let checksum = |args: &[&str]| {
+        let r = template(&helm, "bus", args);
+        let annotations = &r.one("Deployment")["spec"]["template"]["metadata"]["annotations"];
+        assert!(annotations.get("checksum/config").is_none(), "rolloutOnConfigChange is off by default");
+        annotations["checksum/restart-settings"].as_str().expect("checksum/restart-settings").to_owned()
+    };
+    let base = checksum(&[]);
+    assert_eq!(base, checksum(&["--set", "participants.p.tokens[0].sha256=00,participants.p.publish[0]=a.b"]));
+    assert_ne!(base, checksum(&["--set", "config.limits.publish_timeout=2s"]));
+    assert_ne!(base, checksum(&["--set", "natsConnection.url=nats://other:4222"]));
 }
 
 #[test]

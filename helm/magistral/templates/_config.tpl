@@ -4,9 +4,9 @@ magistral.toml, rendered from values. The chart owns listen (MAGISTRAL_LISTEN), 
 */}}
 {{- define "magistral.toml" -}}
 {{- $cfg := .Values.config | default dict }}
-{{- range $key := list "listen" "streams_dir" "contracts_dir" "nats" "contracts" "participants" "subscriptions" }}
+{{- range $key := list "listen" "streams_dir" "contracts_dir" "nats" "contracts" "participants" "subscriptions" "responders" "directories" }}
 {{- if hasKey $cfg $key }}
-{{- fail (printf "config.%s is set by the chart; use %s instead" $key (get (dict "listen" "listenAddress/containerPort" "streams_dir" "streams.files" "contracts_dir" "contracts.files" "nats" "natsConnection" "contracts" "contracts.bindings" "participants" "participants" "subscriptions" "subscriptions") $key)) }}
+{{- fail (printf "config.%s is set by the chart; use %s instead" $key (get (dict "listen" "listenAddress/containerPort" "streams_dir" "streams.files" "contracts_dir" "contracts.files" "nats" "natsConnection" "contracts" "contracts.bindings" "participants" "participants" "subscriptions" "subscriptions" "responders" "responders" "directories" "directories") $key)) }}
 {{- end }}
 {{- end }}
 {{- $limits := deepCopy (get $cfg "limits" | default dict) }}
@@ -66,35 +66,32 @@ tls_required = {{ ternary "true" "false" (.required | default false) }}
 {{ include "magistral.tomlKey" $k }} = {{ include "magistral.tomlValue" $v }}
 {{- end }}
 {{- end }}
-{{- range $name, $p := .Values.participants }}
+{{- range $section := list "participants" "subscriptions" "responders" "directories" }}
+{{- range $name, $entry := (get $.Values $section | default dict) }}
 
-[participants.{{ include "magistral.tomlKey" $name }}]
-{{- range $k, $v := omit $p "tokens" }}
+[{{ $section }}.{{ include "magistral.tomlKey" $name }}]
+{{- range $k, $v := omit $entry "tokens" "signing_secrets" "headers" }}
 {{ include "magistral.tomlKey" $k }} = {{ include "magistral.tomlValue" $v }}
 {{- end }}
+{{- if hasKey $entry "tokens" }}
 tokens = [
-{{- range $i, $t := $p.tokens }}
-  {{ include "magistral.secretSource" (dict "entry" $t "where" (printf "participants.%s.tokens[%d]" $name $i) "token" true "literal" false) }},
+{{- range $i, $t := $entry.tokens }}
+  {{ include "magistral.secretSource" (dict "entry" $t "where" (printf "%s.%s.tokens[%d]" $section $name $i) "token" true "literal" false) }},
 {{- end }}
 ]
 {{- end }}
-{{- range $name, $s := .Values.subscriptions }}
-
-[subscriptions.{{ include "magistral.tomlKey" $name }}]
-{{- range $k, $v := omit $s "signing_secrets" "headers" }}
-{{ include "magistral.tomlKey" $k }} = {{ include "magistral.tomlValue" $v }}
-{{- end }}
-{{- with $s.signing_secrets }}
+{{- if hasKey $entry "signing_secrets" }}
 signing_secrets = [
-{{- range $i, $t := . }}
-  {{ include "magistral.secretSource" (dict "entry" $t "where" (printf "subscriptions.%s.signing_secrets[%d]" $name $i) "token" false "literal" false) }},
+{{- range $i, $t := $entry.signing_secrets }}
+  {{ include "magistral.secretSource" (dict "entry" $t "where" (printf "%s.%s.signing_secrets[%d]" $section $name $i) "token" false "literal" false) }},
 {{- end }}
 ]
 {{- end }}
-{{- with $s.headers }}
-[subscriptions.{{ include "magistral.tomlKey" $name }}.headers]
+{{- with $entry.headers }}
+[{{ $section }}.{{ include "magistral.tomlKey" $name }}.headers]
 {{- range $h, $v := . }}
-{{ include "magistral.tomlKey" $h }} = {{ include "magistral.secretSource" (dict "entry" $v "where" (printf "subscriptions.%s.headers.%s" $name $h) "token" false "literal" true) }}
+{{ include "magistral.tomlKey" $h }} = {{ include "magistral.secretSource" (dict "entry" $v "where" (printf "%s.%s.headers.%s" $section $name $h) "token" false "literal" true) }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- end }}

@@ -170,9 +170,11 @@ Every secretKeyRef the configuration uses, as JSON {"files": {secret: {key: true
 {{- range $name, $p := .Values.participants }}
 {{- range $t := $p.tokens }}{{ $entries = append $entries $t }}{{ end }}
 {{- end }}
-{{- range $name, $s := .Values.subscriptions }}
+{{- range $section := list .Values.subscriptions .Values.responders }}
+{{- range $name, $s := $section }}
 {{- range $t := $s.signing_secrets }}{{ $entries = append $entries $t }}{{ end }}
 {{- range $h, $v := $s.headers }}{{ $entries = append $entries $v }}{{ end }}
+{{- end }}
 {{- end }}
 {{- range $e := $entries }}
 {{- if and (kindIs "map" $e) (hasKey $e "secretKeyRef") (kindIs "map" $e.secretKeyRef) }}
