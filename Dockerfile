@@ -1,16 +1,19 @@
-# magistral container image: the fully static musl binary (scripts/build-static) on distroless
-# static, running as the image's non-root user. Build from the repository root:
+# magistral container image: a fully static binary (scripts/build-static) on distroless static,
+# running as the image's non-root user. Build from the repository root:
 #   docker build -t registry.example.com/integration/magistral:0.1.0 .
+# STATIC_TARGET=x86_64-unknown-linux-gnu builds the static glibc variant instead, about twice the
+# publish throughput of musl's allocator (docs/operations.md, "Static binary and image").
 # The Helm chart (helm/magistral) runs it read-only, as uid 65532, without capabilities.
 
 FROM rust:1-bookworm AS build
+ARG STATIC_TARGET=x86_64-unknown-linux-musl
 WORKDIR /src
 COPY . .
 # musl-tools gives ring's few C files a compiler for the musl target.
 RUN apt-get update && apt-get install -y --no-install-recommends musl-tools \
     && rm -rf /var/lib/apt/lists/* \
-    && scripts/build-static \
-    && cp target/dist/magistral-x86_64-unknown-linux-musl /magistral
+    && MAGISTRAL_STATIC_TARGET="$STATIC_TARGET" scripts/build-static \
+    && cp "target/dist/magistral-$STATIC_TARGET" /magistral
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /magistral /usr/local/bin/magistral
