@@ -477,6 +477,8 @@ pub struct SystemConfig {
     /// How long delivery status events are kept.
     #[serde(with = "humantime_serde")]
     pub events_max_age: Duration,
+    /// Keep the message-tracking index (`GET /v1/messages/...`).
+    pub tracking: bool,
 }
 
 impl Default for SystemConfig {
@@ -486,6 +488,8 @@ impl Default for SystemConfig {
             // Long enough to survive a holiday weekend before someone replays them.
             dead_letter_max_age: Duration::from_secs(30 * 86_400),
             events_max_age: Duration::from_secs(7 * 86_400),
+            // Costs one core NATS publish per stored message and nothing per healthy delivery.
+            tracking: true,
         }
     }
 }

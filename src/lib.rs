@@ -32,6 +32,7 @@ pub mod request;
 pub mod streams;
 pub mod subject;
 pub mod telemetry;
+pub mod tracking;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,9 +70,11 @@ pub enum RunError {
 pub async fn run(config: Config, catalog: Catalog, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
     let client = nats::connect(&config.nats).await?;
     let limits = Arc::new(config.limits.clone());
-    let publisher = Publisher::new(client.clone(), &limits);
+    let mut publisher = Publisher::new(client.clone(), &limits);
+    publisher.tracking = config.system.tracking;
     let tasks = TaskTracker::new();
-    let engine = delivery::Engine::new(publisher.jetstream().clone(), config.system.replicas).map_err(RunError::Delivery)?;
+    let mut engine = delivery::Engine::new(publisher.jetstream().clone(), config.system.replicas).map_err(RunError::Delivery)?;
+    engine.tracking = config.system.tracking;
     let http_client = engine.http.clone();
     let deliveries = Arc::new(delivery::Deliveries::new(Arc::new(engine), tasks.clone(), shutdown.clone()));
     let state = AppState {
@@ -143,6 +146,16 @@ pub async fn reconcile_all(state: &AppState, catalog: &Catalog) -> bool {
     for directory in &catalog.directories {
         if let Err(err) = directory.ensure(state.publisher.jetstream()).await {
             tracing::warn!(%err, "directory bucket not ready; will retry");
+            ok = false;
+        }
+    }
+    if state.publisher.tracking {
+        // The index lives as long as the longest-lived declared stream keeps messages.
+        let declared = catalog.streams.iter().filter(|s| s.file.extension().is_some_and(|e| e == "json"));
+        let ages: Vec<Duration> = declared.map(|s| s.config.max_age).collect();
+        let max_age = if ages.iter().any(Duration::is_zero) { Duration::ZERO } else { ages.into_iter().max().unwrap_or_default() };
+        if let Err(err) = tracking::ensure(state.publisher.jetstream(), max_age, state.deliveries.engine.system_replicas()).await {
+            tracing::warn!(%err, "tracking bucket not ready; will retry");
             ok = false;
         }
     }

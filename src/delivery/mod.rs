@@ -46,6 +46,8 @@ pub struct Engine {
     ack_ledger: tokio::sync::OnceCell<kv::Store>,
     token_key: tokio::sync::OnceCell<pull::TokenKey>,
     system_replicas: usize,
+    /// Record noteworthy delivery states for message tracking.
+    pub tracking: bool,
 }
 
 /// Operator-visible status of a subscription kept in the status bucket (shared by replicas).
@@ -87,6 +89,7 @@ impl Engine {
             ack_ledger: tokio::sync::OnceCell::new(),
             token_key: tokio::sync::OnceCell::new(),
             system_replicas,
+            tracking: false,
         })
     }
 
@@ -105,6 +108,11 @@ impl Engine {
                     .map_err(|e| e.to_string())
             })
             .await
+    }
+
+    #[must_use]
+    pub fn system_replicas(&self) -> usize {
+        self.system_replicas
     }
 
     /// The ledger of finished pull acks.

@@ -274,6 +274,9 @@ impl Worker {
             }
             match decision {
                 Decision::Ack => {
+                    if attempt > 1 {
+                        self.track(&key, "delivered", attempt, &result, None).await;
+                    }
                     let lag = OffsetDateTime::now_utc() - published;
                     metrics::histogram!("magistral_delivery_lag_seconds", "subscription" => self.sub.name.clone())
                         .record(lag.as_seconds_f64().max(0.0));
@@ -281,6 +284,7 @@ impl Worker {
                     return;
                 }
                 Decision::Retry(delay) if self.sub.ordered => {
+                    self.track(&key, "retrying", attempt, &result, Some(delay)).await;
                     // Ordered: keep the message (and so the subscription's one slot) and retry
                     // in place; a NAK would let the next message overtake it.
                     if !self.hold(&message, delay).await {
@@ -296,10 +300,12 @@ impl Worker {
                     }
                 }
                 Decision::Retry(delay) => {
+                    self.track(&key, "retrying", attempt, &result, Some(delay)).await;
                     let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
                     return;
                 }
                 Decision::DeadLetter if self.sub.ordered && self.sub.on_exhausted == OnExhausted::Block => {
+                    self.track(&key, "blocked", attempt, &result, None).await;
                     let reason = format!("blocked: message {} exhausted its attempts", attempt::message_id(&message));
                     self.engine.pause(&self.sub, &reason, &result).await;
                     if announce {
@@ -311,6 +317,7 @@ impl Worker {
                 Decision::DeadLetter => {
                     match dead_letter::store(&self.engine.js, &self.sub.name, &message, &failure).await {
                         Ok(()) => {
+                            self.track(&key, "dead-letter", attempt, &result, None).await;
                             metrics::counter!("magistral_dead_letters_total", "subscription" => self.sub.name.clone()).increment(1);
                             if let Ok(depth) = dead_letter::count(&self.engine.js, &self.sub.name).await {
                                 metrics::gauge!("magistral_dead_letters", "subscription" => self.sub.name.clone()).set(depth as f64);
@@ -329,6 +336,7 @@ impl Worker {
                     return;
                 }
                 Decision::PauseSubscription => {
+                    self.track(&key, "paused", attempt, &result, None).await;
                     self.engine.pause(&self.sub, "endpoint answered 410 Gone", &result).await;
                     if announce {
                         dead_letter::publish_event(&self.engine.js, "paused", &self.sub.name, &message, &failure).await;
@@ -338,6 +346,25 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Notes a noteworthy state for "where is my message?" (nothing for a first-try success).
+    async fn track(&self, key: &(String, u64), state: &str, attempt: u32, result: &AttemptResult, next: Option<Duration>) {
+        if !self.engine.tracking {
+            return;
+        }
+        let now = OffsetDateTime::now_utc();
+        let record = crate::tracking::DeliveryRecord {
+            state: state.to_owned(),
+            attempts: attempt,
+            class: (result.class != Class::Delivered).then(|| result.class.slug().to_owned()),
+            status: result.status,
+            at: now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            next_attempt: next.and_then(|d| {
+                (now + d).format(&time::format_description::well_known::Rfc3339).ok()
+            }),
+        };
+        crate::tracking::record(&self.engine.js.client(), &self.sub.name, &key.0, key.1, &record).await;
     }
 
     /// Keeps a message in progress for `delay`; false when cancelled.

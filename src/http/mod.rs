@@ -2,6 +2,7 @@
 //! input comes back in our problem format before any business check runs.
 
 pub mod kv;
+pub mod messages;
 pub mod ops;
 pub mod problem;
 pub mod publish;
@@ -73,6 +74,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/kv/{bucket}/{key}"),
     ("put", "/v1/kv/{bucket}/{key}"),
     ("delete", "/v1/kv/{bucket}/{key}"),
+    ("get", "/v1/messages"),
+    ("get", "/v1/messages/{id}"),
     ("get", "/v1/subscriptions"),
     ("get", "/v1/subscriptions/{name}"),
     ("post", "/v1/subscriptions/{name}/pause"),
@@ -96,6 +99,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/request/{subject}", post(request::request))
         .route("/v1/kv/{bucket}", get(kv::list))
         .route("/v1/kv/{bucket}/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/v1/messages", get(messages::list))
+        .route("/v1/messages/{id}", get(messages::show))
         .route("/v1/subscriptions", get(subscriptions::list))
         .route("/v1/subscriptions/{name}", get(subscriptions::show))
         .route("/v1/subscriptions/{name}/pause", post(subscriptions::pause))

@@ -139,6 +139,9 @@ struct BatchItem<'a> {
     /// Picks a contract version when several are bound.
     #[serde(default)]
     dataschema: Option<String>,
+    /// CloudEvents `correlationid`: ties the item to a business transaction.
+    #[serde(default)]
+    correlation_id: Option<String>,
 }
 
 /// Publishes a batch: every item is checked first; one bad item refuses the whole batch
@@ -199,7 +202,10 @@ pub async fn publish_batch(State(state): State<AppState>, headers: HeaderMap, bo
     let mut refused: Vec<Value> = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
         let checked = item.and_then(|item| {
-            let attributes = ClientAttributes { type_: item.type_, dataschema: item.dataschema, ..Default::default() };
+            let mut attributes = ClientAttributes { type_: item.type_, dataschema: item.dataschema, ..Default::default() };
+            if let Some(corr) = item.correlation_id {
+                attributes.extensions.insert("correlationid".to_owned(), corr);
+            }
             let draft = Draft {
                 subject: item.subject,
                 data: body.slice_ref(item.data.get().as_bytes()),

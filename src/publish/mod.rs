@@ -46,6 +46,8 @@ pub struct Outgoing {
     pub participant: String,
     pub stream: String,
     pub id: String,
+    /// `ce-correlationid`, for the tracking index.
+    pub correlation_id: Option<String>,
     headers: async_nats::HeaderMap,
     payload: Bytes,
 }
@@ -58,6 +60,7 @@ impl Outgoing {
             participant: self.participant.clone(),
             stream: self.stream.clone(),
             id: self.id.clone(),
+            correlation_id: self.correlation_id.clone(),
             headers: self.headers.clone(),
             payload: self.payload.clone(),
         }
@@ -168,7 +171,8 @@ pub fn prepare(catalog: &Catalog, limits: &Limits, participant: &Participant, dr
         tracestate: tracestate.as_deref(),
     }
     .to_nats_headers();
-    Ok(Outgoing { subject, participant: participant.name.clone(), stream, id, headers, payload: data })
+    let correlation_id = attributes.extensions.get("correlationid").cloned();
+    Ok(Outgoing { subject, participant: participant.name.clone(), stream, id, correlation_id, headers, payload: data })
 }
 
 /// serde_json's error for a body that is not well-formed JSON.
@@ -185,6 +189,8 @@ pub struct Publisher {
     in_flight: Arc<Semaphore>,
     publish_timeout: Duration,
     retry_after: u64,
+    /// Index stored messages for `GET /v1/messages/...`.
+    pub tracking: bool,
 }
 
 impl Publisher {
@@ -199,6 +205,7 @@ impl Publisher {
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight_publishes)),
             publish_timeout: limits.publish_timeout,
             retry_after: limits.retry_after_seconds,
+            tracking: false,
         }
     }
 
@@ -221,6 +228,7 @@ impl Publisher {
         // the publish timeout, with the same message id, so JetStream's de-duplication makes
         // the retries safe and the participant sees a slower 2xx instead of a 503.
         let deadline = started + self.publish_timeout;
+        let correlation_id = message.correlation_id.clone();
         let result = loop {
             let attempt = match self.send(message.clone_for_retry()).await {
                 Ok((id, ack)) => self.await_ack(id, ack).await,
@@ -235,6 +243,9 @@ impl Publisher {
         };
         in_flight.decrement(1.0);
         record(&labels, started, result.as_ref().map(|s| s.duplicate));
+        if let (true, Ok(stored)) = (self.tracking, &result) {
+            crate::tracking::index(&self.client, &stored.id, correlation_id.as_deref(), &stored.stream, stored.seq).await;
+        }
         result.map_err(|mut p| {
             p.counted = true;
             p
@@ -256,14 +267,18 @@ impl Publisher {
         let mut pending = Vec::with_capacity(messages.len());
         for message in messages {
             let labels = (message.stream.clone(), message.participant.clone());
-            pending.push((labels, self.send(message).await));
+            let correlation_id = message.correlation_id.clone();
+            pending.push((labels, correlation_id, self.send(message).await));
         }
-        let acks = pending.into_iter().map(|(labels, sent)| async move {
+        let acks = pending.into_iter().map(|(labels, correlation_id, sent)| async move {
             let result = match sent {
                 Ok((id, ack)) => self.await_ack(id, ack).await,
                 Err(problem) => Err(problem),
             };
             record(&labels, started, result.as_ref().map(|s| s.duplicate));
+            if let (true, Ok(stored)) = (self.tracking, &result) {
+                crate::tracking::index(&self.client, &stored.id, correlation_id.as_deref(), &stored.stream, stored.seq).await;
+            }
             result
         });
         let results = futures::future::join_all(acks).await;

@@ -10,5 +10,6 @@ mod process;
 mod publish;
 mod pull;
 mod request;
+mod tracking;
 mod openapi;
 mod helm;
