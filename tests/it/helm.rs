@@ -474,6 +474,12 @@ fn chart_refuses_inlined_secrets_and_unsafe_timing() {
     assert!(err.contains("use shutdown.drainTimeoutSeconds"), "{err}");
     let err = template_error(&helm, &["--set", "config.listen=127.0.0.1:8080"]);
     assert!(err.contains("config.listen is set by the chart"), "{err}");
+    // The preStop sleep action needs Kubernetes 1.30; older clusters must opt out explicitly.
+    let err = template_error(&helm, &["--kube-version", "1.28.0"]);
+    assert!(err.contains("needs the preStop sleep action of Kubernetes 1.30+"), "{err}");
+    let r = template(&helm, "bus", &["--kube-version", "1.28.0", "--set", "shutdown.preStopSleepSeconds=0"]);
+    assert!(r.container().get("lifecycle").is_none());
+    assert_eq!(r.pod()["terminationGracePeriodSeconds"], 30, "drain 20 s + 10 s");
 }
 
 /// The umbrella chart that adds the official NATS chart: its declaration, and the magistral
