@@ -10,6 +10,7 @@ use crate::contracts::{Contract, Contracts};
 use crate::delivery::subscription::Subscription;
 use crate::delivery::system;
 use crate::directory::Directory;
+use crate::inbound::InboundRoute;
 use crate::request::Responder;
 use crate::participants::{hash_token, Participant, Participants};
 use crate::streams::StreamDef;
@@ -25,6 +26,7 @@ pub struct Catalog {
     pub subscriptions: Vec<Arc<Subscription>>,
     pub responders: Vec<Arc<Responder>>,
     pub directories: Vec<Directory>,
+    pub inbound: Vec<InboundRoute>,
     pub require_contract: bool,
 }
 
@@ -173,6 +175,19 @@ impl Catalog {
             }
         }
 
+        // Inbound adapters.
+        let mut inbound = Vec::new();
+        for (name, cfg) in &config.inbound {
+            match InboundRoute::resolve(name, cfg, config) {
+                Ok(r) => inbound.push(r),
+                Err(list) => {
+                    for (field, message) in list {
+                        problem(config_file.clone(), format!("inbound.{name}.{field}"), message);
+                    }
+                }
+            }
+        }
+
         // Responders.
         let mut responders = Vec::new();
         for (name, cfg) in &config.responders {
@@ -216,6 +231,7 @@ impl Catalog {
                 subscriptions,
                 responders,
                 directories,
+                inbound,
                 participants: Participants::new(participants),
                 contracts: Contracts::new(contracts),
                 streams,

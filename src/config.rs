@@ -39,6 +39,8 @@ pub struct Config {
     pub responders: BTreeMap<String, ResponderConfig>,
     /// Reference books kept in JetStream KV buckets, by name (= bucket name).
     pub directories: BTreeMap<String, DirectoryConfig>,
+    /// Inbound adapters for what systems really send (`POST /v1/inbound/<name>`).
+    pub inbound: BTreeMap<String, InboundConfig>,
     /// The gateway's own streams: dead letters, delivery status events, replays.
     pub system: SystemConfig,
     /// How often configuration files are checked for changes (0 = only on SIGHUP).
@@ -67,6 +69,7 @@ impl Default for Config {
             subscriptions: BTreeMap::new(),
             responders: BTreeMap::new(),
             directories: BTreeMap::new(),
+            inbound: BTreeMap::new(),
             system: SystemConfig::default(),
             // Cheap (a few small files hashed) and quick enough for a ConfigMap update.
             reload_interval: Duration::from_secs(5),
@@ -281,8 +284,51 @@ pub struct ResponderConfig {
     /// Requests forwarded at once, per gateway replica.
     #[serde(default = "defaults::max_in_flight")]
     pub max_concurrency: u32,
+    /// jq reshaping the request before it reaches the endpoint (inline or from a file).
+    #[serde(default)]
+    pub request_transform: Option<String>,
+    #[serde(default)]
+    pub request_transform_file: Option<PathBuf>,
+    /// jq reshaping the endpoint's answer before it is replied.
+    #[serde(default)]
+    pub reply_transform: Option<String>,
+    #[serde(default)]
+    pub reply_transform_file: Option<PathBuf>,
     #[serde(default)]
     pub signing_secrets: Vec<SecretValue>,
+}
+
+/// An inbound adapter: a system's own request shape in, a CloudEvent on a subject out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundConfig {
+    pub kind: InboundKind,
+    /// The participant the messages are published as (needs publish permission).
+    pub participant: String,
+    /// Where the messages are published.
+    pub subject: String,
+    /// jq reshaping the parsed request into the subject's data.
+    #[serde(default)]
+    pub transform: Option<String>,
+    #[serde(default)]
+    pub transform_file: Option<PathBuf>,
+    /// Bitrix24: the `auth[application_token]` its event handlers send.
+    #[serde(default)]
+    pub application_token: Option<SecretValue>,
+    /// Business Central: the `clientState` given when the webhook subscription was made.
+    #[serde(default)]
+    pub client_state: Option<SecretValue>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InboundKind {
+    /// Bitrix24 outbound event handlers: form-encoded, bracketed keys.
+    Bitrix24,
+    /// Business Central webhook subscriptions: handshake and `{"value": [...]}` notifications.
+    BusinessCentral,
+    /// Plain JSON with the participant's bearer token (1C HTTP services, OKTELL scenarios).
+    Json,
 }
 
 /// A reference book in a JetStream KV bucket.
@@ -323,6 +369,12 @@ pub struct SubscriptionConfig {
     /// Where to deliver (http or https); push mode only.
     #[serde(default)]
     pub endpoint: Option<String>,
+    /// A jq program reshaping the data before it is delivered.
+    #[serde(default)]
+    pub transform: Option<String>,
+    /// The same, from a file (relative to the config file).
+    #[serde(default)]
+    pub transform_file: Option<PathBuf>,
     #[serde(default)]
     pub method: DeliveryMethod,
     /// Extra request headers, e.g. `Authorization` for an ERP web service.
@@ -578,8 +630,18 @@ impl From<ConfigProblem> for ConfigError {
 /// Top-level settings holding one value (`MAGISTRAL_LISTEN`), for filtering variables.
 const VALUE_KEYS: &[&str] = &["listen", "streams_dir", "contracts_dir", "require_contract", "reload_interval"];
 /// Top-level tables, set through nested variables (`MAGISTRAL_NATS__URL`).
-const TABLE_KEYS: &[&str] =
-    &["nats", "limits", "log", "contracts", "participants", "subscriptions", "responders", "directories", "system"];
+const TABLE_KEYS: &[&str] = &[
+    "nats",
+    "limits",
+    "log",
+    "contracts",
+    "participants",
+    "subscriptions",
+    "responders",
+    "directories",
+    "inbound",
+    "system",
+];
 
 impl Config {
     /// Layers defaults < `path` (when given) < `MAGISTRAL_*` environment variables

@@ -12,6 +12,9 @@
 //! - [`delivery`]: push subscriptions: consumers, HTTP attempts, retries, dead letters.
 //! - [`request`]: request/reply and participants' HTTP responders (NATS micro services).
 //! - [`directory`]: reference books in JetStream KV.
+//! - [`inbound`]: adapters for what Bitrix24, Business Central and plain-JSON systems send.
+//! - [`transform`]: jq programs (jaq) reshaping JSON for a system.
+//! - [`tracking`]: "where is my message?"
 //! - [`reload`]: configuration changes picked up without a restart.
 //! - [`http`]: routes, extractors, the RFC 9457 error contract, operations endpoints.
 //! - [`nats`]: the NATS connection; [`telemetry`]: logs and metrics; [`dev`]: `magistral dev`.
@@ -24,6 +27,7 @@ pub mod delivery;
 pub mod dev;
 pub mod directory;
 pub mod http;
+pub mod inbound;
 pub mod nats;
 pub mod participants;
 pub mod publish;
@@ -33,6 +37,7 @@ pub mod streams;
 pub mod subject;
 pub mod telemetry;
 pub mod tracking;
+pub mod transform;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -67,12 +67,27 @@ pub async fn send(
     ack_wait: Duration,
 ) -> AttemptResult {
     let started = Instant::now();
-    let headers = request_headers(sub, message, attempt);
+    let body = match &sub.transform {
+        None => message.payload.clone(),
+        Some(t) => match t.apply(&message.payload) {
+            Ok(body) => bytes::Bytes::from(body),
+            Err(err) => {
+                return AttemptResult {
+                    class: Class::TransformFailed,
+                    status: None,
+                    retry_after: None,
+                    excerpt: err.to_string(),
+                    elapsed: started.elapsed(),
+                };
+            }
+        },
+    };
+    let headers = request_headers(sub, message, attempt, &body);
     let request = http
         .request(sub.method.clone(), sub.endpoint.clone())
         .headers(headers)
         .timeout(sub.timeout)
-        .body(message.payload.clone())
+        .body(body)
         .send();
     tokio::pin!(request);
     let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + ack_wait / 3, ack_wait / 3);
@@ -136,7 +151,7 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 
 /// CloudEvents HTTP binary mode: every `ce-*` NATS header as is (both bindings use the same
 /// percent-encoding), `content-type`, trace context; then Standard Webhooks headers.
-fn request_headers(sub: &Subscription, message: &jetstream::Message, attempt: u32) -> HeaderMap {
+fn request_headers(sub: &Subscription, message: &jetstream::Message, attempt: u32, body: &[u8]) -> HeaderMap {
     let mut headers = HeaderMap::new();
     if let Some(nats) = &message.headers {
         for (name, values) in nats.iter() {
@@ -158,7 +173,8 @@ fn request_headers(sub: &Subscription, message: &jetstream::Message, attempt: u3
     }
     headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
     if !sub.signing_keys.is_empty() {
-        let signature = signature::sign(&sub.signing_keys, &id, timestamp, &message.payload);
+        // The signature covers the body as sent (after any transform).
+        let signature = signature::sign(&sub.signing_keys, &id, timestamp, body);
         if let Ok(v) = HeaderValue::from_str(&signature) {
             headers.insert("webhook-signature", v);
         }

@@ -24,6 +24,8 @@ pub enum Class {
     Rejected,
     /// Redirects and other non-2xx answers we do not follow.
     Unexpected,
+    /// The subscription's transform failed on this message (no request was sent).
+    TransformFailed,
 }
 
 impl Class {
@@ -38,6 +40,7 @@ impl Class {
             Self::Gone => "endpoint-gone",
             Self::Rejected => "endpoint-rejected",
             Self::Unexpected => "endpoint-unexpected",
+            Self::TransformFailed => "transform-failed",
         }
     }
 
@@ -101,6 +104,8 @@ impl RetryPolicy {
         match class {
             Class::Delivered => Decision::Ack,
             Class::Gone => Decision::PauseSubscription,
+            // The same program on the same data fails the same way: no point retrying.
+            Class::TransformFailed => Decision::DeadLetter,
             Class::Rejected | Class::Unexpected if !self.retry_client_errors => Decision::DeadLetter,
             Class::Throttled => retry(retry_after.unwrap_or_else(|| self.delay_after(attempt))),
             _ => retry(self.delay_after(attempt)),

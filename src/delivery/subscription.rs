@@ -34,6 +34,8 @@ pub struct Subscription {
     pub breaker_cooldown: Duration,
     pub start: StartPosition,
     pub ack_wait: Duration,
+    /// Reshapes the data before delivery.
+    pub transform: Option<crate::transform::Transform>,
     /// `(stream, filter subjects)` for every stream the subjects span: one consumer each.
     pub spans: Vec<(String, Vec<String>)>,
 }
@@ -153,6 +155,13 @@ impl Subscription {
         if cfg.rate_limit.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
             problems.push(("rate_limit".into(), "a positive number of messages per second".into()));
         }
+        let transform = match crate::transform::load(config, "transform", cfg.transform.as_ref(), cfg.transform_file.as_ref()) {
+            Ok(t) => t,
+            Err(p) => {
+                problems.push(p);
+                None
+            }
+        };
         if cfg.ack_wait < Duration::from_secs(1) {
             problems.push(("ack_wait".into(), "at least 1s".into()));
         }
@@ -185,6 +194,7 @@ impl Subscription {
             breaker_cooldown: cfg.breaker_cooldown,
             start: cfg.start,
             ack_wait: cfg.ack_wait,
+            transform,
             spans,
         })
     }

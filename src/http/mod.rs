@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, shared state, and the extractors every route uses so that bad
 //! input comes back in our problem format before any business check runs.
 
+pub mod inbound;
 pub mod kv;
 pub mod messages;
 pub mod ops;
@@ -74,6 +75,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/kv/{bucket}/{key}"),
     ("put", "/v1/kv/{bucket}/{key}"),
     ("delete", "/v1/kv/{bucket}/{key}"),
+    ("post", "/v1/inbound/{name}"),
     ("get", "/v1/messages"),
     ("get", "/v1/messages/{id}"),
     ("get", "/v1/subscriptions"),
@@ -99,6 +101,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/request/{subject}", post(request::request))
         .route("/v1/kv/{bucket}", get(kv::list))
         .route("/v1/kv/{bucket}/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
+        .route("/v1/inbound/{name}", post(inbound::inbound))
         .route("/v1/messages", get(messages::list))
         .route("/v1/messages/{id}", get(messages::show))
         .route("/v1/subscriptions", get(subscriptions::list))

@@ -27,6 +27,8 @@ pub struct Responder {
     pub target: HttpTarget,
     pub timeout: Duration,
     pub max_concurrency: u32,
+    pub request_transform: Option<crate::transform::Transform>,
+    pub reply_transform: Option<crate::transform::Transform>,
 }
 
 impl Responder {
@@ -63,9 +65,19 @@ impl Responder {
         if cfg.max_concurrency == 0 {
             problems.push(("max_concurrency".into(), "at least 1".into()));
         }
+        let mut transform = |field: &str, inline: Option<&String>, file: Option<&std::path::PathBuf>| {
+            crate::transform::load(config, field, inline, file).unwrap_or_else(|p| {
+                problems.push(p);
+                None
+            })
+        };
+        let request_transform = transform("request_transform", cfg.request_transform.as_ref(), cfg.request_transform_file.as_ref());
+        let reply_transform = transform("reply_transform", cfg.reply_transform.as_ref(), cfg.reply_transform_file.as_ref());
         let target = resolve_target(config, &cfg.endpoint, cfg.method, &cfg.headers, &cfg.signing_secrets);
         match (target, problems.is_empty()) {
             (Ok(target), true) => Ok(Self {
+                request_transform,
+                reply_transform,
                 name: name.to_owned(),
                 participant: cfg.participant.clone(),
                 subjects: cfg.subjects.clone(),

@@ -78,13 +78,24 @@ pub async fn serve(client: async_nats::Client, http: reqwest::Client, responder:
 
 async fn answer(http: &reqwest::Client, responder: &Responder, request: service::Request) {
     let message = &request.message;
-    let headers = forward_headers(responder, message);
+    let body = match &responder.request_transform {
+        None => message.payload.clone(),
+        Some(t) => match t.apply(&message.payload) {
+            Ok(b) => bytes::Bytes::from(b),
+            Err(err) => {
+                let error = service::error::Error { status: format!("transform-failed: request: {err}"), code: 400 };
+                let _ = request.respond(Err(error)).await;
+                return;
+            }
+        },
+    };
+    let headers = forward_headers(responder, message, &body);
     let timeout = responder.timeout;
     let sent = http
         .request(responder.target.method.clone(), responder.target.endpoint.clone())
         .headers(headers)
         .timeout(timeout)
-        .body(message.payload.clone())
+        .body(body)
         .send()
         .await;
     let (result, reply_headers) = match sent {
@@ -95,7 +106,13 @@ async fn answer(http: &reqwest::Client, responder: &Responder, request: service:
             let mut reply = NatsHeaders::new();
             reply.insert("content-type", content_type.as_deref().unwrap_or("application/json"));
             if (200..300).contains(&status) {
-                (Ok(body), reply)
+                match &responder.reply_transform {
+                    None => (Ok(body), reply),
+                    Some(t) => match t.apply(&body) {
+                        Ok(b) => (Ok(bytes::Bytes::from(b)), reply),
+                        Err(err) => (Err(service::error::Error { status: format!("transform-failed: reply: {err}"), code: 502 }), reply),
+                    },
+                }
             } else {
                 let class = Class::of_status(status, false);
                 // A 4xx body is the endpoint's answer about the request and helps the requester;
@@ -129,7 +146,7 @@ async fn answer(http: &reqwest::Client, responder: &Responder, request: service:
 }
 
 /// Same conventions as push delivery: `ce-*`, trace context, Standard Webhooks headers.
-fn forward_headers(responder: &Responder, message: &async_nats::Message) -> HeaderMap {
+fn forward_headers(responder: &Responder, message: &async_nats::Message, body: &[u8]) -> HeaderMap {
     let mut headers = HeaderMap::new();
     let mut id = None;
     if let Some(nats) = &message.headers {
@@ -155,7 +172,7 @@ fn forward_headers(responder: &Responder, message: &async_nats::Message) -> Head
     }
     headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
     if !responder.target.signing_keys.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&signature::sign(&responder.target.signing_keys, &id, timestamp, &message.payload))
+        && let Ok(v) = HeaderValue::from_str(&signature::sign(&responder.target.signing_keys, &id, timestamp, body))
     {
         headers.insert("webhook-signature", v);
     }

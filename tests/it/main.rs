@@ -5,6 +5,7 @@ mod nats_harness;
 mod cluster;
 mod delivery;
 mod faults;
+mod inbound;
 mod kv;
 mod process;
 mod publish;

@@ -1,0 +1,203 @@
+//! `POST /v1/inbound/{name}`: a system's own request shape in, CloudEvents out (see
+//! [`crate::inbound`]).
+
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::problem::{Problem, ProblemType};
+use super::{authenticate, header_str, media_type, read_body, AppState};
+use crate::catalog::Catalog;
+use crate::config::InboundKind;
+use crate::inbound::{content_id, parse_bracketed_form, InboundRoute};
+use crate::publish::cloudevents::ClientAttributes;
+use crate::publish::{self, check_utf8, exceeds_depth, Draft, Stored};
+
+#[derive(Deserialize)]
+pub struct InboundQuery {
+    /// Business Central's subscription handshake.
+    #[serde(rename = "validationToken")]
+    validation_token: Option<String>,
+}
+
+/// `POST /v1/inbound/{name}`
+pub async fn inbound(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<InboundQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let catalog = state.catalog.load_full();
+    let route = catalog
+        .inbound
+        .iter()
+        .find(|r| r.name == name)
+        .ok_or_else(|| Problem::new(ProblemType::NotFound, format!("no inbound route {name}")))?
+        .clone();
+    let result = match route.kind {
+        InboundKind::Json => json_route(&state, &catalog, &route, &headers, body).await,
+        InboundKind::Bitrix24 => bitrix24(&state, &catalog, &route, &headers, body).await,
+        InboundKind::BusinessCentral => {
+            let token = query.ok().and_then(|Query(q)| q.validation_token);
+            business_central(&state, &catalog, &route, token, &headers, body).await
+        }
+    };
+    let outcome = match &result {
+        Ok(_) => "accepted",
+        Err(p) => p.kind.slug(),
+    };
+    metrics::counter!("magistral_inbound_total", "route" => route.name.clone(), "outcome" => outcome).increment(1);
+    result
+}
+
+/// Applies the route's transform (if any) and publishes one message as the route's participant.
+async fn publish_one(
+    state: &AppState,
+    catalog: &Catalog,
+    route: &InboundRoute,
+    data: Vec<u8>,
+    id: Option<String>,
+    type_: String,
+    traceparent: Option<&str>,
+) -> Result<Stored, Problem> {
+    let participant = catalog
+        .participants
+        .iter()
+        .find(|p| p.name == route.participant)
+        .ok_or_else(|| Problem::new(ProblemType::Internal, "internal error"))?;
+    let data = match &route.transform {
+        None => data,
+        Some(t) => t
+            .apply(&data)
+            .map_err(|e| Problem::new(ProblemType::TransformFailed, format!("the route's transform failed: {e}")))?,
+    };
+    let draft = Draft {
+        subject: route.subject.clone(),
+        data: Bytes::from(data),
+        data_well_formed: false,
+        attributes: ClientAttributes { type_: Some(type_), ..Default::default() },
+        idempotency_key: id,
+        traceparent: traceparent.map(str::to_owned),
+        tracestate: None,
+    };
+    let outgoing = publish::prepare(catalog, &state.limits, participant, draft)?;
+    state.publisher.publish(outgoing).await
+}
+
+/// Plain JSON with the participant's own bearer token.
+async fn json_route(state: &AppState, catalog: &Catalog, route: &InboundRoute, headers: &HeaderMap, body: Body) -> Result<Response, Problem> {
+    let participant = authenticate(catalog, headers)?;
+    if participant.name != route.participant {
+        return Err(Problem::new(ProblemType::Forbidden, format!("route {} is for participant {}", route.name, route.participant)));
+    }
+    if !media_type(headers).as_deref().is_some_and(crate::publish::cloudevents::is_json_media_type) {
+        return Err(Problem::new(ProblemType::UnsupportedMediaType, "send application/json"));
+    }
+    let body = read_body(body, headers, state.limits.max_body_bytes).await?;
+    check_utf8(&body)?;
+    if exceeds_depth(&body, state.limits.max_json_depth) {
+        return Err(Problem::new(ProblemType::JsonTooDeep, format!("nests deeper than {} levels", state.limits.max_json_depth)));
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(&body).map_err(publish::malformed)?;
+    let id = header_str(headers, "idempotency-key").map(str::to_owned);
+    let stored = publish_one(state, catalog, route, body.to_vec(), id, route.subject.clone(), header_str(headers, "traceparent")).await?;
+    let status = if stored.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((status, Json(stored)).into_response())
+}
+
+/// Bitrix24 outbound event handler.
+async fn bitrix24(state: &AppState, catalog: &Catalog, route: &InboundRoute, headers: &HeaderMap, body: Body) -> Result<Response, Problem> {
+    if media_type(headers).as_deref() != Some("application/x-www-form-urlencoded") {
+        return Err(Problem::new(ProblemType::UnsupportedMediaType, "Bitrix24 event handlers send application/x-www-form-urlencoded"));
+    }
+    let body = read_body(body, headers, state.limits.max_body_bytes).await?;
+    let mut form = parse_bracketed_form(&body);
+    let token = form["auth"]["application_token"].as_str().unwrap_or_default();
+    if !route.secret_matches(token) {
+        return Err(Problem::new(ProblemType::Unauthorized, "auth[application_token] does not match this route's application token"));
+    }
+    // The auth part carries the portal's access and refresh tokens: never published.
+    let portal = form["auth"]["domain"].as_str().map(str::to_owned);
+    if let Some(obj) = form.as_object_mut() {
+        obj.remove("auth");
+        if let Some(portal) = portal {
+            obj.insert("portal".into(), Value::String(portal));
+        }
+    }
+    let event = form["event"].as_str().unwrap_or("event").to_ascii_lowercase();
+    let data = serde_json::to_vec(&form).unwrap_or_default();
+    // Bitrix24 resends the same body on failure: the same id lets JetStream drop the copy.
+    let id = content_id("bitrix24", &[&body]);
+    let stored = publish_one(state, catalog, route, data, Some(id), format!("bitrix24.{event}"), None).await?;
+    Ok((StatusCode::OK, Json(stored)).into_response())
+}
+
+/// Business Central webhooks. Only 2xx/408/429/5xx are ever answered: anything else makes
+/// BC delete its subscription.
+async fn business_central(
+    state: &AppState,
+    catalog: &Catalog,
+    route: &InboundRoute,
+    validation_token: Option<String>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    if let Some(token) = validation_token {
+        // The handshake: echo the token as plain text (bounded, printable only).
+        let token: String = token.chars().filter(|c| c.is_ascii_graphic()).take(1024).collect();
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], token).into_response());
+    }
+    let bc_safe = |p: Problem| -> Problem {
+        if p.status().is_server_error() {
+            p
+        } else {
+            // Our refusal is a configuration problem here, not BC's: 500 keeps BC retrying
+            // while an operator fixes it, instead of BC deleting the subscription.
+            tracing::error!(route = %route.name, problem = %p.detail, "inbound notification refused");
+            let mut p = p;
+            p.status = Some(StatusCode::INTERNAL_SERVER_ERROR);
+            p
+        }
+    };
+    let body = read_body(body, headers, state.limits.max_batch_bytes).await.map_err(bc_safe)?;
+    let Ok(notification) = serde_json::from_slice::<Value>(&body) else {
+        tracing::warn!(route = %route.name, "Business Central notification is not JSON; ignored");
+        return Ok(StatusCode::ACCEPTED.into_response());
+    };
+    let entries = notification["value"].as_array().cloned().unwrap_or_default();
+    let mut stored = Vec::new();
+    let mut ignored = 0;
+    for mut entry in entries {
+        let client_state = entry["clientState"].as_str().unwrap_or_default().to_owned();
+        if !route.secret_matches(&client_state) {
+            // As Microsoft's webhook guidance says: not ours, drop it, still answer 2xx.
+            ignored += 1;
+            continue;
+        }
+        if let Some(obj) = entry.as_object_mut() {
+            obj.remove("clientState");
+        }
+        let field = |k: &str| entry[k].as_str().unwrap_or_default().to_owned();
+        let change = field("changeType");
+        let id = content_id(
+            "bc",
+            &[field("subscriptionId").as_bytes(), field("resource").as_bytes(), change.as_bytes(), field("lastModifiedDateTime").as_bytes()],
+        );
+        let data = serde_json::to_vec(&entry).unwrap_or_default();
+        let type_ = format!("businesscentral.{}", if change.is_empty() { "changed".to_owned() } else { change.to_ascii_lowercase() });
+        let result = publish_one(state, catalog, route, data, Some(id), type_, None).await.map_err(bc_safe)?;
+        stored.push(result);
+    }
+    if ignored > 0 {
+        metrics::counter!("magistral_inbound_ignored_total", "route" => route.name.clone()).increment(ignored);
+        tracing::warn!(route = %route.name, ignored, "notifications with a wrong clientState were dropped");
+    }
+    Ok((StatusCode::ACCEPTED, Json(json!({ "stored": stored, "ignored": ignored }))).into_response())
+}
