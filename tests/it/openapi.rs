@@ -26,6 +26,9 @@ const PAUSE: Route = ("post", "/v1/subscriptions/{name}/pause");
 const RESUME: Route = ("post", "/v1/subscriptions/{name}/resume");
 const DEAD_LETTERS: Route = ("get", "/v1/subscriptions/{name}/dead-letters");
 const REPLAY: Route = ("post", "/v1/subscriptions/{name}/dead-letters/replay");
+const FETCH: Route = ("post", "/v1/subscriptions/{name}/fetch");
+const ACK: Route = ("post", "/v1/subscriptions/{name}/ack");
+const EVENTS: Route = ("get", "/v1/subscriptions/{name}/events");
 const REQUEST: Route = ("post", "/v1/request/{subject}");
 const KV_LIST: Route = ("get", "/v1/kv/{bucket}");
 const KV_GET: Route = ("get", "/v1/kv/{bucket}/{key}");
@@ -46,7 +49,12 @@ const API: &[Route] = &[
     RESUME,
     DEAD_LETTERS,
     REPLAY,
+    FETCH,
+    ACK,
+    EVENTS,
 ];
+/// The routes only a subscription's owner may use (no `admin` exception), each for one mode.
+const OWNER_ONLY: &[Route] = &[FETCH, ACK, EVENTS];
 /// Routes that name a key.
 const KEY: &[Route] = &[KV_GET, KV_PUT, KV_DELETE];
 /// Directory routes that write (and may wait for JetStream's confirmation).
@@ -62,9 +70,10 @@ const URN_PREFIX: &str = "urn:magistral:problem:";
 fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
     use ProblemType as P;
     Some(match kind {
-        // Body checks: the routes that take a body (replay: a small JSON command).
+        // Body checks: the routes that take a body (replay, fetch, ack: small JSON commands;
+        // fetch and ack take an empty body too).
         P::MalformedJson | P::PayloadTooLarge | P::UnsupportedMediaType => {
-            &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, REPLAY]
+            &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, REPLAY, FETCH, ACK]
         }
         P::InvalidUtf8 | P::JsonTooDeep => &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT],
         // Every API route authenticates first; any handler can fail unexpectedly.
@@ -84,6 +93,9 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             RESUME,
             DEAD_LETTERS,
             REPLAY,
+            FETCH,
+            ACK,
+            EVENTS,
         ],
         // A request is checked like a publish, but goes to no stream and carries no
         // message id of its own to validate.
@@ -105,6 +117,9 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             RESUME,
             DEAD_LETTERS,
             REPLAY,
+            FETCH,
+            ACK,
+            EVENTS,
         ],
         P::PublishTimeout => &[PUBLISH_ONE, KV_PUT, KV_DELETE],
         P::Overloaded => &[PUBLISH_ONE, PUBLISH_BATCH],
@@ -116,13 +131,26 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             RESUME,
             DEAD_LETTERS,
             REPLAY,
+            FETCH,
+            ACK,
+            EVENTS,
             KV_LIST,
             KV_GET,
             KV_PUT,
             KV_DELETE,
         ],
-        // Query parameters (`?timeout=`, `?limit=`), and an `If-Match` that is not a revision.
-        P::InvalidQuery => &[DEAD_LETTERS, REQUEST, KV_LIST, KV_PUT, KV_DELETE],
+        // Query parameters (`?timeout=`, `?limit=`); the event stream's `Last-Event-ID` (header
+        // or `?last_event_id=`) when it is not a number.
+        P::InvalidQuery => &[DEAD_LETTERS, REQUEST, KV_LIST, EVENTS],
+        // An `If-Match` that is not a revision.
+        P::InvalidHeader => KV_WRITE,
+        // Fetch, ack and events each need one mode of subscription.
+        P::WrongMode => OWNER_ONLY,
+        P::InvalidAckToken => &[ACK],
+        // A per-item `error` of a 207 ack answer only (`x-item-problem-types`), never the
+        // answer's own problem.
+        P::AlreadyAcked => &[],
+        P::TooManyStreams => &[EVENTS],
         P::InvalidKey => KEY,
         P::RevisionMismatch => KV_WRITE,
         // Request/reply only.
@@ -645,6 +673,145 @@ fn delivery_webhook_classifies_answers_like_the_code() {
                 .any(|p| p["in"] == "header" && p["name"] == header),
             "webhook documents header {header}"
         );
+    }
+}
+
+/// HTTP pull and the event stream document their request and answer shapes as the handlers
+/// take and give them: fetch `{max, wait}` → `{messages}`; ack `{acks: [{token, action, delay}]}`
+/// → 200/207 `{results, failed}` whose per-item errors are `already-acked` or
+/// `nats-unavailable`; events as `text/event-stream`, resumable with `Last-Event-ID` (or
+/// `?last_event_id=`), and the only route that takes `?access_token=`.
+#[test]
+fn pull_and_event_routes_document_their_answers() {
+    let spec = spec();
+    let schemas = &spec["components"]["schemas"];
+    let names = |v: &Value| -> BTreeSet<String> {
+        v.as_array()
+            .expect("array")
+            .iter()
+            .map(|s| s.as_str().expect("string").to_owned())
+            .collect()
+    };
+    let set =
+        |names: &[&str]| -> BTreeSet<String> { names.iter().map(|n| (*n).to_owned()).collect() };
+    let keys = |v: &Value| -> BTreeSet<String> {
+        v.as_object().expect("object").keys().cloned().collect()
+    };
+    let body_schema = |route: Route| {
+        operation(&spec, route)["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+            .clone()
+    };
+    let answer_schema = |route: Route, code: &str| {
+        operation(&spec, route)["responses"][code]["content"]["application/json"]["schema"]["$ref"]
+            .clone()
+    };
+
+    // Fetch: an optional body.
+    assert_eq!(body_schema(FETCH), "#/components/schemas/FetchRequest");
+    assert_eq!(operation(&spec, FETCH)["requestBody"]["required"], false, "an empty body is allowed");
+    assert_eq!(keys(&schemas["FetchRequest"]["properties"]), set(&["max", "wait"]));
+    assert_eq!(answer_schema(FETCH, "200"), "#/components/schemas/FetchResult");
+    assert_eq!(
+        names(&schemas["PulledMessage"]["required"]),
+        set(&[
+            "id",
+            "subject",
+            "stream",
+            "seq",
+            "time",
+            "publisher",
+            "attributes",
+            "delivery_count",
+            "ack_token"
+        ])
+    );
+    for member in ["data", "data_base64"] {
+        assert!(
+            schemas["PulledMessage"]["properties"].get(member).is_some(),
+            "PulledMessage documents {member}"
+        );
+    }
+
+    // Ack: per-item results, whole-request refusal for bad tokens.
+    assert_eq!(body_schema(ACK), "#/components/schemas/AckRequest");
+    assert_eq!(keys(&schemas["AckItem"]["properties"]), set(&["token", "action", "delay"]));
+    assert_eq!(
+        names(&schemas["AckItem"]["properties"]["action"]["enum"]),
+        set(&["ack", "nak", "term", "in-progress"])
+    );
+    for code in ["200", "207"] {
+        assert_eq!(answer_schema(ACK, code), "#/components/schemas/AckResult", "ack {code}");
+    }
+    assert_eq!(names(&schemas["AckResult"]["required"]), set(&["results", "failed"]));
+    let item_problems = names(&operation(&spec, ACK)["responses"]["207"]["x-item-problem-types"]);
+    assert_eq!(item_problems, set(&["already-acked", "nats-unavailable"]));
+    for slug in &item_problems {
+        assert!(
+            ProblemType::ALL.iter().any(|k| k.slug() == slug),
+            "{slug} is a problem type"
+        );
+        assert!(
+            ERRORS_MD.contains(&format!("### `{slug}`")),
+            "docs/errors.md explains {slug}"
+        );
+    }
+    let refused = &operation(&spec, ACK)["responses"]["422"]["content"]["application/problem+json"]
+        ["examples"]["invalid-ack-token"]["value"];
+    assert!(
+        refused["items"].as_array().is_some_and(|i| !i.is_empty()),
+        "the 422 example shows the refused tokens in `items`"
+    );
+    assert!(schemas["RefusedAckToken"]["required"].as_array().is_some_and(|r| r.len() == 2));
+
+    // Events.
+    let events = operation(&spec, EVENTS);
+    assert!(
+        events["responses"]["200"]["content"]
+            .get("text/event-stream")
+            .is_some(),
+        "events answer text/event-stream"
+    );
+    let params: BTreeSet<String> = events["parameters"]
+        .as_array()
+        .expect("events parameters")
+        .iter()
+        .map(|p| {
+            let r = p["$ref"].as_str().expect("parameters by $ref");
+            spec.pointer(r.trim_start_matches('#')).expect("resolves")["name"]
+                .as_str()
+                .expect("name")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(params, set(&["Last-Event-ID", "last_event_id"]));
+    assert!(
+        events["responses"]["429"]["headers"].get("Retry-After").is_some(),
+        "too-many-streams documents Retry-After"
+    );
+    // `?access_token=` is a security scheme of this route alone.
+    let scheme = &spec["components"]["securitySchemes"]["accessTokenQuery"];
+    assert_eq!(
+        (&scheme["type"], &scheme["in"], &scheme["name"]),
+        (&Value::from("apiKey"), &Value::from("query"), &Value::from("access_token"))
+    );
+    for (path, item) in spec["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            let uses = op["security"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|r| r.get("accessTokenQuery").is_some()));
+            assert_eq!(
+                uses,
+                (method.as_str(), path.as_str()) == EVENTS,
+                "{method} {path}: ?access_token= is for the event stream only"
+            );
+        }
+    }
+    // Owner-only: no admin exception, so the 403 says so.
+    for route in OWNER_ONLY {
+        let forbidden = operation(&spec, *route)["responses"]["403"]["description"]
+            .as_str()
+            .expect("403 description");
+        assert!(forbidden.contains("admin"), "{route:?}: 403 says whether admin may");
     }
 }
 
