@@ -178,8 +178,12 @@ pub struct DeadLetter {
 /// # Errors
 /// NATS could not be asked.
 pub async fn list(js: &jetstream::Context, subscription: &str, after_seq: u64, limit: usize) -> Result<(Vec<DeadLetter>, u64), String> {
-    let raw = read(js, subscription, after_seq, limit).await?;
+    // Counted first: the listing then holds at least what the count saw.
     let total = count(js, subscription).await?;
+    if total == 0 {
+        return Ok((Vec::new(), 0));
+    }
+    let raw = read(js, subscription, after_seq, limit).await?;
     Ok((raw.iter().map(describe).collect(), total))
 }
 

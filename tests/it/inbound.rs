@@ -48,7 +48,7 @@ async fn subscription_transform_reshapes_for_an_odata_erp_and_failures_dead_lett
     loop {
         let list = gw.get_json(crate::common::gateway::NAV, "/v1/subscriptions/nav-odata/dead-letters").await;
         if list["total"] == 1 {
-            assert_eq!(list["dead_letters"][0]["class"], "transform-failed");
+            assert_eq!(list["dead_letters"][0]["class"], "transform-failed", "{list}");
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "{list}");
