@@ -153,14 +153,7 @@ pub async fn put(
             .contracts
             .get(name, *version)
             .ok_or_else(|| Problem::new(ProblemType::Internal, "the directory's contract is not loaded"))?;
-        let violations = contract.violations(&value);
-        if !violations.is_empty() {
-            return Err(Problem::new(
-                ProblemType::ContractViolation,
-                format!("{} violation(s) of contract {} v{}", violations.len(), contract.name, contract.version),
-            )
-            .with_errors(violations));
-        }
+        crate::publish::honour(contract, &value)?;
         dataschema = Some(contract.dataschema.clone());
     }
     let id = uuid::Uuid::now_v7().to_string();

@@ -79,14 +79,7 @@ pub async fn request(
     match contract {
         Some(contract) => {
             let value: serde_json::Value = serde_json::from_slice(&body).map_err(malformed)?;
-            let violations = contract.violations(&value);
-            if !violations.is_empty() {
-                return Err(Problem::new(
-                    ProblemType::ContractViolation,
-                    format!("{} violation(s) of contract {} v{}", violations.len(), contract.name, contract.version),
-                )
-                .with_errors(violations));
-            }
+            crate::publish::honour(contract, &value)?;
         }
         None => {
             serde_json::from_slice::<serde::de::IgnoredAny>(&body).map_err(malformed)?;

@@ -140,14 +140,7 @@ pub fn prepare(catalog: &Catalog, limits: &Limits, participant: &Participant, dr
     match contract {
         Some(contract) => {
             let value: serde_json::Value = serde_json::from_slice(&data).map_err(malformed)?;
-            let violations = contract.violations(&value);
-            if !violations.is_empty() {
-                return Err(Problem::new(
-                    ProblemType::ContractViolation,
-                    format!("{} violation(s) of contract {} v{}", violations.len(), contract.name, contract.version),
-                )
-                .with_errors(violations));
-            }
+            honour(contract, &value)?;
         }
         None if catalog.require_contract => {
             return Err(Problem::new(ProblemType::ContractRequired, format!("no contract is bound to {subject}")));
@@ -173,6 +166,22 @@ pub fn prepare(catalog: &Catalog, limits: &Limits, participant: &Participant, dr
     .to_nats_headers();
     let correlation_id = attributes.extensions.get("correlationid").cloned();
     Ok(Outgoing { subject, participant: participant.name.clone(), stream, id, correlation_id, headers, payload: data })
+}
+
+/// Checks data against a contract: `contract-violation` with every failing pointer.
+///
+/// # Errors
+/// The data breaks the contract.
+pub fn honour(contract: &crate::contracts::Contract, value: &serde_json::Value) -> Result<(), Problem> {
+    let violations = contract.violations(value);
+    if violations.is_empty() {
+        return Ok(());
+    }
+    Err(Problem::new(
+        ProblemType::ContractViolation,
+        format!("{} violation(s) of contract {} v{}", violations.len(), contract.name, contract.version),
+    )
+    .with_errors(violations))
 }
 
 /// serde_json's error for a body that is not well-formed JSON.
