@@ -59,13 +59,14 @@ fn main() -> ExitCode {
     };
     if let Command::Check = cli.command {
         println!(
-            "configuration OK: {} participant(s), {} stream(s), {} contract(s), {} subscription(s), {} responder(s), {} directory(ies)",
+            "configuration OK: {} participant(s), {} stream(s), {} contract(s), {} subscription(s), {} responder(s), {} directory(ies), {} inbound route(s)",
             catalog.participants.iter().count(),
             catalog.streams.iter().filter(|s| s.file.extension().is_some_and(|e| e == "json")).count(),
             catalog.contracts.iter().count(),
             catalog.subscriptions.len(),
             catalog.responders.len(),
             catalog.directories.len(),
+            catalog.inbound.len(),
         );
         return ExitCode::SUCCESS;
     }
