@@ -18,6 +18,9 @@ use time::format_description::well_known::Rfc3339;
 use super::subscription::Subscription;
 use super::system;
 
+/// The longest a "what is there now" pull may take.
+const NO_WAIT_BOUND: Duration = Duration::from_millis(500);
+
 /// KV bucket remembering finished tokens, so an acked message cannot be acked again.
 pub const ACK_LEDGER: &str = "magistral_acks";
 /// Key in the status bucket holding the token signing key shared by all replicas.
@@ -117,7 +120,15 @@ pub async fn fetch(js: &jetstream::Context, key: &TokenKey, sub: &Subscription, 
         if out.len() >= max {
             break;
         }
-        let mut batch = consumer.fetch().max_messages(max - out.len()).messages().await.map_err(|e| e.to_string())?;
+        // Bounded: a no-wait pull can otherwise sit on the server while the consumer is at its
+        // ack-pending limit.
+        let mut batch = consumer
+            .fetch()
+            .max_messages(max - out.len())
+            .expires(NO_WAIT_BOUND)
+            .messages()
+            .await
+            .map_err(|e| e.to_string())?;
         while let Some(Ok(m)) = batch.next().await {
             out.push(describe(key, sub, &m));
         }
@@ -131,7 +142,7 @@ pub async fn fetch(js: &jetstream::Context, key: &TokenKey, sub: &Subscription, 
             out.push(describe(key, sub, &m));
         }
         if !out.is_empty() && max > 1 {
-            let mut rest = main.fetch().max_messages(max - 1).messages().await.map_err(|e| e.to_string())?;
+            let mut rest = main.fetch().max_messages(max - 1).expires(NO_WAIT_BOUND).messages().await.map_err(|e| e.to_string())?;
             while let Some(Ok(m)) = rest.next().await {
                 out.push(describe(key, sub, &m));
             }
@@ -219,12 +230,15 @@ pub async fn act(client: &async_nats::Client, ledger: &kv::Store, token: &AckTok
         ledger.create(&key, action_name(action).into()).await.map_err(|e| {
             if matches!(e.kind(), kv::CreateErrorKind::AlreadyExists) { AckFailure::AlreadyAcked } else { AckFailure::Nats(e.to_string()) }
         })?;
-        // Double ack: JetStream confirms it processed the ack.
-        client
-            .request(token.r.clone(), body.into())
-            .await
-            .map(|_| ())
-            .map_err(|e| AckFailure::Nats(e.to_string()))
+        // Double ack: JetStream confirms it processed the ack. If it did not, forget the
+        // ledger entry so the token (or the redelivery's) can be used again.
+        match client.request(token.r.clone(), body.into()).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let _ = ledger.purge(&key).await;
+                Err(AckFailure::Nats(e.to_string()))
+            }
+        }
     } else {
         client.publish(token.r.clone(), body.into()).await.map_err(|e| AckFailure::Nats(e.to_string()))
     }

@@ -50,6 +50,7 @@ impl Drop for Lease {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// For `EventSource`, which cannot send `Authorization`.
     access_token: Option<String>,
@@ -64,17 +65,19 @@ pub async fn events(
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
     mut headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let Query(query) = query.map_err(|e| Problem::new(ProblemType::InvalidQuery, e.body_text()))?;
-    if let (None, Some(token)) = (headers.get(header::AUTHORIZATION), &query.access_token)
+    // Who is asking comes first, whatever else is wrong with the request.
+    let query = query.map(|Query(q)| q);
+    if let (None, Ok(EventsQuery { access_token: Some(token), .. })) = (headers.get(header::AUTHORIZATION), &query)
         && let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}"))
     {
         headers.insert(header::AUTHORIZATION, v);
     }
     let catalog = state.catalog.load_full();
     let participant = authenticate(&catalog, &headers)?;
+    let query = query.map_err(|e| Problem::new(ProblemType::InvalidQuery, e.body_text()))?;
     let sub = owned(&catalog, participant, &name, SubscriptionMode::Stream)?.clone();
     let last_seen = match header_str(&headers, "last-event-id") {
-        Some(v) => Some(v.trim().parse::<u64>().map_err(|_| Problem::new(ProblemType::InvalidQuery, "Last-Event-ID is an event id from this stream"))?),
+        Some(v) => Some(v.trim().parse::<u64>().map_err(|_| Problem::new(ProblemType::InvalidHeader, "Last-Event-ID is an event id from this stream"))?),
         None => query.last_event_id,
     };
 
@@ -120,7 +123,10 @@ pub async fn events(
     let messages = consumer.messages().await.map_err(|e| unavailable(e.to_string()))?;
     metrics::gauge!("magistral_event_streams", "subscription" => sub.name.clone()).increment(1.0);
     let events = to_events(messages, lease, sub.name.clone());
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(state.limits.sse_heartbeat).text("heartbeat")).into_response())
+    let mut response = Sse::new(events).keep_alive(KeepAlive::new().interval(state.limits.sse_heartbeat).text("heartbeat")).into_response();
+    // nginx and similar proxies would otherwise buffer the stream.
+    response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
 }
 
 /// Messages as SSE events: `id` = stream sequence, `event` = CloudEvents type, `data` = the

@@ -219,6 +219,7 @@ impl ProblemType {
                 | Self::Internal
                 | Self::NoResponders
                 | Self::RequestTimeout
+                | Self::TooManyStreams
         )
     }
 

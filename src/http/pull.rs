@@ -36,10 +36,18 @@ pub fn owned<'c>(
     if sub.mode != mode {
         return Err(Problem::new(
             ProblemType::WrongMode,
-            format!("subscription {name} is in {:?} mode; this route needs {mode:?}", sub.mode),
+            format!("subscription {name} is in {} mode; this route needs {}", mode_name(sub.mode), mode_name(mode)),
         ));
     }
     Ok(sub)
+}
+
+fn mode_name(mode: SubscriptionMode) -> &'static str {
+    match mode {
+        SubscriptionMode::Push => "push",
+        SubscriptionMode::Pull => "pull",
+        SubscriptionMode::Stream => "stream",
+    }
 }
 
 /// A JSON body that may be empty (all fields defaulted).
@@ -70,7 +78,8 @@ pub async fn fetch(State(state): State<AppState>, Name(name): Name, headers: Hea
     let participant = authenticate(&catalog, &headers)?;
     let sub = owned(&catalog, participant, &name, SubscriptionMode::Pull)?;
     let request: FetchRequest = json_body(&headers, body).await?;
-    let max = request.max.unwrap_or(10).clamp(1, state.limits.max_fetch);
+    // Never more than the consumer may have unacknowledged at once.
+    let max = request.max.unwrap_or(10).clamp(1, state.limits.max_fetch.min(sub.max_in_flight as usize));
     let wait = request.wait.unwrap_or(Duration::ZERO).min(state.limits.max_fetch_wait);
     let engine = &state.deliveries.engine;
     let unavailable = |e: String| Problem::new(ProblemType::NatsUnavailable, format!("NATS: {e}")).retry_after(state.limits.retry_after_seconds);

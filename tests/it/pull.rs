@@ -54,7 +54,7 @@ async fn fetch_ack_nak_term_and_redelivery() {
         NAV,
         json!([
             {"token": msgs[0]["ack_token"], "action": "ack"},
-            {"token": msgs[1]["ack_token"], "action": "nak", "delay": "300ms"},
+            {"token": msgs[1]["ack_token"], "action": "nak", "delay": "2s"},
             {"token": msgs[2]["ack_token"], "action": "term"},
         ]),
     )
