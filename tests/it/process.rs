@@ -173,13 +173,9 @@ fn check_names_file_and_field_of_every_problem() {
         (
             "subscription without subscribe permission",
             |d| {
-                let path = d.join("magistral.toml");
-                let text = std::fs::read_to_string(&path).unwrap();
-                std::fs::write(
-                    path,
-                    format!("{text}\n[subscriptions.nav-orders]\nparticipant = \"nav\"\nsubjects = [\"orders.created\"]\nendpoint = \"http://nav.local/hook\"\nsigning_secrets = [\"whsec_c2hvcnQ=\"]\n"),
-                )
-                .unwrap();
+                let toml = d.join("magistral.toml");
+                edit(&toml, "subscribe = [\"orders.created\", ", "subscribe = [");
+                edit(&toml, "max_in_flight = 8\n", "max_in_flight = 8\nsigning_secrets = [\"whsec_c2hvcnQ=\"]\n");
             },
             &["subscriptions.nav-orders.subjects[0]", "may not subscribe", "subscriptions.nav-orders.signing_secrets[0]"],
         ),
@@ -261,15 +257,8 @@ async fn apply_prune_deletes_only_consumers_of_removed_subscriptions() {
     let nats = NatsServer::start();
     let url = nats.url();
     let env = [("MAGISTRAL_NATS__URL", url.as_str())];
-    let (dir, config) = example_copy();
-    let toml = dir.path().join("magistral.toml");
-    edit(&toml, "publish = [\"orders.status\"]", "publish = [\"orders.status\"]\nsubscribe = [\"orders.created\"]");
-    let text = std::fs::read_to_string(&toml).unwrap();
-    std::fs::write(
-        &toml,
-        format!("{text}\n[subscriptions.nav-orders]\nparticipant = \"nav\"\nsubjects = [\"orders.created\"]\nendpoint = \"http://127.0.0.1:9/hook\"\n"),
-    )
-    .unwrap();
+    // The example's nav-orders subscription is configured; magistral-removed-sub is not.
+    let (_dir, config) = example_copy();
     let config = config.to_str().unwrap().to_owned();
     let out = magistral(&["apply", "--config", &config], &env);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -303,17 +292,7 @@ async fn killing_a_gateway_mid_delivery_loses_nothing() {
     let nats = NatsServer::start();
     let receiver = Receiver::scripted(|_, _| Answer::ok().after(Duration::from_millis(30))).await;
     let (dir, config) = example_copy();
-    let toml = dir.path().join("magistral.toml");
-    edit(&toml, "publish = [\"orders.status\"]", "publish = [\"orders.status\"]\nsubscribe = [\"orders.created\"]");
-    let text = std::fs::read_to_string(&toml).unwrap();
-    std::fs::write(
-        &toml,
-        format!(
-            "{text}\n[subscriptions.nav-orders]\nparticipant = \"nav\"\nsubjects = [\"orders.created\"]\nendpoint = \"{}\"\nack_wait = \"2s\"\nmax_in_flight = 8\n",
-            receiver.url()
-        ),
-    )
-    .unwrap();
+    crate::common::point_nav_orders_at(dir.path(), &receiver.url());
     let http = crate::common::http_client();
     let start = |port: u16| {
         Command::new(BIN)

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::common::gateway::{slug, subscription, Gateway, BITRIX, NAV};
+use crate::common::gateway::{slug, Gateway, BITRIX, NAV};
 use crate::common::nats::NatsServer;
 
 fn pull_sub(extra: Value) -> magistral::config::SubscriptionConfig {

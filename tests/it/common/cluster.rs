@@ -234,7 +234,8 @@ ports_file_dir: "{ports}"
 jetstream {{
   store_dir: "{store}"
   max_memory_store: 64MB
-  max_file_store: 1GB
+  # A reservation limit, not disk used: the example's streams reserve their max_bytes.
+  max_file_store: 64GB
 }}
 cluster {{
   name: "{CLUSTER_NAME}"
@@ -572,17 +573,8 @@ pub fn make_r3(example_dir: &Path) {
     edit(&example_dir.join("streams/ORDERS.json"), "\"num_replicas\": 1", "\"num_replicas\": 3");
 }
 
-/// Lets `nav` subscribe to `orders.created` and adds push subscription `nav-orders` to
-/// `endpoint` (every message of the stream, quick redelivery after a crash).
+/// Points the example's `nav-orders` push subscription at `endpoint` (a test receiver), with a
+/// short ack wait and delivery from the start of the stream.
 pub fn add_nav_subscription(example_dir: &Path, endpoint: &str) {
-    let toml = example_dir.join("magistral.toml");
-    edit(&toml, "publish = [\"orders.status\"]", "publish = [\"orders.status\"]\nsubscribe = [\"orders.created\"]");
-    let text = fs::read_to_string(&toml).unwrap();
-    fs::write(
-        &toml,
-        format!(
-            "{text}\n[subscriptions.nav-orders]\nparticipant = \"nav\"\nsubjects = [\"orders.created\"]\nendpoint = \"{endpoint}\"\nack_wait = \"2s\"\nstart = \"all\"\n"
-        ),
-    )
-    .unwrap();
+    crate::common::point_nav_orders_at(example_dir, endpoint);
 }

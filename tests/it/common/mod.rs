@@ -9,3 +9,18 @@ pub fn http_client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()
 }
+
+/// In a copy of the example: the `nav-orders` push subscription (NAV books sales orders)
+/// delivers to `endpoint` instead of NAV, with a short ack wait and from the stream's start.
+pub fn point_nav_orders_at(example_dir: &std::path::Path, endpoint: &str) {
+    let toml = example_dir.join("magistral.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    let original = "endpoint = \"http://127.0.0.1:7048/BC/api/v2.0/companies(demo)/salesOrders\"";
+    assert!(text.contains(original), "the example's nav-orders endpoint moved");
+    let text = text.replacen(original, &format!("endpoint = \"{endpoint}\""), 1).replacen(
+        "max_in_flight = 8\n",
+        "max_in_flight = 8\nack_wait = \"2s\"\nstart = \"all\"\n",
+        1,
+    );
+    std::fs::write(toml, text).unwrap();
+}
