@@ -32,6 +32,19 @@ impl PartialEq for Transform {
     }
 }
 
+/// jaq's error values print the program text around the fault; keep a readable head.
+fn brief(mut text: String) -> String {
+    if text.len() > 400 {
+        let mut cut = 400;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str(" …");
+    }
+    text
+}
+
 /// Why a transform did not produce a value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransformError {
@@ -54,11 +67,11 @@ impl Transform {
         let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs());
         let loader = Loader::new(defs);
         let arena = Arena::default();
-        let modules = loader.load(&arena, program).map_err(|errs| format!("jq syntax: {errs:?}"))?;
+        let modules = loader.load(&arena, program).map_err(|errs| brief(format!("jq syntax error: {errs:?}")))?;
         let filter = Compiler::default()
             .with_funs(funs)
             .compile(modules)
-            .map_err(|errs| format!("jq compile: {errs:?}"))?;
+            .map_err(|errs| brief(format!("jq compile error (undefined name or arity?): {errs:?}")))?;
         Ok(Self { source: Arc::from(source), filter: Arc::new(filter) })
     }
 

@@ -71,6 +71,16 @@ pub async fn send(
         None => message.payload.clone(),
         Some(t) => match t.apply(&message.payload) {
             Ok(body) => bytes::Bytes::from(body),
+            // A program that yields nothing (`select(...)`) filters the message out.
+            Err(crate::transform::TransformError::Empty) => {
+                return AttemptResult {
+                    class: Class::Skipped,
+                    status: None,
+                    retry_after: None,
+                    excerpt: String::new(),
+                    elapsed: started.elapsed(),
+                };
+            }
             Err(err) => {
                 return AttemptResult {
                     class: Class::TransformFailed,

@@ -330,6 +330,10 @@ impl Control {
     }
 
     fn record(&self, result: &AttemptResult, attempt: u32) {
+        // No request was made: nothing learnt about the endpoint.
+        if matches!(result.class, outcome::Class::Skipped | outcome::Class::TransformFailed) {
+            return;
+        }
         if let Ok(mut b) = self.breaker.lock() {
             let now = Instant::now();
             b.record(result.class, now);

@@ -26,6 +26,8 @@ pub enum Class {
     Unexpected,
     /// The subscription's transform failed on this message (no request was sent).
     TransformFailed,
+    /// The subscription's transform produced nothing: the message is not for this endpoint.
+    Skipped,
 }
 
 impl Class {
@@ -41,6 +43,7 @@ impl Class {
             Self::Rejected => "endpoint-rejected",
             Self::Unexpected => "endpoint-unexpected",
             Self::TransformFailed => "transform-failed",
+            Self::Skipped => "skipped",
         }
     }
 
@@ -102,7 +105,7 @@ impl RetryPolicy {
             if attempt >= self.max_attempts { Decision::DeadLetter } else { Decision::Retry(delay) }
         };
         match class {
-            Class::Delivered => Decision::Ack,
+            Class::Delivered | Class::Skipped => Decision::Ack,
             Class::Gone => Decision::PauseSubscription,
             // The same program on the same data fails the same way: no point retrying.
             Class::TransformFailed => Decision::DeadLetter,

@@ -58,6 +58,22 @@ async fn subscription_transform_reshapes_for_an_odata_erp_and_failures_dead_lett
 }
 
 #[tokio::test]
+async fn a_transform_that_yields_nothing_skips_the_message() {
+    let nats = NatsServer::start();
+    let shop = Receiver::start().await;
+    let sub = subscription("nav", &["orders.misc"], &shop.url(), json!({"transform": "select(.channel == \"web\") | {id}"}));
+    let gw = Gateway::with_subscriptions(&nats.url(), vec![("shop-web", sub)]).await;
+    gw.publish(BITRIX, "orders.misc", r#"{"id":1,"channel":"app"}"#).send().await.unwrap();
+    gw.publish(BITRIX, "orders.misc", r#"{"id":2,"channel":"web"}"#).send().await.unwrap();
+    let got = shop.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].body.as_ref(), br#"{"id":2}"#);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(shop.received().len(), 1);
+    let list = gw.get_json(crate::common::gateway::NAV, "/v1/subscriptions/shop-web/dead-letters").await;
+    assert_eq!(list["total"], 0, "a skipped message is not a dead letter");
+}
+
+#[tokio::test]
 async fn bitrix24_event_handler_form_is_published_without_its_auth() {
     let nats = NatsServer::start();
     let gw = Gateway::start(&nats.url()).await;
