@@ -11,6 +11,7 @@ mod process;
 mod publish;
 mod pull;
 mod request;
+mod story;
 mod tracking;
 mod openapi;
 mod helm;

@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone)]
 pub struct Received {
     pub at: Instant,
+    /// Path and query, e.g. `/BC/api/v2.0/companies(demo)/salesOrders`.
+    pub path: String,
     /// The sender's address: tells which gateway process delivered.
     pub peer: SocketAddr,
     pub method: Method,
@@ -104,6 +106,11 @@ impl Receiver {
         format!("http://{}/hook", self.addr)
     }
 
+    /// `http://127.0.0.1:<port>`: every path answers (the script sees the path).
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     pub fn set_script(&self, script: impl Fn(usize, &Received) -> Answer + Send + Sync + 'static) {
         *self.shared.script.lock().unwrap() = Box::new(script);
     }
@@ -169,10 +176,12 @@ async fn handle(
     State(shared): State<Arc<Shared>>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
     method: Method,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let received = Received { at: Instant::now(), peer, method, headers, body };
+    let path = uri.path_and_query().map_or_else(|| uri.path().to_owned(), ToString::to_string);
+    let received = Received { at: Instant::now(), path, peer, method, headers, body };
     let answer = {
         let mut list = shared.received.lock().unwrap();
         let n = list.len();
