@@ -357,16 +357,18 @@ async fn a_subscription_added_to_the_config_file_starts_without_a_restart() {
     let gw = Gateway::start_with(config.clone(), &nats.url(), |c| c.reload_interval = Duration::from_millis(200)).await;
     assert_eq!(gw.get_json(NAV, "/v1/subscriptions").await["subscriptions"].as_array().unwrap().len(), 0);
 
+    // A new participant (the CRM) and its subscription, by configuration alone.
+    let crm_hash = "9e5ee3ac2ba84e6bb2b86d8e0e5b3e1c2c5a1e63f8b0d4a47e5b1f3c3d2a1b0c";
     std::fs::write(
         &config,
         format!(
-            "{text}\n[subscriptions.nav-new]\nparticipant = \"nav\"\nsubjects = [\"orders.misc\"]\nendpoint = \"{}\"\n",
+            "{text}\n[participants.crm]\ntokens = [{{ sha256 = \"{crm_hash}\" }}]\nsubscribe = [\"orders.misc\"]\n\n[subscriptions.nav-new]\nparticipant = \"crm\"\nsubjects = [\"orders.misc\"]\nendpoint = \"{}\"\n",
             receiver.url()
         ),
     )
     .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while gw.get_json(NAV, "/v1/subscriptions").await["subscriptions"].as_array().unwrap().is_empty() {
+    while gw.get_json(OPS, "/v1/subscriptions").await["subscriptions"].as_array().unwrap().is_empty() {
         assert!(tokio::time::Instant::now() < deadline, "the new subscription was not picked up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -377,7 +379,7 @@ async fn a_subscription_added_to_the_config_file_starts_without_a_restart() {
     // A broken change is refused and the running configuration stays.
     std::fs::write(&config, format!("{text}\nthis is not toml = = =\n")).unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(gw.get_json(NAV, "/v1/subscriptions").await["subscriptions"].as_array().unwrap().len(), 1);
+    assert_eq!(gw.get_json(OPS, "/v1/subscriptions").await["subscriptions"].as_array().unwrap().len(), 1);
     assert_eq!(gw.publish(BITRIX, "orders.misc", "{}").send().await.unwrap().status(), 202);
 }
 
@@ -489,4 +491,18 @@ async fn status_events_about_status_events_are_not_published() {
     assert_eq!(events, 2, "one message failed once and was dead-lettered: two events, no more");
     let dead = gw.get_json(crate::common::gateway::OPS, "/v1/subscriptions/bitrix-watch/dead-letters").await;
     assert_eq!(dead["total"], 2, "the watcher's own failures are dead-lettered quietly");
+}
+
+#[tokio::test]
+async fn rate_limit_spaces_deliveries() {
+    let nats = NatsServer::start();
+    let receiver = Receiver::start().await;
+    let sub = subscription("nav", &["orders.misc"], &receiver.url(), json!({"rate_limit": 10.0}));
+    let gw = Gateway::with_subscriptions(&nats.url(), vec![("nav-slow-erp", sub)]).await;
+    let items: Vec<Value> = (0..15).map(|i| json!({"subject": "orders.misc", "data": {"n": i}})).collect();
+    gw.http.post(gw.url("/v1/publish")).bearer_auth(BITRIX).json(&items).send().await.unwrap();
+    let got = receiver.wait_for(15, Duration::from_secs(10)).await;
+    let span = got[14].at - got[0].at;
+    // 15 deliveries at 10/s: 14 gaps of 100 ms.
+    assert!(span >= Duration::from_millis(1300), "15 deliveries within {span:?}");
 }
