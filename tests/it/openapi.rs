@@ -7,8 +7,9 @@
 //! answer of a responder's endpoint becomes the reply.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
-use magistral::delivery::outcome::Class;
+use magistral::delivery::outcome::{Class, Decision, RetryPolicy};
 use magistral::http::ROUTES;
 use magistral::http::problem::ProblemType;
 use serde_json::Value;
@@ -34,7 +35,12 @@ const KV_LIST: Route = ("get", "/v1/kv/{bucket}");
 const KV_GET: Route = ("get", "/v1/kv/{bucket}/{key}");
 const KV_PUT: Route = ("put", "/v1/kv/{bucket}/{key}");
 const KV_DELETE: Route = ("delete", "/v1/kv/{bucket}/{key}");
+const INBOUND: Route = ("post", "/v1/inbound/{name}");
+const MESSAGES: Route = ("get", "/v1/messages");
+const MESSAGE: Route = ("get", "/v1/messages/{id}");
 /// The authenticated API; the operations routes (`/healthz`, ...) answer no problem of their own.
+/// An inbound route authenticates by its kind: a bearer token (`json`), the application token
+/// in the form (`bitrix24`), or per entry (`business-central`, which never answers 401).
 const API: &[Route] = &[
     PUBLISH_ONE,
     PUBLISH_BATCH,
@@ -43,6 +49,9 @@ const API: &[Route] = &[
     KV_GET,
     KV_PUT,
     KV_DELETE,
+    INBOUND,
+    MESSAGES,
+    MESSAGE,
     SUBSCRIPTIONS,
     SUBSCRIPTION,
     PAUSE,
@@ -71,19 +80,21 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
     use ProblemType as P;
     Some(match kind {
         // Body checks: the routes that take a body (replay, fetch, ack: small JSON commands;
-        // fetch and ack take an empty body too).
+        // fetch and ack take an empty body too; an inbound route the body its kind expects).
         P::MalformedJson | P::PayloadTooLarge | P::UnsupportedMediaType => {
-            &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, REPLAY, FETCH, ACK]
+            &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, REPLAY, FETCH, ACK, INBOUND]
         }
-        P::InvalidUtf8 | P::JsonTooDeep => &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT],
+        P::InvalidUtf8 | P::JsonTooDeep => &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, INBOUND],
         // Every API route authenticates first; any handler can fail unexpectedly.
         P::Unauthorized | P::Internal => API,
         // Per-message checks: on a batch they come back as items of `batch-rejected`.
         // Naming another participant's subscription, or a directory the participant may not
-        // read (or write), is `forbidden` too.
+        // read (or write), or another participant's `json` inbound route, is `forbidden` too. A
+        // message the participant may not see is `not-found` instead.
         P::Forbidden => &[
             PUBLISH_ONE,
             REQUEST,
+            INBOUND,
             KV_LIST,
             KV_GET,
             KV_PUT,
@@ -100,15 +111,21 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
         // A request is checked like a publish, but goes to no stream and carries no
         // message id of its own to validate.
         P::InvalidSubject | P::InvalidCloudEvent | P::UnknownDataschema => &[PUBLISH_ONE, REQUEST],
-        P::InvalidId | P::NoStream | P::ContractRequired => &[PUBLISH_ONE],
+        // An inbound route publishes with every check of a publish to its configured subject
+        // (`Idempotency-Key` on a `json` route), after its transform.
+        P::InvalidId | P::NoStream | P::ContractRequired => &[PUBLISH_ONE, INBOUND],
         // A directory value is checked against the directory's contract.
-        P::ContractViolation => &[PUBLISH_ONE, REQUEST, KV_PUT],
+        P::ContractViolation => &[PUBLISH_ONE, REQUEST, KV_PUT, INBOUND],
         // On a batch `nats-unavailable` is a per-item `error` of a 207/503 answer; the
         // other routes that ask NATS answer it whole. `publish-timeout` likewise: a
         // directory write waits for JetStream's confirmation as a publish does.
+        // The tracking routes read the index bucket (missing too when tracking is off).
         P::NatsUnavailable => &[
             PUBLISH_ONE,
             REQUEST,
+            INBOUND,
+            MESSAGES,
+            MESSAGE,
             KV_LIST,
             KV_GET,
             KV_PUT,
@@ -121,11 +138,14 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             ACK,
             EVENTS,
         ],
-        P::PublishTimeout => &[PUBLISH_ONE, KV_PUT, KV_DELETE],
-        P::Overloaded => &[PUBLISH_ONE, PUBLISH_BATCH],
+        P::PublishTimeout => &[PUBLISH_ONE, KV_PUT, KV_DELETE, INBOUND],
+        P::Overloaded => &[PUBLISH_ONE, PUBLISH_BATCH, INBOUND],
         P::BatchRejected | P::TooManyItems => &[PUBLISH_BATCH],
-        // An unknown subscription, directory or key (and, router-level, an unknown path).
+        // An unknown subscription, directory, key, inbound route, or a message unknown or not
+        // visible to the caller (and, router-level, an unknown path).
         P::NotFound => &[
+            INBOUND,
+            MESSAGE,
             SUBSCRIPTION,
             PAUSE,
             RESUME,
@@ -139,11 +159,15 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             KV_PUT,
             KV_DELETE,
         ],
-        // Query parameters (`?timeout=`, `?limit=`); the event stream's `Last-Event-ID` (header
-        // or `?last_event_id=`) when it is not a number.
-        P::InvalidQuery => &[DEAD_LETTERS, REQUEST, KV_LIST, EVENTS],
-        // An `If-Match` that is not a revision.
-        P::InvalidHeader => KV_WRITE,
+        // Query parameters (`?timeout=`, `?limit=`, `?correlation_id=`); the event stream's
+        // `?last_event_id=` when it is not a number. (An inbound route ignores its query but
+        // `?validationToken=`.)
+        P::InvalidQuery => &[DEAD_LETTERS, REQUEST, KV_LIST, EVENTS, MESSAGES],
+        // An `If-Match` that is not a revision; a `Last-Event-ID` header that is not a number.
+        P::InvalidHeader => &[KV_PUT, KV_DELETE, EVENTS],
+        // An inbound route's transform; a subscription's is a delivery class, a responder's a
+        // `responder-error`.
+        P::TransformFailed => &[INBOUND],
         // Fetch, ack and events each need one mode of subscription.
         P::WrongMode => OWNER_ONLY,
         P::InvalidAckToken => &[ACK],
@@ -179,6 +203,8 @@ const CLASSES: &[Class] = &[
     Class::Gone,
     Class::Rejected,
     Class::Unexpected,
+    Class::TransformFailed,
+    Class::Skipped,
 ];
 
 #[test]
@@ -674,6 +700,42 @@ fn delivery_webhook_classifies_answers_like_the_code() {
             "webhook documents header {header}"
         );
     }
+
+    // The classes no status gives: no answer at all (`x-no-answer`), or no request sent
+    // because of the subscription's transform (`x-no-request`). Each is documented with the
+    // decision the code takes after a first attempt, and together with the statuses they
+    // cover every class.
+    let policy = RetryPolicy {
+        schedule: vec![Duration::from_secs(1)],
+        max_attempts: 30,
+        retry_client_errors: false,
+    };
+    let decision = |class: Class| match policy.decide(class, 1, None) {
+        Decision::Ack => "ack",
+        Decision::Retry(_) => "retry",
+        Decision::DeadLetter => "dead-letter",
+        Decision::PauseSubscription => "pause",
+    };
+    let mut documented: BTreeSet<String> = responses.keys().flat_map(|k| classes_of(k)).collect();
+    for (member, classes) in [
+        ("x-no-answer", &[Class::Timeout, Class::Unreachable][..]),
+        ("x-no-request", &[Class::TransformFailed, Class::Skipped][..]),
+    ] {
+        let listed: BTreeMap<String, String> = op[member]
+            .as_object()
+            .unwrap_or_else(|| panic!("webhooks.delivery.post has no {member}"))
+            .iter()
+            .map(|(class, what)| (class.clone(), what.as_str().expect("a decision").to_owned()))
+            .collect();
+        let expected: BTreeMap<String, String> = classes
+            .iter()
+            .map(|c| (c.slug().to_owned(), decision(*c).to_owned()))
+            .collect();
+        assert_eq!(listed, expected, "webhooks.delivery.post.{member}: class -> decision");
+        documented.extend(listed.into_keys());
+    }
+    let all: BTreeSet<String> = CLASSES.iter().map(|c| c.slug().to_owned()).collect();
+    assert_eq!(documented, all, "the delivery webhook documents every outcome class");
 }
 
 /// HTTP pull and the event stream document their request and answer shapes as the handlers
@@ -912,6 +974,108 @@ fn request_and_directory_routes_document_their_answers() {
             "{route:?}"
         );
     }
+}
+
+/// "Where is my message?" and the inbound adapters document what their handlers take and
+/// answer: a message with its per-subscription delivery states (every state the handler can
+/// name), the correlation query, and an inbound route's three kinds — a bearer token or none,
+/// JSON or a Bitrix24 form, the Business Central handshake as `text/plain`, and its batch answer.
+#[test]
+fn tracking_and_inbound_routes_document_their_answers() {
+    let spec = spec();
+    let schemas = &spec["components"]["schemas"];
+    let set = |names: &[&str]| -> BTreeSet<String> { names.iter().map(|n| (*n).to_owned()).collect() };
+    let strings = |v: &Value| -> BTreeSet<String> {
+        v.as_array()
+            .expect("array")
+            .iter()
+            .map(|s| s.as_str().expect("string").to_owned())
+            .collect()
+    };
+    let parameters = |route: Route| -> BTreeSet<String> {
+        [&spec["paths"][route.1]["parameters"], &operation(&spec, route)["parameters"]]
+            .into_iter()
+            .filter_map(Value::as_array)
+            .flatten()
+            .map(|p| match p["$ref"].as_str() {
+                Some(r) => spec.pointer(r.trim_start_matches('#')).expect("parameter $ref resolves"),
+                None => p,
+            })
+            .map(|p| p["name"].as_str().expect("parameter name").to_owned())
+            .collect()
+    };
+    let content = |route: Route, code: &str| -> Value {
+        let c = operation(&spec, route)["responses"][code]["content"].clone();
+        assert!(c.is_object(), "{route:?} {code} has no content");
+        c
+    };
+
+    assert_eq!(
+        content(MESSAGE, "200")["application/json"]["schema"]["$ref"],
+        "#/components/schemas/TrackedMessage"
+    );
+    assert_eq!(
+        strings(&schemas["TrackedMessage"]["required"]),
+        set(&["id", "subject", "stream", "seq", "publisher", "type", "time", "correlation_id", "subscriptions"])
+    );
+    assert_eq!(
+        strings(&schemas["DeliveryState"]["properties"]["state"]["enum"]),
+        set(&[
+            "pending",
+            "in-flight",
+            "delivered",
+            "acked",
+            "terminated",
+            "retrying",
+            "dead-letter",
+            "blocked",
+            "paused",
+            "unknown",
+            "live-only"
+        ])
+    );
+    for member in ["attempts", "next_attempt", "last_error", "class", "status", "at", "detail"] {
+        assert!(
+            schemas["DeliveryState"]["properties"].get(member).is_some(),
+            "DeliveryState documents {member}"
+        );
+    }
+    assert_eq!(parameters(MESSAGE), set(&["id"]));
+    assert_eq!(parameters(MESSAGES), set(&["correlation_id", "limit"]));
+    assert_eq!(
+        content(MESSAGES, "200")["application/json"]["schema"]["$ref"],
+        "#/components/schemas/MessageList"
+    );
+
+    // Inbound: a bearer token for the `json` kind, none for the others.
+    let security = operation(&spec, INBOUND)["security"].as_array().expect("security").clone();
+    assert!(security.iter().any(|s| s.get("bearer").is_some()), "json routes take a bearer token");
+    assert!(
+        security.iter().any(|s| s.as_object().is_some_and(serde_json::Map::is_empty)),
+        "bitrix24 and business-central routes take none"
+    );
+    assert!(parameters(INBOUND).is_superset(&set(&["name", "validationToken", "Idempotency-Key", "traceparent"])));
+    let body = &operation(&spec, INBOUND)["requestBody"];
+    assert_eq!(body["required"], false, "the Business Central handshake has no body");
+    for media in ["application/json", "application/x-www-form-urlencoded"] {
+        assert!(body["content"].get(media).is_some(), "inbound takes {media}");
+    }
+    assert!(content(INBOUND, "200").get("text/plain").is_some(), "the handshake echoes as text/plain");
+    assert_eq!(
+        content(INBOUND, "200")["application/json"]["schema"]["$ref"],
+        "#/components/schemas/PublishResult"
+    );
+    let accepted: BTreeSet<String> = content(INBOUND, "202")["application/json"]["schema"]["oneOf"]
+        .as_array()
+        .expect("202 oneOf")
+        .iter()
+        .map(|s| s["$ref"].as_str().expect("$ref").to_owned())
+        .collect();
+    assert_eq!(
+        accepted,
+        set(&["#/components/schemas/PublishResult", "#/components/schemas/InboundBatchResult"])
+    );
+    assert_eq!(strings(&schemas["InboundBatchResult"]["required"]), set(&["stored", "ignored"]));
 }
 
 /// The `responder` webhook documents the request a responder's endpoint receives (the
