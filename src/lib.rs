@@ -93,6 +93,7 @@ pub async fn run(config: Config, catalog: Catalog, listener: TcpListener, shutdo
         responders: Arc::new(request::Responders::new(client.clone(), http_client.clone(), tasks.clone(), shutdown.clone())),
         stores: Arc::new(http::kv::Stores::default()),
         sse_streams: Arc::new(http::events::StreamCounts::default()),
+        shutdown: shutdown.clone(),
     };
     tasks.spawn(start_when_reconciled(state.clone(), config.clone(), shutdown.clone()));
 

@@ -212,9 +212,9 @@ fn print_dev_hints(config: &Config) {
          Try:\n  curl -i {base}/readyz\n  \
          curl -i -X POST {base}/v1/publish/orders.created \\\n    \
          -H 'Authorization: Bearer bitrix-demo-token' -H 'Content-Type: application/json' \\\n    \
-         --data @examples/wine-retail/samples/sales-order.valid.json\n  \
+         --data-binary @examples/wine-retail/samples/sales-order.valid.json\n  \
          curl -i -X POST {base}/v1/publish/orders.created \\\n    \
          -H 'Authorization: Bearer bitrix-demo-token' -H 'Content-Type: application/json' \\\n    \
-         --data @examples/wine-retail/samples/sales-order.invalid.json\n"
+         --data-binary @examples/wine-retail/samples/sales-order.invalid.json\n"
     );
 }

@@ -141,14 +141,15 @@ pub fn load(
     inline: Option<&String>,
     file: Option<&std::path::PathBuf>,
 ) -> Result<Option<Transform>, (String, String)> {
-    let source = match (inline, file) {
+    let (source, named) = match (inline, file) {
         (Some(_), Some(_)) => return Err((field.to_owned(), format!("give {field} or {field}_file, not both"))),
-        (Some(text), None) => text.clone(),
+        (Some(text), None) => (text.clone(), field.to_owned()),
         (None, Some(path)) => {
             let path = config.resolve(path);
-            std::fs::read_to_string(&path).map_err(|e| (format!("{field}_file"), format!("{}: {e}", path.display())))?
+            let text = std::fs::read_to_string(&path).map_err(|e| (format!("{field}_file"), format!("{}: {e}", path.display())))?;
+            (text, format!("{field}_file ({})", path.display()))
         }
         (None, None) => return Ok(None),
     };
-    Transform::compile(&source).map(Some).map_err(|m| (field.to_owned(), m))
+    Transform::compile(&source).map(Some).map_err(|m| (named, m))
 }

@@ -23,6 +23,15 @@ pub const ORIGINAL_SUBJECT: &str = "Magistral-Original-Subject";
 pub const ORIGINAL_MSG_ID: &str = "Magistral-Original-Msg-Id";
 const ORIGINAL_STREAM: &str = "Magistral-Original-Stream";
 const ORIGINAL_SEQ: &str = "Magistral-Original-Seq";
+
+/// Where a replayed message was first stored (its tracking key).
+#[must_use]
+pub fn original_location(message: &jetstream::Message) -> Option<(String, u64)> {
+    let h = message.headers.as_ref()?;
+    let stream = h.get(ORIGINAL_STREAM)?.as_str().to_owned();
+    let seq = h.get(ORIGINAL_SEQ)?.as_str().parse().ok()?;
+    Some((stream, seq))
+}
 const SUBSCRIPTION: &str = "Magistral-Subscription";
 const CLASS: &str = "Magistral-Failure-Class";
 const STATUS: &str = "Magistral-Last-Status";

@@ -242,6 +242,8 @@ impl Worker {
     /// Delivers one message to a decision.
     async fn deliver(&self, message: jetstream::Message) {
         let key = message.info().map(|i| (i.stream.to_owned(), i.stream_sequence)).unwrap_or_default();
+        // A replay is tracked under the message it replays.
+        let track_key = dead_letter::original_location(&message).unwrap_or_else(|| key.clone());
         // JetStream counts deliveries; those handed back unattempted while the breaker was
         // open are not attempts.
         let delivered = message.info().map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX)).unwrap_or(1);
@@ -266,7 +268,7 @@ impl Worker {
             };
             let failure = Failure { result: result.clone(), attempts: attempt, first_attempt, last_attempt: OffsetDateTime::now_utc() };
             let decision = self.sub.policy.decide(result.class, attempt, result.retry_after);
-            if announce && attempt == 1 && result.class != Class::Delivered {
+            if announce && attempt == 1 && !matches!(result.class, Class::Delivered | Class::Skipped) {
                 dead_letter::publish_event(&self.engine.js, "failed", &self.sub.name, &message, &failure).await;
             }
             if !matches!(decision, Decision::Retry(_)) {
@@ -274,8 +276,11 @@ impl Worker {
             }
             match decision {
                 Decision::Ack => {
-                    if attempt > 1 {
-                        self.track(&key, "delivered", attempt, &result, None).await;
+                    if result.class == Class::Skipped {
+                        self.track(&track_key, "skipped", attempt, &result, None).await;
+                    } else if attempt > 1 || self.is_replay {
+                        // After failures, or a replayed dead letter: replace the old record.
+                        self.track(&track_key, "delivered", attempt, &result, None).await;
                     }
                     let lag = OffsetDateTime::now_utc() - published;
                     metrics::histogram!("magistral_delivery_lag_seconds", "subscription" => self.sub.name.clone())
@@ -284,7 +289,7 @@ impl Worker {
                     return;
                 }
                 Decision::Retry(delay) if self.sub.ordered => {
-                    self.track(&key, "retrying", attempt, &result, Some(delay)).await;
+                    self.track(&track_key, "retrying", attempt, &result, Some(delay)).await;
                     // Ordered: keep the message (and so the subscription's one slot) and retry
                     // in place; a NAK would let the next message overtake it.
                     if !self.hold(&message, delay).await {
@@ -300,12 +305,12 @@ impl Worker {
                     }
                 }
                 Decision::Retry(delay) => {
-                    self.track(&key, "retrying", attempt, &result, Some(delay)).await;
+                    self.track(&track_key, "retrying", attempt, &result, Some(delay)).await;
                     let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
                     return;
                 }
                 Decision::DeadLetter if self.sub.ordered && self.sub.on_exhausted == OnExhausted::Block => {
-                    self.track(&key, "blocked", attempt, &result, None).await;
+                    self.track(&track_key, "blocked", attempt, &result, None).await;
                     let reason = format!("blocked: message {} exhausted its attempts", attempt::message_id(&message));
                     self.engine.pause(&self.sub, &reason, &result).await;
                     if announce {
@@ -317,7 +322,7 @@ impl Worker {
                 Decision::DeadLetter => {
                     match dead_letter::store(&self.engine.js, &self.sub.name, &message, &failure).await {
                         Ok(()) => {
-                            self.track(&key, "dead-letter", attempt, &result, None).await;
+                            self.track(&track_key, "dead-letter", attempt, &result, None).await;
                             metrics::counter!("magistral_dead_letters_total", "subscription" => self.sub.name.clone()).increment(1);
                             if let Ok(depth) = dead_letter::count(&self.engine.js, &self.sub.name).await {
                                 metrics::gauge!("magistral_dead_letters", "subscription" => self.sub.name.clone()).set(depth as f64);
@@ -336,7 +341,7 @@ impl Worker {
                     return;
                 }
                 Decision::PauseSubscription => {
-                    self.track(&key, "paused", attempt, &result, None).await;
+                    self.track(&track_key, "paused", attempt, &result, None).await;
                     self.engine.pause(&self.sub, "endpoint answered 410 Gone", &result).await;
                     if announce {
                         dead_letter::publish_event(&self.engine.js, "paused", &self.sub.name, &message, &failure).await;

@@ -122,7 +122,9 @@ pub async fn events(
     lease.consumer = Some((stream, consumer_name));
     let messages = consumer.messages().await.map_err(|e| unavailable(e.to_string()))?;
     metrics::gauge!("magistral_event_streams", "subscription" => sub.name.clone()).increment(1.0);
-    let events = to_events(messages, lease, sub.name.clone());
+    // On shutdown the stream ends (clients resume with Last-Event-ID), so it does not hold
+    // the drain open until its timeout.
+    let events = to_events(messages, lease, sub.name.clone()).take_until(state.shutdown.clone().cancelled_owned());
     let mut response = Sse::new(events).keep_alive(KeepAlive::new().interval(state.limits.sse_heartbeat).text("heartbeat")).into_response();
     // nginx and similar proxies would otherwise buffer the stream.
     response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));

@@ -31,6 +31,9 @@ pub async fn show(State(state): State<AppState>, id: Result<Path<String>, PathRe
     let Ok(Path(id)) = id else { return Err(not_found()) };
     let js = state.publisher.jetstream();
     let unavailable = |e: String| Problem::new(ProblemType::NatsUnavailable, format!("NATS: {e}")).retry_after(state.limits.retry_after_seconds);
+    if !state.publisher.tracking {
+        return Err(Problem::new(ProblemType::NotFound, "message tracking is turned off (system.tracking = false)"));
+    }
     let store = js.get_key_value(tracking::BUCKET).await.map_err(|e| unavailable(e.to_string()))?;
     let entry = store.get(format!("m.{}", tracking::encode(&id))).await.map_err(|e| unavailable(e.to_string()))?;
     let location: Location = entry.and_then(|v| serde_json::from_slice(&v).ok()).ok_or_else(not_found)?;
@@ -51,6 +54,9 @@ pub async fn list(State(state): State<AppState>, query: Result<Query<ListQuery>,
     let participant = authenticate(&catalog, &headers)?;
     let Query(query) = query.map_err(|e| Problem::new(ProblemType::InvalidQuery, e.body_text()))?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    if !state.publisher.tracking {
+        return Err(Problem::new(ProblemType::NotFound, "message tracking is turned off (system.tracking = false)"));
+    }
     let js = state.publisher.jetstream();
     let mut locations = tracking::correlated(js, &query.correlation_id, limit)
         .await
@@ -131,6 +137,11 @@ async fn delivery_state(
         .ok()
         .flatten()
         .and_then(|v| serde_json::from_slice(&v).ok());
+    if let Some(r) = &record
+        && r.state == "skipped"
+    {
+        return with(base, json!({ "state": "skipped", "at": r.at, "detail": "the subscription's transform filtered it out" }));
+    }
     if let Some(r) = &record
         && r.state == "dead-letter"
     {

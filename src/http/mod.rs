@@ -45,6 +45,8 @@ pub struct AppState {
     pub stores: Arc<kv::Stores>,
     /// Open event streams per participant.
     pub sse_streams: Arc<events::StreamCounts>,
+    /// Cancelled when the gateway starts shutting down (ends endless responses: event streams).
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Readiness facts the background tasks update.

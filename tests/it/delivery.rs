@@ -183,6 +183,17 @@ async fn rejected_message_is_dead_lettered_and_replayed_to_that_subscription_onl
     assert_eq!(crm_orders_after, 1, "the replay reached only the subscription it was for");
     let list = gw.get_json(NAV, "/v1/subscriptions/nav-orders/dead-letters").await;
     assert_eq!(list["total"], 0);
+    // "Where is my order?" follows the replay.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = gw.get_json(BITRIX, &format!("/v1/messages/{id}")).await;
+        let state = m["subscriptions"].as_array().unwrap().iter().find(|s| s["name"] == "nav-orders").unwrap()["state"].clone();
+        if state == "delivered" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "after the replay: {m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

@@ -273,3 +273,21 @@ async fn sse_resumes_after_last_event_id_without_gaps_and_releases_its_consumer(
     drop(stream);
     drop(second);
 }
+
+#[tokio::test]
+async fn shutdown_ends_open_event_streams() {
+    let nats = NatsServer::start();
+    let sub: magistral::config::SubscriptionConfig =
+        serde_json::from_value(json!({"participant": "nav", "subjects": ["orders.misc"], "mode": "stream"})).unwrap();
+    let gw = Gateway::with_subscriptions(&nats.url(), vec![("nav-live", sub)]).await;
+    let r = gw.http.get(gw.url("/v1/subscriptions/nav-live/events")).bearer_auth(NAV).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
+    let started = Instant::now();
+    // The drain timeout is 5 s in this scenario: an open stream must not hold shutdown that long.
+    tokio::time::timeout(Duration::from_secs(3), gw.stop()).await.expect("stopped without waiting for the stream");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // The client sees its stream end (and would reconnect with Last-Event-ID elsewhere).
+    let end = tokio::time::timeout(Duration::from_secs(3), async { while let Some(Ok(_)) = body.next().await {} }).await;
+    assert!(end.is_ok(), "the event stream did not end");
+}
