@@ -10,18 +10,6 @@ use crate::common::gateway::{example, Gateway};
 use crate::common::nats::NatsServer;
 use crate::common::receiver::{Answer, Receiver};
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
 
 fn sample(name: &str) -> Vec<u8> {
     std::fs::read(example(&format!("samples/{name}"))).unwrap()
@@ -60,7 +48,7 @@ async fn the_wine_retailer_story_runs_end_to_end() {
     let isimple = Receiver::start().await;
 
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(&example(""), dir.path());
+    crate::common::copy_dir(&example(""), dir.path());
     let toml = dir.path().join("magistral.toml");
     let text = std::fs::read_to_string(&toml)
         .unwrap()

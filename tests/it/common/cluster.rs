@@ -543,22 +543,9 @@ impl Drop for GatewayProcess {
 /// and the path of its `magistral.toml`.
 pub fn example_copy() -> (TempDir, PathBuf) {
     let dir = tempfile::Builder::new().prefix("magistral-example-").tempdir().unwrap();
-    copy_dir(&crate::common::gateway::example(""), dir.path());
+    crate::common::copy_dir(&crate::common::gateway::example(""), dir.path());
     let config = dir.path().join("magistral.toml");
     (dir, config)
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// Replaces the first `from` in a file with `to`; panics when `from` is not there.

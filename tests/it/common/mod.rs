@@ -24,3 +24,17 @@ pub fn point_nav_orders_at(example_dir: &std::path::Path, endpoint: &str) {
     );
     std::fs::write(toml, text).unwrap();
 }
+
+/// Copies a folder tree (the example, into a temp dir a test may change).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
