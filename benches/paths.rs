@@ -15,7 +15,10 @@
 //!   unordered push subscription into the receiver, per `max_in_flight` and with
 //!   `system.tracking` off and on; limits: a direct pull consumer fetching and acking the same
 //!   count (`max_ack_pending` = the same in-flight bound), and the HTTP leg alone (a reqwest
-//!   client POSTing the same count to the receiver at the same concurrency).
+//!   client POSTing the same count to the receiver at the same concurrency). Then sustained:
+//!   16 closed-loop HTTP publishers and the push subscription at once, tracking off and on
+//!   (tracking writes its index at publish and nothing for a healthy delivery, so only this
+//!   shows its cost).
 //! - (b) `latency`: HTTP publish at a fixed rate → gateway → push → receiver; the receiver
 //!   records receive time minus send time (the send time travels in the body). Tracking off
 //!   and on.
@@ -339,6 +342,7 @@ struct Measured {
     errors: u64,
     cpu: CpuPerOp,
     first_error: Option<String>,
+    probe_per_sec: f64,
 }
 
 fn percentile(sorted: &[u32], p: f64) -> u32 {
@@ -355,13 +359,25 @@ where
     F: Fn(usize, Window) -> Fut,
     Fut: Future<Output = WorkerStats> + Send + 'static,
 {
+    measure_with_probe(s, nats_pid, workers, None, worker).await
+}
+
+/// [`measure`], also reading `probe` (a counter, e.g. deliveries) at the window's edges;
+/// its growth over the window, per second, lands in `probe_per_sec`.
+async fn measure_with_probe<F, Fut>(s: &Settings, nats_pid: u32, workers: usize, probe: Option<&AtomicU64>, worker: F) -> Measured
+where
+    F: Fn(usize, Window) -> Fut,
+    Fut: Future<Output = WorkerStats> + Send + 'static,
+{
     let begin = Instant::now() + Duration::from_millis(50);
     let window = Window { start: begin + s.warmup, end: begin + s.warmup + s.duration };
     let handles: Vec<_> = (0..workers).map(|i| tokio::spawn(worker(i, window))).collect();
     tokio::time::sleep_until(window.start.into()).await;
     let cpu0 = sample_cpu(nats_pid);
+    let probe0 = probe.map_or(0, |p| p.load(Ordering::Relaxed));
     tokio::time::sleep_until(window.end.into()).await;
     let cpu1 = sample_cpu(nats_pid);
+    let probe1 = probe.map_or(0, |p| p.load(Ordering::Relaxed));
     let mut latencies = Vec::new();
     let (mut errors, mut first_error) = (0, None);
     for h in handles {
@@ -381,6 +397,7 @@ where
         errors,
         cpu: per_op(cpu1 - cpu0, ops, s.duration),
         first_error,
+        probe_per_sec: probe1.saturating_sub(probe0) as f64 / s.duration.as_secs_f64(),
     }
 }
 
@@ -852,6 +869,46 @@ impl Bench {
         drain
     }
 
+    /// Sustained: HTTP publishers (closed loop) and one push subscription at once, so the
+    /// tracking index is written as in production (at publish).
+    async fn push_sustained(&self, tracking: bool, publishers: usize) -> anyhow::Result<Measured> {
+        let label = if tracking { "on" } else { "off" };
+        let subject = format!("bench.flow.{label}");
+        let mut config = base_config(&self.nats_url, &self.files, tracking);
+        config.subscriptions.insert(
+            format!("flow-{label}"),
+            subscription(json!({
+                "subjects": [subject],
+                "endpoint": format!("http://{}/push", self.receiver),
+                "max_in_flight": 64,
+            })),
+        );
+        let gateway = Gateway::start(&self.gw, config).await?;
+        self.received.push.store(0, Ordering::SeqCst);
+        let paths = Arc::new(vec![format!("/v1/publish/{subject}")]);
+        let addr = gateway.addr;
+        let body = payload(0);
+        let m = measure_with_probe(&self.s, self.nats_pid, publishers, Some(&self.received.push), move |_, w| {
+            http_loop(addr, Method::POST, paths.clone(), Some(body.clone()), 0, w)
+        })
+        .await;
+        warn_errors(&format!("sustained publish (tracking {label})"), m.errors, m.first_error.as_deref());
+        // Let the backlog drain before the gateway stops (deliveries stop growing).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = u64::MAX;
+        while Instant::now() < deadline {
+            let now = self.received.push.load(Ordering::Relaxed);
+            if now == last {
+                break;
+            }
+            last = now;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        gateway.stop().await;
+        purge(&self.js, &subject).await?;
+        Ok(m)
+    }
+
     async fn push(&self) -> anyhow::Result<String> {
         let n = self.s.push_messages;
         let mut table = String::new();
@@ -898,6 +955,40 @@ impl Bench {
             let _ = writeln!(out, "- max_in_flight {f}: {} ({:+.1} %)", ratio(on, off), (on / off - 1.0) * 100.0);
         }
         let _ = writeln!(out, "\nCPU per delivery (µs):\n\n{cpu}");
+
+        // Sustained publish + push, tracking off and on.
+        let publishers = 16;
+        let mut flow = String::new();
+        let _ = writeln!(flow, "| tracking | published msgs/s | publish p50 ms | publish p99 ms | delivered msgs/s | {CPU_HEADER} |");
+        let _ = writeln!(flow, "|---|---:|---:|---:|---:|{CPU_ALIGN}|");
+        let mut rates = Vec::new();
+        for tracking in [false, true] {
+            eprintln!("push, sustained publish + delivery, tracking {tracking} (load {})", load_average());
+            let m = self.push_sustained(tracking, publishers).await?;
+            self.check_foreign("sustained", &m.cpu);
+            let _ = writeln!(
+                flow,
+                "| {} | {:.0} | {} | {} | {:.0} | {} |",
+                if tracking { "on" } else { "off" },
+                m.ops_per_sec,
+                ms(m.p50_us),
+                ms(m.p99_us),
+                m.probe_per_sec,
+                cpu_cells(&m.cpu)
+            );
+            rates.push((m.ops_per_sec, m.probe_per_sec, m.cpu.total_us));
+        }
+        let _ = writeln!(
+            out,
+            "Sustained: {publishers} HTTP publishers (closed loop, 1 KiB, no contract) and the push subscription \
+             (`max_in_flight` 64, `start = new`) running at once; {:?} window after {:?} warm-up. CPU per \
+             published message.\n\n{flow}\nTracking on ÷ off: published {}, delivered {}, CPU per message {}.\n",
+            self.s.duration,
+            self.s.warmup,
+            ratio(rates[1].0, rates[0].0),
+            ratio(rates[1].1, rates[0].1),
+            ratio(rates[1].2, rates[0].2),
+        );
         Ok(out)
     }
 
