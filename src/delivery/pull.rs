@@ -120,11 +120,22 @@ pub async fn fetch(js: &jetstream::Context, key: &TokenKey, sub: &Subscription, 
         if out.len() >= max {
             break;
         }
+        // The info `get_consumer` just fetched: a consumer with nothing stored and nothing
+        // awaiting redelivery (the replay stream, nearly always) would make a bounded no-wait
+        // pull sit out its whole bound; at its ack-pending limit it would too.
+        let info = consumer.cached_info();
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            continue;
+        }
+        let room = usize::try_from(info.config.max_ack_pending).unwrap_or(usize::MAX).saturating_sub(info.num_ack_pending);
+        if room == 0 {
+            continue;
+        }
         // Bounded: a no-wait pull can otherwise sit on the server while the consumer is at its
         // ack-pending limit.
         let mut batch = consumer
             .fetch()
-            .max_messages(max - out.len())
+            .max_messages((max - out.len()).min(room))
             .expires(NO_WAIT_BOUND)
             .messages()
             .await
@@ -213,9 +224,12 @@ pub enum AckFailure {
 /// The token was already used for ack/term, or NATS failed.
 pub async fn act(client: &async_nats::Client, ledger: &kv::Store, token: &AckToken, action: Action, delay: Option<Duration>) -> Result<(), AckFailure> {
     let key = token.ledger_key();
-    let finished = ledger.get(&key).await.map_err(|e| AckFailure::Nats(e.to_string()))?;
-    if finished.is_some() {
-        return Err(AckFailure::AlreadyAcked);
+    // Ack and term: the ledger's `create` below refuses a finished token by itself.
+    if !matches!(action, Action::Ack | Action::Term) {
+        let finished = ledger.get(&key).await.map_err(|e| AckFailure::Nats(e.to_string()))?;
+        if finished.is_some() {
+            return Err(AckFailure::AlreadyAcked);
+        }
     }
     let body = match action {
         Action::Ack => "+ACK".to_owned(),

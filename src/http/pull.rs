@@ -139,8 +139,15 @@ pub async fn ack(State(state): State<AppState>, Name(name): Name, headers: Heade
     let ledger = engine.ack_ledger().await.map_err(unavailable)?;
     let mut results = Vec::with_capacity(tokens.len());
     let mut failed = 0;
-    for (index, (token, item)) in tokens.iter().zip(&request.acks).enumerate() {
-        match pull::act(&state.client, ledger, token, item.action, item.delay).await {
+    // Tokens are carried out concurrently (bounded), answers kept in request order.
+    let pairs: Vec<_> = tokens.iter().zip(&request.acks).collect();
+    let mut outcomes = Vec::with_capacity(pairs.len());
+    for chunk in pairs.chunks(64) {
+        let acts: Vec<_> = chunk.iter().map(|(token, item)| pull::act(&state.client, ledger, token, item.action, item.delay)).collect();
+        outcomes.extend(futures::future::join_all(acts).await);
+    }
+    for (index, (token, outcome)) in tokens.iter().zip(outcomes).enumerate() {
+        match outcome {
             Ok(()) => results.push(json!({ "index": index, "ok": true })),
             Err(failure) => {
                 failed += 1;
