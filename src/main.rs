@@ -8,6 +8,11 @@ use magistral::catalog::Catalog;
 use magistral::config::Config;
 use tokio_util::sync::CancellationToken;
 
+// glibc's malloc made throughput swing between runs (about 30 % of gateway samples in
+// malloc/free in the slow mode; benches/paths.rs); mimalloc keeps every run fast.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// sysexits: configuration error.
 const EX_CONFIG: u8 = 64;
 /// sysexits: a service (NATS) unavailable.
