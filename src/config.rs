@@ -162,6 +162,35 @@ pub struct Limits {
     /// How long shutdown waits for in-flight requests before closing anyway.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// How long a client may take to send the request line and headers; a slow-loris
+    /// connection is closed after it.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send a whole request body (`body-timeout`, 408).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Open client connections per replica; past it new connections wait in the kernel's
+    /// accept queue instead of taking memory.
+    pub max_connections: usize,
+    /// Requests one participant may have in flight at once on a replica (`rate-limited`, 429);
+    /// one runaway system cannot take every slot. 0 turns the bound off.
+    pub max_in_flight_per_participant: usize,
+    /// Publishes per second one participant may make on a replica (a token bucket; batch items
+    /// count one each). 0 (the default) turns the rate limit off.
+    pub publish_rate_per_participant: f64,
+    /// Burst of the publish rate limit: publishes allowed at once after an idle spell.
+    pub publish_burst_per_participant: u32,
+    /// Most fields in one form-encoded body (Bitrix24 inbound routes).
+    pub max_form_fields: usize,
+    /// Deepest bracket nesting of a form key (`data[a][b]` is 3).
+    pub max_form_depth: usize,
+    /// Contract violations listed in a `contract-violation` answer (the total is counted
+    /// apart), so an answer stays small whatever the body.
+    pub max_violations_reported: usize,
+    /// Most CloudEvents attributes (extensions included) one message may carry.
+    pub max_event_attributes: usize,
+    /// Largest reply a responder's HTTP endpoint may answer with.
+    pub max_reply_bytes: usize,
 }
 
 impl Default for Limits {
@@ -188,6 +217,19 @@ impl Default for Limits {
             sse_heartbeat: Duration::from_secs(15),
             // Kubernetes' default grace period is 30 s; finish before it.
             drain_timeout: Duration::from_secs(20),
+            header_read_timeout: Duration::from_secs(10),
+            // A 16 MiB batch over a slow mobile link still arrives in well under a minute.
+            body_read_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            max_in_flight_per_participant: 1024,
+            publish_rate_per_participant: 0.0,
+            publish_burst_per_participant: 100,
+            // A Bitrix24 deal with every field filled has a few hundred fields.
+            max_form_fields: 2000,
+            max_form_depth: 8,
+            max_violations_reported: 100,
+            max_event_attributes: 64,
+            max_reply_bytes: 1024 * 1024,
         }
     }
 }

@@ -46,6 +46,10 @@ pub enum ProblemType {
     NoResponders,
     MethodNotAllowed,
     Internal,
+    DuplicateKey,
+    FormTooComplex,
+    RateLimited,
+    BodyTimeout,
 }
 
 impl ProblemType {
@@ -86,6 +90,10 @@ impl ProblemType {
         Self::NoResponders,
         Self::MethodNotAllowed,
         Self::Internal,
+        Self::DuplicateKey,
+        Self::FormTooComplex,
+        Self::RateLimited,
+        Self::BodyTimeout,
     ];
 
     /// The stable identifier clients match on.
@@ -127,6 +135,10 @@ impl ProblemType {
             Self::NoResponders => "no-responders",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::Internal => "internal",
+            Self::DuplicateKey => "duplicate-key",
+            Self::FormTooComplex => "form-too-complex",
+            Self::RateLimited => "rate-limited",
+            Self::BodyTimeout => "body-timeout",
         }
     }
 
@@ -164,6 +176,9 @@ impl ProblemType {
             Self::ResponderError => StatusCode::BAD_GATEWAY,
             Self::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::NoResponders => StatusCode::SERVICE_UNAVAILABLE,
+            Self::DuplicateKey | Self::FormTooComplex => StatusCode::BAD_REQUEST,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -205,6 +220,10 @@ impl ProblemType {
             Self::NoResponders => "No responder is listening on this subject",
             Self::MethodNotAllowed => "The method is not allowed on this resource",
             Self::Internal => "Internal error",
+            Self::DuplicateKey => "A JSON object has the same member twice",
+            Self::FormTooComplex => "The form has more fields or deeper keys than the limit",
+            Self::RateLimited => "The participant is over its rate or in-flight limit",
+            Self::BodyTimeout => "The request body did not arrive in time",
         }
     }
 
@@ -220,6 +239,8 @@ impl ProblemType {
                 | Self::NoResponders
                 | Self::RequestTimeout
                 | Self::TooManyStreams
+                | Self::RateLimited
+                | Self::BodyTimeout
         )
     }
 
