@@ -60,23 +60,46 @@ impl Contract {
         Ok(Self { name, version, file, subjects, replies: Vec::new(), dataschema, schema, validator })
     }
 
-    /// Every way `data` breaks this contract; empty when it honours it.
+    /// The first `max` ways `data` breaks this contract, and how many there are in all (0
+    /// when it honours it). Only the listed ones are rendered, so a body that fails in a
+    /// million places costs a count, not a million messages.
     #[must_use]
-    pub fn violations(&self, data: &Value) -> Vec<Violation> {
-        self.validator
-            .iter_errors(data)
-            .map(|e| Violation {
-                instance_path: e.instance_path().to_string(),
-                schema_path: e.schema_path().to_string(),
-                message: e.to_string(),
-            })
-            .collect()
+    pub fn violations(&self, data: &Value, max: usize) -> (Vec<Violation>, usize) {
+        let mut listed = Vec::new();
+        let mut total = 0;
+        for e in self.validator.iter_errors(data) {
+            total += 1;
+            if listed.len() < max {
+                listed.push(Violation {
+                    instance_path: e.instance_path().to_string(),
+                    schema_path: e.schema_path().to_string(),
+                    message: shortened(e.to_string()),
+                });
+            }
+        }
+        (listed, total)
     }
 
     #[must_use]
     pub fn governs(&self, subject: &str) -> bool {
         self.subjects.iter().any(|p| subject::matches(p, subject))
     }
+}
+
+/// Longest violation message answered: a validator's message may quote the whole instance
+/// (`[1,1,…] has more than 200 items`).
+const MAX_MESSAGE_BYTES: usize = 200;
+
+fn shortened(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut end = MAX_MESSAGE_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
 }
 
 /// All loaded contracts.
@@ -158,12 +181,21 @@ mod tests {
             1,
             json!({"type":"object","required":["id","lines"],"properties":{"id":{"type":"string"},"lines":{"type":"array","items":{"type":"object","properties":{"qty":{"type":"number","exclusiveMinimum":0}}}}}}),
         );
-        let v = c.violations(&json!({"lines":[{"qty":1},{"qty":-1},{"qty":0}]}));
+        let (v, total) = c.violations(&json!({"lines":[{"qty":1},{"qty":-1},{"qty":0}]}), 100);
+        assert_eq!(total, v.len());
         let paths: Vec<&str> = v.iter().map(|v| v.instance_path.as_str()).collect();
         assert!(paths.contains(&""), "{v:?}");
         assert!(paths.contains(&"/lines/1/qty"), "{v:?}");
         assert!(paths.contains(&"/lines/2/qty"), "{v:?}");
         assert!(v.iter().any(|v| v.schema_path.ends_with("exclusiveMinimum")), "{v:?}");
+    }
+
+    #[test]
+    fn many_violations_are_counted_and_few_listed_briefly() {
+        let c = contract(1, json!({"type":"array","maxItems":3,"items":{"type":"string"}}));
+        let (listed, total) = c.violations(&json!(vec![1; 5000]), 100);
+        assert_eq!((listed.len(), total), (100, 5001));
+        assert!(listed.iter().all(|v| v.message.len() <= MAX_MESSAGE_BYTES + '…'.len_utf8()), "{listed:?}");
     }
 
     #[test]
@@ -181,7 +213,7 @@ mod tests {
     #[test]
     fn formats_are_asserted() {
         let c = contract(1, json!({"type":"string","format":"date-time"}));
-        assert!(c.violations(&json!("2026-11-28T10:00:00Z")).is_empty());
-        assert!(!c.violations(&json!("yesterday")).is_empty());
+        assert_eq!(c.violations(&json!("2026-11-28T10:00:00Z"), 10).1, 0);
+        assert_eq!(c.violations(&json!("yesterday"), 10).1, 1);
     }
 }

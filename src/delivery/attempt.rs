@@ -40,6 +40,27 @@ pub fn message_id(message: &jetstream::Message) -> String {
     })
 }
 
+/// Standard Webhooks' `webhook-id`: unique per stored message and the same across its retries
+/// and replays. `ce-id` is not enough: CloudEvents makes it unique only together with
+/// `ce-source`, so two publishers may use the same one. The stored message's place (replays
+/// carry the original's) and its `Nats-Msg-Id` (in case a stream is recreated and its
+/// sequence numbers start over) make it unique.
+#[must_use]
+pub fn webhook_id(message: &jetstream::Message) -> String {
+    use sha2::{Digest, Sha256};
+    let header = |name: &str| message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
+    let (stream, seq) = super::dead_letter::original_location(message)
+        .or_else(|| message.info().ok().map(|i| (i.stream.to_owned(), i.stream_sequence)))
+        .unwrap_or_default();
+    let msg_id = header(super::dead_letter::ORIGINAL_MSG_ID).or_else(|| header("Nats-Msg-Id")).unwrap_or_default();
+    let mut hash = Sha256::new();
+    for part in [stream.as_bytes(), seq.to_string().as_bytes(), msg_id.as_bytes()] {
+        hash.update(part);
+        hash.update([0]);
+    }
+    format!("msg_{}", &hex::encode(hash.finalize())[..32])
+}
+
 /// Whether the message is itself a delivery status event (no events about events: a
 /// subscription to `magistral.delivery.>` with a failing endpoint must not feed itself).
 #[must_use]
@@ -176,7 +197,7 @@ fn request_headers(sub: &Subscription, message: &jetstream::Message, attempt: u3
         }
     }
     headers.entry(CONTENT_TYPE).or_insert(HeaderValue::from_static("application/json"));
-    let id = message_id(message);
+    let id = webhook_id(message);
     let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
     if let Ok(v) = HeaderValue::from_str(&id) {
         headers.insert("webhook-id", v);

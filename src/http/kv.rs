@@ -21,7 +21,7 @@ use crate::catalog::Catalog;
 use crate::directory::{validate_key, Directory};
 use crate::participants::Participant;
 use crate::publish::cloudevents::{self, StoredAttributes};
-use crate::publish::{check_utf8, exceeds_depth, malformed};
+
 
 /// Open KV handles by bucket, so a read costs one NATS round trip.
 #[derive(Default)]
@@ -142,18 +142,18 @@ pub async fn put(
     };
     let limits = &state.limits;
     let body = read_body(body, &headers, limits.max_body_bytes).await?;
-    check_utf8(&body)?;
-    if exceeds_depth(&body, limits.max_json_depth) {
-        return Err(Problem::new(ProblemType::JsonTooDeep, format!("the value nests deeper than {} levels", limits.max_json_depth)));
-    }
-    let value: serde_json::Value = serde_json::from_slice(&body).map_err(malformed)?;
     let mut dataschema = None;
-    if let Some((name, version)) = &dir.contract {
-        let contract = catalog
-            .contracts
-            .get(name, *version)
-            .ok_or_else(|| Problem::new(ProblemType::Internal, "the directory's contract is not loaded"))?;
-        crate::publish::honour(contract, &value)?;
+    let contract = match &dir.contract {
+        Some((name, version)) => Some(
+            catalog
+                .contracts
+                .get(name, *version)
+                .ok_or_else(|| Problem::new(ProblemType::Internal, "the directory's contract is not loaded"))?,
+        ),
+        None => None,
+    };
+    crate::publish::check_data(limits, contract, &body)?;
+    if let Some(contract) = contract {
         dataschema = Some(contract.dataschema.clone());
     }
     let id = uuid::Uuid::now_v7().to_string();

@@ -35,8 +35,17 @@ pub async fn show(State(state): State<AppState>, id: Result<Path<String>, PathRe
         return Err(Problem::new(ProblemType::NotFound, "message tracking is turned off (system.tracking = false)"));
     }
     let store = js.get_key_value(tracking::BUCKET).await.map_err(|e| unavailable(e.to_string()))?;
-    let entry = store.get(format!("m.{}", tracking::encode(&id))).await.map_err(|e| unavailable(e.to_string()))?;
-    let location: Location = entry.and_then(|v| serde_json::from_slice(&v).ok()).ok_or_else(not_found)?;
+    // An id the caller chose is indexed under its own name (ids are scoped to their publisher);
+    // a generated id, or another publisher's written out as `<participant>:<id>`, as is.
+    let mut location: Option<Location> = None;
+    for key in [crate::publish::scoped_message_id(&participant.name, &id), id.clone()] {
+        let entry = store.get(format!("m.{}", tracking::encode(&key))).await.map_err(|e| unavailable(e.to_string()))?;
+        location = entry.and_then(|v| serde_json::from_slice(&v).ok());
+        if location.is_some() {
+            break;
+        }
+    }
+    let location = location.ok_or_else(not_found)?;
     let described = describe(&state, &catalog, participant, &location).await?;
     described.map(|v| Json(v).into_response()).ok_or_else(not_found)
 }

@@ -15,7 +15,8 @@ use super::{authenticate, header_str, media_type, read_body, AppState};
 use crate::catalog::Catalog;
 use crate::participants::Participant;
 use crate::publish::cloudevents::{self, ClientAttributes, StructuredEvent};
-use crate::publish::{self, check_utf8, exceeds_depth, Draft, Outgoing};
+use crate::publish::batch::{self, Framing};
+use crate::publish::{self, check_strict, check_utf8, Draft, Outgoing};
 
 /// How the request carries its event.
 enum Mode {
@@ -93,13 +94,9 @@ async fn publish_one_checked(
     let (data, data_well_formed, attributes) = match mode {
         Mode::Binary => (body, false, cloudevents::from_http_headers(&headers)?),
         Mode::Structured => {
-            // The envelope adds one level around the data.
-            if exceeds_depth(&body, state.limits.max_json_depth + 1) {
-                return Err(Problem::new(
-                    ProblemType::JsonTooDeep,
-                    format!("the data nests deeper than {} levels", state.limits.max_json_depth),
-                ));
-            }
+            // The whole envelope, data included, is checked once here (the envelope adds one
+            // level around the data), so the data need not be read again without a contract.
+            check_strict(&body, state.limits.max_json_depth + 1)?;
             let event = StructuredEvent::parse(&body).map_err(publish::malformed)?;
             let attributes = event.client_attributes()?;
             let data = event
@@ -149,9 +146,9 @@ struct BatchItem<'a> {
 pub async fn publish_batch(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, Problem> {
     let catalog = state.catalog.load_full();
     let participant = authenticate(&catalog, &headers)?;
-    let ndjson = match media_type(&headers).as_deref() {
-        Some("application/json") => false,
-        Some("application/x-ndjson" | "application/jsonl" | "application/jsonlines") => true,
+    let framing = match media_type(&headers).as_deref() {
+        Some("application/json") => Framing::JsonArray,
+        Some("application/x-ndjson" | "application/jsonl" | "application/jsonlines") => Framing::Ndjson,
         other => {
             return Err(Problem::new(
                 ProblemType::UnsupportedMediaType,
@@ -166,35 +163,15 @@ pub async fn publish_batch(State(state): State<AppState>, headers: HeaderMap, bo
     let body = read_body(body, &headers, limits.max_batch_bytes).await?;
     check_utf8(&body)?;
 
-    // Parse into items; malformed lines/arrays refuse the batch.
-    let mut items: Vec<Result<BatchItem<'_>, Problem>> = Vec::new();
-    if ndjson {
-        for line in body.split(|b| *b == b'\n') {
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            items.push(if exceeds_depth(line, limits.max_json_depth + 1) {
-                Err(too_deep(limits.max_json_depth))
-            } else {
-                serde_json::from_slice(line).map_err(publish::malformed)
-            });
-        }
-    } else {
-        if exceeds_depth(&body, limits.max_json_depth + 2) {
-            return Err(too_deep(limits.max_json_depth));
-        }
-        // Items one by one, so a bad item is named by its index like any other refusal.
-        let raw: Vec<&RawValue> = serde_json::from_slice(&body).map_err(|e| {
-            Problem::new(ProblemType::MalformedJson, format!("a batch is a JSON array of items: {e}"))
-        })?;
-        items.extend(raw.into_iter().map(|item| serde_json::from_str(item.get()).map_err(publish::malformed)));
-    }
-    if items.len() > limits.max_batch_items {
-        return Err(Problem::new(
-            ProblemType::TooManyItems,
-            format!("{} items; the limit is {}", items.len(), limits.max_batch_items),
-        ));
-    }
+    // Items counted while they are found; then each is checked whole (I-JSON, depth) before
+    // its members are read, so a bad item is named by its index like any other refusal.
+    let items: Vec<Result<BatchItem<'_>, Problem>> = batch::split(&body, framing, limits.max_batch_items, limits.max_json_depth)?
+        .into_iter()
+        .map(|raw| {
+            check_strict(raw, limits.max_json_depth + 1)?;
+            serde_json::from_slice(raw).map_err(publish::malformed)
+        })
+        .collect();
 
     let traceparent = header_str(&headers, "traceparent");
     let tracestate = header_str(&headers, "tracestate");
@@ -267,7 +244,4 @@ pub async fn publish_batch(State(state): State<AppState>, headers: HeaderMap, bo
     Ok(response)
 }
 
-fn too_deep(max: usize) -> Problem {
-    Problem::new(ProblemType::JsonTooDeep, format!("the data nests deeper than {max} levels"))
-}
 

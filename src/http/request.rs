@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::problem::{Problem, ProblemType};
 use super::{authenticate, header_str, media_type, read_body, AppState};
 use crate::publish::cloudevents::{self, StoredAttributes};
-use crate::publish::{check_utf8, exceeds_depth, malformed};
+
 use crate::subject;
 
 #[derive(Deserialize)]
@@ -67,24 +67,13 @@ pub async fn request(
         }
     }
     let body = read_body(body, &headers, limits.max_body_bytes).await?;
-    check_utf8(&body)?;
-    if exceeds_depth(&body, limits.max_json_depth) {
-        return Err(Problem::new(ProblemType::JsonTooDeep, format!("the data nests deeper than {} levels", limits.max_json_depth)));
-    }
     let attributes = cloudevents::from_http_headers(&headers)?;
+    crate::publish::check_attributes(limits, &attributes, header_str(&headers, "traceparent"), header_str(&headers, "tracestate"))?;
     let contract = catalog
         .contracts
         .for_subject(&subject, attributes.dataschema.as_deref())
         .map_err(|e| Problem::new(ProblemType::UnknownDataschema, e.to_string()))?;
-    match contract {
-        Some(contract) => {
-            let value: serde_json::Value = serde_json::from_slice(&body).map_err(malformed)?;
-            crate::publish::honour(contract, &value)?;
-        }
-        None => {
-            serde_json::from_slice::<serde::de::IgnoredAny>(&body).map_err(malformed)?;
-        }
-    }
+    crate::publish::check_data(limits, contract, &body)?;
 
     let id = attributes.id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let nats_headers = StoredAttributes {
@@ -155,11 +144,11 @@ pub async fn request(
     if let Some(contract) = catalog.contracts.for_reply(&subject) {
         let value: serde_json::Value = serde_json::from_slice(&reply.payload)
             .map_err(|e| Problem::new(ProblemType::ReplyContractViolation, format!("the reply is not JSON: {e}")))?;
-        let violations = contract.violations(&value);
-        if !violations.is_empty() {
+        let (violations, total) = contract.violations(&value, limits.max_violations_reported);
+        if total > 0 {
             return Err(Problem::new(
                 ProblemType::ReplyContractViolation,
-                format!("the reply breaks contract {} v{}", contract.name, contract.version),
+                format!("the reply breaks contract {} v{} in {total} place(s)", contract.name, contract.version),
             )
             .with_errors(violations));
         }

@@ -136,6 +136,52 @@ fn invalid(detail: String) -> Problem {
     Problem::new(ProblemType::InvalidCloudEvent, detail)
 }
 
+/// W3C Trace Context `traceparent` (§3.2): `version-traceid-parentid-flags`, lowercase hex,
+/// ids not all zero; a version other than 00 may append fields (forward compatibility).
+///
+/// # Errors
+/// `invalid-header` naming what is wrong.
+pub fn check_traceparent(value: &str) -> Result<(), Problem> {
+    let bad = |why: &str| {
+        Problem::new(ProblemType::InvalidHeader, format!("traceparent: {why} (W3C Trace Context: 00-<32 hex>-<16 hex>-<2 hex>)"))
+    };
+    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let b = value.as_bytes();
+    if !value.is_ascii() || b.len() < 55 || (b.len() > 55 && (value.starts_with("00") || b[55] != b'-')) {
+        return Err(bad("wrong length"));
+    }
+    let (version, trace_id, parent_id, flags) = (&value[0..2], &value[3..35], &value[36..52], &value[53..55]);
+    if b[2] != b'-' || b[35] != b'-' || b[52] != b'-' || ![version, trace_id, parent_id, flags].iter().all(|p| hex(p)) {
+        return Err(bad("not in its format"));
+    }
+    if version == "ff" || trace_id.bytes().all(|c| c == b'0') || parent_id.bytes().all(|c| c == b'0') {
+        return Err(bad("a forbidden version or an all-zero id"));
+    }
+    Ok(())
+}
+
+/// Longest `tracestate` passed on: the size W3C Trace Context (§3.3.1.5) asks vendors to
+/// propagate at least.
+pub const MAX_TRACESTATE_BYTES: usize = 512;
+
+/// W3C Trace Context `tracestate`: printable ASCII, at most 32 list members and
+/// [`MAX_TRACESTATE_BYTES`].
+///
+/// # Errors
+/// `invalid-header` naming what is wrong.
+pub fn check_tracestate(value: &str) -> Result<(), Problem> {
+    if value.len() > MAX_TRACESTATE_BYTES {
+        return Err(Problem::new(ProblemType::InvalidHeader, format!("tracestate is longer than {MAX_TRACESTATE_BYTES} bytes")));
+    }
+    if !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(Problem::new(ProblemType::InvalidHeader, "tracestate holds a character outside printable ASCII"));
+    }
+    if value.split(',').filter(|m| !m.trim().is_empty()).count() > 32 {
+        return Err(Problem::new(ProblemType::InvalidHeader, "tracestate has more than 32 list members"));
+    }
+    Ok(())
+}
+
 /// `application/json` or any `+json` type, parameters ignored.
 #[must_use]
 pub fn is_json_media_type(value: &str) -> bool {
@@ -199,6 +245,8 @@ impl StoredAttributes<'_> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::prop;
+
     use super::*;
 
     #[test]
@@ -222,6 +270,49 @@ mod tests {
             "%D0%B7%D0%B0%D0%BA%D0%B0%D0%B7%20100%25%20%22ok%22"
         );
         assert_eq!(h.get("ce-source").unwrap().as_str(), "/participants/bitrix");
+    }
+
+    #[test]
+    fn trace_context_is_checked() {
+        check_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        check_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra").unwrap();
+        for bad in [
+            "garbage",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0é",
+        ] {
+            assert!(check_traceparent(bad).is_err(), "{bad}");
+        }
+        check_tracestate("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE").unwrap();
+        assert!(check_tracestate(&"a=b,".repeat(20_000)).is_err());
+        assert!(check_tracestate("a=\u{7}").is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn trace_context_checks_never_panic(s in ".{0,80}") {
+            let _ = check_traceparent(&s);
+            let _ = check_tracestate(&s);
+        }
+
+        #[test]
+        fn header_attributes_never_panic(name in "ce-[a-z0-9]{0,24}", value in "[ -~]{0,40}") {
+            let mut h = HeaderMap::new();
+            if let (Ok(n), Ok(v)) = (axum::http::HeaderName::from_bytes(name.as_bytes()), axum::http::HeaderValue::from_str(&value)) {
+                h.insert(n, v);
+                let _ = from_http_headers(&h);
+            }
+        }
+
+        #[test]
+        fn envelopes_never_panic(body in prop::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            if let Ok(event) = StructuredEvent::parse(&body) {
+                let _ = event.client_attributes();
+            }
+        }
     }
 
     #[test]

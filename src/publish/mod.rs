@@ -5,7 +5,8 @@
 //! [`crate::http::publish`]; this module is what a message goes through once it is bytes.
 
 pub mod cloudevents;
-mod json;
+pub mod batch;
+pub mod json;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use crate::http::problem::{Problem, ProblemType};
 use crate::participants::Participant;
 use crate::subject;
 use cloudevents::{ClientAttributes, StoredAttributes};
-pub use json::{check_utf8, exceeds_depth};
+pub use json::{check_strict, check_utf8, exceeds_depth, parse_strict};
 
 /// One message as a participant handed it in, before any check.
 #[derive(Debug)]
@@ -29,7 +30,8 @@ pub struct Draft {
     pub subject: String,
     /// The data exactly as received; this is what is stored.
     pub data: Bytes,
-    /// Whether `data` was already parsed as JSON (inside an envelope or batch item).
+    /// Whether `data` already passed [`check_strict`] (as part of an envelope or batch item),
+    /// so that, without a contract, it need not be read again.
     pub data_well_formed: bool,
     pub attributes: ClientAttributes,
     /// `Idempotency-Key`; it wins over a client `ce-id` as the message id.
@@ -45,7 +47,11 @@ pub struct Outgoing {
     /// Publisher's name, for metrics.
     pub participant: String,
     pub stream: String,
+    /// The id the publisher knows the message by (`ce-id`, and `id` in the answer).
     pub id: String,
+    /// `Nats-Msg-Id`: JetStream de-duplicates on it, so a key the publisher chose is scoped
+    /// to the publisher ([`scoped_message_id`]); an id the gateway generated is unique as is.
+    pub msg_id: String,
     /// `ce-correlationid`, for the tracking index.
     pub correlation_id: Option<String>,
     headers: async_nats::HeaderMap,
@@ -60,6 +66,7 @@ impl Outgoing {
             participant: self.participant.clone(),
             stream: self.stream.clone(),
             id: self.id.clone(),
+            msg_id: self.msg_id.clone(),
             correlation_id: self.correlation_id.clone(),
             headers: self.headers.clone(),
             payload: self.payload.clone(),
@@ -114,7 +121,7 @@ pub fn prepare(catalog: &Catalog, limits: &Limits, participant: &Participant, dr
         (None, Some(id)) => Some(("CloudEvents id", id)),
         (None, None) => None,
     };
-    let id = match given {
+    let (id, msg_id) = match given {
         Some((source, id)) => {
             if id.is_empty() || id.len() > MAX_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(Problem::new(
@@ -122,32 +129,29 @@ pub fn prepare(catalog: &Catalog, limits: &Limits, participant: &Participant, dr
                     format!("{source}: a message id is 1-{MAX_ID_LEN} printable ASCII characters without spaces"),
                 ));
             }
-            id
+            let msg_id = scoped_message_id(&participant.name, &id);
+            (id, msg_id)
         }
-        None => uuid::Uuid::now_v7().to_string(),
+        None => {
+            let id = uuid::Uuid::now_v7().to_string();
+            (id.clone(), id)
+        }
     };
+    check_attributes(limits, &attributes, traceparent.as_deref(), tracestate.as_deref())?;
 
-    if exceeds_depth(&data, limits.max_json_depth) {
-        return Err(Problem::new(
-            ProblemType::JsonTooDeep,
-            format!("the data nests deeper than {} levels", limits.max_json_depth),
-        ));
-    }
     let contract = catalog
         .contracts
         .for_subject(&subject, attributes.dataschema.as_deref())
         .map_err(|e| Problem::new(ProblemType::UnknownDataschema, e.to_string()))?;
     match contract {
         Some(contract) => {
-            let value: serde_json::Value = serde_json::from_slice(&data).map_err(malformed)?;
-            honour(contract, &value)?;
+            let value = parse_strict(&data, limits.max_json_depth)?;
+            honour(contract, &value, limits.max_violations_reported)?;
         }
         None if catalog.require_contract => {
             return Err(Problem::new(ProblemType::ContractRequired, format!("no contract is bound to {subject}")));
         }
-        None if !data_well_formed => {
-            serde_json::from_slice::<serde::de::IgnoredAny>(&data).map_err(malformed)?;
-        }
+        None if !data_well_formed => check_strict(&data, limits.max_json_depth)?,
         None => {}
     }
 
@@ -165,21 +169,79 @@ pub fn prepare(catalog: &Catalog, limits: &Limits, participant: &Participant, dr
     }
     .to_nats_headers();
     let correlation_id = attributes.extensions.get("correlationid").cloned();
-    Ok(Outgoing { subject, participant: participant.name.clone(), stream, id, correlation_id, headers, payload: data })
+    Ok(Outgoing { subject, participant: participant.name.clone(), stream, id, msg_id, correlation_id, headers, payload: data })
 }
 
-/// Checks data against a contract: `contract-violation` with every failing pointer.
+/// The `Nats-Msg-Id` of a message whose id its publisher chose: `<participant>:<id>`. Two
+/// participants using the same key publish two messages; one participant's retry is still a
+/// duplicate. Participant names hold no `:` and generated ids (UUIDs) none either, so no scoped
+/// id can equal another publisher's or a generated one.
+#[must_use]
+pub fn scoped_message_id(participant: &str, id: &str) -> String {
+    format!("{participant}:{id}")
+}
+
+/// Longest value of one CloudEvents attribute; a header is not a place for documents.
+const MAX_ATTRIBUTE_BYTES: usize = 4096;
+
+/// Attributes become HTTP headers and SSE fields at every receiver: no control characters,
+/// bounded count and size; W3C trace context in its own syntax.
+pub fn check_attributes(limits: &Limits, attributes: &ClientAttributes, traceparent: Option<&str>, tracestate: Option<&str>) -> Result<(), Problem> {
+    // id, type, time, subject, dataschema, plus the extensions.
+    let count = 5 + attributes.extensions.len();
+    if count > limits.max_event_attributes {
+        return Err(Problem::new(
+            ProblemType::InvalidCloudEvent,
+            format!("{} extension attributes; at most {} attributes in all are accepted", attributes.extensions.len(), limits.max_event_attributes),
+        ));
+    }
+    let named = [("type", &attributes.type_), ("subject", &attributes.subject), ("dataschema", &attributes.dataschema), ("time", &attributes.time)];
+    let values = named.iter().filter_map(|(n, v)| v.as_deref().map(|v| (*n, v))).chain(attributes.extensions.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    for (name, value) in values {
+        if value.chars().any(char::is_control) {
+            return Err(Problem::new(ProblemType::InvalidCloudEvent, format!("attribute {name} holds a control character")));
+        }
+        if value.len() > MAX_ATTRIBUTE_BYTES {
+            return Err(Problem::new(ProblemType::InvalidCloudEvent, format!("attribute {name} is longer than {MAX_ATTRIBUTE_BYTES} bytes")));
+        }
+    }
+    if let Some(t) = traceparent {
+        cloudevents::check_traceparent(t)?;
+    }
+    if let Some(t) = tracestate {
+        cloudevents::check_tracestate(t)?;
+    }
+    Ok(())
+}
+
+/// The one check of JSON data coming in on any path (publish, request, directory write,
+/// inbound route): UTF-8, depth, I-JSON (no repeated member), and the contract when one is
+/// bound.
+///
+/// # Errors
+/// `invalid-utf8`, `json-too-deep`, `malformed-json`, `duplicate-key`, `contract-violation`.
+pub fn check_data(limits: &Limits, contract: Option<&crate::contracts::Contract>, data: &[u8]) -> Result<(), Problem> {
+    check_utf8(data)?;
+    match contract {
+        Some(contract) => honour(contract, &parse_strict(data, limits.max_json_depth)?, limits.max_violations_reported),
+        None => check_strict(data, limits.max_json_depth),
+    }
+}
+
+/// Checks data against a contract: `contract-violation` with the first `max_reported` failing
+/// pointers and the total, so the answer stays small whatever the data.
 ///
 /// # Errors
 /// The data breaks the contract.
-pub fn honour(contract: &crate::contracts::Contract, value: &serde_json::Value) -> Result<(), Problem> {
-    let violations = contract.violations(value);
-    if violations.is_empty() {
+pub fn honour(contract: &crate::contracts::Contract, value: &serde_json::Value, max_reported: usize) -> Result<(), Problem> {
+    let (violations, total) = contract.violations(value, max_reported);
+    if total == 0 {
         return Ok(());
     }
+    let listed = if total > violations.len() { format!(" (the first {} are listed)", violations.len()) } else { String::new() };
     Err(Problem::new(
         ProblemType::ContractViolation,
-        format!("{} violation(s) of contract {} v{}", violations.len(), contract.name, contract.version),
+        format!("{total} violation(s) of contract {} v{}{listed}", contract.name, contract.version),
     )
     .with_errors(violations))
 }
@@ -238,6 +300,7 @@ impl Publisher {
         // the retries safe and the participant sees a slower 2xx instead of a 503.
         let deadline = started + self.publish_timeout;
         let correlation_id = message.correlation_id.clone();
+        let msg_id = message.msg_id.clone();
         let result = loop {
             let attempt = match self.send(message.clone_for_retry()).await {
                 Ok((id, ack)) => self.await_ack(id, ack).await,
@@ -253,7 +316,7 @@ impl Publisher {
         in_flight.decrement(1.0);
         record(&labels, started, result.as_ref().map(|s| s.duplicate));
         if let (true, Ok(stored)) = (self.tracking, &result) {
-            crate::tracking::index(&self.client, &stored.id, correlation_id.as_deref(), &stored.stream, stored.seq).await;
+            crate::tracking::index(&self.client, &msg_id, correlation_id.as_deref(), &stored.stream, stored.seq).await;
         }
         result.map_err(|mut p| {
             p.counted = true;
@@ -277,16 +340,17 @@ impl Publisher {
         for message in messages {
             let labels = (message.stream.clone(), message.participant.clone());
             let correlation_id = message.correlation_id.clone();
-            pending.push((labels, correlation_id, self.send(message).await));
+            let msg_id = message.msg_id.clone();
+            pending.push((labels, correlation_id, msg_id, self.send(message).await));
         }
-        let acks = pending.into_iter().map(|(labels, correlation_id, sent)| async move {
+        let acks = pending.into_iter().map(|(labels, correlation_id, msg_id, sent)| async move {
             let result = match sent {
                 Ok((id, ack)) => self.await_ack(id, ack).await,
                 Err(problem) => Err(problem),
             };
             record(&labels, started, result.as_ref().map(|s| s.duplicate));
             if let (true, Ok(stored)) = (self.tracking, &result) {
-                crate::tracking::index(&self.client, &stored.id, correlation_id.as_deref(), &stored.stream, stored.seq).await;
+                crate::tracking::index(&self.client, &msg_id, correlation_id.as_deref(), &stored.stream, stored.seq).await;
             }
             result
         });
@@ -299,8 +363,8 @@ impl Publisher {
         if self.client.connection_state() != async_nats::connection::State::Connected {
             return Err(self.unavailable("not connected to NATS"));
         }
-        let Outgoing { subject, id, headers, payload, .. } = message;
-        let publish = jetstream::message::PublishMessage::build().payload(payload).headers(headers).message_id(id.as_str());
+        let Outgoing { subject, id, msg_id, headers, payload, .. } = message;
+        let publish = jetstream::message::PublishMessage::build().payload(payload).headers(headers).message_id(msg_id.as_str());
         match self.js.send_publish(subject, publish).await {
             Ok(ack) => Ok((id, ack)),
             Err(err) => Err(self.map_error(err.kind())),

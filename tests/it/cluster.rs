@@ -226,7 +226,7 @@ impl Tally {
 // ---------------------------------------------------------------------------------------
 // Reading back what was stored and delivered
 
-/// Every `Nats-Msg-Id` in the stream, in stream order, read with an ordered consumer.
+/// Every message id (`ce-id`) in the stream, in stream order, read with an ordered consumer.
 /// Retries (≤ 30 s) while the cluster elects leaders after a fault.
 async fn stored_ids(urls: &str) -> Vec<String> {
     let deadline = Instant::now() + WAIT;
@@ -253,15 +253,17 @@ async fn read_stream(js: &async_nats::jetstream::Context) -> Result<Vec<String>,
     let mut ids = Vec::with_capacity(total);
     while let Some(m) = messages.next().await {
         let m = m?;
-        let id = m.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_owned());
+        let id = m.headers.as_ref().and_then(|h| h.get("ce-id")).map(|v| v.as_str().to_owned());
         ids.push(id.unwrap_or_default());
     }
     Ok(ids)
 }
 
-/// `webhook-id`s received so far, one entry per delivery (duplicates included).
+/// Message ids (`ce-id`) received so far, one entry per delivery (duplicates included). (One
+/// publisher, so `ce-id` identifies a message as well as `webhook-id` does, and it is the id
+/// the publisher was answered with.)
 fn delivered_ids(receiver: &Receiver) -> Vec<String> {
-    receiver.received().iter().filter_map(|r| r.header("webhook-id").map(str::to_owned)).collect()
+    receiver.received().iter().filter_map(|r| r.header("ce-id").map(str::to_owned)).collect()
 }
 
 /// Waits (≤ `within`) until every id in `ids` was delivered at least once; returns all

@@ -94,7 +94,7 @@ async fn nats_outage_gives_503_and_recovers_without_losing_acknowledged_messages
     let mut messages = consumer.messages().await.unwrap().take(total as usize);
     while let Some(m) = messages.next().await {
         let m = m.unwrap();
-        stored.insert(m.headers.as_ref().unwrap().get("Nats-Msg-Id").unwrap().as_str().to_owned());
+        stored.insert(m.headers.as_ref().unwrap().get("ce-id").unwrap().as_str().to_owned());
     }
     let missing: Vec<_> = accepted.iter().filter(|id| !stored.contains(**id)).collect();
     assert!(missing.is_empty(), "answered 202 but not stored: {missing:?}");

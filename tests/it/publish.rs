@@ -220,7 +220,9 @@ async fn structured_cloudevent_stores_data_bytes_and_envelope_attributes() {
     assert_eq!(get("ce-type").as_deref(), Some("ru.winestore.order.status"));
     assert_eq!(get("ce-time").as_deref(), Some("2026-11-28T10:00:00Z"));
     assert_eq!(get("ce-region").as_deref(), Some("msk"));
-    assert_eq!(get("Nats-Msg-Id").as_deref(), Some("status-4711-1"));
+    assert_eq!(get("ce-id").as_deref(), Some("status-4711-1"));
+    // JetStream de-duplicates on the id scoped to its publisher.
+    assert_eq!(get("Nats-Msg-Id").as_deref(), Some("nav:status-4711-1"));
 
     // The data, not the envelope, is what the contract checks.
     let bad = r#"{"specversion":"1.0","type":"x","data":{"order_id":"4711","status":"shipped"}}"#;
@@ -362,4 +364,125 @@ async fn metrics_count_publishes_by_outcome() {
     );
     assert!(text.contains("magistral_publish_duration_seconds_bucket"), "{text}");
     let _ = Duration::ZERO;
+}
+
+#[tokio::test]
+async fn message_ids_are_scoped_to_their_publisher() {
+    let nats = NatsServer::start();
+    let gw = Gateway::start(&nats.url()).await;
+    let js = jetstream(&nats.url()).await;
+    let status = r#"{"order_id":"4711","status":"created","nav_document_no":"SO-000123","at":"2026-11-28T10:00:01Z"}"#;
+    let send = |token: &'static str| gw.publish(token, "orders.status", status).header("idempotency-key", "shared-1").send();
+
+    let by_bitrix = send(BITRIX).await.unwrap();
+    assert_eq!(by_bitrix.status(), 202);
+    let by_bitrix: Value = by_bitrix.json().await.unwrap();
+    // Another participant's message with the same key is its own message, not a duplicate.
+    let by_nav = send(NAV).await.unwrap();
+    assert_eq!(by_nav.status(), 202);
+    let by_nav: Value = by_nav.json().await.unwrap();
+    assert_eq!(by_nav["duplicate"], false);
+    assert_ne!(by_nav["seq"], by_bitrix["seq"]);
+    assert_eq!(by_nav["id"], "shared-1", "the publisher's own id is answered");
+    // A participant's own retry is still a duplicate of its first message.
+    let again = send(BITRIX).await.unwrap();
+    assert_eq!(again.status(), 200);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!((again["duplicate"].as_bool(), &again["seq"]), (Some(true), &by_bitrix["seq"]));
+    assert_eq!(stream_count(&js, "ORDERS").await, 2);
+
+    // "Where is my message?" answers each publisher about its own.
+    for (token, source, seq) in [(BITRIX, "/participants/bitrix", &by_bitrix["seq"]), (NAV, "/participants/nav", &by_nav["seq"])] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let found = loop {
+            let r = gw.http.get(gw.url("/v1/messages/shared-1")).bearer_auth(token).send().await.unwrap();
+            if r.status() == 200 {
+                break r.json::<Value>().await.unwrap();
+            }
+            assert!(std::time::Instant::now() < deadline, "not indexed: {}", r.status());
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        assert_eq!(found["publisher"], source);
+        assert_eq!(&found["seq"], seq);
+    }
+}
+
+#[tokio::test]
+async fn hostile_bodies_are_refused_with_bounded_answers() {
+    let nats = NatsServer::start();
+    let gw = Gateway::start_with(crate::common::gateway::scenario("basic"), &nats.url(), |c| {
+        c.limits.max_body_bytes = 1024 * 1024;
+        c.limits.max_batch_bytes = 16 * 1024 * 1024;
+        c.limits.max_batch_items = 1000;
+    })
+    .await;
+    let js = jetstream(&nats.url()).await;
+
+    // Repeated members: refused with the member named, wherever the JSON is.
+    let r = gw.publish(BITRIX, "orders.misc", r#"{"order_id": 5, "x": 1, "order_id": "BX-1"}"#).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(slug(&body), "duplicate-key");
+    assert!(body["detail"].as_str().unwrap().contains("/order_id"), "{body}");
+    let envelope = r#"{"specversion":"1.0","type":"x","id":"e-1","data":{"a":{"b":1,"b":2}}}"#;
+    let r = gw.publish_as(BITRIX, "orders.misc", "application/cloudevents+json", envelope).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("/data/a/b"));
+    let batch = json!([{"subject": "orders.misc", "data": {}}]).to_string().replace("{}", r#"{"k":1,"k":2}"#);
+    let r = gw.http.post(gw.url("/v1/publish")).bearer_auth(BITRIX).header("content-type", "application/json").body(batch).send().await.unwrap();
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["items"][0]["type"], "urn:magistral:problem:duplicate-key", "{body}");
+
+    // Millions of tiny NDJSON items: refused at the first one over the limit.
+    let started = std::time::Instant::now();
+    let r = gw
+        .http
+        .post(gw.url("/v1/publish"))
+        .bearer_auth(BITRIX)
+        .header("content-type", "application/x-ndjson")
+        .body("{}\n".repeat(5_000_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(slug(&r.json::<Value>().await.unwrap()), "too-many-items");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+
+    // A body breaking its contract in a hundred thousand places: a small answer with a count.
+    let order = json!({
+        "order_id": "BX-1", "customer_id": "C-1", "created_at": "2026-11-28T10:00:00Z",
+        "lines": (0..100_000).map(|_| json!(1)).collect::<Vec<_>>(),
+    });
+    let r = gw.publish(BITRIX, "orders.created", order.to_string()).send().await.unwrap();
+    assert_eq!(r.status(), 422);
+    let text = r.text().await.unwrap();
+    assert!(text.len() < 64 * 1024, "answer of {} bytes", text.len());
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["errors"].as_array().unwrap().len(), 100);
+    assert!(body["detail"].as_str().unwrap().contains("the first 100 are listed"), "{body}");
+
+    // Attributes that would become broken headers or SSE fields.
+    for (name, value) in [("ce-type", "a%0D%0Ab"), ("ce-comment", "x%0Ay"), ("traceparent", "garbage"), ("tracestate", &"a=b,".repeat(200))] {
+        let r = gw.publish(BITRIX, "orders.misc", "{}").header(name, value).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{name}: {value}");
+    }
+    let mut envelope = serde_json::Map::new();
+    envelope.insert("specversion".into(), json!("1.0"));
+    envelope.insert("type".into(), json!("x"));
+    envelope.insert("data".into(), json!({}));
+    for i in 0..40_000 {
+        envelope.insert(format!("x{i}"), json!("v"));
+    }
+    let r = gw
+        .publish_as(BITRIX, "orders.misc", "application/cloudevents+json", Value::Object(envelope).to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 400, "{text}");
+    let r: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(slug(&r), "invalid-cloudevent");
+    assert_eq!(stream_count(&js, "ORDERS").await, 0, "nothing hostile was stored");
 }

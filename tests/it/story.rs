@@ -216,7 +216,7 @@ async fn the_wine_retailer_story_runs_end_to_end() {
     let sent = sent.lock().unwrap();
     let mut latencies: Vec<Duration> = received
         .iter()
-        .filter_map(|r| Some(r.at.saturating_duration_since(*sent.get(r.header("webhook-id")?)?)))
+        .filter_map(|r| Some(r.at.saturating_duration_since(*sent.get(r.header("ce-id")?)?)))
         .collect();
     assert_eq!(latencies.len(), 1000, "every order reached NAV exactly once");
     latencies.sort();
