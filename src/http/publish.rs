@@ -195,6 +195,7 @@ pub async fn publish_batch(State(state): State<AppState>, headers: HeaderMap, bo
             format!("{} items; the limit is {}", items.len(), limits.max_batch_items),
         ));
     }
+    state.admission.charge_batch_items(&participant.name, items.len());
 
     let traceparent = header_str(&headers, "traceparent");
     let tracestate = header_str(&headers, "tracestate");
