@@ -169,6 +169,10 @@ pub struct Limits {
     /// How long a client may take to send a whole request body (`body-timeout`, 408).
     #[serde(with = "humantime_serde")]
     pub body_read_timeout: Duration,
+    /// Longest silence between two pieces of a request body (`body-timeout`, 408): a client
+    /// that stops sending mid-body is cut off long before `body_read_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub body_idle_timeout: Duration,
     /// Open client connections per replica; past it new connections wait in the kernel's
     /// accept queue instead of taking memory.
     pub max_connections: usize,
@@ -220,6 +224,8 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             // A 16 MiB batch over a slow mobile link still arrives in well under a minute.
             body_read_timeout: Duration::from_secs(60),
+            // Mobile links stall for a few seconds; ten without a byte is a stuck client.
+            body_idle_timeout: Duration::from_secs(10),
             max_connections: 4096,
             max_in_flight_per_participant: 1024,
             publish_rate_per_participant: 0.0,

@@ -93,6 +93,7 @@ pub async fn run(config: Config, catalog: Catalog, listener: TcpListener, shutdo
         responders: Arc::new(request::Responders::new(client.clone(), http_client.clone(), tasks.clone(), shutdown.clone())),
         stores: Arc::new(http::kv::Stores::default()),
         sse_streams: Arc::new(http::events::StreamCounts::default()),
+        admission: Arc::new(http::admission::Admission::new(&limits)),
         shutdown: shutdown.clone(),
     };
     tasks.spawn(start_when_reconciled(state.clone(), config.clone(), shutdown.clone()));
@@ -100,20 +101,14 @@ pub async fn run(config: Config, catalog: Catalog, listener: TcpListener, shutdo
     let app = http::router(state.clone());
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "magistral listening");
-    let health = state.health.clone();
-    let stop = shutdown.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        stop.cancelled().await;
-        health.set_shutting_down();
-        tracing::info!("shutting down: refusing new connections, finishing in-flight requests");
-    });
+    let server = serve(listener, app, &limits, state.health.clone(), shutdown.clone());
     let drain_timeout = limits.drain_timeout;
     let bounded_drain = async {
         shutdown.cancelled().await;
         tokio::time::sleep(drain_timeout).await;
     };
     tokio::select! {
-        result = server => result?,
+        () = server => {}
         () = bounded_drain => tracing::warn!("drain timeout reached; closing with requests in flight"),
     }
     tasks.close();
@@ -123,6 +118,76 @@ pub async fn run(config: Config, catalog: Catalog, listener: TcpListener, shutdo
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves HTTP/1.1 until `shutdown`, then stops accepting, lets every connection finish its
+/// request in flight (idle ones close at once) and returns when all are closed.
+///
+/// Each connection holds a permit of `limits.max_connections`; past it the loop stops
+/// accepting, so further clients wait in the kernel's backlog instead of taking memory.
+/// A client has `limits.header_read_timeout` to send a request's line and headers (a
+/// slow-loris connection is closed after it); bodies are bounded by [`http::admission`].
+async fn serve(listener: TcpListener, app: axum::Router, limits: &config::Limits, health: Arc<Health>, shutdown: CancellationToken) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(Some(limits.header_read_timeout).filter(|d| !d.is_zero()));
+    let service = TowerToHyperService::new(app);
+    let connections = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    accept_failed(err).await;
+                    continue;
+                }
+            },
+        };
+        let conn = builder.serve_connection(TokioIo::new(stream), service.clone());
+        let stop = shutdown.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let mut conn = std::pin::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                () = stop.cancelled() => {
+                    // Finish the request in flight (if any), then close.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(err) = result {
+                tracing::debug!(%err, "connection closed with an error");
+            }
+        });
+    }
+    drop(listener);
+    health.set_shutting_down();
+    tracing::info!("shutting down: refusing new connections, finishing in-flight requests");
+    connections.close();
+    connections.wait().await;
+}
+
+/// A failed `accept`: a client that went away is nothing; anything else (out of file
+/// descriptors) is logged and waited out briefly rather than spinning.
+async fn accept_failed(err: std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(err.kind(), ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::ConnectionRefused) {
+        return;
+    }
+    tracing::error!(%err, "accepting a connection failed; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// Reconciles streams (retrying while NATS is unreachable), then starts deliveries and

@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, shared state, and the extractors every route uses so that bad
 //! input comes back in our problem format before any business check runs.
 
+pub mod admission;
 pub mod inbound;
 pub mod kv;
 pub mod messages;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub stores: Arc<kv::Stores>,
     /// Open event streams per participant.
     pub sse_streams: Arc<events::StreamCounts>,
+    /// Per-participant in-flight slots and publish rate (see [`admission`]).
+    pub admission: Arc<admission::Admission>,
     /// Cancelled when the gateway starts shutting down (ends endless responses: event streams).
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -123,6 +126,8 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async {
             Problem::new(ProblemType::MethodNotAllowed, "see /openapi.json for the methods of this route")
         })
+        // Before any handler reads a body: body timeouts and per-participant admission.
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), admission::admission))
         .with_state(state)
         // A bug must answer 500 in our format, not drop the connection; the detail stays in
         // the log.
@@ -137,7 +142,9 @@ pub fn router(state: AppState) -> Router {
         }))
 }
 
-/// The participant a request's `Authorization: Bearer` token belongs to.
+/// The participant a request's `Authorization: Bearer` token belongs to. The scheme name is
+/// case-insensitive (RFC 9110 §11.1) and any run of spaces or tabs may surround the token;
+/// the token itself is compared in constant time.
 ///
 /// # Errors
 /// `unauthorized` for a missing, malformed or unknown token.
@@ -148,9 +155,7 @@ pub fn authenticate<'c>(catalog: &'c Catalog, headers: &HeaderMap) -> Result<&'c
     let token = value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+        .and_then(bearer_token)
         .ok_or_else(|| Problem::new(ProblemType::Unauthorized, "the Authorization header must be `Bearer <token>`"))?;
     catalog
         .participants
@@ -158,11 +163,25 @@ pub fn authenticate<'c>(catalog: &'c Catalog, headers: &HeaderMap) -> Result<&'c
         .ok_or_else(|| Problem::new(ProblemType::Unauthorized, "unknown token"))
 }
 
+/// The token of a `Bearer` credential: scheme matched case-insensitively, then at least one
+/// space or tab, then a token without inner whitespace.
+fn bearer_token(value: &str) -> Option<&str> {
+    let value = value.trim_matches([' ', '\t']);
+    let (scheme, rest) = value.split_once([' ', '\t'])?;
+    let token = rest.trim_start_matches([' ', '\t']);
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains([' ', '\t'])).then_some(token)
+}
+
 /// Reads a body of at most `limit` bytes.
+///
+/// The time it may take is bounded by the [`admission`] middleware, which wraps every
+/// request body on every route: `limits.body_read_timeout` in total and
+/// `limits.body_idle_timeout` between two pieces.
 ///
 /// # Errors
 /// `payload-too-large` past the limit (checked on `Content-Length` first, so an honest
-/// oversized upload is refused without reading it).
+/// oversized upload is refused without reading it); `body-timeout` when the body does not
+/// arrive in time (the connection is then closed).
 pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Problem> {
     let too_large = || Problem::new(ProblemType::PayloadTooLarge, format!("the limit is {limit} bytes"));
     if let Some(len) = headers
@@ -176,7 +195,16 @@ pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<
     match http_body_util::Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
-        Err(err) => Err(Problem::new(ProblemType::MalformedJson, format!("the body could not be read: {err}"))),
+        Err(err) => {
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*err);
+            while let Some(e) = cause {
+                if let Some(timeout) = e.downcast_ref::<admission::BodyTimedOut>() {
+                    return Err(Problem::new(ProblemType::BodyTimeout, timeout.0.clone()));
+                }
+                cause = e.source();
+            }
+            Err(Problem::new(ProblemType::MalformedJson, format!("the body could not be read: {err}")))
+        }
     }
 }
 
@@ -193,4 +221,19 @@ pub fn media_type(headers: &HeaderMap) -> Option<String> {
 #[must_use]
 pub fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_whitespace_tolerant() {
+        for v in ["Bearer abc", "bearer abc", "BEARER abc", "BeArEr abc", "Bearer   abc", " Bearer\tabc  ", "bearer \t abc"] {
+            assert_eq!(bearer_token(v), Some("abc"), "{v:?}");
+        }
+        for v in ["", "Bearer", "Bearer ", "Basic abc", "Bearerabc", "Bearer a b", "Bear abc", "Bearer: abc"] {
+            assert_eq!(bearer_token(v), None, "{v:?}");
+        }
+    }
 }

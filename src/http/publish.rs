@@ -172,6 +172,7 @@ pub async fn publish_batch(State(state): State<AppState>, headers: HeaderMap, bo
             serde_json::from_slice(raw).map_err(publish::malformed)
         })
         .collect();
+    state.admission.charge_batch_items(&participant.name, items.len());
 
     let traceparent = header_str(&headers, "traceparent");
     let tracestate = header_str(&headers, "tracestate");
