@@ -2,10 +2,13 @@
 //!
 //! - Bitrix24 outbound event handlers POST `application/x-www-form-urlencoded` with
 //!   bracketed keys (`data[FIELDS][ID]=…&auth[application_token]=…`); nothing is signed, so
-//!   `auth[application_token]` is compared with the configured one. The `auth` part (which
-//!   carries access tokens) is never published.
+//!   `auth[application_token]` is compared with the configured one — found by a lazy scan
+//!   before the form is built ([`application_token`]), then the form is built iteratively
+//!   within `limits.max_form_fields` / `limits.max_form_depth` ([`parse_bracketed_form`]).
+//!   The `auth` part (which carries access tokens) is never published.
 //! - Business Central webhook subscriptions first call `?validationToken=` (echo it as
-//!   text/plain), then POST `{"value": [...]}`; each entry's `clientState` is checked. BC
+//!   text/plain), then POST `{"value": [...]}`; the entries stay raw ([`notification_entries`])
+//!   and each one's `clientState` is checked before the entry is parsed. BC
 //!   deletes a subscription on any answer but 2xx/408/429/5xx, so this adapter answers only
 //!   those.
 //! - Plain JSON (1C HTTP services, OKTELL scenarios): the publish API's checks, plus a
