@@ -15,7 +15,7 @@ use super::problem::{Problem, ProblemType};
 use super::{authenticate, header_str, media_type, read_body, AppState};
 use crate::catalog::Catalog;
 use crate::config::InboundKind;
-use crate::inbound::{content_id, parse_bracketed_form, InboundRoute};
+use crate::inbound::{application_token, content_id, entry_client_state, notification_entries, parse_bracketed_form, EnvelopeError, InboundRoute};
 use crate::publish::cloudevents::ClientAttributes;
 use crate::publish::{self, check_utf8, exceeds_depth, Draft, Stored};
 
@@ -112,17 +112,19 @@ async fn json_route(state: &AppState, catalog: &Catalog, route: &InboundRoute, h
     Ok((status, Json(stored)).into_response())
 }
 
-/// Bitrix24 outbound event handler.
+/// Bitrix24 outbound event handler. Bitrix24 signs nothing and puts its token in the body,
+/// so the order is: content type → bounded read → a scan for the token alone (nothing built)
+/// → the token → only then the form, within its field and depth limits.
 async fn bitrix24(state: &AppState, catalog: &Catalog, route: &InboundRoute, headers: &HeaderMap, body: Body) -> Result<Response, Problem> {
     if media_type(headers).as_deref() != Some("application/x-www-form-urlencoded") {
         return Err(Problem::new(ProblemType::UnsupportedMediaType, "Bitrix24 event handlers send application/x-www-form-urlencoded"));
     }
     let body = read_body(body, headers, state.limits.max_body_bytes).await?;
-    let mut form = parse_bracketed_form(&body);
-    let token = form["auth"]["application_token"].as_str().unwrap_or_default();
-    if !route.secret_matches(token) {
-        return Err(Problem::new(ProblemType::Unauthorized, "auth[application_token] does not match this route's application token"));
+    if !application_token(&body).is_some_and(|token| route.secret_matches(&token)) {
+        return Err(Problem::new(ProblemType::Unauthorized, "auth[application_token] is missing or does not match this route's application token"));
     }
+    let mut form = parse_bracketed_form(&body, state.limits.max_form_fields, state.limits.max_form_depth)
+        .map_err(|e| Problem::new(ProblemType::FormTooComplex, e.to_string()))?;
     // The auth part carries the portal's access and refresh tokens: never published.
     let portal = form["auth"]["domain"].as_str().map(str::to_owned);
     if let Some(obj) = form.as_object_mut() {
@@ -139,8 +141,24 @@ async fn bitrix24(state: &AppState, catalog: &Catalog, route: &InboundRoute, hea
     Ok((StatusCode::OK, Json(stored)).into_response())
 }
 
+/// Whether Business Central keeps its subscription after this status: it deletes it on any
+/// answer but 2xx/408/429/5xx.
+fn bc_tolerates(status: StatusCode) -> bool {
+    status.is_success() || status.is_server_error() || matches!(status.as_u16(), 408 | 429)
+}
+
 /// Business Central webhooks. Only 2xx/408/429/5xx are ever answered: anything else makes
 /// BC delete its subscription.
+///
+/// Nothing here is authenticated before the body (BC sends no credentials but the
+/// `clientState` inside each entry), so the body is read up to `limits.max_body_bytes` and
+/// taken apart borrowing: the envelope's entries stay raw, counted up to
+/// `limits.max_batch_items`, and only an entry whose `clientState` matches is parsed further.
+/// BC aggregates more than 1000 changes into one `collection` entry, so its real notifications
+/// stay far below both limits. Over a limit is answered 500, not 413 (which would delete the
+/// subscription) and not 202 (which would drop a real notification silently): BC retries
+/// while an operator, alerted by the error log, raises the limit. A body that is not a
+/// notification at all is not BC's: 202 and dropped.
 async fn business_central(
     state: &AppState,
     catalog: &Catalog,
@@ -155,7 +173,7 @@ async fn business_central(
         return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], token).into_response());
     }
     let bc_safe = |p: Problem| -> Problem {
-        if p.status().is_server_error() {
+        if bc_tolerates(p.status()) {
             p
         } else {
             // Our refusal is a configuration problem here, not BC's: 500 keeps BC retrying
@@ -166,21 +184,28 @@ async fn business_central(
             p
         }
     };
-    let body = read_body(body, headers, state.limits.max_batch_bytes).await.map_err(bc_safe)?;
-    let Ok(notification) = serde_json::from_slice::<Value>(&body) else {
-        tracing::warn!(route = %route.name, "Business Central notification is not JSON; ignored");
-        return Ok(StatusCode::ACCEPTED.into_response());
+    let body = read_body(body, headers, state.limits.max_body_bytes).await.map_err(bc_safe)?;
+    let entries = match notification_entries(&body, state.limits.max_batch_items) {
+        Ok(entries) => entries,
+        Err(e @ EnvelopeError::TooManyEntries { .. }) => return Err(bc_safe(Problem::new(ProblemType::TooManyItems, e.to_string()))),
+        Err(EnvelopeError::Malformed(e)) => {
+            tracing::warn!(route = %route.name, error = %e, "Business Central notification is not a notification; ignored");
+            return Ok(StatusCode::ACCEPTED.into_response());
+        }
     };
-    let entries = notification["value"].as_array().cloned().unwrap_or_default();
     let mut stored = Vec::new();
     let mut ignored = 0;
-    for mut entry in entries {
-        let client_state = entry["clientState"].as_str().unwrap_or_default().to_owned();
-        if !route.secret_matches(&client_state) {
+    for raw in entries {
+        if !entry_client_state(raw).is_some_and(|cs| route.secret_matches(&cs)) {
             // As Microsoft's webhook guidance says: not ours, drop it, still answer 2xx.
             ignored += 1;
             continue;
         }
+        // Ours: only now is the entry built (serde_json bounds its nesting).
+        let Ok(mut entry) = serde_json::from_str::<Value>(raw.get()) else {
+            ignored += 1;
+            continue;
+        };
         if let Some(obj) = entry.as_object_mut() {
             obj.remove("clientState");
         }

@@ -6,6 +6,7 @@ mod cluster;
 mod delivery;
 mod faults;
 mod inbound;
+mod inbound_hostile;
 mod kv;
 mod process;
 mod publish;
