@@ -47,17 +47,10 @@ impl Subscription {
         consumer_name(&self.name)
     }
 
-    /// The endpoint without credentials, for listings and logs (push mode only).
+    /// The endpoint without credentials or query, for listings and logs (push mode only).
     #[must_use]
     pub fn endpoint_redacted(&self) -> Option<String> {
-        (self.mode == SubscriptionMode::Push).then(|| self.endpoint_without_credentials())
-    }
-
-    fn endpoint_without_credentials(&self) -> String {
-        let mut url = self.endpoint.clone();
-        let _ = url.set_password(None);
-        let _ = url.set_username("");
-        url.to_string()
+        (self.mode == SubscriptionMode::Push).then(|| redacted(&self.endpoint))
     }
 
     /// Resolves one configured subscription. `streams` includes the system streams.
@@ -200,6 +193,36 @@ impl Subscription {
     }
 }
 
+/// An endpoint as it may be shown anywhere (errors, events, API answers, logs):
+/// `scheme://host[:port]/path`, with `?…` standing for a query. Userinfo, query and fragment
+/// routinely carry secrets (`https://user:pw@host/hook?code=…`) and never appear.
+#[must_use]
+pub fn redacted(url: &reqwest::Url) -> String {
+    let mut out = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
+    if let Some(port) = url.port() {
+        out.push_str(&format!(":{port}"));
+    }
+    out.push_str(url.path());
+    if url.query().is_some() {
+        out.push_str("?…");
+    }
+    out
+}
+
+/// `text` with every spelling of `url` in it replaced by its redacted form; for error
+/// messages from HTTP clients and resolvers, which quote the URL they were given.
+#[must_use]
+pub fn scrub(text: &str, url: &reqwest::Url) -> String {
+    let mut out = text.replace(url.as_str(), &redacted(url));
+    // Pieces that may be quoted on their own.
+    for secret in [url.password(), url.query(), Some(url.username()).filter(|u| !u.is_empty())].into_iter().flatten() {
+        if secret.len() >= 3 {
+            out = out.replace(secret, "…");
+        }
+    }
+    out
+}
+
 /// Where and how to call a participant's HTTP endpoint (subscriptions and responders).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpTarget {
@@ -298,5 +321,23 @@ pub fn read_secret(config: &Config, value: &SecretValue) -> Result<String, Strin
             let path = config.resolve(file);
             std::fs::read_to_string(&path).map(|s| s.trim().to_owned()).map_err(|e| format!("{}: {e}", path.display()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacted_endpoints_keep_no_secrets() {
+        let url = reqwest::Url::parse("https://user:pw@erp.example:8443/hook/in?code=SECRET#frag").unwrap();
+        assert_eq!(redacted(&url), "https://erp.example:8443/hook/in?…");
+        let plain = reqwest::Url::parse("http://10.0.0.5/hook").unwrap();
+        assert_eq!(redacted(&plain), "http://10.0.0.5/hook");
+        let v6 = reqwest::Url::parse("http://[::1]:9000/").unwrap();
+        assert_eq!(redacted(&v6), "http://[::1]:9000/");
+        let text = format!("error sending request for url ({url}): pass SECRET and pw-secret");
+        let cleaned = scrub(&text, &reqwest::Url::parse("https://user:pw-secret@erp.example:8443/hook/in?code=SECRET").unwrap());
+        assert!(!cleaned.contains("SECRET") && !cleaned.contains("pw-secret"), "{cleaned}");
     }
 }

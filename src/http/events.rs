@@ -76,13 +76,20 @@ pub async fn events(
     let participant = authenticate(&catalog, &headers)?;
     let query = query.map_err(|e| Problem::new(ProblemType::InvalidQuery, e.body_text()))?;
     let sub = owned(&catalog, participant, &name, SubscriptionMode::Stream)?.clone();
-    let not_resumable = || Problem::new(ProblemType::InvalidHeader, "Last-Event-ID is an event id from this stream");
-    // A header that is not even visible ASCII is no event id either.
-    let raw = match headers.get("last-event-id") {
-        Some(v) => Some(v.to_str().map_err(|_| not_resumable())?.to_owned()),
-        None => query.last_event_id.clone(),
+    // The header, else the query parameter; each refused as what it is.
+    let from_header = headers.get("last-event-id").is_some();
+    let not_resumable = move || {
+        if from_header {
+            Problem::new(ProblemType::InvalidHeader, "Last-Event-ID is an event id from this stream")
+        } else {
+            Problem::new(ProblemType::InvalidQuery, "last_event_id is an event id from this stream")
+        }
     };
-    let resume_at = raw.as_deref().map(parse_last_event_id).transpose().map_err(|()| not_resumable())?;
+    let resume_at = match headers.get("last-event-id") {
+        // A header that is not even visible ASCII is no event id either.
+        Some(v) => Some(v.to_str().ok().and_then(|v| parse_last_event_id(v).ok()).ok_or_else(not_resumable)?),
+        None => query.last_event_id.as_deref().map(parse_last_event_id).transpose().map_err(|()| not_resumable())?,
+    };
 
     // A slot first, so a client hammering reconnects cannot pile up consumers.
     {

@@ -20,16 +20,16 @@ use crate::delivery::pull::{self, AckFailure, Action};
 use crate::delivery::subscription::Subscription;
 use crate::participants::Participant;
 
-/// The subscription, if the caller owns it and it has the mode the route needs.
+/// The subscription, if the caller owns it and it has the mode the route needs; one the
+/// caller may not see is not found, exactly like one that does not exist.
 pub fn owned<'c>(
     catalog: &'c Catalog,
     participant: &Participant,
     name: &str,
     mode: SubscriptionMode,
 ) -> Result<&'c std::sync::Arc<Subscription>, Problem> {
-    let sub = catalog
-        .subscription(name)
-        .ok_or_else(|| Problem::new(ProblemType::NotFound, format!("no subscription {name}")))?;
+    let sub = super::subscriptions::find(catalog, participant, name)?;
+    // An admin sees every subscription, but only its owner pulls from it.
     if sub.participant != participant.name {
         return Err(Problem::new(ProblemType::Forbidden, format!("subscription {name} belongs to {}", sub.participant)));
     }
