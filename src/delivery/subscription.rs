@@ -12,7 +12,7 @@ use crate::streams::StreamDef;
 use crate::subject;
 
 /// A push subscription, ready to run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Subscription {
     pub name: String,
     pub participant: String,
@@ -38,6 +38,20 @@ pub struct Subscription {
     pub transform: Option<crate::transform::Transform>,
     /// `(stream, filter subjects)` for every stream the subjects span: one consumer each.
     pub spans: Vec<(String, Vec<String>)>,
+}
+
+/// Debug output ends up in logs: the endpoint is shown redacted, headers and keys not at all.
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("name", &self.name)
+            .field("participant", &self.participant)
+            .field("subjects", &self.subjects)
+            .field("mode", &self.mode)
+            .field("endpoint", &redacted(&self.endpoint))
+            .field("spans", &self.spans)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Subscription {
@@ -224,13 +238,19 @@ pub fn scrub(text: &str, url: &reqwest::Url) -> String {
 }
 
 /// Where and how to call a participant's HTTP endpoint (subscriptions and responders).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct HttpTarget {
     pub endpoint: reqwest::Url,
     pub method: reqwest::Method,
     /// Extra headers, secrets already read, marked sensitive.
     pub headers: HeaderMap,
     pub signing_keys: Vec<SigningKey>,
+}
+
+impl std::fmt::Debug for HttpTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpTarget").field("endpoint", &redacted(&self.endpoint)).field("method", &self.method).finish_non_exhaustive()
+    }
 }
 
 /// Parses an endpoint and reads its header values and signing secrets.
@@ -336,6 +356,8 @@ mod tests {
         assert_eq!(redacted(&plain), "http://10.0.0.5/hook");
         let v6 = reqwest::Url::parse("http://[::1]:9000/").unwrap();
         assert_eq!(redacted(&v6), "http://[::1]:9000/");
+        let target = HttpTarget { endpoint: url.clone(), method: reqwest::Method::POST, headers: HeaderMap::new(), signing_keys: Vec::new() };
+        assert!(!format!("{target:?}").contains("SECRET"));
         let url = reqwest::Url::parse("https://erp-user:pw-secret@erp.example:8443/hook/in?code=SECRET").unwrap();
         let text = format!("error sending request for url ({url}): at erp.example/hook/in?code=SECRET as erp-user:pw-secret");
         let cleaned = scrub(&text, &url);

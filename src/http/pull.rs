@@ -79,7 +79,7 @@ pub async fn fetch(State(state): State<AppState>, Name(name): Name, headers: Hea
     let sub = owned(&catalog, participant, &name, SubscriptionMode::Pull)?;
     let request: FetchRequest = json_body(&headers, body).await?;
     // Never more than the consumer may have unacknowledged at once.
-    let max = request.max.unwrap_or(10).clamp(1, state.limits.max_fetch.min(sub.max_in_flight as usize));
+    let max = request.max.unwrap_or(10).clamp(1, state.limits.max_fetch.min(sub.max_in_flight as usize).max(1));
     let wait = request.wait.unwrap_or(Duration::ZERO).min(state.limits.max_fetch_wait);
     let engine = &state.deliveries.engine;
     let unavailable = |e: String| Problem::new(ProblemType::NatsUnavailable, format!("NATS: {e}")).retry_after(state.limits.retry_after_seconds);
