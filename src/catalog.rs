@@ -110,6 +110,29 @@ impl Catalog {
             Err(e) => problem(config_file.clone(), "streams_dir".into(), format!("{}: {e}", streams_dir.display())),
         }
 
+        // A request is published on its subject, so a stream storing that subject keeps it
+        // and fans it out: sending requests there needs the right to publish there too.
+        for (name, p) in &config.participants {
+            for (i, pattern) in p.request.iter().enumerate() {
+                for def in &streams {
+                    for stored in &def.config.subjects {
+                        let Some(shared) = subject::intersection(pattern, stored) else { continue };
+                        if !p.publish.iter().any(|allowed| subject::covers(allowed, &shared)) {
+                            problem(
+                                config_file.clone(),
+                                format!("participants.{name}.request[{i}]"),
+                                format!(
+                                    "{pattern} reaches {shared}, which stream {} stores, but {name} may not publish there: \
+                                     add {shared} to its publish patterns or narrow the request pattern",
+                                    def.name()
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+
         // Contracts.
         let contracts_dir = config.resolve(&config.contracts_dir);
         let mut contracts = Vec::new();

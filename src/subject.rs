@@ -112,6 +112,42 @@ pub fn covers(outer: &str, inner: &str) -> bool {
     }
 }
 
+/// The subjects that both patterns match, as one pattern; `None` when no subject matches
+/// both. Under NATS rules the intersection of two patterns is always a single pattern:
+/// token by token the narrower one wins, and `>` takes the other side's remaining tokens.
+#[must_use]
+pub fn intersection(a: &str, b: &str) -> Option<String> {
+    let a: Vec<&str> = a.split('.').collect();
+    let b: Vec<&str> = b.split('.').collect();
+    let mut out: Vec<&str> = Vec::with_capacity(a.len().max(b.len()));
+    let mut i = 0;
+    loop {
+        match (a.get(i).copied(), b.get(i).copied()) {
+            // `>` matches one or more tokens: whatever (non-empty) rest the other side has.
+            (Some(">"), Some(_)) => {
+                out.extend_from_slice(&b[i..]);
+                break;
+            }
+            (Some(_), Some(">")) => {
+                out.extend_from_slice(&a[i..]);
+                break;
+            }
+            (Some("*"), Some(t)) | (Some(t), Some("*")) => out.push(t),
+            (Some(x), Some(y)) if x == y => out.push(x),
+            (None, None) => break,
+            _ => return None,
+        }
+        i += 1;
+    }
+    Some(out.join("."))
+}
+
+/// Whether some concrete subject matches both patterns.
+#[must_use]
+pub fn overlap(a: &str, b: &str) -> bool {
+    intersection(a, b).is_some()
+}
+
 /// A set of patterns, e.g. a participant's publish permissions.
 #[derive(Debug, Clone, Default)]
 pub struct PatternSet(Vec<String>);
@@ -183,6 +219,66 @@ mod tests {
         assert!(!covers("orders.*", "orders.>"));
         assert!(!covers("orders.x", "orders.*"));
         assert!(covers(">", "a.b"));
+    }
+
+    #[test]
+    fn pattern_overlap() {
+        assert_eq!(intersection("orders.>", "*.created").as_deref(), Some("orders.created"));
+        assert_eq!(intersection("orders.*", "orders.>").as_deref(), Some("orders.*"));
+        assert_eq!(intersection(">", "a.b.>").as_deref(), Some("a.b.>"));
+        assert_eq!(intersection("a.>", "a.>").as_deref(), Some("a.>"));
+        assert_eq!(intersection("a.*.c", "a.b.*").as_deref(), Some("a.b.c"));
+        assert_eq!(intersection("a.b", "a.b").as_deref(), Some("a.b"));
+        assert!(!overlap("orders.>", "orders"));
+        assert!(!overlap("a.*", "a.b.c"));
+        assert!(!overlap("a.b", "a.c"));
+        assert!(!overlap("invoices.>", "orders.>"));
+        assert!(overlap("*.*", "a.b"));
+        assert!(!overlap("*", "a.b"));
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn pattern() -> impl Strategy<Value = String> {
+            (prop::collection::vec(prop_oneof!["a", "b", r"\*"], 0..4), any::<bool>()).prop_map(|(mut tokens, tail)| {
+                if tail || tokens.is_empty() {
+                    tokens.push(">".into());
+                }
+                tokens.join(".")
+            })
+        }
+
+        fn subject() -> impl Strategy<Value = String> {
+            prop::collection::vec(prop_oneof!["a", "b", "c"], 1..6).prop_map(|t| t.join("."))
+        }
+
+        /// A concrete subject the pattern matches.
+        fn instance(pattern: &str) -> String {
+            pattern.split('.').map(|t| if t == "*" || t == ">" { "c" } else { t }).collect::<Vec<_>>().join(".")
+        }
+
+        proptest! {
+            #[test]
+            fn intersection_matches_exactly_what_both_match(a in pattern(), b in pattern(), s in subject()) {
+                let both = matches(&a, &s) && matches(&b, &s);
+                let i = intersection(&a, &b);
+                prop_assert_eq!(both, i.as_deref().is_some_and(|i| matches(i, &s)), "a={} b={} i={:?}", a, b, i);
+                if let Some(i) = &i {
+                    prop_assert!(validate_pattern(i).is_ok());
+                    let witness = instance(i);
+                    prop_assert!(matches(&a, &witness) && matches(&b, &witness));
+                    prop_assert!(covers(&a, i) && covers(&b, i));
+                }
+                prop_assert_eq!(overlap(&a, &b), overlap(&b, &a));
+            }
+
+            #[test]
+            fn never_panics(a in ".{0,40}", b in ".{0,40}") {
+                let _ = intersection(&a, &b);
+            }
+        }
     }
 
     #[test]

@@ -160,7 +160,8 @@ pub async fn send(
             class: if err.is_timeout() { Class::Timeout } else { Class::Unreachable },
             status: None,
             retry_after: None,
-            excerpt: error_chain(&err),
+            // reqwest quotes the URL it was given, userinfo and query included.
+            excerpt: super::subscription::scrub(&error_chain(&err.without_url()), &sub.endpoint),
             elapsed: Duration::ZERO,
         },
     };
@@ -176,8 +177,19 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         text.push_str(&s.to_string());
         source = s.source();
     }
-    text.truncate(EXCERPT_BYTES);
+    truncate_at_char(&mut text, EXCERPT_BYTES);
     text
+}
+
+/// `String::truncate` panics inside a multi-byte character; this cuts before it.
+fn truncate_at_char(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut at = max;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+    }
 }
 
 /// CloudEvents HTTP binary mode: every `ce-*` NATS header as is (both bindings use the same

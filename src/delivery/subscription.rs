@@ -12,7 +12,7 @@ use crate::streams::StreamDef;
 use crate::subject;
 
 /// A push subscription, ready to run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Subscription {
     pub name: String,
     pub participant: String,
@@ -40,6 +40,20 @@ pub struct Subscription {
     pub spans: Vec<(String, Vec<String>)>,
 }
 
+/// Debug output ends up in logs: the endpoint is shown redacted, headers and keys not at all.
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("name", &self.name)
+            .field("participant", &self.participant)
+            .field("subjects", &self.subjects)
+            .field("mode", &self.mode)
+            .field("endpoint", &redacted(&self.endpoint))
+            .field("spans", &self.spans)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Subscription {
     /// The durable consumer name, the same on every stream and every replica.
     #[must_use]
@@ -47,17 +61,10 @@ impl Subscription {
         consumer_name(&self.name)
     }
 
-    /// The endpoint without credentials, for listings and logs (push mode only).
+    /// The endpoint without credentials or query, for listings and logs (push mode only).
     #[must_use]
     pub fn endpoint_redacted(&self) -> Option<String> {
-        (self.mode == SubscriptionMode::Push).then(|| self.endpoint_without_credentials())
-    }
-
-    fn endpoint_without_credentials(&self) -> String {
-        let mut url = self.endpoint.clone();
-        let _ = url.set_password(None);
-        let _ = url.set_username("");
-        url.to_string()
+        (self.mode == SubscriptionMode::Push).then(|| redacted(&self.endpoint))
     }
 
     /// Resolves one configured subscription. `streams` includes the system streams.
@@ -200,14 +207,50 @@ impl Subscription {
     }
 }
 
+/// An endpoint as it may be shown anywhere (errors, events, API answers, logs):
+/// `scheme://host[:port]/path`, with `?…` standing for a query. Userinfo, query and fragment
+/// routinely carry secrets (`https://user:pw@host/hook?code=…`) and never appear.
+#[must_use]
+pub fn redacted(url: &reqwest::Url) -> String {
+    let mut out = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
+    if let Some(port) = url.port() {
+        out.push_str(&format!(":{port}"));
+    }
+    out.push_str(url.path());
+    if url.query().is_some() {
+        out.push_str("?…");
+    }
+    out
+}
+
+/// `text` with every spelling of `url` in it replaced by its redacted form; for error
+/// messages from HTTP clients and resolvers, which quote the URL they were given.
+#[must_use]
+pub fn scrub(text: &str, url: &reqwest::Url) -> String {
+    let mut out = text.replace(url.as_str(), &redacted(url));
+    // Pieces that may be quoted on their own.
+    for secret in [url.password(), url.query(), Some(url.username()).filter(|u| !u.is_empty())].into_iter().flatten() {
+        if secret.len() >= 3 {
+            out = out.replace(secret, "…");
+        }
+    }
+    out
+}
+
 /// Where and how to call a participant's HTTP endpoint (subscriptions and responders).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct HttpTarget {
     pub endpoint: reqwest::Url,
     pub method: reqwest::Method,
     /// Extra headers, secrets already read, marked sensitive.
     pub headers: HeaderMap,
     pub signing_keys: Vec<SigningKey>,
+}
+
+impl std::fmt::Debug for HttpTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpTarget").field("endpoint", &redacted(&self.endpoint)).field("method", &self.method).finish_non_exhaustive()
+    }
 }
 
 /// Parses an endpoint and reads its header values and signing secrets.
@@ -298,5 +341,26 @@ pub fn read_secret(config: &Config, value: &SecretValue) -> Result<String, Strin
             let path = config.resolve(file);
             std::fs::read_to_string(&path).map(|s| s.trim().to_owned()).map_err(|e| format!("{}: {e}", path.display()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacted_endpoints_keep_no_secrets() {
+        let url = reqwest::Url::parse("https://user:pw@erp.example:8443/hook/in?code=SECRET#frag").unwrap();
+        assert_eq!(redacted(&url), "https://erp.example:8443/hook/in?…");
+        let plain = reqwest::Url::parse("http://10.0.0.5/hook").unwrap();
+        assert_eq!(redacted(&plain), "http://10.0.0.5/hook");
+        let v6 = reqwest::Url::parse("http://[::1]:9000/").unwrap();
+        assert_eq!(redacted(&v6), "http://[::1]:9000/");
+        let target = HttpTarget { endpoint: url.clone(), method: reqwest::Method::POST, headers: HeaderMap::new(), signing_keys: Vec::new() };
+        assert!(!format!("{target:?}").contains("SECRET"));
+        let url = reqwest::Url::parse("https://erp-user:pw-secret@erp.example:8443/hook/in?code=SECRET").unwrap();
+        let text = format!("error sending request for url ({url}): at erp.example/hook/in?code=SECRET as erp-user:pw-secret");
+        let cleaned = scrub(&text, &url);
+        assert_eq!(cleaned, "error sending request for url (https://erp.example:8443/hook/in?…): at erp.example/hook/in?… as …:…");
     }
 }

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use super::problem::{Problem, ProblemType};
 use super::pull::owned;
 use super::subscriptions::Name;
-use super::{authenticate, header_str, AppState};
+use super::{authenticate, AppState};
 use crate::config::{StartPosition, SubscriptionMode};
 
 /// Open event streams per participant.
@@ -54,8 +54,8 @@ impl Drop for Lease {
 pub struct EventsQuery {
     /// For `EventSource`, which cannot send `Authorization`.
     access_token: Option<String>,
-    /// Alternative to the `Last-Event-ID` header.
-    last_event_id: Option<u64>,
+    /// Alternative to the `Last-Event-ID` header (parsed like it).
+    last_event_id: Option<String>,
 }
 
 /// `GET /v1/subscriptions/{name}/events`
@@ -76,9 +76,19 @@ pub async fn events(
     let participant = authenticate(&catalog, &headers)?;
     let query = query.map_err(|e| Problem::new(ProblemType::InvalidQuery, e.body_text()))?;
     let sub = owned(&catalog, participant, &name, SubscriptionMode::Stream)?.clone();
-    let last_seen = match header_str(&headers, "last-event-id") {
-        Some(v) => Some(v.trim().parse::<u64>().map_err(|_| Problem::new(ProblemType::InvalidHeader, "Last-Event-ID is an event id from this stream"))?),
-        None => query.last_event_id,
+    // The header, else the query parameter; each refused as what it is.
+    let from_header = headers.get("last-event-id").is_some();
+    let not_resumable = move || {
+        if from_header {
+            Problem::new(ProblemType::InvalidHeader, "Last-Event-ID is an event id from this stream")
+        } else {
+            Problem::new(ProblemType::InvalidQuery, "last_event_id is an event id from this stream")
+        }
+    };
+    let resume_at = match headers.get("last-event-id") {
+        // A header that is not even visible ASCII is no event id either.
+        Some(v) => Some(v.to_str().ok().and_then(|v| parse_last_event_id(v).ok()).ok_or_else(not_resumable)?),
+        None => query.last_event_id.as_deref().map(parse_last_event_id).transpose().map_err(|()| not_resumable())?,
     };
 
     // A slot first, so a client hammering reconnects cannot pile up consumers.
@@ -99,13 +109,20 @@ pub async fn events(
     let unavailable = |e: String| Problem::new(ProblemType::NatsUnavailable, format!("NATS: {e}")).retry_after(state.limits.retry_after_seconds);
     let (stream_name, filters) = sub.spans.first().cloned().ok_or_else(|| Problem::new(ProblemType::Internal, "no stream"))?;
     let stream = state.publisher.jetstream().get_stream(&stream_name).await.map_err(|e| unavailable(e.to_string()))?;
+    // Sequences never go back, so an id past the stream's last one was never sent.
+    if let Some(start) = resume_at {
+        let last = stream.cached_info().state.last_sequence;
+        if start > last.saturating_add(1) {
+            return Err(not_resumable());
+        }
+    }
     let consumer_name = format!("magistral-sse-{}-{}", sub.name, uuid::Uuid::now_v7().simple());
     let mut config = pull::Config {
         name: Some(consumer_name.clone()),
         description: Some(format!("magistral event stream of {} for {}", sub.name, participant.name)),
         ack_policy: AckPolicy::None,
-        deliver_policy: match (last_seen, sub.start) {
-            (Some(seq), _) => DeliverPolicy::ByStartSequence { start_sequence: seq + 1 },
+        deliver_policy: match (resume_at, sub.start) {
+            (Some(start_sequence), _) => DeliverPolicy::ByStartSequence { start_sequence },
             (None, StartPosition::All) => DeliverPolicy::All,
             (None, StartPosition::New) => DeliverPolicy::New,
         },
@@ -160,8 +177,147 @@ fn to_events(
                 .and_then(|h| h.get("ce-type"))
                 .map(|v| percent_encoding::percent_decode_str(v.as_str()).decode_utf8_lossy().into_owned())
                 .unwrap_or_else(|| m.subject.to_string());
-            let data = String::from_utf8_lossy(&m.payload).into_owned();
-            Some(Ok(Event::default().id(info.stream_sequence.to_string()).event(type_).data(data)))
+            Some(Ok(frame(info.stream_sequence, &type_, &m.payload)))
         }
     })
+}
+
+/// The stream sequence to resume at after the event id a client last saw: the digits of a
+/// sequence (surrounding spaces allowed), plus one. Anything else — signs, empty, or a
+/// number with no successor — is not a resume point.
+///
+/// # Errors
+/// The value is not an event id this gateway could have sent.
+pub fn parse_last_event_id(value: &str) -> Result<u64, ()> {
+    let digits = value.trim_matches(' ');
+    if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(());
+    }
+    digits.parse::<u64>().map_err(|_| ())?.checked_add(1).ok_or(())
+}
+
+/// One SSE frame for a stored message. Total whatever the message holds: axum's `Event`
+/// panics on CR/LF in `event`/`id`, so the type has every control character replaced, and
+/// line breaks in the data become separate `data:` lines (the client joins them with LF;
+/// for JSON, whose strings cannot hold raw line breaks, that changes no value).
+#[must_use]
+pub fn frame(seq: u64, type_: &str, data: &[u8]) -> Event {
+    Event::default().id(seq.to_string()).event(sse_field(type_)).data(sse_data(&String::from_utf8_lossy(data)))
+}
+
+/// A value safe for a single-line SSE field: control characters become U+FFFD.
+#[must_use]
+pub fn sse_field(value: &str) -> String {
+    value.chars().map(|c| if c.is_control() { char::REPLACEMENT_CHARACTER } else { c }).collect()
+}
+
+/// Data with CRLF and lone CR as LF, the line break axum splits `data:` lines on (a CR
+/// left in would be split too, and CRLF would become two line breaks).
+fn sse_data(data: &str) -> String {
+    if data.contains('\r') { data.replace("\r\n", "\n").replace('\r', "\n") } else { data.to_owned() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use proptest::prelude::*;
+
+    /// The frame as a client reads it, parsed by the rules of the HTML standard's
+    /// event-stream interpretation: (id, event, data) of every dispatched event.
+    fn read_back(event: Event) -> Vec<(String, String, String)> {
+        let body = Sse::new(futures::stream::iter([Ok::<_, Infallible>(event)])).into_response().into_body();
+        let bytes = futures::executor::block_on(body.collect()).unwrap().to_bytes();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        let mut out = Vec::new();
+        let (mut id, mut name, mut data) = (String::new(), String::new(), Vec::<String>::new());
+        let mut lines = Vec::new();
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find(['\r', '\n']) {
+            lines.push(&rest[..i]);
+            let skip = if rest[i..].starts_with("\r\n") { 2 } else { 1 };
+            rest = &rest[i + skip..];
+        }
+        assert!(rest.is_empty(), "unterminated line {rest:?}");
+        for line in lines {
+            if line.is_empty() {
+                if !data.is_empty() {
+                    out.push((id.clone(), std::mem::take(&mut name), data.join("\n")));
+                }
+                data.clear();
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "id" => id = value.to_owned(),
+                "event" => name = value.to_owned(),
+                "data" => data.push(value.to_owned()),
+                other => panic!("unexpected field {other:?}"),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn line_breaks_in_type_and_data_do_not_break_the_frame() {
+        let got = read_back(frame(7, "order.created\r\nevent: forged", b"{\"a\":\r\n1}\rdata: x"));
+        assert_eq!(got, vec![("7".into(), "order.created\u{fffd}\u{fffd}event: forged".into(), "{\"a\":\n1}\ndata: x".into())]);
+    }
+
+    #[test]
+    fn last_event_ids() {
+        assert_eq!(parse_last_event_id("41"), Ok(42));
+        assert_eq!(parse_last_event_id(" 0 "), Ok(1));
+        assert_eq!(parse_last_event_id("18446744073709551614"), Ok(u64::MAX));
+        assert_eq!(parse_last_event_id("18446744073709551615"), Err(()));
+        assert_eq!(parse_last_event_id("99999999999999999999999"), Err(()));
+        for bad in ["", " ", "+1", "-1", "1.0", "0x10", "1 2", "\t1"] {
+            assert_eq!(parse_last_event_id(bad), Err(()), "{bad:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_stored_message_makes_one_well_formed_event(seq in any::<u64>(), type_ in any::<String>(), data in any::<String>()) {
+            let got = read_back(frame(seq, &type_, data.as_bytes()));
+            let expected_data = data.replace("\r\n", "\n").replace('\r', "\n");
+            if expected_data.is_empty() {
+                // No data line: clients dispatch nothing, and nothing breaks.
+                prop_assert!(got.is_empty());
+            } else {
+                prop_assert_eq!(got.len(), 1);
+                let (id, name, got_data) = &got[0];
+                prop_assert_eq!(id, &seq.to_string());
+                prop_assert!(!name.chars().any(char::is_control));
+                prop_assert_eq!(name.chars().count(), type_.chars().count());
+                prop_assert_eq!(got_data, &expected_data);
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(seq in any::<u64>(), type_ in ".*", data in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = frame(seq, &type_, &data);
+        }
+
+        #[test]
+        fn last_event_id_is_the_next_sequence_or_refused(value in ".{0,30}") {
+            match parse_last_event_id(&value) {
+                Ok(next) => {
+                    prop_assert!(next >= 1);
+                    prop_assert_eq!(value.trim_matches(' ').parse::<u64>().ok(), Some(next - 1));
+                }
+                Err(()) => prop_assert!(value.trim_matches(' ').parse::<u64>().ok().and_then(|n| n.checked_add(1)).is_none()
+                    || value.trim_matches(' ').starts_with('+')),
+            }
+        }
+
+        #[test]
+        fn every_sequence_but_the_last_resumes(seq in any::<u64>()) {
+            prop_assert_eq!(parse_last_event_id(&seq.to_string()).ok(), seq.checked_add(1));
+        }
+    }
 }

@@ -20,16 +20,16 @@ use crate::delivery::pull::{self, AckFailure, Action};
 use crate::delivery::subscription::Subscription;
 use crate::participants::Participant;
 
-/// The subscription, if the caller owns it and it has the mode the route needs.
+/// The subscription, if the caller owns it and it has the mode the route needs; one the
+/// caller may not see is not found, exactly like one that does not exist.
 pub fn owned<'c>(
     catalog: &'c Catalog,
     participant: &Participant,
     name: &str,
     mode: SubscriptionMode,
 ) -> Result<&'c std::sync::Arc<Subscription>, Problem> {
-    let sub = catalog
-        .subscription(name)
-        .ok_or_else(|| Problem::new(ProblemType::NotFound, format!("no subscription {name}")))?;
+    let sub = super::subscriptions::find(catalog, participant, name)?;
+    // An admin sees every subscription, but only its owner pulls from it.
     if sub.participant != participant.name {
         return Err(Problem::new(ProblemType::Forbidden, format!("subscription {name} belongs to {}", sub.participant)));
     }
@@ -79,7 +79,7 @@ pub async fn fetch(State(state): State<AppState>, Name(name): Name, headers: Hea
     let sub = owned(&catalog, participant, &name, SubscriptionMode::Pull)?;
     let request: FetchRequest = json_body(&headers, body).await?;
     // Never more than the consumer may have unacknowledged at once.
-    let max = request.max.unwrap_or(10).clamp(1, state.limits.max_fetch.min(sub.max_in_flight as usize));
+    let max = request.max.unwrap_or(10).clamp(1, state.limits.max_fetch.min(sub.max_in_flight as usize).max(1));
     let wait = request.wait.unwrap_or(Duration::ZERO).min(state.limits.max_fetch_wait);
     let engine = &state.deliveries.engine;
     let unavailable = |e: String| Problem::new(ProblemType::NatsUnavailable, format!("NATS: {e}")).retry_after(state.limits.retry_after_seconds);

@@ -57,6 +57,15 @@ pub async fn request(
             format!("participant {} may not send requests to {subject}", participant.name),
         ));
     }
+    // A stream storing the subject keeps the request and fans it out like a publish.
+    if let Some(stream) = catalog.stream_for(&subject)
+        && !participant.publish.allows(&subject)
+    {
+        return Err(Problem::new(
+            ProblemType::Forbidden,
+            format!("{subject} is stored by stream {}; participant {} may not publish there", stream.name(), participant.name),
+        ));
+    }
     match media_type(&headers).as_deref() {
         Some(t) if cloudevents::is_json_media_type(t) => {}
         other => {
@@ -141,6 +150,18 @@ pub async fn request(
         }
         return Err(problem);
     }
+    // The bus answers JSON only: a reply in another media type (an HTML page with a script,
+    // say) or not parsing as JSON is a failing responder, never served under our origin.
+    if let Some(t) = reply_header("content-type")
+        && !is_json(&media_type_of(&t))
+    {
+        metrics::counter!("magistral_request_total", "participant" => participant.name.clone(), "outcome" => "responder-error").increment(1);
+        return Err(bad_reply(format!("the reply is {}, not JSON", media_type_of(&t))));
+    }
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&reply.payload).is_err() {
+        metrics::counter!("magistral_request_total", "participant" => participant.name.clone(), "outcome" => "responder-error").increment(1);
+        return Err(bad_reply("the reply is not JSON".to_owned()));
+    }
     if let Some(contract) = catalog.contracts.for_reply(&subject) {
         let value: serde_json::Value = serde_json::from_slice(&reply.payload)
             .map_err(|e| Problem::new(ProblemType::ReplyContractViolation, format!("the reply is not JSON: {e}")))?;
@@ -153,11 +174,8 @@ pub async fn request(
             .with_errors(violations));
         }
     }
-    let content_type = reply_header("content-type").unwrap_or_else(|| "application/json".to_owned());
     let mut response = (StatusCode::OK, reply.payload).into_response();
-    if let Ok(v) = HeaderValue::from_str(&content_type) {
-        response.headers_mut().insert(header::CONTENT_TYPE, v);
-    }
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Some(h) = &reply.headers {
         for (name, values) in h.iter() {
             let lower = name.to_string().to_ascii_lowercase();
@@ -170,4 +188,18 @@ pub async fn request(
         }
     }
     Ok(response)
+}
+
+/// `type/subtype` of a Content-Type value, lowercased, parameters dropped.
+fn media_type_of(value: &str) -> String {
+    value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase()
+}
+
+/// `application/json` or any `+json` type.
+fn is_json(essence: &str) -> bool {
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+fn bad_reply(detail: String) -> Problem {
+    Problem::new(ProblemType::ResponderError, detail)
 }

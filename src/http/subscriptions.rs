@@ -21,18 +21,13 @@ fn visible(participant: &Participant, sub: &Subscription) -> bool {
     participant.admin || participant.name == sub.participant
 }
 
-/// The subscription `name`, if the caller may operate it.
-fn find<'c>(catalog: &'c Catalog, participant: &Participant, name: &str) -> Result<&'c std::sync::Arc<Subscription>, Problem> {
-    let sub = catalog
+/// The subscription `name`, if the caller may operate it. Another participant's answers
+/// exactly like one that does not exist, so its existence is not revealed.
+pub(crate) fn find<'c>(catalog: &'c Catalog, participant: &Participant, name: &str) -> Result<&'c std::sync::Arc<Subscription>, Problem> {
+    catalog
         .subscription(name)
-        .ok_or_else(|| Problem::new(ProblemType::NotFound, format!("no subscription {name}")))?;
-    if !visible(participant, sub) {
-        return Err(Problem::new(
-            ProblemType::Forbidden,
-            format!("subscription {name} belongs to {}", sub.participant),
-        ));
-    }
-    Ok(sub)
+        .filter(|sub| visible(participant, sub))
+        .ok_or_else(|| Problem::new(ProblemType::NotFound, format!("no subscription {name}")))
 }
 
 fn unavailable(state: &AppState) -> impl Fn(String) -> Problem + '_ {

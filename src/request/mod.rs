@@ -29,6 +29,8 @@ pub struct Responder {
     pub max_concurrency: u32,
     pub request_transform: Option<crate::transform::Transform>,
     pub reply_transform: Option<crate::transform::Transform>,
+    /// Largest reply body read from the endpoint (`limits.max_reply_bytes`).
+    pub max_reply_bytes: usize,
 }
 
 impl Responder {
@@ -84,6 +86,7 @@ impl Responder {
                 target,
                 timeout: cfg.timeout,
                 max_concurrency: cfg.max_concurrency,
+                max_reply_bytes: config.limits.max_reply_bytes,
             }),
             (Ok(_), false) => Err(problems),
             (Err(more), _) => {

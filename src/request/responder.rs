@@ -101,24 +101,30 @@ async fn answer(http: &reqwest::Client, responder: &Responder, request: service:
     let (result, reply_headers) = match sent {
         Ok(response) => {
             let status = response.status().as_u16();
-            let content_type = response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-            let body = response.bytes().await.unwrap_or_default();
+            let content_type = response.headers().get(CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            let body = read_limited(response, responder.max_reply_bytes).await;
             let mut reply = NatsHeaders::new();
-            reply.insert("content-type", content_type.as_deref().unwrap_or("application/json"));
-            if (200..300).contains(&status) {
-                match &responder.reply_transform {
-                    None => (Ok(body), reply),
-                    Some(t) => match t.apply(&body) {
-                        Ok(b) => (Ok(bytes::Bytes::from(b)), reply),
-                        Err(err) => (Err(service::error::Error { status: format!("transform-failed: reply: {err}"), code: 502 }), reply),
+            reply.insert("content-type", "application/json");
+            let bad = |detail: String| (Err(service::error::Error { status: format!("responder-error: {detail}"), code: 502 }), NatsHeaders::new());
+            match body {
+                Err(ReadFailure::TooLarge) => bad(format!("reply too large (over {} bytes)", responder.max_reply_bytes)),
+                Err(ReadFailure::Broken) => bad("the reply body could not be read".to_owned()),
+                Ok(body) if (200..300).contains(&status) => match json_reply(content_type.as_deref(), &body) {
+                    Err(why) => bad(why),
+                    Ok(()) => match &responder.reply_transform {
+                        None => (Ok(body), reply),
+                        Some(t) => match t.apply(&body) {
+                            Ok(b) => (Ok(bytes::Bytes::from(b)), reply),
+                            Err(err) => (Err(service::error::Error { status: format!("transform-failed: reply: {err}"), code: 502 }), reply),
+                        },
                     },
-                }
-            } else {
+                },
+                Ok(body) => {
                 let class = Class::of_status(status, false);
                 // A 4xx body is the endpoint's answer about the request and helps the requester;
                 // a 5xx body may be a stack trace: logged here, not passed on.
                 let excerpt = if (400..500).contains(&status) {
-                    String::from_utf8_lossy(&body[..body.len().min(200)]).replace(['\r', '\n'], " ")
+                    String::from_utf8_lossy(&body[..body.len().min(200)]).chars().map(|c| if c.is_control() { ' ' } else { c }).collect::<String>()
                 } else {
                     tracing::warn!(responder = %responder.name, status, body = %String::from_utf8_lossy(&body[..body.len().min(500)]), "responder endpoint failed");
                     String::new()
@@ -127,6 +133,7 @@ async fn answer(http: &reqwest::Client, responder: &Responder, request: service:
                 // failing endpoint (5xx, anything else) is a bad gateway to the requester.
                 let code = if (400..500).contains(&status) { status as usize } else { 502 };
                 (Err(service::error::Error { status: format!("{}: HTTP {status} {excerpt}", class.slug()), code }), reply)
+                }
             }
         }
         Err(err) => {
@@ -143,6 +150,44 @@ async fn answer(http: &reqwest::Client, responder: &Responder, request: service:
     if let Err(err) = request.respond_with_headers(result, reply_headers).await {
         tracing::debug!(responder = %responder.name, %err, "reply not sent (requester gone?)");
     }
+}
+
+enum ReadFailure {
+    TooLarge,
+    Broken,
+}
+
+/// The body, refused as soon as it grows past `max` bytes (a declared `Content-Length`
+/// over it is refused before reading anything).
+async fn read_limited(mut response: reqwest::Response, max: usize) -> Result<bytes::Bytes, ReadFailure> {
+    if response.content_length().is_some_and(|n| n > max as u64) {
+        return Err(ReadFailure::TooLarge);
+    }
+    let mut body = bytes::BytesMut::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > max {
+                    return Err(ReadFailure::TooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body.freeze()),
+            Err(_) => return Err(ReadFailure::Broken),
+        }
+    }
+}
+
+/// Only JSON is passed on: a JSON media type (`application/json`, `+json`), or no
+/// Content-Type at all with a body that parses as JSON.
+fn json_reply(content_type: Option<&str>, body: &[u8]) -> Result<(), String> {
+    if let Some(ct) = content_type {
+        let essence = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        if !(essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))) {
+            return Err(format!("the responder answered {essence:?}, not JSON"));
+        }
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(body).map(|_| ()).map_err(|_| "the responder's reply is not JSON".to_owned())
 }
 
 /// Same conventions as push delivery: `ce-*`, trace context, Standard Webhooks headers.

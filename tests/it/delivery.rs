@@ -6,7 +6,7 @@ use base64::Engine as _;
 use hmac::{KeyInit, Mac};
 use serde_json::{json, Value};
 
-use crate::common::gateway::{example, subscription, Gateway, BITRIX, NAV, OPS};
+use crate::common::gateway::{example, slug, subscription, Gateway, BITRIX, NAV, OPS};
 use crate::common::nats::NatsServer;
 use crate::common::receiver::{Answer, Receiver};
 
@@ -165,9 +165,11 @@ async fn rejected_message_is_dead_lettered_and_replayed_to_that_subscription_onl
     assert_eq!(dl["status"], 400);
     assert_eq!(dl["attempts"], 1);
     assert!(dl["response_excerpt"].as_str().unwrap().contains("unknown customer C-0042"));
-    // Another participant may not look; an admin may.
+    // Another participant may not look, and cannot tell it exists; an admin may.
     let r = gw.http.get(gw.url("/v1/subscriptions/nav-orders/dead-letters")).bearer_auth(BITRIX).send().await.unwrap();
-    assert_eq!(r.status(), 403);
+    assert_eq!(r.status(), 404);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!((slug(&body), body["detail"].as_str()), ("not-found", Some("no subscription nav-orders")));
     gw.get_json(OPS, "/v1/subscriptions/nav-orders/dead-letters").await;
 
     let crm_orders_before = crm.received().iter().filter(|r| r.header("magistral-subject") == Some("orders.created")).count();

@@ -173,7 +173,7 @@ async fn plain_json_route_with_a_transform_needs_the_participants_token() {
 #[tokio::test]
 async fn responder_transforms_reshape_request_and_reply() {
     let nats = NatsServer::start();
-    let erp = Receiver::scripted(|_, _| Answer::ok().body(r#"{"Customer_No":"C-0042","Entries":[{"Document_No":"SO-1","Posting_Date":"2026-11-20","Amount":12990}]}"#)).await;
+    let erp = Receiver::scripted(|_, _| Answer::ok().with_header("content-type", "application/json").body(r#"{"Customer_No":"C-0042","Entries":[{"Document_No":"SO-1","Posting_Date":"2026-11-20","Amount":12990}]}"#)).await;
     let cfg: magistral::config::ResponderConfig = serde_json::from_value(json!({
         "participant": "nav",
         "subjects": ["nav.query.customer.purchases"],

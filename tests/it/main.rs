@@ -17,3 +17,4 @@ mod tracking;
 mod openapi;
 mod helm;
 mod connections;
+mod edge_hostile;

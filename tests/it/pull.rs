@@ -138,9 +138,10 @@ async fn forged_foreign_and_replayed_tokens_are_refused_and_change_nothing() {
     let (status, body) = ack(&gw, NAV, json!([{"token": fresh[0]}])).await;
     assert_eq!(status, 207, "{body}");
     assert_eq!(slug(&body["results"][0]["error"]), "already-acked");
-    // Only the owner may fetch or ack; a push route is not a pull route.
+    // Only the owner may fetch or ack; to anyone else the subscription does not exist.
     let (status, body) = fetch(&gw, BITRIX, json!({})).await;
-    assert_eq!((status, slug(&body)), (403, "forbidden"));
+    assert_eq!((status, slug(&body)), (404, "not-found"));
+    assert_eq!(body["detail"], "no subscription nav-pull");
     let (status, body) = gw.post_json(NAV, "/v1/subscriptions/missing/fetch", json!({})).await;
     assert_eq!((status, slug(&body)), (404, "not-found"));
 }
@@ -252,8 +253,13 @@ async fn sse_resumes_after_last_event_id_without_gaps_and_releases_its_consumer(
     let rest = read_events(r, 50, &mut heartbeats).await;
     let ns: Vec<u64> = first.iter().chain(&rest).map(|(_, d)| serde_json::from_str::<Value>(d).unwrap()["n"].as_u64().unwrap()).collect();
     assert_eq!(ns, (0..150).collect::<Vec<_>>(), "exactly the rest, no gap, no repeat");
-    // Idle: heartbeats keep it alive.
+    // An id past the stream's last was never sent: not a resume point.
     let r = gw.http.get(gw.url("/v1/subscriptions/nav-live/events")).bearer_auth(NAV).header("last-event-id", "100000").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(slug(&r.json::<Value>().await.unwrap()), "invalid-header");
+    // Idle (resumed after the last event): heartbeats keep it alive.
+    let newest = rest.last().unwrap().0.to_string();
+    let r = gw.http.get(gw.url("/v1/subscriptions/nav-live/events")).bearer_auth(NAV).header("last-event-id", &newest).send().await.unwrap();
     let mut stream = r.bytes_stream();
     let mut text = String::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -262,7 +268,7 @@ async fn sse_resumes_after_last_event_id_without_gaps_and_releases_its_consumer(
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
     // Bounded per participant (2 here: this one and one more).
-    let second = gw.http.get(gw.url("/v1/subscriptions/nav-live/events")).bearer_auth(NAV).header("last-event-id", "100000").send().await.unwrap();
+    let second = gw.http.get(gw.url("/v1/subscriptions/nav-live/events")).bearer_auth(NAV).header("last-event-id", &newest).send().await.unwrap();
     assert_eq!(second.status(), 200);
     let third = gw.http.get(gw.url("/v1/subscriptions/nav-live/events")).bearer_auth(NAV).send().await.unwrap();
     assert_eq!(third.status(), 429);

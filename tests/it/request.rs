@@ -124,9 +124,9 @@ async fn every_request_error_class_is_classified_within_its_timeout() {
         match asked["customer_id"].as_str().unwrap_or("") {
             "unknown" => Answer::status(404).body(r#"{"error":"no such customer"}"#),
             "crash" => Answer::status(500).body("stack trace"),
-            "slow" => Answer::ok().after(Duration::from_secs(3)).body(HISTORY),
-            "bad-reply" => Answer::ok().body(r#"{"customer_id":"C-1","orders":"none"}"#),
-            _ => Answer::ok().body(HISTORY),
+            "slow" => Answer::ok().after(Duration::from_secs(3)).with_header("content-type", "application/json").body(HISTORY),
+            "bad-reply" => Answer::ok().with_header("content-type", "application/json").body(r#"{"customer_id":"C-1","orders":"none"}"#),
+            _ => Answer::ok().with_header("content-type", "application/json").body(HISTORY),
         }
     })
     .await;
@@ -207,7 +207,7 @@ async fn responder_down_is_a_classified_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_requests_across_two_gateways_respect_the_concurrency_bound() {
     let nats = NatsServer::start();
-    let erp = Receiver::scripted(|_, _| Answer::ok().after(Duration::from_millis(20)).body(HISTORY)).await;
+    let erp = Receiver::scripted(|_, _| Answer::ok().after(Duration::from_millis(20)).with_header("content-type", "application/json").body(HISTORY)).await;
     let a = with_responder(&nats, &erp.url(), json!({"max_concurrency": 4})).await;
     let b = with_responder(&nats, &erp.url(), json!({"max_concurrency": 4})).await;
     let client = async_nats::connect(nats.url()).await.unwrap();
