@@ -85,12 +85,44 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, REPLAY, FETCH, ACK, INBOUND]
         }
         P::InvalidUtf8 | P::JsonTooDeep => &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, INBOUND],
+        // Any body may be too slow; the connection is then closed.
+        P::BodyTimeout => &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, REPLAY, FETCH, ACK, INBOUND],
+        // I-JSON on every path whose JSON the gateway validates and passes on (a batch item's
+        // comes back as an item of `batch-rejected`; the JSON commands of replay, fetch and ack
+        // are `malformed-json`).
+        P::DuplicateKey => &[PUBLISH_ONE, REQUEST, KV_PUT, INBOUND],
+        // A `bitrix24` inbound route's form.
+        P::FormTooComplex => &[INBOUND],
+        // The per-participant in-flight bound on every authenticated route but the event
+        // stream (bounded by `too-many-streams`); the publish rate on the publish routes and a
+        // `json` inbound route. The `bitrix24` and `business-central` routes bind no participant.
+        P::RateLimited => &[
+            PUBLISH_ONE,
+            PUBLISH_BATCH,
+            REQUEST,
+            KV_LIST,
+            KV_GET,
+            KV_PUT,
+            KV_DELETE,
+            INBOUND,
+            MESSAGES,
+            MESSAGE,
+            SUBSCRIPTIONS,
+            SUBSCRIPTION,
+            PAUSE,
+            RESUME,
+            DEAD_LETTERS,
+            REPLAY,
+            FETCH,
+            ACK,
+        ],
         // Every API route authenticates first; any handler can fail unexpectedly.
         P::Unauthorized | P::Internal => API,
         // Per-message checks: on a batch they come back as items of `batch-rejected`.
-        // Naming another participant's subscription, or a directory the participant may not
-        // read (or write), or another participant's `json` inbound route, is `forbidden` too. A
-        // message the participant may not see is `not-found` instead.
+        // A directory the participant may not read (or write), another participant's `json`
+        // inbound route, or (fetch, ack, events) a subscription an admin sees but does not own
+        // is `forbidden` too. Another participant's subscription, or a message the participant
+        // may not see, is `not-found` instead.
         P::Forbidden => &[
             PUBLISH_ONE,
             REQUEST,
@@ -99,18 +131,15 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             KV_GET,
             KV_PUT,
             KV_DELETE,
-            SUBSCRIPTION,
-            PAUSE,
-            RESUME,
-            DEAD_LETTERS,
-            REPLAY,
             FETCH,
             ACK,
             EVENTS,
         ],
         // A request is checked like a publish, but goes to no stream and carries no
         // message id of its own to validate.
-        P::InvalidSubject | P::InvalidCloudEvent | P::UnknownDataschema => &[PUBLISH_ONE, REQUEST],
+        P::InvalidSubject | P::UnknownDataschema => &[PUBLISH_ONE, REQUEST],
+        // An inbound route's event type (`bitrix24.<event>`) is an attribute too.
+        P::InvalidCloudEvent => &[PUBLISH_ONE, REQUEST, INBOUND],
         // An inbound route publishes with every check of a publish to its configured subject
         // (`Idempotency-Key` on a `json` route), after its transform.
         P::InvalidId | P::NoStream | P::ContractRequired => &[PUBLISH_ONE, INBOUND],
@@ -160,11 +189,13 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             KV_DELETE,
         ],
         // Query parameters (`?timeout=`, `?limit=`, `?correlation_id=`); the event stream's
-        // `?last_event_id=` when it is not a number. (An inbound route ignores its query but
+        // `?last_event_id=` when it is not a resume point. (An inbound route ignores its query but
         // `?validationToken=`.)
         P::InvalidQuery => &[DEAD_LETTERS, REQUEST, KV_LIST, EVENTS, MESSAGES],
-        // An `If-Match` that is not a revision; a `Last-Event-ID` header that is not a number.
-        P::InvalidHeader => &[KV_PUT, KV_DELETE, EVENTS],
+        // An `If-Match` that is not a revision; a `Last-Event-ID` header that is not a resume
+        // point; a `traceparent` / `tracestate` that is not W3C Trace Context (on a batch, an
+        // item of `batch-rejected`).
+        P::InvalidHeader => &[PUBLISH_ONE, REQUEST, INBOUND, KV_PUT, KV_DELETE, EVENTS],
         // An inbound route's transform; a subscription's is a delivery class, a responder's a
         // `responder-error`.
         P::TransformFailed => &[INBOUND],
@@ -473,7 +504,7 @@ fn every_route_documents_every_problem_it_can_answer() {
             );
             if slugs
                 .iter()
-                .any(|s| s == "nats-unavailable" || s == "overloaded")
+                .any(|s| s == "nats-unavailable" || s == "overloaded" || s == "rate-limited")
             {
                 assert!(
                     response["headers"].get("Retry-After").is_some(),
