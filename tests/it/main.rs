@@ -15,3 +15,4 @@ mod story;
 mod tracking;
 mod openapi;
 mod helm;
+mod hostile;
