@@ -18,3 +18,4 @@ mod openapi;
 mod helm;
 mod connections;
 mod edge_hostile;
+mod hostile;
