@@ -364,7 +364,13 @@ where
 
 /// [`measure`], also reading `probe` (a counter, e.g. deliveries) at the window's edges;
 /// its growth over the window, per second, lands in `probe_per_sec`.
-async fn measure_with_probe<F, Fut>(s: &Settings, nats_pid: u32, workers: usize, probe: Option<&AtomicU64>, worker: F) -> Measured
+async fn measure_with_probe<F, Fut>(
+    s: &Settings,
+    nats_pid: u32,
+    workers: usize,
+    probe: Option<&AtomicU64>,
+    worker: F,
+) -> Measured
 where
     F: Fn(usize, Window) -> Fut,
     Fut: Future<Output = WorkerStats> + Send + 'static,
@@ -420,7 +426,8 @@ impl Conn {
     async fn open(addr: SocketAddr) -> Result<Conn, String> {
         let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         Ok(Conn {
             sender,
@@ -430,7 +437,12 @@ impl Conn {
     }
 
     /// Sends one request as the bench participant; the status and whole body.
-    async fn call(&mut self, method: Method, path: &str, json_body: Option<Bytes>) -> Result<(StatusCode, Bytes), String> {
+    async fn call(
+        &mut self,
+        method: Method,
+        path: &str,
+        json_body: Option<Bytes>,
+    ) -> Result<(StatusCode, Bytes), String> {
         self.sender.ready().await.map_err(|e| e.to_string())?;
         let has_body = json_body.is_some();
         let mut req = Request::new(Full::new(json_body.unwrap_or_default()));
@@ -695,7 +707,12 @@ async fn purge(js: &jetstream::Context, subject: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn direct_consumer(js: &jetstream::Context, name: &str, subject: &str, max_ack_pending: usize) -> anyhow::Result<jetstream::consumer::Consumer<pull::Config>> {
+async fn direct_consumer(
+    js: &jetstream::Context,
+    name: &str,
+    subject: &str,
+    max_ack_pending: usize,
+) -> anyhow::Result<jetstream::consumer::Consumer<pull::Config>> {
     let stream = js.get_stream(STREAM).await?;
     Ok(stream
         .create_consumer(pull::Config {
@@ -740,7 +757,8 @@ fn cpu_cells(c: &CpuPerOp) -> String {
     )
 }
 
-const CPU_HEADER: &str = "gateway µs | nats-server µs | peer µs | load gen µs | total µs | cores busy | other procs (cores)";
+const CPU_HEADER: &str =
+    "gateway µs | nats-server µs | peer µs | load gen µs | total µs | cores busy | other procs (cores)";
 const CPU_ALIGN: &str = "---:|---:|---:|---:|---:|---:|---:";
 
 /// One drain of a pre-filled backlog: how fast it went and what it cost.
@@ -752,7 +770,11 @@ struct Drain {
 impl Bench {
     fn check_foreign(&self, what: &str, cpu: &CpuPerOp) {
         if cpu.foreign > 0.15 {
-            eprintln!("WARNING {what}: other processes used {:.2} cores during the window (load {})", cpu.foreign, load_average());
+            eprintln!(
+                "WARNING {what}: other processes used {:.2} cores during the window (load {})",
+                cpu.foreign,
+                load_average()
+            );
         }
     }
 
@@ -805,7 +827,8 @@ impl Bench {
         );
         let gateway = Gateway::start(&self.gw, config).await?;
         let received = self.received.clone();
-        let drain = self.watch_drain(move || received.push.load(Ordering::Relaxed), n as u64, Duration::from_secs(300)).await;
+        let drain =
+            self.watch_drain(move || received.push.load(Ordering::Relaxed), n as u64, Duration::from_secs(300)).await;
         gateway.stop().await;
         purge(&self.js, &subject).await?;
         drain
@@ -851,7 +874,12 @@ impl Bench {
                 let (http, next, url, body) = (http.clone(), next.clone(), url.clone(), body.clone());
                 tokio::spawn(async move {
                     while next.fetch_add(1, Ordering::Relaxed) < n {
-                        let r = http.post(&url).header("content-type", "application/json").body(body.clone()).send().await?;
+                        let r = http
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .body(body.clone())
+                            .send()
+                            .await?;
                         if !r.status().is_success() {
                             bail!("receiver answered {}", r.status());
                         }
@@ -913,7 +941,10 @@ impl Bench {
         let n = self.s.push_messages;
         let mut table = String::new();
         let mut cpu = String::new();
-        let _ = writeln!(table, "| max_in_flight | tracking | gateway deliveries/s | direct pull+ack msg/s (limit) | gateway/direct | HTTP-only POST/s | gateway/HTTP-only |");
+        let _ = writeln!(
+            table,
+            "| max_in_flight | tracking | gateway deliveries/s | direct pull+ack msg/s (limit) | gateway/direct | HTTP-only POST/s | gateway/HTTP-only |"
+        );
         let _ = writeln!(table, "|---:|---|---:|---:|---:|---:|---:|");
         let _ = writeln!(cpu, "| path | in flight | {CPU_HEADER} |");
         let _ = writeln!(cpu, "|---|---:|{CPU_ALIGN}|");
@@ -938,7 +969,12 @@ impl Bench {
                     http.per_sec,
                     ratio(g.per_sec, http.per_sec),
                 );
-                let _ = writeln!(cpu, "| gateway push, tracking {} | {f} | {} |", if tracking { "on" } else { "off" }, cpu_cells(&g.cpu));
+                let _ = writeln!(
+                    cpu,
+                    "| gateway push, tracking {} | {f} | {} |",
+                    if tracking { "on" } else { "off" },
+                    cpu_cells(&g.cpu)
+                );
                 rates.push(g.per_sec);
             }
             off_on.push((f, rates[0], rates[1]));
@@ -959,7 +995,10 @@ impl Bench {
         // Sustained publish + push, tracking off and on.
         let publishers = 16;
         let mut flow = String::new();
-        let _ = writeln!(flow, "| tracking | published msgs/s | publish p50 ms | publish p99 ms | delivered msgs/s | {CPU_HEADER} |");
+        let _ = writeln!(
+            flow,
+            "| tracking | published msgs/s | publish p50 ms | publish p99 ms | delivered msgs/s | {CPU_HEADER} |"
+        );
         let _ = writeln!(flow, "|---|---:|---:|---:|---:|{CPU_ALIGN}|");
         let mut rates = Vec::new();
         for tracking in [false, true] {
@@ -1027,9 +1066,17 @@ impl Bench {
             let (http, url) = (http.clone(), url.clone());
             sends.push(tokio::spawn(async move {
                 let sent = now_us();
-                let r = http.post(&url).bearer_auth(TOKEN).header("content-type", "application/json").body(payload(sent)).send().await;
+                let r = http
+                    .post(&url)
+                    .bearer_auth(TOKEN)
+                    .header("content-type", "application/json")
+                    .body(payload(sent))
+                    .send()
+                    .await;
                 let outcome = match r {
-                    Ok(r) if r.status() == StatusCode::ACCEPTED => r.bytes().await.map(|_| ()).map_err(|e| e.to_string()),
+                    Ok(r) if r.status() == StatusCode::ACCEPTED => {
+                        r.bytes().await.map(|_| ()).map_err(|e| e.to_string())
+                    }
                     Ok(r) => Err(format!("{}: {}", r.status(), r.text().await.unwrap_or_default())),
                     Err(e) => Err(e.to_string()),
                 };
@@ -1090,7 +1137,10 @@ impl Bench {
     async fn latency(&self) -> anyhow::Result<String> {
         let mut table = String::new();
         let mut cpu = String::new();
-        let _ = writeln!(table, "| tracking | msgs/s offered | measured msgs | e2e p50 ms | e2e p99 ms | e2e max ms | publish p50 ms | publish p99 ms | publish errors | not delivered |");
+        let _ = writeln!(
+            table,
+            "| tracking | msgs/s offered | measured msgs | e2e p50 ms | e2e p99 ms | e2e max ms | publish p50 ms | publish p99 ms | publish errors | not delivered |"
+        );
         let _ = writeln!(table, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         let _ = writeln!(cpu, "| path | {CPU_HEADER} |");
         let _ = writeln!(cpu, "|---|{CPU_ALIGN}|");
@@ -1115,11 +1165,18 @@ impl Bench {
         let body = Bytes::from_static(br#"{"customer":"C-0042","since":"2025-01-01"}"#);
         // One request first: the service answers through the gateway.
         let mut conn = Conn::open(gateway).await.map_err(|e| anyhow!(e))?;
-        expect_ok(conn.call(Method::POST, &format!("/v1/request/{SERVICE_SUBJECT}"), Some(body.clone())).await.map_err(|e| anyhow!(e))?)
-            .map_err(|e| anyhow!("request through the gateway: {e}"))?;
+        expect_ok(
+            conn.call(Method::POST, &format!("/v1/request/{SERVICE_SUBJECT}"), Some(body.clone()))
+                .await
+                .map_err(|e| anyhow!(e))?,
+        )
+        .map_err(|e| anyhow!("request through the gateway: {e}"))?;
         let mut table = String::new();
         let mut cpu = String::new();
-        let _ = writeln!(table, "| concurrency | gateway req/s | p50 ms | p99 ms | direct req/s | p50 ms | p99 ms | gateway/direct |");
+        let _ = writeln!(
+            table,
+            "| concurrency | gateway req/s | p50 ms | p99 ms | direct req/s | p50 ms | p99 ms | gateway/direct |"
+        );
         let _ = writeln!(table, "|---:|---:|---:|---:|---:|---:|---:|---:|");
         let _ = writeln!(cpu, "| path | concurrency | {CPU_HEADER} |");
         let _ = writeln!(cpu, "|---|---:|{CPU_ALIGN}|");
@@ -1127,7 +1184,10 @@ impl Bench {
             eprintln!("request/reply, concurrency {c}: gateway (load {})", load_average());
             let path = Arc::new(format!("/v1/request/{SERVICE_SUBJECT}"));
             let b = body.clone();
-            let g = measure(&self.s, self.nats_pid, c, move |_, w| http_loop(gateway, Method::POST, Arc::new(vec![(*path).clone()]), Some(b.clone()), 0, w)).await;
+            let g = measure(&self.s, self.nats_pid, c, move |_, w| {
+                http_loop(gateway, Method::POST, Arc::new(vec![(*path).clone()]), Some(b.clone()), 0, w)
+            })
+            .await;
             warn_errors("request via gateway", g.errors, g.first_error.as_deref());
             eprintln!("request/reply, concurrency {c}: direct");
             let client = self.client.clone();
@@ -1150,7 +1210,13 @@ impl Bench {
             let _ = writeln!(
                 table,
                 "| {c} | {:.0} | {} | {} | {:.0} | {} | {} | {} |",
-                g.ops_per_sec, ms(g.p50_us), ms(g.p99_us), d.ops_per_sec, ms(d.p50_us), ms(d.p99_us), ratio(g.ops_per_sec, d.ops_per_sec)
+                g.ops_per_sec,
+                ms(g.p50_us),
+                ms(g.p99_us),
+                d.ops_per_sec,
+                ms(d.p50_us),
+                ms(d.p99_us),
+                ratio(g.ops_per_sec, d.ops_per_sec)
             );
             let _ = writeln!(cpu, "| gateway | {c} | {} |", cpu_cells(&g.cpu));
             let _ = writeln!(cpu, "| direct | {c} | {} |", cpu_cells(&d.cpu));
@@ -1179,18 +1245,25 @@ impl Bench {
         }
         let paths = Arc::new(keys.iter().map(|k| format!("/v1/kv/{BUCKET}/{k}")).collect::<Vec<_>>());
         let mut conn = Conn::open(gateway).await.map_err(|e| anyhow!(e))?;
-        expect_ok(conn.call(Method::GET, &paths[0], None).await.map_err(|e| anyhow!(e))?).map_err(|e| anyhow!("directory GET: {e}"))?;
+        expect_ok(conn.call(Method::GET, &paths[0], None).await.map_err(|e| anyhow!(e))?)
+            .map_err(|e| anyhow!("directory GET: {e}"))?;
         let keys = Arc::new(keys);
         let mut table = String::new();
         let mut cpu = String::new();
-        let _ = writeln!(table, "| concurrency | gateway GET/s | p50 ms | p99 ms | direct get/s | p50 ms | p99 ms | gateway/direct |");
+        let _ = writeln!(
+            table,
+            "| concurrency | gateway GET/s | p50 ms | p99 ms | direct get/s | p50 ms | p99 ms | gateway/direct |"
+        );
         let _ = writeln!(table, "|---:|---:|---:|---:|---:|---:|---:|---:|");
         let _ = writeln!(cpu, "| path | concurrency | {CPU_HEADER} |");
         let _ = writeln!(cpu, "|---|---:|{CPU_ALIGN}|");
         for &c in &self.s.kv_levels {
             eprintln!("directory GET, concurrency {c}: gateway (load {})", load_average());
             let p = paths.clone();
-            let g = measure(&self.s, self.nats_pid, c, move |i, w| http_loop(gateway, Method::GET, p.clone(), None, i * 7919, w)).await;
+            let g = measure(&self.s, self.nats_pid, c, move |i, w| {
+                http_loop(gateway, Method::GET, p.clone(), None, i * 7919, w)
+            })
+            .await;
             warn_errors("kv via gateway", g.errors, g.first_error.as_deref());
             eprintln!("directory GET, concurrency {c}: direct");
             let (st, k) = (store.clone(), keys.clone());
@@ -1219,7 +1292,13 @@ impl Bench {
             let _ = writeln!(
                 table,
                 "| {c} | {:.0} | {} | {} | {:.0} | {} | {} | {} |",
-                g.ops_per_sec, ms(g.p50_us), ms(g.p99_us), d.ops_per_sec, ms(d.p50_us), ms(d.p99_us), ratio(g.ops_per_sec, d.ops_per_sec)
+                g.ops_per_sec,
+                ms(g.p50_us),
+                ms(g.p99_us),
+                d.ops_per_sec,
+                ms(d.p50_us),
+                ms(d.p99_us),
+                ratio(g.ops_per_sec, d.ops_per_sec)
             );
             let _ = writeln!(cpu, "| gateway | {c} | {} |", cpu_cells(&g.cpu));
             let _ = writeln!(cpu, "| direct | {c} | {} |", cpu_cells(&d.cpu));
@@ -1248,8 +1327,12 @@ impl Bench {
                     let (mut fetch_lat, mut ack_lat) = (Vec::new(), Vec::new());
                     loop {
                         let t0 = Instant::now();
-                        let body = expect_ok(conn.call(Method::POST, "/v1/subscriptions/pull/fetch", Some(fetch_body.clone())).await.map_err(|e| anyhow!(e))?)
-                            .map_err(|e| anyhow!("fetch: {e}"))?;
+                        let body = expect_ok(
+                            conn.call(Method::POST, "/v1/subscriptions/pull/fetch", Some(fetch_body.clone()))
+                                .await
+                                .map_err(|e| anyhow!(e))?,
+                        )
+                        .map_err(|e| anyhow!("fetch: {e}"))?;
                         let t1 = Instant::now();
                         let fetched: Value = serde_json::from_slice(&body)?;
                         let acks: Vec<Value> = fetched["messages"]
@@ -1264,7 +1347,10 @@ impl Bench {
                         let count = acks.len() as u64;
                         let ack_body = Bytes::from(serde_json::to_vec(&json!({ "acks": acks }))?);
                         let t2 = Instant::now();
-                        let (status, body) = conn.call(Method::POST, "/v1/subscriptions/pull/ack", Some(ack_body)).await.map_err(|e| anyhow!(e))?;
+                        let (status, body) = conn
+                            .call(Method::POST, "/v1/subscriptions/pull/ack", Some(ack_body))
+                            .await
+                            .map_err(|e| anyhow!(e))?;
                         let t3 = Instant::now();
                         if status != StatusCode::OK {
                             bail!("ack answered {status}: {}", String::from_utf8_lossy(&body));
@@ -1304,7 +1390,8 @@ impl Bench {
                     let mut lat = Vec::new();
                     while done.load(Ordering::Relaxed) < n as u64 {
                         let t0 = Instant::now();
-                        let mut messages = consumer.fetch().max_messages(batch).messages().await.map_err(|e| anyhow!("{e}"))?;
+                        let mut messages =
+                            consumer.fetch().max_messages(batch).messages().await.map_err(|e| anyhow!("{e}"))?;
                         let mut got = 0;
                         while let Some(m) = messages.next().await {
                             let m = m.map_err(|e| anyhow!("{e}"))?;
@@ -1341,7 +1428,10 @@ impl Bench {
         prefill(&self.js, "bench.pull.direct", n, &payload(0)).await?;
         let mut table = String::new();
         let mut cpu = String::new();
-        let _ = writeln!(table, "| pullers | gateway msgs/s | fetch p50/p99 ms | ack p50/p99 ms | direct (ack) msgs/s | batch p50/p99 ms | gateway/direct | direct (double ack) msgs/s | batch p50/p99 ms | gateway/double |");
+        let _ = writeln!(
+            table,
+            "| pullers | gateway msgs/s | fetch p50/p99 ms | ack p50/p99 ms | direct (ack) msgs/s | batch p50/p99 ms | gateway/direct | direct (double ack) msgs/s | batch p50/p99 ms | gateway/double |"
+        );
         let _ = writeln!(table, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         let _ = writeln!(cpu, "| path | pullers | {CPU_HEADER} |");
         let _ = writeln!(cpu, "|---|---:|{CPU_ALIGN}|");
@@ -1383,7 +1473,14 @@ impl Bench {
 }
 
 /// Closed loop over HTTP: one connection, one request at a time, paths taken in turn.
-async fn http_loop(addr: SocketAddr, method: Method, paths: Arc<Vec<String>>, body: Option<Bytes>, offset: usize, window: Window) -> WorkerStats {
+async fn http_loop(
+    addr: SocketAddr,
+    method: Method,
+    paths: Arc<Vec<String>>,
+    body: Option<Bytes>,
+    offset: usize,
+    window: Window,
+) -> WorkerStats {
     let mut stats = WorkerStats::default();
     let mut conn = match Conn::open(addr).await {
         Ok(c) => c,
@@ -1449,7 +1546,17 @@ fn main() -> anyhow::Result<()> {
         let config: jetstream::stream::Config = serde_json::from_value(stream_json())?;
         js.get_or_create_stream(config).await?;
         start_service(peer_rt.handle(), nats_url.clone()).await?;
-        let b = Bench { s, nats_url: nats_url.clone(), nats_pid, gw: gw_rt.handle().clone(), client, js, files, receiver, received };
+        let b = Bench {
+            s,
+            nats_url: nats_url.clone(),
+            nats_pid,
+            gw: gw_rt.handle().clone(),
+            client,
+            js,
+            files,
+            receiver,
+            received,
+        };
         eprintln!(
             "magistral paths benchmark: {}; {version}; runtimes gw {} / lg {} / peer {} threads; load {}",
             machine(),

@@ -347,7 +347,10 @@ where
             return m;
         }
         attempt += 1;
-        eprintln!("  other processes used {foreign:.2} cores during the window; measuring again ({attempt}/{})", s.quiet_retries);
+        eprintln!(
+            "  other processes used {foreign:.2} cores during the window; measuring again ({attempt}/{})",
+            s.quiet_retries
+        );
     }
 }
 
@@ -452,11 +455,7 @@ async fn http_worker(target: std::sync::Arc<HttpTarget>, window: Window) -> Work
             let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
             let status = resp.status();
             let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-            if status.is_success() {
-                Ok(())
-            } else {
-                Err(format!("{status}: {}", String::from_utf8_lossy(&body)))
-            }
+            if status.is_success() { Ok(()) } else { Err(format!("{status}: {}", String::from_utf8_lossy(&body))) }
         }
         .await;
         let broken = outcome.is_err() && sender.is_closed();
@@ -693,7 +692,9 @@ fn cpu_row(out: &mut String, scenario: &str, conc: usize, m: &Measured, msgs_per
     let busy = ours as f64 / wall.as_nanos() as f64;
     let foreign = m.foreign_cores(wall);
     if foreign > 0.15 {
-        eprintln!("WARNING {scenario} at {conc}: other processes used {foreign:.2} cores during the window; rerun on a quiet machine");
+        eprintln!(
+            "WARNING {scenario} at {conc}: other processes used {foreign:.2} cores during the window; rerun on a quiet machine"
+        );
     }
     let _ = writeln!(
         out,
@@ -713,18 +714,26 @@ async fn run_all(b: &Bench) -> anyhow::Result<String> {
     let mut batch = String::new();
     let mut cpu = String::new();
     let mut rounds = String::new();
-    let _ = writeln!(cpu, "| scenario | concurrency | gateway µs/msg | load generator µs/msg | nats-server µs/msg | total µs/msg | cores busy | other processes (cores) |");
+    let _ = writeln!(
+        cpu,
+        "| scenario | concurrency | gateway µs/msg | load generator µs/msg | nats-server µs/msg | total µs/msg | cores busy | other processes (cores) |"
+    );
     let _ = writeln!(cpu, "|---|---:|---:|---:|---:|---:|---:|---:|");
 
     if s.single {
-        let _ = writeln!(single, "| concurrency | gateway msg/s | p50 ms | p99 ms | bare req/s | p50 ms | p99 ms | direct msg/s | p50 ms | p99 ms | gateway/direct | gateway/bare |");
+        let _ = writeln!(
+            single,
+            "| concurrency | gateway msg/s | p50 ms | p99 ms | bare req/s | p50 ms | p99 ms | direct msg/s | p50 ms | p99 ms | gateway/direct | gateway/bare |"
+        );
         let _ = writeln!(single, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         let path = format!("/v1/publish/{SUBJECT}");
         for &c in &s.levels {
             let (mut gs, mut bs, mut ds) = (Vec::new(), Vec::new(), Vec::new());
             for round in 1..=s.rounds {
                 eprintln!("single, concurrency {c}, round {round}: gateway");
-                let g = b.stored_run(1, b.http(b.target(b.gateway, &path, "application/json", b.payload.clone()), c)).await?;
+                let g = b
+                    .stored_run(1, b.http(b.target(b.gateway, &path, "application/json", b.payload.clone()), c))
+                    .await?;
                 report_errors("gateway", &g);
                 eprintln!("single, concurrency {c}, round {round}: bare handler");
                 let bare = b.http(b.target(b.bare, &path, "application/json", b.payload.clone()), c).await;
@@ -742,10 +751,17 @@ async fn run_all(b: &Bench) -> anyhow::Result<String> {
             let _ = writeln!(
                 single,
                 "| {c} | {:.0} | {} | {} | {:.0} | {} | {} | {:.0} | {} | {} | {} | {} |",
-                g.ops_per_sec, ms(g.p50_us), ms(g.p99_us),
-                bare.ops_per_sec, ms(bare.p50_us), ms(bare.p99_us),
-                d.ops_per_sec, ms(d.p50_us), ms(d.p99_us),
-                ratio(g.ops_per_sec, d.ops_per_sec), ratio(g.ops_per_sec, bare.ops_per_sec),
+                g.ops_per_sec,
+                ms(g.p50_us),
+                ms(g.p99_us),
+                bare.ops_per_sec,
+                ms(bare.p50_us),
+                ms(bare.p99_us),
+                d.ops_per_sec,
+                ms(d.p50_us),
+                ms(d.p99_us),
+                ratio(g.ops_per_sec, d.ops_per_sec),
+                ratio(g.ops_per_sec, bare.ops_per_sec),
             );
             cpu_row(&mut cpu, "gateway", c, &g, 1, s.duration);
             cpu_row(&mut cpu, "bare", c, &bare, 1, s.duration);
@@ -757,13 +773,21 @@ async fn run_all(b: &Bench) -> anyhow::Result<String> {
         let n = s.batch_size;
         let item = format!(r#"{{"subject":"{SUBJECT}","data":{}}}"#, std::str::from_utf8(&b.payload).expect("utf-8"));
         let body: Bytes = format!("[{}]", vec![item; n].join(",")).into();
-        let _ = writeln!(batch, "| concurrent batches | msgs in flight | gateway msg/s | batch p50 ms | batch p99 ms | direct msg/s | p50 ms | p99 ms | gateway/direct |");
+        let _ = writeln!(
+            batch,
+            "| concurrent batches | msgs in flight | gateway msg/s | batch p50 ms | batch p99 ms | direct msg/s | p50 ms | p99 ms | gateway/direct |"
+        );
         let _ = writeln!(batch, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for &c in &s.batch_levels {
             let (mut gs, mut ds) = (Vec::new(), Vec::new());
             for round in 1..=s.rounds {
                 eprintln!("batch of {n}, concurrency {c}, round {round}: gateway");
-                let g = b.stored_run(n as u64, b.http(b.target(b.gateway, "/v1/publish", "application/json", body.clone()), c)).await?;
+                let g = b
+                    .stored_run(
+                        n as u64,
+                        b.http(b.target(b.gateway, "/v1/publish", "application/json", body.clone()), c),
+                    )
+                    .await?;
                 report_errors("gateway batch", &g);
                 eprintln!("batch of {n}, concurrency {c}, round {round}: direct");
                 let d = b.stored_run(n as u64, b.direct(n, c)).await?;
@@ -777,7 +801,12 @@ async fn run_all(b: &Bench) -> anyhow::Result<String> {
             let _ = writeln!(
                 batch,
                 "| {c} | {} | {gm:.0} | {} | {} | {dm:.0} | {} | {} | {} |",
-                c * n, ms(g.p50_us), ms(g.p99_us), ms(d.p50_us), ms(d.p99_us), ratio(gm, dm),
+                c * n,
+                ms(g.p50_us),
+                ms(g.p99_us),
+                ms(d.p50_us),
+                ms(d.p99_us),
+                ratio(gm, dm),
             );
             cpu_row(&mut cpu, &format!("gateway batch×{n}"), c, &g, n as u64, s.duration);
             cpu_row(&mut cpu, &format!("direct batch×{n}"), c, &d, n as u64, s.duration);
@@ -786,14 +815,21 @@ async fn run_all(b: &Bench) -> anyhow::Result<String> {
 
     let mut out = String::new();
     if s.single {
-        let _ = writeln!(out, "### Single-message publish ({} B order, `POST /v1/publish/{SUBJECT}`)\n\n{single}", b.payload.len());
+        let _ = writeln!(
+            out,
+            "### Single-message publish ({} B order, `POST /v1/publish/{SUBJECT}`)\n\n{single}",
+            b.payload.len()
+        );
     }
     if s.batch {
         let _ = writeln!(out, "### Batch publish ({} items per `POST /v1/publish`)\n\n{batch}", s.batch_size);
     }
     let _ = writeln!(out, "### CPU per message over the measured window\n\n{cpu}");
     if s.rounds > 1 {
-        let _ = writeln!(out, "### Every round (msg/s; the tables above show the median round)\n\n| scenario | concurrency | msg/s per round |\n|---|---:|---|\n{rounds}");
+        let _ = writeln!(
+            out,
+            "### Every round (msg/s; the tables above show the median round)\n\n| scenario | concurrency | msg/s per round |\n|---|---:|---|\n{rounds}"
+        );
     }
     Ok(out)
 }
@@ -834,7 +870,9 @@ fn main() -> anyhow::Result<()> {
         let (gateway, bare) = (gw_listener.local_addr()?, bare_listener.local_addr()?);
         let task = tokio::spawn(magistral::run(config, catalog, gw_listener, shutdown.clone()));
         let router = axum::Router::new().route("/v1/publish/{subject}", axum::routing::post(bare_handler));
-        tokio::spawn(axum::serve(bare_listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future());
+        tokio::spawn(
+            axum::serve(bare_listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).into_future(),
+        );
         anyhow::Ok((gateway, bare, task))
     })?;
 

@@ -2,8 +2,8 @@
 //! whole (`magistral check`), and consulted on every request.
 
 use std::fs;
-use std::sync::Arc;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::config::{Config, ConfigError, ConfigProblem, TokenSource};
 use crate::contracts::{Contract, Contracts};
@@ -11,8 +11,8 @@ use crate::delivery::subscription::Subscription;
 use crate::delivery::system;
 use crate::directory::Directory;
 use crate::inbound::InboundRoute;
+use crate::participants::{Participant, Participants, hash_token};
 use crate::request::Responder;
-use crate::participants::{hash_token, Participant, Participants};
 use crate::streams::StreamDef;
 use crate::subject::{self, PatternSet};
 
@@ -49,10 +49,18 @@ impl Catalog {
         let mut participants = Vec::new();
         for (name, p) in &config.participants {
             if subject::validate_publish_subject(name, 64).is_err() || name.contains('.') {
-                problem(config_file.clone(), format!("participants.{name}"), "a participant name holds only A-Z, a-z, 0-9, '_' and '-'".into());
+                problem(
+                    config_file.clone(),
+                    format!("participants.{name}"),
+                    "a participant name holds only A-Z, a-z, 0-9, '_' and '-'".into(),
+                );
             }
             if p.tokens.is_empty() {
-                problem(config_file.clone(), format!("participants.{name}.tokens"), "at least one token is needed".into());
+                problem(
+                    config_file.clone(),
+                    format!("participants.{name}.tokens"),
+                    "at least one token is needed".into(),
+                );
             }
             let mut hashes = Vec::new();
             for (i, source) in p.tokens.iter().enumerate() {
@@ -93,11 +101,28 @@ impl Catalog {
                             Err((field, message)) => problem(Some(file), field, message),
                             Ok(def) => {
                                 if let Some(other) = streams.iter().find(|s| s.name() == def.name()) {
-                                    problem(Some(file), "name".into(), format!("stream {} is also declared in {}", def.name(), other.file.display()));
+                                    problem(
+                                        Some(file),
+                                        "name".into(),
+                                        format!("stream {} is also declared in {}", def.name(), other.file.display()),
+                                    );
                                 } else {
                                     for s in &def.config.subjects {
-                                        if let Some(other) = streams.iter().find(|o| o.config.subjects.iter().any(|p| subject::covers(p, s) || subject::covers(s, p))) {
-                                            problem(Some(file.clone()), "subjects".into(), format!("{s} overlaps stream {} ({})", other.name(), other.file.display()));
+                                        if let Some(other) = streams.iter().find(|o| {
+                                            o.config
+                                                .subjects
+                                                .iter()
+                                                .any(|p| subject::covers(p, s) || subject::covers(s, p))
+                                        }) {
+                                            problem(
+                                                Some(file.clone()),
+                                                "subjects".into(),
+                                                format!(
+                                                    "{s} overlaps stream {} ({})",
+                                                    other.name(),
+                                                    other.file.display()
+                                                ),
+                                            );
                                         }
                                     }
                                     streams.push(def);
@@ -145,7 +170,11 @@ impl Catalog {
                 }
             }
             if contracts.iter().any(|c: &Contract| c.name == binding.name && c.version == binding.version) {
-                problem(config_file.clone(), field("version"), format!("{} v{} is declared twice", binding.name, binding.version));
+                problem(
+                    config_file.clone(),
+                    field("version"),
+                    format!("{} v{} is declared twice", binding.name, binding.version),
+                );
             }
             for (j, pattern) in binding.subjects.iter().enumerate() {
                 if let Err(message) = subject::validate_pattern(pattern) {
@@ -157,7 +186,10 @@ impl Catalog {
                     problem(
                         config_file.clone(),
                         field(&format!("subjects[{j}]")),
-                        format!("no stream in {} stores {pattern}, and no responder or requester uses it", streams_dir.display()),
+                        format!(
+                            "no stream in {} stores {pattern}, and no responder or requester uses it",
+                            streams_dir.display()
+                        ),
                     );
                 }
             }
@@ -175,12 +207,20 @@ impl Catalog {
                     Ok(schema) => schema,
                 },
             };
-            match Contract::compile(binding.name.clone(), binding.version, file.clone(), binding.subjects.clone(), schema) {
+            match Contract::compile(
+                binding.name.clone(),
+                binding.version,
+                file.clone(),
+                binding.subjects.clone(),
+                schema,
+            ) {
                 Ok(mut contract) => {
                     contract.replies = binding.replies.clone();
                     contracts.push(contract);
                 }
-                Err(message) => problem(Some(file), "(schema)".into(), format!("not a valid JSON Schema 2020-12: {message}")),
+                Err(message) => {
+                    problem(Some(file), "(schema)".into(), format!("not a valid JSON Schema 2020-12: {message}"))
+                }
             }
         }
 
@@ -191,7 +231,11 @@ impl Catalog {
                 Ok(d) => directories.push(d),
                 Err(list) => {
                     for (field, message) in list {
-                        let field = if field.is_empty() { format!("directories.{name}") } else { format!("directories.{name}.{field}") };
+                        let field = if field.is_empty() {
+                            format!("directories.{name}")
+                        } else {
+                            format!("directories.{name}.{field}")
+                        };
                         problem(config_file.clone(), field, message);
                     }
                 }
@@ -219,7 +263,11 @@ impl Catalog {
                 Ok(r) => responders.push(Arc::new(r)),
                 Err(list) => {
                     for (field, message) in list {
-                        let field = if field.is_empty() { format!("responders.{name}") } else { format!("responders.{name}.{field}") };
+                        let field = if field.is_empty() {
+                            format!("responders.{name}")
+                        } else {
+                            format!("responders.{name}.{field}")
+                        };
                         problem(config_file.clone(), field, message);
                     }
                 }
@@ -237,15 +285,25 @@ impl Catalog {
                 Ok(sub) => subscriptions.push(Arc::new(sub)),
                 Err(list) => {
                     for (field, message) in list {
-                        let field = if field.is_empty() { format!("subscriptions.{name}") } else { format!("subscriptions.{name}.{field}") };
+                        let field = if field.is_empty() {
+                            format!("subscriptions.{name}")
+                        } else {
+                            format!("subscriptions.{name}.{field}")
+                        };
                         problem(config_file.clone(), field, message);
                     }
                 }
             }
         }
         for def in &streams[..declared_streams] {
-            if def.name().starts_with("MAGISTRAL_") || def.config.subjects.iter().any(|s| s.starts_with(system::RESERVED_PREFIX) || s == ">") {
-                problem(Some(def.file.clone()), "name".into(), "MAGISTRAL_* streams and magistral.> subjects belong to the gateway".into());
+            if def.name().starts_with("MAGISTRAL_")
+                || def.config.subjects.iter().any(|s| s.starts_with(system::RESERVED_PREFIX) || s == ">")
+            {
+                problem(
+                    Some(def.file.clone()),
+                    "name".into(),
+                    "MAGISTRAL_* streams and magistral.> subjects belong to the gateway".into(),
+                );
             }
         }
 

@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Toml};
 use figment::Figment;
+use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
 /// Every setting of the gateway. Each default sits in [`Default`] with its reason.
@@ -770,11 +770,7 @@ impl Config {
     /// The folder relative paths are resolved against.
     #[must_use]
     pub fn base_dir(&self) -> PathBuf {
-        self.source
-            .as_ref()
-            .and_then(|p| p.parent())
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."))
+        self.source.as_ref().and_then(|p| p.parent()).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
     }
 
     #[must_use]

@@ -130,14 +130,10 @@ impl Contracts {
                 if bound.is_empty() {
                     return Ok(None);
                 }
-                bound
-                    .iter()
-                    .find(|c| c.dataschema == uri)
-                    .map(|c| Some(*c))
-                    .ok_or_else(|| UnknownSchema {
-                        requested: uri.to_owned(),
-                        bound: bound.iter().map(|c| c.dataschema.clone()).collect(),
-                    })
+                bound.iter().find(|c| c.dataschema == uri).map(|c| Some(*c)).ok_or_else(|| UnknownSchema {
+                    requested: uri.to_owned(),
+                    bound: bound.iter().map(|c| c.dataschema.clone()).collect(),
+                })
             }
         }
     }

@@ -31,7 +31,10 @@ impl Directory {
     /// `(field, message)` for every problem, relative to `directories.<name>`.
     pub fn resolve(name: &str, cfg: &DirectoryConfig, config: &Config) -> Result<Self, Vec<(String, String)>> {
         let mut problems = Vec::new();
-        if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if name.is_empty()
+            || name.len() > 64
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             problems.push((String::new(), "a directory (bucket) name is 1-64 of A-Z, a-z, 0-9, '-', '_'".to_owned()));
         }
         if !config.participants.contains_key(&cfg.owner) {
@@ -41,7 +44,10 @@ impl Directory {
             problems.push(("history".into(), "between 1 and 64".into()));
         }
         if let Some(contract) = &cfg.contract
-            && !config.contracts.iter().any(|c| c.name == *contract && cfg.contract_version.is_none_or(|v| v == c.version))
+            && !config
+                .contracts
+                .iter()
+                .any(|c| c.name == *contract && cfg.contract_version.is_none_or(|v| v == c.version))
         {
             problems.push(("contract".into(), format!("no contract {contract} (version {:?})", cfg.contract_version)));
         }

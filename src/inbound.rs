@@ -17,8 +17,8 @@
 use std::borrow::Cow;
 use std::cell::Cell;
 
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -52,7 +52,10 @@ impl InboundRoute {
         match config.participants.get(&cfg.participant) {
             None => problems.push(("participant".into(), format!("no participant {:?}", cfg.participant))),
             Some(p) if !p.publish.iter().any(|pat| subject::matches(pat, &cfg.subject)) => {
-                problems.push(("subject".into(), format!("participant {} may not publish to {}", cfg.participant, cfg.subject)));
+                problems.push((
+                    "subject".into(),
+                    format!("participant {} may not publish to {}", cfg.participant, cfg.subject),
+                ));
             }
             Some(_) => {}
         }
@@ -87,7 +90,14 @@ impl InboundRoute {
         if !problems.is_empty() {
             return Err(problems);
         }
-        Ok(Self { name: name.to_owned(), kind: cfg.kind, participant: cfg.participant.clone(), subject: cfg.subject.clone(), transform, secret })
+        Ok(Self {
+            name: name.to_owned(),
+            kind: cfg.kind,
+            participant: cfg.participant.clone(),
+            subject: cfg.subject.clone(),
+            transform,
+            secret,
+        })
     }
 
     /// Constant-time comparison with the configured secret. Both sides are hashed first so
@@ -225,7 +235,9 @@ pub enum EnvelopeError {
 pub fn notification_entries(body: &[u8], max_entries: usize) -> Result<Vec<&RawValue>, EnvelopeError> {
     let too_many = Cell::new(false);
     let mut de = serde_json::Deserializer::from_slice(body);
-    let parsed = EnvelopeSeed { max_entries, too_many: &too_many }.deserialize(&mut de).and_then(|entries| de.end().map(|()| entries));
+    let parsed = EnvelopeSeed { max_entries, too_many: &too_many }
+        .deserialize(&mut de)
+        .and_then(|entries| de.end().map(|()| entries));
     match parsed {
         Ok(entries) => Ok(entries),
         Err(_) if too_many.get() => Err(EnvelopeError::TooManyEntries { limit: max_entries }),
@@ -261,7 +273,8 @@ impl<'de> Visitor<'de> for EnvelopeSeed<'_> {
             } else if entries.is_some() {
                 return Err(serde::de::Error::duplicate_field("value"));
             } else {
-                entries = Some(map.next_value_seed(EntriesSeed { max_entries: self.max_entries, too_many: self.too_many })?);
+                entries =
+                    Some(map.next_value_seed(EntriesSeed { max_entries: self.max_entries, too_many: self.too_many })?);
             }
         }
         Ok(entries.unwrap_or_default())
@@ -344,7 +357,10 @@ mod tests {
 
     #[test]
     fn the_token_scan_takes_the_first_and_finds_none_without_it() {
-        assert_eq!(application_token(b"auth[application_token]=one&auth%5Bapplication_token%5D=two").as_deref(), Some("one"));
+        assert_eq!(
+            application_token(b"auth[application_token]=one&auth%5Bapplication_token%5D=two").as_deref(),
+            Some("one")
+        );
         assert_eq!(application_token(b"auth[application_token][x]=1&auth=abc&data[auth][application_token]=2"), None);
         assert_eq!(application_token(b""), None);
     }
@@ -352,7 +368,10 @@ mod tests {
     #[test]
     fn odd_keys_are_literal_names_and_the_later_pair_wins() {
         let v = |body: &[u8]| parse_bracketed_form(body, 100, 8).unwrap();
-        assert_eq!(v(b"a[=1&b]=2&[x]=3&c[d]e=4&=5&f[g][=6"), json!({"a[": "1", "b]": "2", "[x]": "3", "c[d]e": "4", "": "5", "f[g][": "6"}));
+        assert_eq!(
+            v(b"a[=1&b]=2&[x]=3&c[d]e=4&=5&f[g][=6"),
+            json!({"a[": "1", "b]": "2", "[x]": "3", "c[d]e": "4", "": "5", "f[g][": "6"})
+        );
         assert_eq!(v(b"a[]=1&a[b[c]=2"), json!({"a": {"": "1", "b[c": "2"}}));
         assert_eq!(v(b"a=1&a[b]=2"), json!({"a": {"b": "2"}}));
         assert_eq!(v(b"a[b]=2&a=1"), json!({"a": "1"}));
@@ -400,8 +419,19 @@ mod tests {
         assert_eq!(entry_client_state(entries[2]), None);
         assert!(matches!(notification_entries(body, 2), Err(EnvelopeError::TooManyEntries { limit: 2 })));
         assert!(notification_entries(b"{}", 2).unwrap().is_empty());
-        for bad in [&b"not json"[..], b"[]", br#"{"value":5}"#, br#"{"value":[],"value":[]}"#, br#"{"value":[]} x"#, br#"{"value":[1,]}"#] {
-            assert!(matches!(notification_entries(bad, 10), Err(EnvelopeError::Malformed(_))), "{}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b"not json"[..],
+            b"[]",
+            br#"{"value":5}"#,
+            br#"{"value":[],"value":[]}"#,
+            br#"{"value":[]} x"#,
+            br#"{"value":[1,]}"#,
+        ] {
+            assert!(
+                matches!(notification_entries(bad, 10), Err(EnvelopeError::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
         // A duplicate clientState is no clientState (which one would count is ambiguous).
         let dup = notification_entries(br#"{"value":[{"clientState":"s","clientState":"t"}]}"#, 1).unwrap();
@@ -424,14 +454,16 @@ mod tests {
     fn tree() -> impl Strategy<Value = Value> {
         let leaf = "[ -~\u{e9}\u{416}]{0,8}".prop_map(Value::String);
         leaf.prop_recursive(4, 32, 4, |inner| {
-            prop::collection::btree_map("[A-Za-z0-9_]{1,6}", inner, 1..4).prop_map(|m| Value::Object(m.into_iter().collect()))
+            prop::collection::btree_map("[A-Za-z0-9_]{1,6}", inner, 1..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect()))
         })
     }
 
     fn to_form(v: &Value) -> (String, usize, usize) {
         let mut out = form_urlencoded::Serializer::new(String::new());
         let (mut fields, mut depth) = (0, 0);
-        let mut stack: Vec<(String, &Value, usize)> = v.as_object().into_iter().flatten().map(|(k, v)| (k.clone(), v, 1)).collect();
+        let mut stack: Vec<(String, &Value, usize)> =
+            v.as_object().into_iter().flatten().map(|(k, v)| (k.clone(), v, 1)).collect();
         while let Some((key, v, d)) = stack.pop() {
             match v {
                 Value::Object(m) => stack.extend(m.iter().map(|(k, v)| (format!("{key}[{k}]"), v, d + 1))),

@@ -30,9 +30,11 @@ pub mod http;
 pub mod inbound;
 pub mod nats;
 pub mod participants;
+pub mod problem;
 pub mod publish;
 pub mod reload;
 pub mod request;
+pub mod runtime;
 pub mod streams;
 pub mod subject;
 pub mod telemetry;
@@ -49,8 +51,9 @@ use tokio_util::task::TaskTracker;
 
 use catalog::Catalog;
 use config::Config;
-use http::{AppState, Health};
+use http::AppState;
 use publish::Publisher;
+use runtime::{Health, Runtime};
 
 /// Why the gateway stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -72,13 +75,19 @@ pub enum RunError {
 ///
 /// # Errors
 /// An unusable NATS URL or credentials file, or the listener failing.
-pub async fn run(config: Config, catalog: Catalog, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run(
+    config: Config,
+    catalog: Catalog,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     let client = nats::connect(&config.nats).await?;
     let limits = Arc::new(config.limits.clone());
     let mut publisher = Publisher::new(client.clone(), &limits);
     publisher.tracking = config.system.tracking;
     let tasks = TaskTracker::new();
-    let mut engine = delivery::Engine::new(publisher.jetstream().clone(), config.system.replicas).map_err(RunError::Delivery)?;
+    let mut engine =
+        delivery::Engine::new(publisher.jetstream().clone(), config.system.replicas).map_err(RunError::Delivery)?;
     engine.tracking = config.system.tracking;
     let http_client = engine.http.clone();
     let deliveries = Arc::new(delivery::Deliveries::new(Arc::new(engine), tasks.clone(), shutdown.clone()));
@@ -90,13 +99,18 @@ pub async fn run(config: Config, catalog: Catalog, listener: TcpListener, shutdo
         health: Arc::new(Health::default()),
         metrics: telemetry::metrics_handle(),
         deliveries,
-        responders: Arc::new(request::Responders::new(client.clone(), http_client.clone(), tasks.clone(), shutdown.clone())),
+        responders: Arc::new(request::Responders::new(
+            client.clone(),
+            http_client.clone(),
+            tasks.clone(),
+            shutdown.clone(),
+        )),
         stores: Arc::new(http::kv::Stores::default()),
         sse_streams: Arc::new(http::events::StreamCounts::default()),
         admission: Arc::new(http::admission::Admission::new(&limits)),
         shutdown: shutdown.clone(),
     };
-    tasks.spawn(start_when_reconciled(state.clone(), config.clone(), shutdown.clone()));
+    tasks.spawn(start_when_reconciled(state.runtime(), config.clone(), shutdown.clone()));
 
     let app = http::router(state.clone());
     let addr = listener.local_addr()?;
@@ -127,7 +141,13 @@ pub async fn run(config: Config, catalog: Catalog, listener: TcpListener, shutdo
 /// accepting, so further clients wait in the kernel's backlog instead of taking memory.
 /// A client has `limits.header_read_timeout` to send a request's line and headers (a
 /// slow-loris connection is closed after it); bodies are bounded by [`http::admission`].
-async fn serve(listener: TcpListener, app: axum::Router, limits: &config::Limits, health: Arc<Health>, shutdown: CancellationToken) {
+async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: &config::Limits,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
 
@@ -192,7 +212,7 @@ async fn accept_failed(err: std::io::Error) {
 
 /// Reconciles streams (retrying while NATS is unreachable), then starts deliveries and
 /// the configuration watcher.
-async fn start_when_reconciled(state: AppState, config: Config, shutdown: CancellationToken) {
+async fn start_when_reconciled(state: Runtime, config: Config, shutdown: CancellationToken) {
     let mut delay = Duration::from_millis(200);
     loop {
         let catalog = state.catalog.load_full();
@@ -212,7 +232,7 @@ async fn start_when_reconciled(state: AppState, config: Config, shutdown: Cancel
 }
 
 /// Creates or updates every stream of the catalog (never deletes); true when all succeeded.
-pub async fn reconcile_all(state: &AppState, catalog: &Catalog) -> bool {
+pub async fn reconcile_all(state: &Runtime, catalog: &Catalog) -> bool {
     let mut ok = true;
     for directory in &catalog.directories {
         if let Err(err) = directory.ensure(state.publisher.jetstream()).await {
@@ -224,8 +244,14 @@ pub async fn reconcile_all(state: &AppState, catalog: &Catalog) -> bool {
         // The index lives as long as the longest-lived declared stream keeps messages.
         let declared = catalog.streams.iter().filter(|s| s.file.extension().is_some_and(|e| e == "json"));
         let ages: Vec<Duration> = declared.map(|s| s.config.max_age).collect();
-        let max_age = if ages.iter().any(Duration::is_zero) { Duration::ZERO } else { ages.into_iter().max().unwrap_or_default() };
-        if let Err(err) = tracking::ensure(state.publisher.jetstream(), max_age, state.deliveries.engine.system_replicas()).await {
+        let max_age = if ages.iter().any(Duration::is_zero) {
+            Duration::ZERO
+        } else {
+            ages.into_iter().max().unwrap_or_default()
+        };
+        if let Err(err) =
+            tracking::ensure(state.publisher.jetstream(), max_age, state.deliveries.engine.system_replicas()).await
+        {
             tracing::warn!(%err, "tracking bucket not ready; will retry");
             ok = false;
         }

@@ -120,7 +120,11 @@ async fn serve(config: Config, catalog: Catalog) -> ExitCode {
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     match magistral::run(config, catalog, listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err @ magistral::RunError::Nats(magistral::nats::ConnectError::Url { .. } | magistral::nats::ConnectError::Creds { .. })) => {
+        Err(
+            err @ magistral::RunError::Nats(
+                magistral::nats::ConnectError::Url { .. } | magistral::nats::ConnectError::Creds { .. },
+            ),
+        ) => {
             eprintln!("{err}");
             ExitCode::from(EX_CONFIG)
         }

@@ -29,10 +29,7 @@ pub async fn connect(cfg: &NatsConfig) -> Result<Client, ConnectError> {
         .split(',')
         .map(str::trim)
         .filter(|u| !u.is_empty())
-        .map(|u| {
-            u.parse::<ServerAddr>()
-                .map_err(|e| ConnectError::Url { url: cfg.url.clone(), reason: e.to_string() })
-        })
+        .map(|u| u.parse::<ServerAddr>().map_err(|e| ConnectError::Url { url: cfg.url.clone(), reason: e.to_string() }))
         .collect::<Result<Vec<_>, _>>()?;
     if addrs.is_empty() {
         return Err(ConnectError::Url { url: cfg.url.clone(), reason: "no server address".into() });

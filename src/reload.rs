@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::http::AppState;
+use crate::runtime::Runtime;
 
 /// A hash of everything configuration is read from.
 fn fingerprint(config: &Config) -> u64 {
@@ -36,7 +36,7 @@ fn fingerprint(config: &Config) -> u64 {
 ///
 /// # Errors
 /// The new configuration's problems; nothing was changed.
-pub async fn reload(state: &AppState, path: Option<&Path>) -> Result<(), String> {
+pub async fn reload(state: &Runtime, path: Option<&Path>) -> Result<(), String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
     let catalog = Catalog::load(&config).map_err(|e| e.to_string())?;
     let catalog = Arc::new(catalog);
@@ -52,7 +52,7 @@ pub async fn reload(state: &AppState, path: Option<&Path>) -> Result<(), String>
 }
 
 /// Watches for changes until shutdown.
-pub async fn watch(state: AppState, initial: Config, shutdown: CancellationToken) {
+pub async fn watch(state: Runtime, initial: Config, shutdown: CancellationToken) {
     let path = initial.source.clone();
     let mut last = fingerprint(&initial);
     let interval = initial.reload_interval;

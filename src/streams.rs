@@ -108,12 +108,13 @@ pub struct ReconcileError {
 ///
 /// # Errors
 /// The server could not be asked, or refused the change (e.g. a storage type change).
-pub async fn reconcile(js: &jetstream::Context, def: &StreamDef, dry_run: bool) -> Result<StreamChange, ReconcileError> {
-    let fail = |reason: String| ReconcileError {
-        name: def.name().to_owned(),
-        file: def.file.display().to_string(),
-        reason,
-    };
+pub async fn reconcile(
+    js: &jetstream::Context,
+    def: &StreamDef,
+    dry_run: bool,
+) -> Result<StreamChange, ReconcileError> {
+    let fail =
+        |reason: String| ReconcileError { name: def.name().to_owned(), file: def.file.display().to_string(), reason };
     let name = def.name().to_owned();
     match js.get_stream(&name).await {
         Ok(mut existing) => {
@@ -127,7 +128,8 @@ pub async fn reconcile(js: &jetstream::Context, def: &StreamDef, dry_run: bool) 
             }
             Ok(StreamChange::Update { name, fields })
         }
-        Err(err) if matches!(err.kind(), jetstream::context::GetStreamErrorKind::JetStream(e) if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {
+        Err(err) if matches!(err.kind(), jetstream::context::GetStreamErrorKind::JetStream(e) if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
             if !dry_run {
                 js.create_stream(def.config.clone()).await.map_err(|e| fail(format!("create refused: {e}")))?;
             }
@@ -148,8 +150,11 @@ fn diff(def: &StreamDef, server: &stream::Config) -> Vec<FieldChange> {
         .filter_map(|key| {
             let d = declared.get(key).cloned().unwrap_or(Value::Null);
             let s = server.get(key).cloned().unwrap_or(Value::Null);
-            (d != s && !(is_empty(&d) && is_empty(&s)))
-                .then(|| FieldChange { field: key.clone(), server: s, declared: d })
+            (d != s && !(is_empty(&d) && is_empty(&s))).then(|| FieldChange {
+                field: key.clone(),
+                server: s,
+                declared: d,
+            })
         })
         .collect()
 }

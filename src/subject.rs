@@ -44,10 +44,7 @@ pub fn validate_publish_subject(subject: &str, max_len: usize) -> Result<(), Sub
         if token == "*" || token == ">" {
             return Err(SubjectError::Wildcard);
         }
-        if let Some(found) = token
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
-        {
+        if let Some(found) = token.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-')) {
             return Err(SubjectError::BadCharacter { index, found });
         }
     }
@@ -184,18 +181,9 @@ mod tests {
         assert_eq!(validate_publish_subject("a.*", 256), Err(SubjectError::Wildcard));
         assert_eq!(validate_publish_subject("a.>", 256), Err(SubjectError::Wildcard));
         assert_eq!(validate_publish_subject("$JS.API.STREAM.LIST", 256), Err(SubjectError::System));
-        assert_eq!(
-            validate_publish_subject("a b", 256),
-            Err(SubjectError::BadCharacter { index: 0, found: ' ' })
-        );
-        assert_eq!(
-            validate_publish_subject("a.зак", 256),
-            Err(SubjectError::BadCharacter { index: 1, found: 'з' })
-        );
-        assert_eq!(
-            validate_publish_subject(&"a".repeat(300), 256),
-            Err(SubjectError::TooLong { len: 300, max: 256 })
-        );
+        assert_eq!(validate_publish_subject("a b", 256), Err(SubjectError::BadCharacter { index: 0, found: ' ' }));
+        assert_eq!(validate_publish_subject("a.зак", 256), Err(SubjectError::BadCharacter { index: 1, found: 'з' }));
+        assert_eq!(validate_publish_subject(&"a".repeat(300), 256), Err(SubjectError::TooLong { len: 300, max: 256 }));
     }
 
     #[test]

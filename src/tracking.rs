@@ -15,8 +15,8 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
 pub const BUCKET: &str = "magistral_track";
@@ -97,10 +97,8 @@ pub fn delivery_key(subscription: &str, stream: &str, seq: u64) -> String {
 pub async fn correlated(js: &jetstream::Context, correlation_id: &str, limit: usize) -> Result<Vec<Location>, String> {
     use futures::StreamExt;
     let store = js.get_key_value(BUCKET).await.map_err(|e| e.to_string())?;
-    let mut keys = store
-        .watch_with_history(format!("c.{}.>", encode(correlation_id)))
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut keys =
+        store.watch_with_history(format!("c.{}.>", encode(correlation_id))).await.map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     while out.len() < limit {
         let next = tokio::time::timeout(Duration::from_millis(300), keys.next()).await;

@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use jaq_core::load::{Arena, File, Loader};
-use jaq_core::{data, unwrap_valr, Compiler, Ctx, Vars};
+use jaq_core::{Compiler, Ctx, Vars, data, unwrap_valr};
 use jaq_json::Val;
 
 type Filter = jaq_core::Filter<data::JustLut<Val>>;
@@ -102,8 +102,13 @@ mod tests {
 
     #[test]
     fn reshapes_json() {
-        let t = Transform::compile(r#"{no: .order_id, lines: [.lines[] | {sku, q: .qty}], total: (.lines | map(.qty * .price) | add)}"#).unwrap();
-        let out = t.apply(br#"{"order_id":"4711","lines":[{"sku":"A","qty":2,"price":10},{"sku":"B","qty":1,"price":5}]}"#).unwrap();
+        let t = Transform::compile(
+            r#"{no: .order_id, lines: [.lines[] | {sku, q: .qty}], total: (.lines | map(.qty * .price) | add)}"#,
+        )
+        .unwrap();
+        let out = t
+            .apply(br#"{"order_id":"4711","lines":[{"sku":"A","qty":2,"price":10},{"sku":"B","qty":1,"price":5}]}"#)
+            .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v, serde_json::json!({"no":"4711","lines":[{"sku":"A","q":2},{"sku":"B","q":1}],"total":25}));
     }
@@ -146,7 +151,8 @@ pub fn load(
         (Some(text), None) => (text.clone(), field.to_owned()),
         (None, Some(path)) => {
             let path = config.resolve(path);
-            let text = std::fs::read_to_string(&path).map_err(|e| (format!("{field}_file"), format!("{}: {e}", path.display())))?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| (format!("{field}_file"), format!("{}: {e}", path.display())))?;
             (text, format!("{field}_file ({})", path.display()))
         }
         (None, None) => return Ok(None),

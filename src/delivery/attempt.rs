@@ -5,9 +5,9 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
-use super::outcome::{parse_retry_after, Class};
+use super::outcome::{Class, parse_retry_after};
 use super::signature;
 use super::subscription::Subscription;
 
@@ -32,12 +32,7 @@ pub fn message_id(message: &jetstream::Message) -> String {
     header("ce-id")
         .or_else(|| header("Nats-Msg-Id"))
         .or_else(|| header(super::dead_letter::ORIGINAL_MSG_ID))
-        .unwrap_or_else(|| {
-        message
-            .info()
-            .map(|i| format!("{}-{}", i.stream, i.stream_sequence))
-            .unwrap_or_default()
-    })
+        .unwrap_or_else(|| message.info().map(|i| format!("{}-{}", i.stream, i.stream_sequence)).unwrap_or_default())
 }
 
 /// Standard Webhooks' `webhook-id`: unique per stored message and the same across its retries
@@ -114,12 +109,8 @@ pub async fn send(
         },
     };
     let headers = request_headers(sub, message, attempt, &body);
-    let request = http
-        .request(sub.method.clone(), sub.endpoint.clone())
-        .headers(headers)
-        .timeout(sub.timeout)
-        .body(body)
-        .send();
+    let request =
+        http.request(sub.method.clone(), sub.endpoint.clone()).headers(headers).timeout(sub.timeout).body(body).send();
     tokio::pin!(request);
     let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + ack_wait / 3, ack_wait / 3);
     let response = loop {

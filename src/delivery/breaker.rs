@@ -11,7 +11,9 @@ use super::outcome::Class;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
     Closed,
-    Open { until: Instant },
+    Open {
+        until: Instant,
+    },
     /// Cooldown over: one probe may go.
     HalfOpen,
 }

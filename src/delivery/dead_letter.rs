@@ -6,16 +6,16 @@
 //! the subject's other subscribers never see it twice. Status events go to
 //! `magistral.delivery.<event>.<subscription>` as JSON, for participants to subscribe to.
 
-use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
 use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
 use futures::StreamExt;
-use percent_encoding::{utf8_percent_encode, CONTROLS};
+use percent_encoding::{CONTROLS, utf8_percent_encode};
 use serde::Serialize;
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
-use super::attempt::{message_id, original_subject, AttemptResult};
-use super::system::{dlq_subject, event_subject, replay_subject, DLQ_STREAM};
+use super::attempt::{AttemptResult, message_id, original_subject};
+use super::system::{DLQ_STREAM, dlq_subject, event_subject, replay_subject};
 
 pub const ORIGINAL_SUBJECT: &str = "Magistral-Original-Subject";
 /// The original `Nats-Msg-Id`, kept under another name so the dead-letter stream does not
@@ -57,7 +57,12 @@ fn rfc3339(t: OffsetDateTime) -> String {
 ///
 /// # Errors
 /// NATS did not store it; the caller must not terminate the original then.
-pub async fn store(js: &jetstream::Context, subscription: &str, message: &jetstream::Message, failure: &Failure) -> Result<(), String> {
+pub async fn store(
+    js: &jetstream::Context,
+    subscription: &str,
+    message: &jetstream::Message,
+    failure: &Failure,
+) -> Result<(), String> {
     let mut headers = HeaderMap::new();
     if let Some(original) = &message.headers {
         for (name, values) in original.iter() {
@@ -128,11 +133,19 @@ pub struct StatusEvent {
 }
 
 /// Publishes a status event. Best effort: a lost event never holds up a delivery.
-pub async fn publish_event(js: &jetstream::Context, event: &'static str, subscription: &str, message: &jetstream::Message, failure: &Failure) {
+pub async fn publish_event(
+    js: &jetstream::Context,
+    event: &'static str,
+    subscription: &str,
+    message: &jetstream::Message,
+    failure: &Failure,
+) {
     let header = |name: &str| {
-        message.headers.as_ref().and_then(|h| h.get(name)).map(|v| {
-            percent_encoding::percent_decode_str(v.as_str()).decode_utf8_lossy().into_owned()
-        })
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| percent_encoding::percent_decode_str(v.as_str()).decode_utf8_lossy().into_owned())
     };
     let body = StatusEvent {
         event,
@@ -186,7 +199,12 @@ pub struct DeadLetter {
 ///
 /// # Errors
 /// NATS could not be asked.
-pub async fn list(js: &jetstream::Context, subscription: &str, after_seq: u64, limit: usize) -> Result<(Vec<DeadLetter>, u64), String> {
+pub async fn list(
+    js: &jetstream::Context,
+    subscription: &str,
+    after_seq: u64,
+    limit: usize,
+) -> Result<(Vec<DeadLetter>, u64), String> {
     // Counted first: the listing then holds at least what the count saw.
     let total = count(js, subscription).await?;
     if total == 0 {
@@ -219,7 +237,12 @@ struct RawDeadLetter {
     at: OffsetDateTime,
 }
 
-async fn read(js: &jetstream::Context, subscription: &str, after_seq: u64, limit: usize) -> Result<Vec<RawDeadLetter>, String> {
+async fn read(
+    js: &jetstream::Context,
+    subscription: &str,
+    after_seq: u64,
+    limit: usize,
+) -> Result<Vec<RawDeadLetter>, String> {
     let stream = js.get_stream(DLQ_STREAM).await.map_err(|e| e.to_string())?;
     let pending = count(js, subscription).await?;
     if pending == 0 || limit == 0 {
@@ -228,7 +251,11 @@ async fn read(js: &jetstream::Context, subscription: &str, after_seq: u64, limit
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
             filter_subject: dlq_subject(subscription),
-            deliver_policy: if after_seq > 0 { DeliverPolicy::ByStartSequence { start_sequence: after_seq + 1 } } else { DeliverPolicy::All },
+            deliver_policy: if after_seq > 0 {
+                DeliverPolicy::ByStartSequence { start_sequence: after_seq + 1 }
+            } else {
+                DeliverPolicy::All
+            },
             ..Default::default()
         })
         .await
@@ -287,7 +314,12 @@ pub enum Selection {
 ///
 /// # Errors
 /// NATS refused a step; what was replayed before it stays replayed.
-pub async fn replay(js: &jetstream::Context, subscription: &str, selection: &Selection, max: usize) -> Result<Vec<String>, String> {
+pub async fn replay(
+    js: &jetstream::Context,
+    subscription: &str,
+    selection: &Selection,
+    max: usize,
+) -> Result<Vec<String>, String> {
     let stream = js.get_stream(DLQ_STREAM).await.map_err(|e| e.to_string())?;
     let mut replayed = Vec::new();
     let mut after = 0;

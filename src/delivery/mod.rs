@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream::{self, kv};
 use serde::Serialize;
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -143,9 +143,7 @@ impl Engine {
     /// # Errors
     /// NATS refused.
     pub async fn token_key(&self) -> Result<&pull::TokenKey, String> {
-        self.token_key
-            .get_or_try_init(|| async { pull::TokenKey::load(self.status_bucket().await?).await })
-            .await
+        self.token_key.get_or_try_init(|| async { pull::TokenKey::load(self.status_bucket().await?).await }).await
     }
 
     /// The stored status of a subscription.
@@ -338,7 +336,11 @@ impl Control {
             let now = Instant::now();
             b.record(result.class, now);
             let open = matches!(b.state(now), BreakerState::Open { .. });
-            metrics::gauge!("magistral_breaker_open", "subscription" => self.name.clone()).set(if open { 1.0 } else { 0.0 });
+            metrics::gauge!("magistral_breaker_open", "subscription" => self.name.clone()).set(if open {
+                1.0
+            } else {
+                0.0
+            });
         }
         if result.class != outcome::Class::Delivered
             && let Ok(mut last) = self.last_error.lock()
@@ -449,9 +451,8 @@ pub async fn prune(js: &jetstream::Context, catalog: &Catalog, dry_run: bool) ->
         while let Some(name) = names.next().await {
             let name = name.map_err(|e| e.to_string())?;
             let Some(sub_name) = name.strip_prefix("magistral-") else { continue };
-            let wanted = catalog
-                .subscription(sub_name)
-                .is_some_and(|sub| consumer_streams(sub).iter().any(|s| s == def.name()));
+            let wanted =
+                catalog.subscription(sub_name).is_some_and(|sub| consumer_streams(sub).iter().any(|s| s == def.name()));
             if !wanted {
                 doomed.push(name);
             }

@@ -66,7 +66,10 @@ impl Class {
     /// rather than about this one message.
     #[must_use]
     pub const fn is_endpoint_failure(self) -> bool {
-        matches!(self, Self::EndpointError | Self::Timeout | Self::Unreachable | Self::EndpointTimeout | Self::Throttled)
+        matches!(
+            self,
+            Self::EndpointError | Self::Timeout | Self::Unreachable | Self::EndpointTimeout | Self::Throttled
+        )
     }
 }
 
@@ -168,7 +171,10 @@ mod tests {
     fn decisions_per_class() {
         let p = policy();
         assert_eq!(p.decide(Class::Delivered, 1, None), Decision::Ack);
-        assert_eq!(p.decide(Class::Throttled, 1, Some(Duration::from_secs(2))), Decision::Retry(Duration::from_secs(2)));
+        assert_eq!(
+            p.decide(Class::Throttled, 1, Some(Duration::from_secs(2))),
+            Decision::Retry(Duration::from_secs(2))
+        );
         assert_eq!(p.decide(Class::Gone, 1, None), Decision::PauseSubscription);
         assert_eq!(p.decide(Class::Rejected, 1, None), Decision::DeadLetter);
         let lenient = RetryPolicy { retry_client_errors: true, ..policy() };

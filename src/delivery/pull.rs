@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, kv};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures::StreamExt;
 use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use time::format_description::well_known::Rfc3339;
@@ -58,7 +58,8 @@ impl TokenKey {
     pub async fn load(status: &kv::Store) -> Result<Self, String> {
         for _ in 0..3 {
             if let Some(bytes) = status.get(TOKEN_KEY).await.map_err(|e| e.to_string())? {
-                let key: [u8; 32] = bytes.as_ref().try_into().map_err(|_| "the stored token key is malformed".to_owned())?;
+                let key: [u8; 32] =
+                    bytes.as_ref().try_into().map_err(|_| "the stored token key is malformed".to_owned())?;
                 return Ok(Self(key));
             }
             let fresh: [u8; 32] = rand::random();
@@ -92,7 +93,9 @@ impl TokenKey {
     /// The token is malformed, or its signature does not match (forged or altered).
     pub fn verify(&self, text: &str) -> Result<AckToken, &'static str> {
         let mut parts = text.split('.');
-        let (Some("v1"), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some("v1"), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err("not an ack token");
         };
         let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| "not an ack token")?;
@@ -109,7 +112,13 @@ impl TokenKey {
 ///
 /// # Errors
 /// NATS refused or is unreachable.
-pub async fn fetch(js: &jetstream::Context, key: &TokenKey, sub: &Subscription, max: usize, wait: Duration) -> Result<Vec<Value>, String> {
+pub async fn fetch(
+    js: &jetstream::Context,
+    key: &TokenKey,
+    sub: &Subscription,
+    max: usize,
+    wait: Duration,
+) -> Result<Vec<Value>, String> {
     let mut consumers = Vec::new();
     // Replays first (rare, and an operator is waiting for them), then the subscription's stream.
     let mut streams = vec![system::REPLAY_STREAM.to_owned()];
@@ -133,7 +142,8 @@ pub async fn fetch(js: &jetstream::Context, key: &TokenKey, sub: &Subscription, 
         if info.num_pending == 0 && info.num_ack_pending == 0 {
             continue;
         }
-        let room = usize::try_from(info.config.max_ack_pending).unwrap_or(usize::MAX).saturating_sub(info.num_ack_pending);
+        let room =
+            usize::try_from(info.config.max_ack_pending).unwrap_or(usize::MAX).saturating_sub(info.num_ack_pending);
         if room == 0 {
             continue;
         }
@@ -159,7 +169,13 @@ pub async fn fetch(js: &jetstream::Context, key: &TokenKey, sub: &Subscription, 
             out.push(describe(key, sub, &m));
         }
         if !out.is_empty() && max > 1 {
-            let mut rest = main.fetch().max_messages(max - 1).expires(NO_WAIT_BOUND).messages().await.map_err(|e| e.to_string())?;
+            let mut rest = main
+                .fetch()
+                .max_messages(max - 1)
+                .expires(NO_WAIT_BOUND)
+                .messages()
+                .await
+                .map_err(|e| e.to_string())?;
             while let Some(Ok(m)) = rest.next().await {
                 out.push(describe(key, sub, &m));
             }
@@ -180,10 +196,18 @@ fn describe(key: &TokenKey, sub: &Subscription, m: &jetstream::Message) -> Value
         }
     }
     let (stream, seq, delivered, time) = match &info {
-        Some(i) => (i.stream.to_owned(), i.stream_sequence, i.delivered, i.published.format(&Rfc3339).unwrap_or_default()),
+        Some(i) => {
+            (i.stream.to_owned(), i.stream_sequence, i.delivered, i.published.format(&Rfc3339).unwrap_or_default())
+        }
         None => (String::new(), 0, 0, String::new()),
     };
-    let token = AckToken { s: sub.name.clone(), r: m.reply.as_ref().map(ToString::to_string).unwrap_or_default(), st: stream.clone(), q: seq, d: delivered };
+    let token = AckToken {
+        s: sub.name.clone(),
+        r: m.reply.as_ref().map(ToString::to_string).unwrap_or_default(),
+        st: stream.clone(),
+        q: seq,
+        d: delivered,
+    };
     // Data as published when it is JSON; otherwise base64 (e.g. a directory delete marker).
     let data = serde_json::from_slice::<Value>(&m.payload).ok();
     let mut out = json!({
@@ -228,7 +252,13 @@ pub enum AckFailure {
 ///
 /// # Errors
 /// The token was already used for ack/term, or NATS failed.
-pub async fn act(client: &async_nats::Client, ledger: &kv::Store, token: &AckToken, action: Action, delay: Option<Duration>) -> Result<(), AckFailure> {
+pub async fn act(
+    client: &async_nats::Client,
+    ledger: &kv::Store,
+    token: &AckToken,
+    action: Action,
+    delay: Option<Duration>,
+) -> Result<(), AckFailure> {
     let key = token.ledger_key();
     // Ack and term: the ledger's `create` below refuses a finished token by itself.
     if !matches!(action, Action::Ack | Action::Term) {
@@ -248,7 +278,11 @@ pub async fn act(client: &async_nats::Client, ledger: &kv::Store, token: &AckTok
     };
     if matches!(action, Action::Ack | Action::Term) {
         ledger.create(&key, action_name(action).into()).await.map_err(|e| {
-            if matches!(e.kind(), kv::CreateErrorKind::AlreadyExists) { AckFailure::AlreadyAcked } else { AckFailure::Nats(e.to_string()) }
+            if matches!(e.kind(), kv::CreateErrorKind::AlreadyExists) {
+                AckFailure::AlreadyAcked
+            } else {
+                AckFailure::Nats(e.to_string())
+            }
         })?;
         // Double ack: JetStream confirms it processed the ack. If it did not, forget the
         // ledger entry so the token (or the redelivery's) can be used again.
@@ -280,7 +314,13 @@ mod tests {
     use super::*;
 
     fn token() -> impl Strategy<Value = AckToken> {
-        (".{0,12}", ".{0,40}", ".{0,12}", any::<u64>(), any::<i64>()).prop_map(|(s, r, st, q, d)| AckToken { s, r, st, q, d })
+        (".{0,12}", ".{0,40}", ".{0,12}", any::<u64>(), any::<i64>()).prop_map(|(s, r, st, q, d)| AckToken {
+            s,
+            r,
+            st,
+            q,
+            d,
+        })
     }
 
     proptest! {

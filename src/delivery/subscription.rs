@@ -7,7 +7,9 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::outcome::RetryPolicy;
 use super::signature::SigningKey;
-use crate::config::{Config, DeliveryMethod, OnExhausted, SecretValue, StartPosition, SubscriptionConfig, SubscriptionMode};
+use crate::config::{
+    Config, DeliveryMethod, OnExhausted, SecretValue, StartPosition, SubscriptionConfig, SubscriptionMode,
+};
 use crate::streams::StreamDef;
 use crate::subject;
 
@@ -79,7 +81,10 @@ impl Subscription {
         subscribe_permissions: Option<&[String]>,
     ) -> Result<Self, Vec<(String, String)>> {
         let mut problems = Vec::new();
-        if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if name.is_empty()
+            || name.len() > 64
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             problems.push((String::new(), "a subscription name is 1-64 of A-Z, a-z, 0-9, '-', '_'".to_owned()));
         }
         match subscribe_permissions {
@@ -162,13 +167,14 @@ impl Subscription {
         if cfg.rate_limit.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
             problems.push(("rate_limit".into(), "a positive number of messages per second".into()));
         }
-        let transform = match crate::transform::load(config, "transform", cfg.transform.as_ref(), cfg.transform_file.as_ref()) {
-            Ok(t) => t,
-            Err(p) => {
-                problems.push(p);
-                None
-            }
-        };
+        let transform =
+            match crate::transform::load(config, "transform", cfg.transform.as_ref(), cfg.transform_file.as_ref()) {
+                Ok(t) => t,
+                Err(p) => {
+                    problems.push(p);
+                    None
+                }
+            };
         if cfg.ack_wait < Duration::from_secs(1) {
             problems.push(("ack_wait".into(), "at least 1s".into()));
         }
@@ -249,7 +255,10 @@ pub struct HttpTarget {
 
 impl std::fmt::Debug for HttpTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpTarget").field("endpoint", &redacted(&self.endpoint)).field("method", &self.method).finish_non_exhaustive()
+        f.debug_struct("HttpTarget")
+            .field("endpoint", &redacted(&self.endpoint))
+            .field("method", &self.method)
+            .finish_non_exhaustive()
     }
 }
 
@@ -283,7 +292,9 @@ pub fn resolve_target(
             problems.push((field, "not a valid header name".into()));
             continue;
         };
-        match read_secret(config, value).and_then(|v| HeaderValue::from_str(&v).map_err(|_| "not a valid header value".into())) {
+        match read_secret(config, value)
+            .and_then(|v| HeaderValue::from_str(&v).map_err(|_| "not a valid header value".into()))
+        {
             Ok(mut v) => {
                 v.set_sensitive(true);
                 resolved.insert(header, v);
@@ -318,7 +329,10 @@ fn spans_streams(subjects: &[String], streams: &[StreamDef]) -> usize {
     streams
         .iter()
         .filter(|st| {
-            st.config.subjects.iter().any(|stored| subjects.iter().any(|s| subject::covers(stored, s) || subject::covers(s, stored)))
+            st.config
+                .subjects
+                .iter()
+                .any(|stored| subjects.iter().any(|s| subject::covers(stored, s) || subject::covers(s, stored)))
         })
         .count()
 }
@@ -356,11 +370,20 @@ mod tests {
         assert_eq!(redacted(&plain), "http://10.0.0.5/hook");
         let v6 = reqwest::Url::parse("http://[::1]:9000/").unwrap();
         assert_eq!(redacted(&v6), "http://[::1]:9000/");
-        let target = HttpTarget { endpoint: url.clone(), method: reqwest::Method::POST, headers: HeaderMap::new(), signing_keys: Vec::new() };
+        let target = HttpTarget {
+            endpoint: url.clone(),
+            method: reqwest::Method::POST,
+            headers: HeaderMap::new(),
+            signing_keys: Vec::new(),
+        };
         assert!(!format!("{target:?}").contains("SECRET"));
         let url = reqwest::Url::parse("https://erp-user:pw-secret@erp.example:8443/hook/in?code=SECRET").unwrap();
-        let text = format!("error sending request for url ({url}): at erp.example/hook/in?code=SECRET as erp-user:pw-secret");
+        let text =
+            format!("error sending request for url ({url}): at erp.example/hook/in?code=SECRET as erp-user:pw-secret");
         let cleaned = scrub(&text, &url);
-        assert_eq!(cleaned, "error sending request for url (https://erp.example:8443/hook/in?…): at erp.example/hook/in?… as …:…");
+        assert_eq!(
+            cleaned,
+            "error sending request for url (https://erp.example:8443/hook/in?…): at erp.example/hook/in?… as …:…"
+        );
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer, DeliverPolicy};
+use async_nats::jetstream::consumer::{AckPolicy, Consumer, DeliverPolicy, pull};
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use time::OffsetDateTime;
@@ -75,11 +75,7 @@ impl Worker {
                     || current.max_ack_pending != wanted.max_ack_pending
                     || current.ack_wait != wanted.ack_wait
                     || current.description != wanted.description;
-                if differs {
-                    stream.update_consumer(wanted).await.map_err(|e| e.to_string())
-                } else {
-                    Ok(existing)
-                }
+                if differs { stream.update_consumer(wanted).await.map_err(|e| e.to_string()) } else { Ok(existing) }
             }
             Err(_) => stream.create_consumer(wanted).await.map_err(|e| e.to_string()),
         }
@@ -266,7 +262,12 @@ impl Worker {
                 // replica, the publish time is the honest lower bound.
                 self.control.first_failure(&key, if attempt == 1 { started } else { published })
             };
-            let failure = Failure { result: result.clone(), attempts: attempt, first_attempt, last_attempt: OffsetDateTime::now_utc() };
+            let failure = Failure {
+                result: result.clone(),
+                attempts: attempt,
+                first_attempt,
+                last_attempt: OffsetDateTime::now_utc(),
+            };
             let decision = self.sub.policy.decide(result.class, attempt, result.retry_after);
             if announce && attempt == 1 && !matches!(result.class, Class::Delivered | Class::Skipped) {
                 dead_letter::publish_event(&self.engine.js, "failed", &self.sub.name, &message, &failure).await;
@@ -314,7 +315,8 @@ impl Worker {
                     let reason = format!("blocked: message {} exhausted its attempts", attempt::message_id(&message));
                     self.engine.pause(&self.sub, &reason, &result).await;
                     if announce {
-                        dead_letter::publish_event(&self.engine.js, "blocked", &self.sub.name, &message, &failure).await;
+                        dead_letter::publish_event(&self.engine.js, "blocked", &self.sub.name, &message, &failure)
+                            .await;
                     }
                     let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
                     return;
@@ -323,12 +325,21 @@ impl Worker {
                     match dead_letter::store(&self.engine.js, &self.sub.name, &message, &failure).await {
                         Ok(()) => {
                             self.track(&track_key, "dead-letter", attempt, &result, None).await;
-                            metrics::counter!("magistral_dead_letters_total", "subscription" => self.sub.name.clone()).increment(1);
+                            metrics::counter!("magistral_dead_letters_total", "subscription" => self.sub.name.clone())
+                                .increment(1);
                             if let Ok(depth) = dead_letter::count(&self.engine.js, &self.sub.name).await {
-                                metrics::gauge!("magistral_dead_letters", "subscription" => self.sub.name.clone()).set(depth as f64);
+                                metrics::gauge!("magistral_dead_letters", "subscription" => self.sub.name.clone())
+                                    .set(depth as f64);
                             }
                             if announce {
-                                dead_letter::publish_event(&self.engine.js, "dead_lettered", &self.sub.name, &message, &failure).await;
+                                dead_letter::publish_event(
+                                    &self.engine.js,
+                                    "dead_lettered",
+                                    &self.sub.name,
+                                    &message,
+                                    &failure,
+                                )
+                                .await;
                             }
                             let _ = message.ack_with(AckKind::Term).await;
                         }
@@ -354,7 +365,14 @@ impl Worker {
     }
 
     /// Notes a noteworthy state for "where is my message?" (nothing for a first-try success).
-    async fn track(&self, key: &(String, u64), state: &str, attempt: u32, result: &AttemptResult, next: Option<Duration>) {
+    async fn track(
+        &self,
+        key: &(String, u64),
+        state: &str,
+        attempt: u32,
+        result: &AttemptResult,
+        next: Option<Duration>,
+    ) {
         if !self.engine.tracking {
             return;
         }
@@ -365,9 +383,7 @@ impl Worker {
             class: (result.class != Class::Delivered).then(|| result.class.slug().to_owned()),
             status: result.status,
             at: now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-            next_attempt: next.and_then(|d| {
-                (now + d).format(&time::format_description::well_known::Rfc3339).ok()
-            }),
+            next_attempt: next.and_then(|d| (now + d).format(&time::format_description::well_known::Rfc3339).ok()),
         };
         crate::tracking::record(&self.engine.js.client(), &self.sub.name, &key.0, key.1, &record).await;
     }

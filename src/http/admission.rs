@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, Method};
+use axum::http::{HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper::body::{Frame, SizeHint};
 
 use super::problem::{Problem, ProblemType};
-use super::{authenticate, AppState};
+use super::{AppState, authenticate};
 use crate::config::{InboundKind, Limits};
 
 /// Per-participant in-flight counts and publish token buckets of this replica. Keyed by
@@ -45,7 +45,11 @@ impl Admission {
     pub fn new(limits: &Limits) -> Self {
         Self {
             max_in_flight: limits.max_in_flight_per_participant,
-            rate: if limits.publish_rate_per_participant.is_finite() { limits.publish_rate_per_participant.max(0.0) } else { 0.0 },
+            rate: if limits.publish_rate_per_participant.is_finite() {
+                limits.publish_rate_per_participant.max(0.0)
+            } else {
+                0.0
+            },
             burst: f64::from(limits.publish_burst_per_participant.max(1)),
             in_flight: Mutex::new(HashMap::new()),
             buckets: Mutex::new(HashMap::new()),
@@ -66,7 +70,10 @@ impl Admission {
             refused(participant, "in-flight");
             return Err(Problem::new(
                 ProblemType::RateLimited,
-                format!("{open} requests of this participant are in flight on this replica; the limit is {}", self.max_in_flight),
+                format!(
+                    "{open} requests of this participant are in flight on this replica; the limit is {}",
+                    self.max_in_flight
+                ),
             )
             .retry_after(1));
         }
@@ -120,7 +127,8 @@ fn retry_after_seconds(wait: Duration) -> u64 {
 }
 
 fn refused(participant: &str, reason: &'static str) {
-    metrics::counter!("magistral_rate_limited_total", "participant" => participant.to_owned(), "reason" => reason).increment(1);
+    metrics::counter!("magistral_rate_limited_total", "participant" => participant.to_owned(), "reason" => reason)
+        .increment(1);
 }
 
 /// A token bucket: `tokens` may go negative (debt) after a large batch.
@@ -204,7 +212,12 @@ pub async fn admission(State(state): State<AppState>, request: Request, next: Ne
     let body = if body.is_end_stream() {
         body
     } else {
-        Body::new(TimedBody::new(body, state.limits.body_read_timeout, state.limits.body_idle_timeout, timed_out.clone()))
+        Body::new(TimedBody::new(
+            body,
+            state.limits.body_read_timeout,
+            state.limits.body_idle_timeout,
+            timed_out.clone(),
+        ))
     };
 
     let route = parts.extensions.get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_default();

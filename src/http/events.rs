@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
@@ -19,7 +19,7 @@ use serde::Deserialize;
 use super::problem::{Problem, ProblemType};
 use super::pull::owned;
 use super::subscriptions::Name;
-use super::{authenticate, AppState};
+use super::{AppState, authenticate};
 use crate::config::{StartPosition, SubscriptionMode};
 
 /// Open event streams per participant.
@@ -93,7 +93,8 @@ pub async fn events(
 
     // A slot first, so a client hammering reconnects cannot pile up consumers.
     {
-        let mut counts = state.sse_streams.0.lock().map_err(|_| Problem::new(ProblemType::Internal, "internal error"))?;
+        let mut counts =
+            state.sse_streams.0.lock().map_err(|_| Problem::new(ProblemType::Internal, "internal error"))?;
         let open = counts.entry(participant.name.clone()).or_default();
         if *open >= state.limits.max_streams_per_participant {
             return Err(Problem::new(
@@ -106,8 +107,11 @@ pub async fn events(
     }
     let mut lease = Lease { counts: state.sse_streams.clone(), participant: participant.name.clone(), consumer: None };
 
-    let unavailable = |e: String| Problem::new(ProblemType::NatsUnavailable, format!("NATS: {e}")).retry_after(state.limits.retry_after_seconds);
-    let (stream_name, filters) = sub.spans.first().cloned().ok_or_else(|| Problem::new(ProblemType::Internal, "no stream"))?;
+    let unavailable = |e: String| {
+        Problem::new(ProblemType::NatsUnavailable, format!("NATS: {e}")).retry_after(state.limits.retry_after_seconds)
+    };
+    let (stream_name, filters) =
+        sub.spans.first().cloned().ok_or_else(|| Problem::new(ProblemType::Internal, "no stream"))?;
     let stream = state.publisher.jetstream().get_stream(&stream_name).await.map_err(|e| unavailable(e.to_string()))?;
     // Sequences never go back, so an id past the stream's last one was never sent.
     if let Some(start) = resume_at {
@@ -142,7 +146,9 @@ pub async fn events(
     // On shutdown the stream ends (clients resume with Last-Event-ID), so it does not hold
     // the drain open until its timeout.
     let events = to_events(messages, lease, sub.name.clone()).take_until(state.shutdown.clone().cancelled_owned());
-    let mut response = Sse::new(events).keep_alive(KeepAlive::new().interval(state.limits.sse_heartbeat).text("heartbeat")).into_response();
+    let mut response = Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(state.limits.sse_heartbeat).text("heartbeat"))
+        .into_response();
     // nginx and similar proxies would otherwise buffer the stream.
     response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
@@ -151,7 +157,10 @@ pub async fn events(
 /// Messages as SSE events: `id` = stream sequence, `event` = CloudEvents type, `data` = the
 /// data as published. The lease lives as long as the stream, so a disconnect frees both.
 fn to_events(
-    messages: impl Stream<Item = Result<async_nats::jetstream::Message, async_nats::jetstream::consumer::pull::MessagesError>> + Send + 'static,
+    messages: impl Stream<
+        Item = Result<async_nats::jetstream::Message, async_nats::jetstream::consumer::pull::MessagesError>,
+    > + Send
+    + 'static,
     lease: Lease,
     subscription: String,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
@@ -265,7 +274,10 @@ mod tests {
     #[test]
     fn line_breaks_in_type_and_data_do_not_break_the_frame() {
         let got = read_back(frame(7, "order.created\r\nevent: forged", b"{\"a\":\r\n1}\rdata: x"));
-        assert_eq!(got, vec![("7".into(), "order.created\u{fffd}\u{fffd}event: forged".into(), "{\"a\":\n1}\ndata: x".into())]);
+        assert_eq!(
+            got,
+            vec![("7".into(), "order.created\u{fffd}\u{fffd}event: forged".into(), "{\"a\":\n1}\ndata: x".into())]
+        );
     }
 
     #[test]

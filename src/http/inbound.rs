@@ -1,21 +1,24 @@
 //! `POST /v1/inbound/{name}`: a system's own request shape in, CloudEvents out (see
 //! [`crate::inbound`]).
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use super::problem::{Problem, ProblemType};
-use super::{authenticate, header_str, media_type, read_body, AppState};
+use super::{AppState, authenticate, header_str, media_type, read_body};
 use crate::catalog::Catalog;
 use crate::config::InboundKind;
-use crate::inbound::{application_token, content_id, entry_client_state, notification_entries, parse_bracketed_form, EnvelopeError, InboundRoute};
+use crate::inbound::{
+    EnvelopeError, InboundRoute, application_token, content_id, entry_client_state, notification_entries,
+    parse_bracketed_form,
+};
 use crate::publish::cloudevents::ClientAttributes;
 use crate::publish::{self, Draft, Stored};
 
@@ -92,10 +95,19 @@ async fn publish_one(
 }
 
 /// Plain JSON with the participant's own bearer token.
-async fn json_route(state: &AppState, catalog: &Catalog, route: &InboundRoute, headers: &HeaderMap, body: Body) -> Result<Response, Problem> {
+async fn json_route(
+    state: &AppState,
+    catalog: &Catalog,
+    route: &InboundRoute,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
     let participant = authenticate(catalog, headers)?;
     if participant.name != route.participant {
-        return Err(Problem::new(ProblemType::Forbidden, format!("route {} is for participant {}", route.name, route.participant)));
+        return Err(Problem::new(
+            ProblemType::Forbidden,
+            format!("route {} is for participant {}", route.name, route.participant),
+        ));
     }
     if !media_type(headers).as_deref().is_some_and(crate::publish::cloudevents::is_json_media_type) {
         return Err(Problem::new(ProblemType::UnsupportedMediaType, "send application/json"));
@@ -104,7 +116,16 @@ async fn json_route(state: &AppState, catalog: &Catalog, route: &InboundRoute, h
     // Checked as sent (a transform's parser would silently keep one of two repeated members).
     publish::check_data(&state.limits, None, &body)?;
     let id = header_str(headers, "idempotency-key").map(str::to_owned);
-    let stored = publish_one(state, catalog, route, body.to_vec(), id, route.subject.clone(), header_str(headers, "traceparent")).await?;
+    let stored = publish_one(
+        state,
+        catalog,
+        route,
+        body.to_vec(),
+        id,
+        route.subject.clone(),
+        header_str(headers, "traceparent"),
+    )
+    .await?;
     let status = if stored.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((status, Json(stored)).into_response())
 }
@@ -112,13 +133,25 @@ async fn json_route(state: &AppState, catalog: &Catalog, route: &InboundRoute, h
 /// Bitrix24 outbound event handler. Bitrix24 signs nothing and puts its token in the body,
 /// so the order is: content type → bounded read → a scan for the token alone (nothing built)
 /// → the token → only then the form, within its field and depth limits.
-async fn bitrix24(state: &AppState, catalog: &Catalog, route: &InboundRoute, headers: &HeaderMap, body: Body) -> Result<Response, Problem> {
+async fn bitrix24(
+    state: &AppState,
+    catalog: &Catalog,
+    route: &InboundRoute,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
     if media_type(headers).as_deref() != Some("application/x-www-form-urlencoded") {
-        return Err(Problem::new(ProblemType::UnsupportedMediaType, "Bitrix24 event handlers send application/x-www-form-urlencoded"));
+        return Err(Problem::new(
+            ProblemType::UnsupportedMediaType,
+            "Bitrix24 event handlers send application/x-www-form-urlencoded",
+        ));
     }
     let body = read_body(body, headers, state.limits.max_body_bytes).await?;
     if !application_token(&body).is_some_and(|token| route.secret_matches(&token)) {
-        return Err(Problem::new(ProblemType::Unauthorized, "auth[application_token] is missing or does not match this route's application token"));
+        return Err(Problem::new(
+            ProblemType::Unauthorized,
+            "auth[application_token] is missing or does not match this route's application token",
+        ));
     }
     let mut form = parse_bracketed_form(&body, state.limits.max_form_fields, state.limits.max_form_depth)
         .map_err(|e| Problem::new(ProblemType::FormTooComplex, e.to_string()))?;
@@ -184,7 +217,9 @@ async fn business_central(
     let body = read_body(body, headers, state.limits.max_body_bytes).await.map_err(bc_safe)?;
     let entries = match notification_entries(&body, state.limits.max_batch_items) {
         Ok(entries) => entries,
-        Err(e @ EnvelopeError::TooManyEntries { .. }) => return Err(bc_safe(Problem::new(ProblemType::TooManyItems, e.to_string()))),
+        Err(e @ EnvelopeError::TooManyEntries { .. }) => {
+            return Err(bc_safe(Problem::new(ProblemType::TooManyItems, e.to_string())));
+        }
         Err(EnvelopeError::Malformed(e)) => {
             tracing::warn!(route = %route.name, error = %e, "Business Central notification is not a notification; ignored");
             return Ok(StatusCode::ACCEPTED.into_response());
@@ -210,10 +245,18 @@ async fn business_central(
         let change = field("changeType");
         let id = content_id(
             "bc",
-            &[field("subscriptionId").as_bytes(), field("resource").as_bytes(), change.as_bytes(), field("lastModifiedDateTime").as_bytes()],
+            &[
+                field("subscriptionId").as_bytes(),
+                field("resource").as_bytes(),
+                change.as_bytes(),
+                field("lastModifiedDateTime").as_bytes(),
+            ],
         );
         let data = serde_json::to_vec(&entry).unwrap_or_default();
-        let type_ = format!("businesscentral.{}", if change.is_empty() { "changed".to_owned() } else { change.to_ascii_lowercase() });
+        let type_ = format!(
+            "businesscentral.{}",
+            if change.is_empty() { "changed".to_owned() } else { change.to_ascii_lowercase() }
+        );
         let result = publish_one(state, catalog, route, data, Some(id), type_, None).await.map_err(bc_safe)?;
         stored.push(result);
     }

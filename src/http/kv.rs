@@ -5,23 +5,22 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_nats::jetstream::{self, context::PublishErrorKind, kv};
+use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use futures::TryStreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::problem::{Problem, ProblemType};
-use super::{authenticate, header_str, media_type, read_body, AppState};
+use super::{AppState, authenticate, header_str, media_type, read_body};
 use crate::catalog::Catalog;
-use crate::directory::{validate_key, Directory};
+use crate::directory::{Directory, validate_key};
 use crate::participants::Participant;
 use crate::publish::cloudevents::{self, StoredAttributes};
-
 
 /// Open KV handles by bucket, so a read costs one NATS round trip.
 #[derive(Default)]
@@ -32,10 +31,9 @@ impl Stores {
         if let Some(store) = self.0.lock().ok().and_then(|m| m.get(bucket).cloned()) {
             return Ok(store);
         }
-        let store = js
-            .get_key_value(bucket)
-            .await
-            .map_err(|e| Problem::new(ProblemType::NatsUnavailable, format!("directory {bucket}: {e}")).retry_after(retry_after))?;
+        let store = js.get_key_value(bucket).await.map_err(|e| {
+            Problem::new(ProblemType::NatsUnavailable, format!("directory {bucket}: {e}")).retry_after(retry_after)
+        })?;
         if let Ok(mut m) = self.0.lock() {
             m.insert(bucket.to_owned(), store.clone());
         }
@@ -48,7 +46,12 @@ enum Access {
     Write,
 }
 
-fn directory<'c>(catalog: &'c Catalog, participant: &Participant, bucket: &str, access: Access) -> Result<&'c Directory, Problem> {
+fn directory<'c>(
+    catalog: &'c Catalog,
+    participant: &Participant,
+    bucket: &str,
+    access: Access,
+) -> Result<&'c Directory, Problem> {
     let dir = catalog
         .directory(bucket)
         .ok_or_else(|| Problem::new(ProblemType::NotFound, format!("no directory {bucket}")))?;
@@ -60,7 +63,10 @@ fn directory<'c>(catalog: &'c Catalog, participant: &Participant, bucket: &str, 
         };
     if !allowed {
         let verb = if matches!(access, Access::Read) { "read" } else { "write" };
-        return Err(Problem::new(ProblemType::Forbidden, format!("participant {} may not {verb} directory {bucket}", participant.name)));
+        return Err(Problem::new(
+            ProblemType::Forbidden,
+            format!("participant {} may not {verb} directory {bucket}", participant.name),
+        ));
     }
     Ok(dir)
 }
@@ -88,16 +94,20 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
 }
 
 /// `GET /v1/kv/{bucket}/{key}`
-pub async fn get(State(state): State<AppState>, path: Result<Path<(String, String)>, PathRejection>, headers: HeaderMap) -> Result<Response, Problem> {
+pub async fn get(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
     let catalog = state.catalog.load_full();
     let participant = authenticate(&catalog, &headers)?;
     let (bucket, key) = key_of(path)?;
     directory(&catalog, participant, &bucket, Access::Read)?;
     let store = state.stores.get(state.publisher.jetstream(), &bucket, state.limits.retry_after_seconds).await?;
-    let entry = store
-        .entry(&key)
-        .await
-        .map_err(|e| Problem::new(ProblemType::NatsUnavailable, format!("directory read: {e}")).retry_after(state.limits.retry_after_seconds))?;
+    let entry = store.entry(&key).await.map_err(|e| {
+        Problem::new(ProblemType::NatsUnavailable, format!("directory read: {e}"))
+            .retry_after(state.limits.retry_after_seconds)
+    })?;
     match entry {
         Some(entry) if entry.operation == kv::Operation::Put => {
             let mut response = (StatusCode::OK, entry.value).into_response();
@@ -190,17 +200,28 @@ pub async fn put(
 }
 
 /// Writes a KV message (`$KV.<bucket>.<key>`) directly, so it can carry CloudEvents headers.
-async fn write(state: &AppState, bucket: &str, key: &str, headers: async_nats::HeaderMap, body: bytes::Bytes) -> Result<u64, Problem> {
+async fn write(
+    state: &AppState,
+    bucket: &str,
+    key: &str,
+    headers: async_nats::HeaderMap,
+    body: bytes::Bytes,
+) -> Result<u64, Problem> {
     if state.client.connection_state() != async_nats::connection::State::Connected {
-        return Err(Problem::new(ProblemType::NatsUnavailable, "not connected to NATS").retry_after(state.limits.retry_after_seconds));
+        return Err(Problem::new(ProblemType::NatsUnavailable, "not connected to NATS")
+            .retry_after(state.limits.retry_after_seconds));
     }
     let js = state.publisher.jetstream();
     let map = |kind: PublishErrorKind| match kind {
-        PublishErrorKind::WrongLastSequence => {
-            Problem::new(ProblemType::RevisionMismatch, "the key changed since that revision (or already exists); read it again")
+        PublishErrorKind::WrongLastSequence => Problem::new(
+            ProblemType::RevisionMismatch,
+            "the key changed since that revision (or already exists); read it again",
+        ),
+        PublishErrorKind::TimedOut => {
+            Problem::new(ProblemType::PublishTimeout, "JetStream did not confirm the write in time")
         }
-        PublishErrorKind::TimedOut => Problem::new(ProblemType::PublishTimeout, "JetStream did not confirm the write in time"),
-        _ => Problem::new(ProblemType::NatsUnavailable, "the directory write was not stored").retry_after(state.limits.retry_after_seconds),
+        _ => Problem::new(ProblemType::NatsUnavailable, "the directory write was not stored")
+            .retry_after(state.limits.retry_after_seconds),
     };
     let ack = js
         .publish_with_headers(format!("$KV.{bucket}.{key}"), headers, body)
@@ -212,7 +233,11 @@ async fn write(state: &AppState, bucket: &str, key: &str, headers: async_nats::H
 }
 
 /// `DELETE /v1/kv/{bucket}/{key}` (`If-Match` honoured).
-pub async fn delete(State(state): State<AppState>, path: Result<Path<(String, String)>, PathRejection>, headers: HeaderMap) -> Result<Response, Problem> {
+pub async fn delete(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
     let catalog = state.catalog.load_full();
     let participant = authenticate(&catalog, &headers)?;
     let (bucket, key) = key_of(path)?;
@@ -221,7 +246,8 @@ pub async fn delete(State(state): State<AppState>, path: Result<Path<(String, St
     // Deleting what is not there is a 404, not a marker pushed to every subscriber.
     let store = state.stores.get(state.publisher.jetstream(), &bucket, state.limits.retry_after_seconds).await?;
     let current = store.entry(&key).await.map_err(|e| {
-        Problem::new(ProblemType::NatsUnavailable, format!("directory read: {e}")).retry_after(state.limits.retry_after_seconds)
+        Problem::new(ProblemType::NatsUnavailable, format!("directory read: {e}"))
+            .retry_after(state.limits.retry_after_seconds)
     })?;
     if !current.is_some_and(|e| e.operation == kv::Operation::Put) {
         return Err(Problem::new(ProblemType::NotFound, format!("no key {key} in {bucket}")));
@@ -277,7 +303,8 @@ pub async fn list(
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     let store = state.stores.get(state.publisher.jetstream(), &bucket, state.limits.retry_after_seconds).await?;
     let unavailable = |e: String| {
-        Problem::new(ProblemType::NatsUnavailable, format!("directory list: {e}")).retry_after(state.limits.retry_after_seconds)
+        Problem::new(ProblemType::NatsUnavailable, format!("directory list: {e}"))
+            .retry_after(state.limits.retry_after_seconds)
     };
     let mut keys: Vec<String> = store
         .keys()

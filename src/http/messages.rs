@@ -2,17 +2,17 @@
 //! A participant sees a message when it published it, or may publish, subscribe to or
 //! request its subject; otherwise the message does not exist for it (404).
 
+use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use time::format_description::well_known::Rfc3339;
 
 use super::problem::{Problem, ProblemType};
-use super::{authenticate, AppState};
+use super::{AppState, authenticate};
 use crate::catalog::Catalog;
 use crate::config::SubscriptionMode;
 use crate::participants::Participant;
@@ -24,13 +24,19 @@ fn decoded(v: &str) -> String {
 }
 
 /// `GET /v1/messages/{id}`
-pub async fn show(State(state): State<AppState>, id: Result<Path<String>, PathRejection>, headers: HeaderMap) -> Result<Response, Problem> {
+pub async fn show(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
     let catalog = state.catalog.load_full();
     let participant = authenticate(&catalog, &headers)?;
     let not_found = || Problem::new(ProblemType::NotFound, "no such message (or not visible to this participant)");
     let Ok(Path(id)) = id else { return Err(not_found()) };
     let js = state.publisher.jetstream();
-    let unavailable = |e: String| Problem::new(ProblemType::NatsUnavailable, format!("NATS: {e}")).retry_after(state.limits.retry_after_seconds);
+    let unavailable = |e: String| {
+        Problem::new(ProblemType::NatsUnavailable, format!("NATS: {e}")).retry_after(state.limits.retry_after_seconds)
+    };
     if !state.publisher.tracking {
         return Err(Problem::new(ProblemType::NotFound, "message tracking is turned off (system.tracking = false)"));
     }
@@ -58,7 +64,11 @@ pub struct ListQuery {
 }
 
 /// `GET /v1/messages?correlation_id=`: one business transaction, oldest first.
-pub async fn list(State(state): State<AppState>, query: Result<Query<ListQuery>, QueryRejection>, headers: HeaderMap) -> Result<Response, Problem> {
+pub async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
     let catalog = state.catalog.load_full();
     let participant = authenticate(&catalog, &headers)?;
     let Query(query) = query.map_err(|e| Problem::new(ProblemType::InvalidQuery, e.body_text()))?;
@@ -67,9 +77,9 @@ pub async fn list(State(state): State<AppState>, query: Result<Query<ListQuery>,
         return Err(Problem::new(ProblemType::NotFound, "message tracking is turned off (system.tracking = false)"));
     }
     let js = state.publisher.jetstream();
-    let mut locations = tracking::correlated(js, &query.correlation_id, limit)
-        .await
-        .map_err(|e| Problem::new(ProblemType::NatsUnavailable, format!("NATS: {e}")).retry_after(state.limits.retry_after_seconds))?;
+    let mut locations = tracking::correlated(js, &query.correlation_id, limit).await.map_err(|e| {
+        Problem::new(ProblemType::NatsUnavailable, format!("NATS: {e}")).retry_after(state.limits.retry_after_seconds)
+    })?;
     let mut messages = Vec::new();
     for location in locations.drain(..) {
         if let Some(m) = describe(&state, &catalog, participant, &location).await? {
@@ -90,9 +100,16 @@ fn may_see(participant: &Participant, subject: &str, publisher: Option<&str>) ->
 
 /// The message and, per subscription that should receive it, where it is. `None` when the
 /// message is gone (retention) or not visible to the participant.
-async fn describe(state: &AppState, catalog: &Catalog, participant: &Participant, location: &Location) -> Result<Option<Value>, Problem> {
+async fn describe(
+    state: &AppState,
+    catalog: &Catalog,
+    participant: &Participant,
+    location: &Location,
+) -> Result<Option<Value>, Problem> {
     let js = state.publisher.jetstream();
-    let unavailable = |e: String| Problem::new(ProblemType::NatsUnavailable, format!("NATS: {e}")).retry_after(state.limits.retry_after_seconds);
+    let unavailable = |e: String| {
+        Problem::new(ProblemType::NatsUnavailable, format!("NATS: {e}")).retry_after(state.limits.retry_after_seconds)
+    };
     let stream = js.get_stream(&location.stream).await.map_err(|e| unavailable(e.to_string()))?;
     let Ok(message) = stream.get_raw_message(location.seq).await else { return Ok(None) };
     let header = |name: &str| message.headers.get(name).map(|v| decoded(v.as_str()));
@@ -149,12 +166,18 @@ async fn delivery_state(
     if let Some(r) = &record
         && r.state == "skipped"
     {
-        return with(base, json!({ "state": "skipped", "at": r.at, "detail": "the subscription's transform filtered it out" }));
+        return with(
+            base,
+            json!({ "state": "skipped", "at": r.at, "detail": "the subscription's transform filtered it out" }),
+        );
     }
     if let Some(r) = &record
         && r.state == "dead-letter"
     {
-        return with(base, json!({ "state": "dead-letter", "attempts": r.attempts, "class": r.class, "status": r.status, "at": r.at }));
+        return with(
+            base,
+            json!({ "state": "dead-letter", "attempts": r.attempts, "class": r.class, "status": r.status, "at": r.at }),
+        );
     }
     if sub.mode == SubscriptionMode::Pull
         && let Ok(ledger) = state.deliveries.engine.ack_ledger().await
@@ -179,7 +202,9 @@ async fn delivery_state(
         return v;
     }
     match record {
-        Some(r) if r.state == "delivered" => with(base, json!({ "state": delivered_state, "attempts": r.attempts, "at": r.at })),
+        Some(r) if r.state == "delivered" => {
+            with(base, json!({ "state": delivered_state, "attempts": r.attempts, "at": r.at }))
+        }
         Some(r) => with(
             base,
             json!({

@@ -2,6 +2,7 @@
 //! input comes back in our problem format before any business check runs.
 
 pub mod admission;
+pub mod events;
 pub mod inbound;
 pub mod kv;
 pub mod messages;
@@ -9,18 +10,16 @@ pub mod ops;
 pub mod problem;
 pub mod publish;
 pub mod pull;
-pub mod events;
 pub mod request;
 pub mod subscriptions;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderMap};
-use axum::routing::{get, post};
 use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, header};
+use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -28,6 +27,8 @@ use crate::catalog::Catalog;
 use crate::config::Limits;
 use crate::participants::Participant;
 use crate::publish::Publisher;
+pub use crate::runtime::Health;
+use crate::runtime::Runtime;
 use problem::{Problem, ProblemType};
 
 /// What every request handler shares. Cheap to clone (all `Arc`s inside).
@@ -52,21 +53,17 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
 }
 
-/// Readiness facts the background tasks update.
-#[derive(Debug, Default)]
-pub struct Health {
-    /// Every declared stream exists on the server with its declared config.
-    pub streams_reconciled: AtomicBool,
-    /// SIGTERM received: stop taking new work.
-    pub shutting_down: AtomicBool,
-}
-
-impl Health {
-    pub fn set_streams_reconciled(&self) {
-        self.streams_reconciled.store(true, Ordering::SeqCst);
-    }
-    pub fn set_shutting_down(&self) {
-        self.shutting_down.store(true, Ordering::SeqCst);
+impl AppState {
+    /// The parts reconciling and reloading work on.
+    #[must_use]
+    pub fn runtime(&self) -> Runtime {
+        Runtime {
+            catalog: self.catalog.clone(),
+            publisher: self.publisher.clone(),
+            deliveries: self.deliveries.clone(),
+            responders: self.responders.clone(),
+            health: self.health.clone(),
+        }
     }
 }
 
@@ -152,15 +149,11 @@ pub fn authenticate<'c>(catalog: &'c Catalog, headers: &HeaderMap) -> Result<&'c
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| Problem::new(ProblemType::Unauthorized, "send Authorization: Bearer <token>"))?;
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(bearer_token)
-        .ok_or_else(|| Problem::new(ProblemType::Unauthorized, "the Authorization header must be `Bearer <token>`"))?;
-    catalog
-        .participants
-        .authenticate(token)
-        .ok_or_else(|| Problem::new(ProblemType::Unauthorized, "unknown token"))
+    let token =
+        value.to_str().ok().and_then(bearer_token).ok_or_else(|| {
+            Problem::new(ProblemType::Unauthorized, "the Authorization header must be `Bearer <token>`")
+        })?;
+    catalog.participants.authenticate(token).ok_or_else(|| Problem::new(ProblemType::Unauthorized, "unknown token"))
 }
 
 /// The token of a `Bearer` credential: scheme matched case-insensitively, then at least one
@@ -184,10 +177,8 @@ fn bearer_token(value: &str) -> Option<&str> {
 /// arrive in time (the connection is then closed).
 pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Problem> {
     let too_large = || Problem::new(ProblemType::PayloadTooLarge, format!("the limit is {limit} bytes"));
-    if let Some(len) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
+    if let Some(len) =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
         && len > limit
     {
         return Err(too_large());
@@ -229,7 +220,9 @@ mod tests {
 
     #[test]
     fn bearer_scheme_is_case_insensitive_and_whitespace_tolerant() {
-        for v in ["Bearer abc", "bearer abc", "BEARER abc", "BeArEr abc", "Bearer   abc", " Bearer\tabc  ", "bearer \t abc"] {
+        for v in
+            ["Bearer abc", "bearer abc", "BEARER abc", "BeArEr abc", "Bearer   abc", " Bearer\tabc  ", "bearer \t abc"]
+        {
             assert_eq!(bearer_token(v), Some("abc"), "{v:?}");
         }
         for v in ["", "Bearer", "Bearer ", "Basic abc", "Bearerabc", "Bearer a b", "Bear abc", "Bearer: abc"] {

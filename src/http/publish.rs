@@ -1,22 +1,22 @@
 //! `POST /v1/publish/{subject}` and `POST /v1/publish` (batch): HTTP in, checks, JetStream.
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use super::problem::{Problem, ProblemType};
-use super::{authenticate, header_str, media_type, read_body, AppState};
+use super::{AppState, authenticate, header_str, media_type, read_body};
 use crate::catalog::Catalog;
 use crate::participants::Participant;
-use crate::publish::cloudevents::{self, ClientAttributes, StructuredEvent};
 use crate::publish::batch::{self, Framing};
-use crate::publish::{self, check_strict, check_utf8, Draft, Outgoing};
+use crate::publish::cloudevents::{self, ClientAttributes, StructuredEvent};
+use crate::publish::{self, Draft, Outgoing, check_strict, check_utf8};
 
 /// How the request carries its event.
 enum Mode {
@@ -53,7 +53,8 @@ pub async fn publish_one(
     let subject = match subject {
         Ok(Path(subject)) => subject,
         Err(_) => {
-            let problem = Problem::new(ProblemType::InvalidSubject, "the subject is not valid UTF-8 once percent-decoded");
+            let problem =
+                Problem::new(ProblemType::InvalidSubject, "the subject is not valid UTF-8 once percent-decoded");
             count_refusal(&participant.name, &problem);
             return Err(problem);
         }
@@ -165,13 +166,14 @@ pub async fn publish_batch(State(state): State<AppState>, headers: HeaderMap, bo
 
     // Items counted while they are found; then each is checked whole (I-JSON, depth) before
     // its members are read, so a bad item is named by its index like any other refusal.
-    let items: Vec<Result<BatchItem<'_>, Problem>> = batch::split(&body, framing, limits.max_batch_items, limits.max_json_depth)?
-        .into_iter()
-        .map(|raw| {
-            check_strict(raw, limits.max_json_depth + 1)?;
-            serde_json::from_slice(raw).map_err(publish::malformed)
-        })
-        .collect();
+    let items: Vec<Result<BatchItem<'_>, Problem>> =
+        batch::split(&body, framing, limits.max_batch_items, limits.max_json_depth)?
+            .into_iter()
+            .map(|raw| {
+                check_strict(raw, limits.max_json_depth + 1)?;
+                serde_json::from_slice(raw).map_err(publish::malformed)
+            })
+            .collect();
     state.admission.charge_batch_items(&participant.name, items.len());
 
     let traceparent = header_str(&headers, "traceparent");
@@ -180,7 +182,8 @@ pub async fn publish_batch(State(state): State<AppState>, headers: HeaderMap, bo
     let mut refused: Vec<Value> = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
         let checked = item.and_then(|item| {
-            let mut attributes = ClientAttributes { type_: item.type_, dataschema: item.dataschema, ..Default::default() };
+            let mut attributes =
+                ClientAttributes { type_: item.type_, dataschema: item.dataschema, ..Default::default() };
             if let Some(corr) = item.correlation_id {
                 attributes.extensions.insert("correlationid".to_owned(), corr);
             }
@@ -244,5 +247,3 @@ pub async fn publish_batch(State(state): State<AppState>, headers: HeaderMap, bo
     }
     Ok(response)
 }
-
-

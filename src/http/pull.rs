@@ -3,17 +3,17 @@
 
 use std::time::Duration;
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::problem::{Problem, ProblemType};
 use super::subscriptions::Name;
-use super::{authenticate, media_type, read_body, AppState};
+use super::{AppState, authenticate, media_type, read_body};
 use crate::catalog::Catalog;
 use crate::config::SubscriptionMode;
 use crate::delivery::pull::{self, AckFailure, Action};
@@ -31,7 +31,10 @@ pub fn owned<'c>(
     let sub = super::subscriptions::find(catalog, participant, name)?;
     // An admin sees every subscription, but only its owner pulls from it.
     if sub.participant != participant.name {
-        return Err(Problem::new(ProblemType::Forbidden, format!("subscription {name} belongs to {}", sub.participant)));
+        return Err(Problem::new(
+            ProblemType::Forbidden,
+            format!("subscription {name} belongs to {}", sub.participant),
+        ));
     }
     if sub.mode != mode {
         return Err(Problem::new(
@@ -73,7 +76,12 @@ struct FetchRequest {
 }
 
 /// `POST /v1/subscriptions/{name}/fetch` `{"max": 10, "wait": "20s"}`
-pub async fn fetch(State(state): State<AppState>, Name(name): Name, headers: HeaderMap, body: Body) -> Result<Response, Problem> {
+pub async fn fetch(
+    State(state): State<AppState>,
+    Name(name): Name,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
     let catalog = state.catalog.load_full();
     let participant = authenticate(&catalog, &headers)?;
     let sub = owned(&catalog, participant, &name, SubscriptionMode::Pull)?;
@@ -82,10 +90,13 @@ pub async fn fetch(State(state): State<AppState>, Name(name): Name, headers: Hea
     let max = request.max.unwrap_or(10).clamp(1, state.limits.max_fetch.min(sub.max_in_flight as usize).max(1));
     let wait = request.wait.unwrap_or(Duration::ZERO).min(state.limits.max_fetch_wait);
     let engine = &state.deliveries.engine;
-    let unavailable = |e: String| Problem::new(ProblemType::NatsUnavailable, format!("NATS: {e}")).retry_after(state.limits.retry_after_seconds);
+    let unavailable = |e: String| {
+        Problem::new(ProblemType::NatsUnavailable, format!("NATS: {e}")).retry_after(state.limits.retry_after_seconds)
+    };
     let key = engine.token_key().await.map_err(unavailable)?;
     let messages = pull::fetch(&engine.js, key, sub, max, wait).await.map_err(unavailable)?;
-    metrics::counter!("magistral_pull_fetched_total", "subscription" => sub.name.clone()).increment(messages.len() as u64);
+    metrics::counter!("magistral_pull_fetched_total", "subscription" => sub.name.clone())
+        .increment(messages.len() as u64);
     Ok(Json(json!({ "messages": messages })).into_response())
 }
 
@@ -112,13 +123,20 @@ struct AckRequest {
 
 /// `POST /v1/subscriptions/{name}/ack` `{"acks": [{"token": "...", "action": "ack"}]}`.
 /// Every token is verified first; one bad token refuses the request and nothing is acted on.
-pub async fn ack(State(state): State<AppState>, Name(name): Name, headers: HeaderMap, body: Body) -> Result<Response, Problem> {
+pub async fn ack(
+    State(state): State<AppState>,
+    Name(name): Name,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
     let catalog = state.catalog.load_full();
     let participant = authenticate(&catalog, &headers)?;
     let sub = owned(&catalog, participant, &name, SubscriptionMode::Pull)?;
     let request: AckRequest = json_body(&headers, body).await?;
     let engine = &state.deliveries.engine;
-    let unavailable = |e: String| Problem::new(ProblemType::NatsUnavailable, format!("NATS: {e}")).retry_after(state.limits.retry_after_seconds);
+    let unavailable = |e: String| {
+        Problem::new(ProblemType::NatsUnavailable, format!("NATS: {e}")).retry_after(state.limits.retry_after_seconds)
+    };
     let key = engine.token_key().await.map_err(unavailable)?;
 
     let mut tokens = Vec::with_capacity(request.acks.len());
@@ -126,12 +144,17 @@ pub async fn ack(State(state): State<AppState>, Name(name): Name, headers: Heade
     for (index, item) in request.acks.iter().enumerate() {
         match key.verify(&item.token) {
             Ok(token) if token.s == sub.name => tokens.push(token),
-            Ok(token) => refused.push(json!({ "index": index, "detail": format!("the token is for subscription {}", token.s) })),
+            Ok(token) => {
+                refused.push(json!({ "index": index, "detail": format!("the token is for subscription {}", token.s) }))
+            }
             Err(why) => refused.push(json!({ "index": index, "detail": why })),
         }
     }
     if !refused.is_empty() {
-        let mut problem = Problem::new(ProblemType::InvalidAckToken, format!("{} token(s) refused; nothing was acted on", refused.len()));
+        let mut problem = Problem::new(
+            ProblemType::InvalidAckToken,
+            format!("{} token(s) refused; nothing was acted on", refused.len()),
+        );
         problem.items = refused;
         return Err(problem);
     }
@@ -143,7 +166,10 @@ pub async fn ack(State(state): State<AppState>, Name(name): Name, headers: Heade
     let pairs: Vec<_> = tokens.iter().zip(&request.acks).collect();
     let mut outcomes = Vec::with_capacity(pairs.len());
     for chunk in pairs.chunks(64) {
-        let acts: Vec<_> = chunk.iter().map(|(token, item)| pull::act(&state.client, ledger, token, item.action, item.delay)).collect();
+        let acts: Vec<_> = chunk
+            .iter()
+            .map(|(token, item)| pull::act(&state.client, ledger, token, item.action, item.delay))
+            .collect();
         outcomes.extend(futures::future::join_all(acts).await);
     }
     for (index, (token, outcome)) in tokens.iter().zip(outcomes).enumerate() {
@@ -165,4 +191,3 @@ pub async fn ack(State(state): State<AppState>, Name(name): Name, headers: Heade
     let status = if failed == 0 { StatusCode::OK } else { StatusCode::MULTI_STATUS };
     Ok((status, Json(json!({ "results": results, "failed": failed }))).into_response())
 }
-

@@ -6,12 +6,12 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::problem::{Problem, ProblemType};
-use super::{authenticate, header_str, media_type, read_body, AppState};
+use super::{AppState, authenticate, header_str, media_type, read_body};
 use crate::publish::cloudevents::{self, StoredAttributes};
 
 use crate::subject;
@@ -63,7 +63,11 @@ pub async fn request(
     {
         return Err(Problem::new(
             ProblemType::Forbidden,
-            format!("{subject} is stored by stream {}; participant {} may not publish there", stream.name(), participant.name),
+            format!(
+                "{subject} is stored by stream {}; participant {} may not publish there",
+                stream.name(),
+                participant.name
+            ),
         ));
     }
     match media_type(&headers).as_deref() {
@@ -77,7 +81,12 @@ pub async fn request(
     }
     let body = read_body(body, &headers, limits.max_body_bytes).await?;
     let attributes = cloudevents::from_http_headers(&headers)?;
-    crate::publish::check_attributes(limits, &attributes, header_str(&headers, "traceparent"), header_str(&headers, "tracestate"))?;
+    crate::publish::check_attributes(
+        limits,
+        &attributes,
+        header_str(&headers, "traceparent"),
+        header_str(&headers, "tracestate"),
+    )?;
     let contract = catalog
         .contracts
         .for_subject(&subject, attributes.dataschema.as_deref())
@@ -99,7 +108,9 @@ pub async fn request(
     .to_nats_headers();
 
     if state.client.connection_state() != async_nats::connection::State::Connected {
-        return Err(Problem::new(ProblemType::NatsUnavailable, "not connected to NATS").retry_after(limits.retry_after_seconds));
+        return Err(
+            Problem::new(ProblemType::NatsUnavailable, "not connected to NATS").retry_after(limits.retry_after_seconds)
+        );
     }
     let started = std::time::Instant::now();
     let sent = state
@@ -121,16 +132,19 @@ pub async fn request(
     metrics::histogram!("magistral_request_duration_seconds", "participant" => participant.name.clone())
         .record(started.elapsed().as_secs_f64());
     if !outcome.is_empty() {
-        metrics::counter!("magistral_request_total", "participant" => participant.name.clone(), "outcome" => outcome).increment(1);
+        metrics::counter!("magistral_request_total", "participant" => participant.name.clone(), "outcome" => outcome)
+            .increment(1);
     }
     let reply = sent.map_err(|e| match e.kind() {
         async_nats::RequestErrorKind::NoResponders => {
-            Problem::new(ProblemType::NoResponders, format!("nothing answers {subject}")).retry_after(limits.retry_after_seconds)
+            Problem::new(ProblemType::NoResponders, format!("nothing answers {subject}"))
+                .retry_after(limits.retry_after_seconds)
         }
         async_nats::RequestErrorKind::TimedOut => {
             Problem::new(ProblemType::RequestTimeout, format!("no answer within {timeout:?}"))
         }
-        _ => Problem::new(ProblemType::NatsUnavailable, "the request could not be sent").retry_after(limits.retry_after_seconds),
+        _ => Problem::new(ProblemType::NatsUnavailable, "the request could not be sent")
+            .retry_after(limits.retry_after_seconds),
     })?;
 
     let reply_header = |name: &str| reply.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());

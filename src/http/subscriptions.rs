@@ -1,16 +1,16 @@
 //! Operating subscriptions: list with state, pause/resume, dead letters and replay.
 //! A participant sees and operates its own subscriptions; an `admin` participant all.
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use super::problem::{Problem, ProblemType};
-use super::{authenticate, media_type, read_body, AppState};
+use super::{AppState, authenticate, media_type, read_body};
 use crate::catalog::Catalog;
 use crate::delivery::breaker::BreakerState;
 use crate::delivery::dead_letter::{self, Selection};
@@ -23,7 +23,11 @@ fn visible(participant: &Participant, sub: &Subscription) -> bool {
 
 /// The subscription `name`, if the caller may operate it. Another participant's answers
 /// exactly like one that does not exist, so its existence is not revealed.
-pub(crate) fn find<'c>(catalog: &'c Catalog, participant: &Participant, name: &str) -> Result<&'c std::sync::Arc<Subscription>, Problem> {
+pub(crate) fn find<'c>(
+    catalog: &'c Catalog,
+    participant: &Participant,
+    name: &str,
+) -> Result<&'c std::sync::Arc<Subscription>, Problem> {
     catalog
         .subscription(name)
         .filter(|sub| visible(participant, sub))
@@ -31,7 +35,9 @@ pub(crate) fn find<'c>(catalog: &'c Catalog, participant: &Participant, name: &s
 }
 
 fn unavailable(state: &AppState) -> impl Fn(String) -> Problem + '_ {
-    move |err| Problem::new(ProblemType::NatsUnavailable, format!("NATS: {err}")).retry_after(state.limits.retry_after_seconds)
+    move |err| {
+        Problem::new(ProblemType::NatsUnavailable, format!("NATS: {err}")).retry_after(state.limits.retry_after_seconds)
+    }
 }
 
 /// A subscription name from the path; a name that is not UTF-8 is simply unknown.
@@ -70,9 +76,7 @@ async fn describe_unbounded(state: &AppState, sub: &Subscription) -> Value {
     let stored = engine.stored_status(&sub.name).await;
     let facts = engine.consumer_facts(sub).await;
     let control = state.deliveries.control(&sub.name);
-    let breaker_open = control
-        .as_ref()
-        .is_some_and(|c| matches!(c.breaker_state(), BreakerState::Open { .. }));
+    let breaker_open = control.as_ref().is_some_and(|c| matches!(c.breaker_state(), BreakerState::Open { .. }));
     let paused = facts.is_some_and(|(p, _, _)| p);
     let state_name = if paused {
         "paused"

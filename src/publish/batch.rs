@@ -9,7 +9,7 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::json::exceeds_depth;
-use crate::http::problem::{Problem, ProblemType};
+use crate::problem::{Problem, ProblemType};
 
 /// How a batch body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +26,8 @@ pub enum Framing {
 /// `too-many-items` past `max_items`; `json-too-deep` or `malformed-json` for a JSON array that
 /// is not one.
 pub fn split(body: &[u8], framing: Framing, max_items: usize, max_depth: usize) -> Result<Vec<&[u8]>, Problem> {
-    let too_many = || Problem::new(ProblemType::TooManyItems, format!("more than {max_items} items; the limit is {max_items}"));
+    let too_many =
+        || Problem::new(ProblemType::TooManyItems, format!("more than {max_items} items; the limit is {max_items}"));
     match framing {
         Framing::Ndjson => {
             let mut items = Vec::new();
@@ -44,15 +45,21 @@ pub fn split(body: &[u8], framing: Framing, max_items: usize, max_depth: usize) 
         Framing::JsonArray => {
             // Array, item, item's data: the data may nest `max_depth` levels below that.
             if exceeds_depth(body, max_depth + 2) {
-                return Err(Problem::new(ProblemType::JsonTooDeep, format!("the data nests deeper than {max_depth} levels")));
+                return Err(Problem::new(
+                    ProblemType::JsonTooDeep,
+                    format!("the data nests deeper than {max_depth} levels"),
+                ));
             }
             let over = Cell::new(false);
             let mut de = serde_json::Deserializer::from_slice(body);
-            let raw = de.deserialize_seq(Items { max: max_items, over: &over }).and_then(|items| de.end().map(|()| items));
+            let raw =
+                de.deserialize_seq(Items { max: max_items, over: &over }).and_then(|items| de.end().map(|()| items));
             match raw {
                 Ok(items) => Ok(items.into_iter().map(|r| r.get().as_bytes()).collect()),
                 Err(_) if over.get() => Err(too_many()),
-                Err(e) => Err(Problem::new(ProblemType::MalformedJson, format!("a batch is a JSON array of items: {e}"))),
+                Err(e) => {
+                    Err(Problem::new(ProblemType::MalformedJson, format!("a batch is a JSON array of items: {e}")))
+                }
             }
         }
     }
@@ -98,7 +105,10 @@ mod tests {
         assert_eq!(split(b"[{}, {}, {}]", Framing::JsonArray, 3, 32).unwrap().len(), 3);
         assert_eq!(split(b"[{}, {}, {}]", Framing::JsonArray, 2, 32).unwrap_err().kind, ProblemType::TooManyItems);
         // Refused at the item past the limit, even though the rest is not even JSON.
-        assert_eq!(split(b"[{}, {}, {}, garbage", Framing::JsonArray, 2, 32).unwrap_err().kind, ProblemType::TooManyItems);
+        assert_eq!(
+            split(b"[{}, {}, {}, garbage", Framing::JsonArray, 2, 32).unwrap_err().kind,
+            ProblemType::TooManyItems
+        );
         assert_eq!(split(b"[{}] x", Framing::JsonArray, 2, 32).unwrap_err().kind, ProblemType::MalformedJson);
         assert_eq!(split(b"{}", Framing::JsonArray, 2, 32).unwrap_err().kind, ProblemType::MalformedJson);
         assert_eq!(split(b"\n  \n{\"a\":1}\n\n", Framing::Ndjson, 2, 32).unwrap(), vec![&b"{\"a\":1}"[..]]);

@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 
 use async_nats::HeaderMap as NatsHeaders;
 use axum::http::HeaderMap;
-use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use serde_json::value::RawValue;
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
-use crate::http::problem::{Problem, ProblemType};
+use crate::problem::{Problem, ProblemType};
 
 /// Characters a `ce-*` header value must percent-encode: space, `"`, `%`, controls; every
 /// non-ASCII byte is encoded by `utf8_percent_encode` itself.
@@ -119,7 +119,10 @@ fn set(attrs: &mut ClientAttributes, name: &str, value: String) -> Result<(), Pr
         }
         other => {
             // CloudEvents: attribute names are lowercase a-z and 0-9, at most 20 characters.
-            if other.is_empty() || other.len() > 20 || !other.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+            if other.is_empty()
+                || other.len() > 20
+                || !other.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            {
                 return Err(invalid(format!("{other:?} is not a valid CloudEvents attribute name")));
             }
             attrs.extensions.insert(other.to_owned(), value);
@@ -143,7 +146,10 @@ fn invalid(detail: String) -> Problem {
 /// `invalid-header` naming what is wrong.
 pub fn check_traceparent(value: &str) -> Result<(), Problem> {
     let bad = |why: &str| {
-        Problem::new(ProblemType::InvalidHeader, format!("traceparent: {why} (W3C Trace Context: 00-<32 hex>-<16 hex>-<2 hex>)"))
+        Problem::new(
+            ProblemType::InvalidHeader,
+            format!("traceparent: {why} (W3C Trace Context: 00-<32 hex>-<16 hex>-<2 hex>)"),
+        )
     };
     let hex = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     let b = value.as_bytes();
@@ -171,7 +177,10 @@ pub const MAX_TRACESTATE_BYTES: usize = 512;
 /// `invalid-header` naming what is wrong.
 pub fn check_tracestate(value: &str) -> Result<(), Problem> {
     if value.len() > MAX_TRACESTATE_BYTES {
-        return Err(Problem::new(ProblemType::InvalidHeader, format!("tracestate is longer than {MAX_TRACESTATE_BYTES} bytes")));
+        return Err(Problem::new(
+            ProblemType::InvalidHeader,
+            format!("tracestate is longer than {MAX_TRACESTATE_BYTES} bytes"),
+        ));
     }
     if !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
         return Err(Problem::new(ProblemType::InvalidHeader, "tracestate holds a character outside printable ASCII"));
@@ -186,7 +195,10 @@ pub fn check_tracestate(value: &str) -> Result<(), Problem> {
 #[must_use]
 pub fn is_json_media_type(value: &str) -> bool {
     let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json") && essence != "application/cloudevents+json")
+    essence == "application/json"
+        || (essence.starts_with("application/")
+            && essence.ends_with("+json")
+            && essence != "application/cloudevents+json")
 }
 
 /// The attributes of a message as it is stored, written as NATS binary-mode headers.
@@ -265,10 +277,7 @@ mod tests {
         };
         let h = attrs.to_nats_headers();
         assert_eq!(h.get("ce-id").unwrap().as_str(), "a%20b");
-        assert_eq!(
-            h.get("ce-comment").unwrap().as_str(),
-            "%D0%B7%D0%B0%D0%BA%D0%B0%D0%B7%20100%25%20%22ok%22"
-        );
+        assert_eq!(h.get("ce-comment").unwrap().as_str(), "%D0%B7%D0%B0%D0%BA%D0%B0%D0%B7%20100%25%20%22ok%22");
         assert_eq!(h.get("ce-source").unwrap().as_str(), "/participants/bitrix");
     }
 

@@ -12,14 +12,14 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use crate::http::problem::{Problem, ProblemType};
+use crate::problem::{Problem, ProblemType};
 
 /// # Errors
 /// `invalid-utf8` with the byte offset of the first bad sequence.
 pub fn check_utf8(bytes: &[u8]) -> Result<(), Problem> {
-    std::str::from_utf8(bytes).map(|_| ()).map_err(|e| {
-        Problem::new(ProblemType::InvalidUtf8, format!("invalid UTF-8 at byte {}", e.valid_up_to()))
-    })
+    std::str::from_utf8(bytes)
+        .map(|_| ())
+        .map_err(|e| Problem::new(ProblemType::InvalidUtf8, format!("invalid UTF-8 at byte {}", e.valid_up_to())))
 }
 
 /// Whether arrays/objects nest deeper than `max`. One pass, no allocation; brackets inside

@@ -2,10 +2,10 @@
 //! PubAck. Nothing is answered 2xx until JetStream has stored the message.
 //!
 //! HTTP concerns (reading the body, content types, status codes) live in
-//! [`crate::http::publish`]; this module is what a message goes through once it is bytes.
+//! the `http` module (`http/publish.rs`); this module is what a message goes through once it is bytes.
 
-pub mod cloudevents;
 pub mod batch;
+pub mod cloudevents;
 pub mod json;
 
 use std::sync::Arc;
@@ -18,8 +18,8 @@ use tokio::sync::Semaphore;
 
 use crate::catalog::Catalog;
 use crate::config::Limits;
-use crate::http::problem::{Problem, ProblemType};
 use crate::participants::Participant;
+use crate::problem::{Problem, ProblemType};
 use crate::subject;
 use cloudevents::{ClientAttributes, StoredAttributes};
 pub use json::{check_strict, check_utf8, exceeds_depth, parse_strict};
@@ -93,7 +93,12 @@ const MAX_ID_LEN: usize = 256;
 ///
 /// # Errors
 /// The first check the draft fails, as a classified problem.
-pub fn prepare(catalog: &Catalog, limits: &Limits, participant: &Participant, draft: Draft) -> Result<Outgoing, Problem> {
+pub fn prepare(
+    catalog: &Catalog,
+    limits: &Limits,
+    participant: &Participant,
+    draft: Draft,
+) -> Result<Outgoing, Problem> {
     let Draft { subject, data, data_well_formed, attributes, idempotency_key, traceparent, tracestate } = draft;
 
     subject::validate_publish_subject(&subject, limits.max_subject_length)
@@ -169,7 +174,16 @@ pub fn prepare(catalog: &Catalog, limits: &Limits, participant: &Participant, dr
     }
     .to_nats_headers();
     let correlation_id = attributes.extensions.get("correlationid").cloned();
-    Ok(Outgoing { subject, participant: participant.name.clone(), stream, id, msg_id, correlation_id, headers, payload: data })
+    Ok(Outgoing {
+        subject,
+        participant: participant.name.clone(),
+        stream,
+        id,
+        msg_id,
+        correlation_id,
+        headers,
+        payload: data,
+    })
 }
 
 /// The `Nats-Msg-Id` of a message whose id its publisher chose: `<participant>:<id>`. Two
@@ -186,23 +200,46 @@ const MAX_ATTRIBUTE_BYTES: usize = 4096;
 
 /// Attributes become HTTP headers and SSE fields at every receiver: no control characters,
 /// bounded count and size; W3C trace context in its own syntax.
-pub fn check_attributes(limits: &Limits, attributes: &ClientAttributes, traceparent: Option<&str>, tracestate: Option<&str>) -> Result<(), Problem> {
+pub fn check_attributes(
+    limits: &Limits,
+    attributes: &ClientAttributes,
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) -> Result<(), Problem> {
     // id, type, time, subject, dataschema, plus the extensions.
     let count = 5 + attributes.extensions.len();
     if count > limits.max_event_attributes {
         return Err(Problem::new(
             ProblemType::InvalidCloudEvent,
-            format!("{} extension attributes; at most {} attributes in all are accepted", attributes.extensions.len(), limits.max_event_attributes),
+            format!(
+                "{} extension attributes; at most {} attributes in all are accepted",
+                attributes.extensions.len(),
+                limits.max_event_attributes
+            ),
         ));
     }
-    let named = [("type", &attributes.type_), ("subject", &attributes.subject), ("dataschema", &attributes.dataschema), ("time", &attributes.time)];
-    let values = named.iter().filter_map(|(n, v)| v.as_deref().map(|v| (*n, v))).chain(attributes.extensions.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    let named = [
+        ("type", &attributes.type_),
+        ("subject", &attributes.subject),
+        ("dataschema", &attributes.dataschema),
+        ("time", &attributes.time),
+    ];
+    let values = named
+        .iter()
+        .filter_map(|(n, v)| v.as_deref().map(|v| (*n, v)))
+        .chain(attributes.extensions.iter().map(|(n, v)| (n.as_str(), v.as_str())));
     for (name, value) in values {
         if value.chars().any(char::is_control) {
-            return Err(Problem::new(ProblemType::InvalidCloudEvent, format!("attribute {name} holds a control character")));
+            return Err(Problem::new(
+                ProblemType::InvalidCloudEvent,
+                format!("attribute {name} holds a control character"),
+            ));
         }
         if value.len() > MAX_ATTRIBUTE_BYTES {
-            return Err(Problem::new(ProblemType::InvalidCloudEvent, format!("attribute {name} is longer than {MAX_ATTRIBUTE_BYTES} bytes")));
+            return Err(Problem::new(
+                ProblemType::InvalidCloudEvent,
+                format!("attribute {name} is longer than {MAX_ATTRIBUTE_BYTES} bytes"),
+            ));
         }
     }
     if let Some(t) = traceparent {
@@ -233,12 +270,17 @@ pub fn check_data(limits: &Limits, contract: Option<&crate::contracts::Contract>
 ///
 /// # Errors
 /// The data breaks the contract.
-pub fn honour(contract: &crate::contracts::Contract, value: &serde_json::Value, max_reported: usize) -> Result<(), Problem> {
+pub fn honour(
+    contract: &crate::contracts::Contract,
+    value: &serde_json::Value,
+    max_reported: usize,
+) -> Result<(), Problem> {
     let (violations, total) = contract.violations(value, max_reported);
     if total == 0 {
         return Ok(());
     }
-    let listed = if total > violations.len() { format!(" (the first {} are listed)", violations.len()) } else { String::new() };
+    let listed =
+        if total > violations.len() { format!(" (the first {} are listed)", violations.len()) } else { String::new() };
     Err(Problem::new(
         ProblemType::ContractViolation,
         format!("{total} violation(s) of contract {} v{}{listed}", contract.name, contract.version),
@@ -267,9 +309,7 @@ pub struct Publisher {
 impl Publisher {
     #[must_use]
     pub fn new(client: async_nats::Client, limits: &Limits) -> Self {
-        let js = jetstream::context::ContextBuilder::new()
-            .timeout(limits.publish_timeout)
-            .build(client.clone());
+        let js = jetstream::context::ContextBuilder::new().timeout(limits.publish_timeout).build(client.clone());
         Self {
             client,
             js,
@@ -350,7 +390,8 @@ impl Publisher {
             };
             record(&labels, started, result.as_ref().map(|s| s.duplicate));
             if let (true, Ok(stored)) = (self.tracking, &result) {
-                crate::tracking::index(&self.client, &msg_id, correlation_id.as_deref(), &stored.stream, stored.seq).await;
+                crate::tracking::index(&self.client, &msg_id, correlation_id.as_deref(), &stored.stream, stored.seq)
+                    .await;
             }
             result
         });
@@ -364,7 +405,8 @@ impl Publisher {
             return Err(self.unavailable("not connected to NATS"));
         }
         let Outgoing { subject, id, msg_id, headers, payload, .. } = message;
-        let publish = jetstream::message::PublishMessage::build().payload(payload).headers(headers).message_id(msg_id.as_str());
+        let publish =
+            jetstream::message::PublishMessage::build().payload(payload).headers(headers).message_id(msg_id.as_str());
         match self.js.send_publish(subject, publish).await {
             Ok(ack) => Ok((id, ack)),
             Err(err) => Err(self.map_error(err.kind())),

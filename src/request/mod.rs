@@ -2,7 +2,7 @@
 //! answer requests as NATS micro services (so NATS-native requesters reach them too).
 //!
 //! - [`responder`]: serving one configured responder on every replica (queue group).
-//! - The HTTP side, `POST /v1/request/{subject}`, is [`crate::http::request`].
+//! - The HTTP side, `POST /v1/request/{subject}`, is in the `http` module (`http/request.rs`).
 
 pub mod responder;
 
@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::catalog::Catalog;
 use crate::config::{Config, ResponderConfig};
-use crate::delivery::subscription::{resolve_target, HttpTarget};
+use crate::delivery::subscription::{HttpTarget, resolve_target};
 use crate::subject;
 
 /// A configured responder, resolved.
@@ -43,7 +43,10 @@ impl Responder {
         respond_permissions: Option<&[String]>,
     ) -> Result<Self, Vec<(String, String)>> {
         let mut problems = Vec::new();
-        if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if name.is_empty()
+            || name.len() > 64
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             problems.push((String::new(), "a responder name is 1-64 of A-Z, a-z, 0-9, '-', '_'".to_owned()));
         }
         if cfg.subjects.is_empty() {
@@ -57,7 +60,10 @@ impl Responder {
             }
             match respond_permissions {
                 Some(allowed) if allowed.iter().any(|p| subject::covers(p, s)) => {}
-                Some(_) => problems.push((format!("subjects[{i}]"), format!("participant {} may not respond on {s}", cfg.participant))),
+                Some(_) => problems.push((
+                    format!("subjects[{i}]"),
+                    format!("participant {} may not respond on {s}", cfg.participant),
+                )),
                 None => {}
             }
         }
@@ -73,8 +79,10 @@ impl Responder {
                 None
             })
         };
-        let request_transform = transform("request_transform", cfg.request_transform.as_ref(), cfg.request_transform_file.as_ref());
-        let reply_transform = transform("reply_transform", cfg.reply_transform.as_ref(), cfg.reply_transform_file.as_ref());
+        let request_transform =
+            transform("request_transform", cfg.request_transform.as_ref(), cfg.request_transform_file.as_ref());
+        let reply_transform =
+            transform("reply_transform", cfg.reply_transform.as_ref(), cfg.reply_transform_file.as_ref());
         let target = resolve_target(config, &cfg.endpoint, cfg.method, &cfg.headers, &cfg.signing_secrets);
         match (target, problems.is_empty()) {
             (Ok(target), true) => Ok(Self {
@@ -113,7 +121,12 @@ pub struct Responders {
 
 impl Responders {
     #[must_use]
-    pub fn new(client: async_nats::Client, http: reqwest::Client, tracker: TaskTracker, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        client: async_nats::Client,
+        http: reqwest::Client,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self { client, http, running: Mutex::new(HashMap::new()), tracker, shutdown }
     }
 
@@ -131,7 +144,12 @@ impl Responders {
                 continue;
             }
             let cancel = self.shutdown.child_token();
-            self.tracker.spawn(responder::serve(self.client.clone(), self.http.clone(), responder.clone(), cancel.clone()));
+            self.tracker.spawn(responder::serve(
+                self.client.clone(),
+                self.http.clone(),
+                responder.clone(),
+                cancel.clone(),
+            ));
             running.insert(responder.name.clone(), Running { responder: responder.clone(), cancel });
         }
     }

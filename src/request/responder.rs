@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::service::{self, ServiceExt};
 use async_nats::HeaderMap as NatsHeaders;
+use async_nats::service::{self, ServiceExt};
 use futures::StreamExt;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -18,7 +18,12 @@ use crate::delivery::outcome::Class;
 use crate::delivery::signature;
 
 /// Serves until cancelled, re-registering after NATS outages.
-pub async fn serve(client: async_nats::Client, http: reqwest::Client, responder: Arc<Responder>, cancel: CancellationToken) {
+pub async fn serve(
+    client: async_nats::Client,
+    http: reqwest::Client,
+    responder: Arc<Responder>,
+    cancel: CancellationToken,
+) {
     let permits = Arc::new(Semaphore::new(responder.max_concurrency as usize));
     let mut backoff = Duration::from_millis(200);
     while !cancel.is_cancelled() {
@@ -101,13 +106,21 @@ async fn answer(http: &reqwest::Client, responder: &Responder, request: service:
     let (result, reply_headers) = match sent {
         Ok(response) => {
             let status = response.status().as_u16();
-            let content_type = response.headers().get(CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            let content_type =
+                response.headers().get(CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
             let body = read_limited(response, responder.max_reply_bytes).await;
             let mut reply = NatsHeaders::new();
             reply.insert("content-type", "application/json");
-            let bad = |detail: String| (Err(service::error::Error { status: format!("responder-error: {detail}"), code: 502 }), NatsHeaders::new());
+            let bad = |detail: String| {
+                (
+                    Err(service::error::Error { status: format!("responder-error: {detail}"), code: 502 }),
+                    NatsHeaders::new(),
+                )
+            };
             match body {
-                Err(ReadFailure::TooLarge) => bad(format!("reply too large (over {} bytes)", responder.max_reply_bytes)),
+                Err(ReadFailure::TooLarge) => {
+                    bad(format!("reply too large (over {} bytes)", responder.max_reply_bytes))
+                }
                 Err(ReadFailure::Broken) => bad("the reply body could not be read".to_owned()),
                 Ok(body) if (200..300).contains(&status) => match json_reply(content_type.as_deref(), &body) {
                     Err(why) => bad(why),
@@ -115,30 +128,51 @@ async fn answer(http: &reqwest::Client, responder: &Responder, request: service:
                         None => (Ok(body), reply),
                         Some(t) => match t.apply(&body) {
                             Ok(b) => (Ok(bytes::Bytes::from(b)), reply),
-                            Err(err) => (Err(service::error::Error { status: format!("transform-failed: reply: {err}"), code: 502 }), reply),
+                            Err(err) => (
+                                Err(service::error::Error {
+                                    status: format!("transform-failed: reply: {err}"),
+                                    code: 502,
+                                }),
+                                reply,
+                            ),
                         },
                     },
                 },
                 Ok(body) => {
-                let class = Class::of_status(status, false);
-                // A 4xx body is the endpoint's answer about the request and helps the requester;
-                // a 5xx body may be a stack trace: logged here, not passed on.
-                let excerpt = if (400..500).contains(&status) {
-                    String::from_utf8_lossy(&body[..body.len().min(200)]).chars().map(|c| if c.is_control() { ' ' } else { c }).collect::<String>()
-                } else {
-                    tracing::warn!(responder = %responder.name, status, body = %String::from_utf8_lossy(&body[..body.len().min(500)]), "responder endpoint failed");
-                    String::new()
-                };
-                // A 4xx is the endpoint's answer about this request and travels as is; a
-                // failing endpoint (5xx, anything else) is a bad gateway to the requester.
-                let code = if (400..500).contains(&status) { status as usize } else { 502 };
-                (Err(service::error::Error { status: format!("{}: HTTP {status} {excerpt}", class.slug()), code }), reply)
+                    let class = Class::of_status(status, false);
+                    // A 4xx body is the endpoint's answer about the request and helps the requester;
+                    // a 5xx body may be a stack trace: logged here, not passed on.
+                    let excerpt = if (400..500).contains(&status) {
+                        String::from_utf8_lossy(&body[..body.len().min(200)])
+                            .chars()
+                            .map(|c| if c.is_control() { ' ' } else { c })
+                            .collect::<String>()
+                    } else {
+                        tracing::warn!(responder = %responder.name, status, body = %String::from_utf8_lossy(&body[..body.len().min(500)]), "responder endpoint failed");
+                        String::new()
+                    };
+                    // A 4xx is the endpoint's answer about this request and travels as is; a
+                    // failing endpoint (5xx, anything else) is a bad gateway to the requester.
+                    let code = if (400..500).contains(&status) { status as usize } else { 502 };
+                    (
+                        Err(service::error::Error {
+                            status: format!("{}: HTTP {status} {excerpt}", class.slug()),
+                            code,
+                        }),
+                        reply,
+                    )
                 }
             }
         }
         Err(err) => {
             let (class, code) = if err.is_timeout() { (Class::Timeout, 504) } else { (Class::Unreachable, 503) };
-            (Err(service::error::Error { status: format!("{}: the responder endpoint did not answer", class.slug()), code }), NatsHeaders::new())
+            (
+                Err(service::error::Error {
+                    status: format!("{}: the responder endpoint did not answer", class.slug()),
+                    code,
+                }),
+                NatsHeaders::new(),
+            )
         }
     };
     metrics::counter!(
@@ -187,7 +221,9 @@ fn json_reply(content_type: Option<&str>, body: &[u8]) -> Result<(), String> {
             return Err(format!("the responder answered {essence:?}, not JSON"));
         }
     }
-    serde_json::from_slice::<serde::de::IgnoredAny>(body).map(|_| ()).map_err(|_| "the responder's reply is not JSON".to_owned())
+    serde_json::from_slice::<serde::de::IgnoredAny>(body)
+        .map(|_| ())
+        .map_err(|_| "the responder's reply is not JSON".to_owned())
 }
 
 /// Same conventions as push delivery: `ce-*`, trace context, Standard Webhooks headers.

@@ -13,12 +13,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 
-use crate::common::cluster::{self, add_nav_subscription, example_copy, make_r3, GatewayProcess, NatsCluster, WAIT};
+use crate::common::cluster::{self, GatewayProcess, NatsCluster, WAIT, add_nav_subscription, example_copy, make_r3};
 use crate::common::gateway::example;
 use crate::common::nats::NatsServer;
 use crate::common::receiver::{Answer, Receiver};
@@ -99,13 +99,25 @@ impl Load {
                                 .await;
                             let outcome = match result {
                                 Ok(r) => {
-                                    let retry_after = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                                    let retry_after =
+                                        r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
                                     let status = r.status().as_u16();
                                     let body = r.bytes().await.unwrap_or_default();
                                     if !(200..300).contains(&status) {
-                                        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                                        let slug = problem["type"].as_str().unwrap_or("?").trim_start_matches("urn:magistral:problem:");
-                                        *problems.lock().unwrap().entry(format!("{status} {slug}: {}", problem["detail"].as_str().unwrap_or(""))).or_insert(0) += 1;
+                                        let problem: serde_json::Value =
+                                            serde_json::from_slice(&body).unwrap_or_default();
+                                        let slug = problem["type"]
+                                            .as_str()
+                                            .unwrap_or("?")
+                                            .trim_start_matches("urn:magistral:problem:");
+                                        *problems
+                                            .lock()
+                                            .unwrap()
+                                            .entry(format!(
+                                                "{status} {slug}: {}",
+                                                problem["detail"].as_str().unwrap_or("")
+                                            ))
+                                            .or_insert(0) += 1;
                                     }
                                     Ok((status, retry_after))
                                 }
@@ -243,7 +255,9 @@ async fn stored_ids(urls: &str) -> Vec<String> {
     }
 }
 
-async fn read_stream(js: &async_nats::jetstream::Context) -> Result<Vec<String>, Box<dyn std::error::Error + Send + Sync>> {
+async fn read_stream(
+    js: &async_nats::jetstream::Context,
+) -> Result<Vec<String>, Box<dyn std::error::Error + Send + Sync>> {
     let mut stream = js.get_stream(STREAM).await?;
     let total = stream.info().await?.state.messages as usize;
     let consumer = stream
@@ -280,7 +294,11 @@ async fn wait_delivered(receiver: &Receiver, ids: &HashSet<String>, within: Dura
         if Instant::now() >= deadline {
             let mut sample: Vec<_> = missing.iter().take(10).collect();
             sample.sort();
-            panic!("{} of {} acknowledged messages never delivered within {within:?}, e.g. {sample:?}", missing.len(), ids.len());
+            panic!(
+                "{} of {} acknowledged messages never delivered within {within:?}, e.g. {sample:?}",
+                missing.len(),
+                ids.len()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -385,8 +403,10 @@ async fn cluster_node_kill_9_loses_no_acknowledged_publish() {
     make_r3(dir.path());
     let env = [("MAGISTRAL_SYSTEM__REPLICAS", "3")];
     let http = crate::common::http_client();
-    let mut gateways =
-        [GatewayProcess::start("a", &config, &nats.urls(), &env, dir.path()), GatewayProcess::start("b", &config, &nats.urls(), &env, dir.path())];
+    let mut gateways = [
+        GatewayProcess::start("a", &config, &nats.urls(), &env, dir.path()),
+        GatewayProcess::start("b", &config, &nats.urls(), &env, dir.path()),
+    ];
     for g in &mut gateways {
         g.wait_ready(&http, WAIT).await;
     }
@@ -396,7 +416,8 @@ async fn cluster_node_kill_9_loses_no_acknowledged_publish() {
     let leader = info.cluster.as_ref().and_then(|c| c.leader.clone()).expect("ORDERS has a leader");
     let victim = nats.index_of(&leader).expect("leader is one of ours");
 
-    let load = Load::start("kill9", gateways.iter().map(GatewayProcess::base).collect(), 6, false, Duration::from_millis(5));
+    let load =
+        Load::start("kill9", gateways.iter().map(GatewayProcess::base).collect(), 6, false, Duration::from_millis(5));
     let readiness = ReadySampler::start(gateways.iter().map(GatewayProcess::base).collect());
     load.wait_ok(150, started, None, WAIT, "load before the kill").await;
     nats.kill(victim);
@@ -442,9 +463,24 @@ async fn cluster_node_kill_9_loses_no_acknowledged_publish() {
         secs(started.elapsed()),
     );
     assert!(missing.is_empty(), "answered 2xx but not in the stream: {missing:?}");
-    assert!(tally.other.is_empty(), "only 2xx/503/504 expected, got {} such, first: {:#?}", tally.other.len(), first(&tally.other));
-    assert!(tally.transport.is_empty(), "the gateways always answer, got {} transport errors, first: {:#?}", tally.transport.len(), first(&tally.transport));
-    assert!(tally.no_retry_after.is_empty(), "503 without Retry-After: {} such, first: {:#?}", tally.no_retry_after.len(), first(&tally.no_retry_after));
+    assert!(
+        tally.other.is_empty(),
+        "only 2xx/503/504 expected, got {} such, first: {:#?}",
+        tally.other.len(),
+        first(&tally.other)
+    );
+    assert!(
+        tally.transport.is_empty(),
+        "the gateways always answer, got {} transport errors, first: {:#?}",
+        tally.transport.len(),
+        first(&tally.transport)
+    );
+    assert!(
+        tally.no_retry_after.is_empty(),
+        "503 without Retry-After: {} such, first: {:#?}",
+        tally.no_retry_after.len(),
+        first(&tally.no_retry_after)
+    );
     assert_ne!(new_leader.as_deref(), Some(leader.as_str()), "the killed node cannot still lead");
 }
 
@@ -457,12 +493,13 @@ fn load_ok_after(attempts: &[Attempt], t: Instant) -> usize {
 /// been handed to the connection.
 fn slow_body(bytes: &Bytes, written: Arc<AtomicUsize>) -> reqwest::Body {
     let (first, second) = (bytes.slice(..bytes.len() / 2), bytes.slice(bytes.len() / 2..));
-    let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(futures::stream::once(async move {
-        // Polled again only once the first half was taken: it is on its way.
-        written.fetch_add(1, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        Ok(second)
-    }));
+    let stream =
+        futures::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(futures::stream::once(async move {
+            // Polled again only once the first half was taken: it is on its way.
+            written.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok(second)
+        }));
     reqwest::Body::wrap_stream(stream)
 }
 
@@ -576,7 +613,12 @@ async fn cluster_sigterm_under_load_finishes_in_flight_requests() {
     assert!(refused_at < slow_done, "new connections were still accepted while in-flight requests ran");
     assert!(slow_done <= exited_at, "the process exited before answering its in-flight requests");
     assert!(tally.other.is_empty(), "unexpected statuses: {:#?}", tally.other);
-    assert!(tally.no_retry_after.is_empty(), "503 without Retry-After: {} such, first: {:#?}", tally.no_retry_after.len(), first(&tally.no_retry_after));
+    assert!(
+        tally.no_retry_after.is_empty(),
+        "503 without Retry-After: {} such, first: {:#?}",
+        tally.no_retry_after.len(),
+        first(&tally.no_retry_after)
+    );
     assert!(early_errors.is_empty(), "transport errors before SIGTERM: {early_errors:#?}");
     assert!(after_exit.is_err(), "something still answers on the port after exit");
 }
@@ -596,14 +638,17 @@ async fn cluster_whole_cluster_outage_then_publish_and_delivery_resume() {
     add_nav_subscription(dir.path(), &receiver.url());
     let env = [("MAGISTRAL_SYSTEM__REPLICAS", "3")];
     let http = crate::common::http_client();
-    let mut gateways =
-        [GatewayProcess::start("a", &config, &nats.urls(), &env, dir.path()), GatewayProcess::start("b", &config, &nats.urls(), &env, dir.path())];
+    let mut gateways = [
+        GatewayProcess::start("a", &config, &nats.urls(), &env, dir.path()),
+        GatewayProcess::start("b", &config, &nats.urls(), &env, dir.path()),
+    ];
     for g in &mut gateways {
         g.wait_ready(&http, WAIT).await;
     }
 
     let ready_after = started.elapsed();
-    let load = Load::start("outage", gateways.iter().map(GatewayProcess::base).collect(), 4, false, Duration::from_millis(10));
+    let load =
+        Load::start("outage", gateways.iter().map(GatewayProcess::base).collect(), 4, false, Duration::from_millis(10));
     load.wait_ok(60, started, None, WAIT, "load before the outage").await;
     receiver.wait_for(20, WAIT).await;
     let delivering_after = started.elapsed();
@@ -616,7 +661,8 @@ async fn cluster_whole_cluster_outage_then_publish_and_delivery_resume() {
     // Both gateways must have answered publishes during the outage before it ends.
     let deadline = down_at + WAIT;
     while down_at.elapsed() < outage
-        || (0..2).any(|g| !load.attempts().iter().any(|a| a.gateway == g && a.sent >= down_at && a.status() == Some(503)))
+        || (0..2)
+            .any(|g| !load.attempts().iter().any(|a| a.gateway == g && a.sent >= down_at && a.status() == Some(503)))
     {
         assert!(Instant::now() < deadline, "no 503 from both gateways during the outage");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -667,9 +713,24 @@ async fn cluster_whole_cluster_outage_then_publish_and_delivery_resume() {
     );
     assert!(ok_during.is_empty(), "2xx for publishes sent while every NATS node was dead: {ok_during:#?}");
     assert!(missing.is_empty(), "answered 2xx but not in the stream: {missing:?}");
-    assert!(tally.other.is_empty(), "only 2xx/503/504 expected, got {} such, first: {:#?}", tally.other.len(), first(&tally.other));
-    assert!(tally.transport.is_empty(), "the gateways always answer, got {} transport errors, first: {:#?}", tally.transport.len(), first(&tally.transport));
-    assert!(tally.no_retry_after.is_empty(), "503 without Retry-After: {} such, first: {:#?}", tally.no_retry_after.len(), first(&tally.no_retry_after));
+    assert!(
+        tally.other.is_empty(),
+        "only 2xx/503/504 expected, got {} such, first: {:#?}",
+        tally.other.len(),
+        first(&tally.other)
+    );
+    assert!(
+        tally.transport.is_empty(),
+        "the gateways always answer, got {} transport errors, first: {:#?}",
+        tally.transport.len(),
+        first(&tally.transport)
+    );
+    assert!(
+        tally.no_retry_after.is_empty(),
+        "503 without Retry-After: {} such, first: {:#?}",
+        tally.no_retry_after.len(),
+        first(&tally.no_retry_after)
+    );
 }
 
 /// Two gateway processes under steady publish load (clients fail over to the other gateway
@@ -686,12 +747,15 @@ async fn cluster_rolling_restart_of_gateways_loses_no_message() {
     add_nav_subscription(dir.path(), &receiver.url());
     let env = [("MAGISTRAL_LIMITS__DRAIN_TIMEOUT", "10s")];
     let http = crate::common::http_client();
-    let mut gateways =
-        [GatewayProcess::start("a", &config, &nats.url(), &env, dir.path()), GatewayProcess::start("b", &config, &nats.url(), &env, dir.path())];
+    let mut gateways = [
+        GatewayProcess::start("a", &config, &nats.url(), &env, dir.path()),
+        GatewayProcess::start("b", &config, &nats.url(), &env, dir.path()),
+    ];
     for g in &mut gateways {
         g.wait_ready(&http, WAIT).await;
     }
-    let load = Load::start("rolling", gateways.iter().map(GatewayProcess::base).collect(), 4, true, Duration::from_millis(10));
+    let load =
+        Load::start("rolling", gateways.iter().map(GatewayProcess::base).collect(), 4, true, Duration::from_millis(10));
     load.wait_ok(60, started, None, WAIT, "load before the restart").await;
     receiver.wait_for(20, WAIT).await;
 
@@ -702,7 +766,12 @@ async fn cluster_rolling_restart_of_gateways_loses_no_message() {
         let term_at = Instant::now();
         gateways[g].sigterm();
         let (exit, took) = gateways[g].wait_exit(Duration::from_secs(20)).await;
-        assert!(exit.success(), "gateway {} exit after SIGTERM: {exit:?}\n{}", gateways[g].name, gateways[g].log_tail(30));
+        assert!(
+            exit.success(),
+            "gateway {} exit after SIGTERM: {exit:?}\n{}",
+            gateways[g].name,
+            gateways[g].log_tail(30)
+        );
         gateways[g].start_again();
         gateways[g].wait_ready(&http, WAIT).await;
         let ready_at = Instant::now();
@@ -727,8 +796,10 @@ async fn cluster_rolling_restart_of_gateways_loses_no_message() {
         let tried: HashSet<&str> = attempts.iter().map(|a| a.id.as_str()).collect();
         tried.into_iter().filter(|id| !tally.ok.contains(*id)).collect()
     };
-    let exit_report: Vec<String> =
-        exits.iter().map(|(name, (took, back))| format!("{name}: exit 0 after {took:?}, ready again after {back:?}")).collect();
+    let exit_report: Vec<String> = exits
+        .iter()
+        .map(|(name, (took, back))| format!("{name}: exit 0 after {took:?}, ready again after {back:?}"))
+        .collect();
     eprintln!(
         "rolling restart of 2 gateways: sent {}, attempts {}, 2xx {}, failed over after refused/closed connections {}, 503 {}, 504 {}, other {}, ids without any 2xx {}; found in stream {} (2xx missing {}, stored without 2xx {extra}, duplicates {stored_dupes}); delivered {distinct} distinct in {} deliveries, duplicates {}; {}; took {}",
         tally.sent,
@@ -747,8 +818,18 @@ async fn cluster_rolling_restart_of_gateways_loses_no_message() {
         secs(started.elapsed()),
     );
     assert!(missing.is_empty(), "answered 2xx but not in the stream: {missing:?}");
-    assert!(tally.other.is_empty(), "only 2xx/503/504 expected, got {} such, first: {:#?}", tally.other.len(), first(&tally.other));
-    assert!(tally.no_retry_after.is_empty(), "503 without Retry-After: {} such, first: {:#?}", tally.no_retry_after.len(), first(&tally.no_retry_after));
+    assert!(
+        tally.other.is_empty(),
+        "only 2xx/503/504 expected, got {} such, first: {:#?}",
+        tally.other.len(),
+        first(&tally.other)
+    );
+    assert!(
+        tally.no_retry_after.is_empty(),
+        "503 without Retry-After: {} such, first: {:#?}",
+        tally.no_retry_after.len(),
+        first(&tally.no_retry_after)
+    );
     assert!(stray.is_empty(), "transport errors outside a gateway's restart window: {stray:#?}");
     assert!(unanswered.is_empty(), "messages no gateway accepted (both tried): {unanswered:?}");
 }

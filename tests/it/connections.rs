@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::gateway::{jetstream, scenario, slug, stream_count, Gateway, BITRIX, NAV};
+use crate::common::gateway::{BITRIX, Gateway, NAV, jetstream, scenario, slug, stream_count};
 use crate::common::nats::NatsServer;
 
 /// Reads until the server closes the connection (or `within` passes: `None`).
@@ -59,7 +59,10 @@ async fn connect(addr: SocketAddr) -> TcpStream {
 #[tokio::test]
 async fn half_a_header_block_is_disconnected_after_the_header_timeout() {
     let nats = NatsServer::start();
-    let gw = Gateway::start_with(scenario("basic"), &nats.url(), |c| c.limits.header_read_timeout = Duration::from_millis(700)).await;
+    let gw = Gateway::start_with(scenario("basic"), &nats.url(), |c| {
+        c.limits.header_read_timeout = Duration::from_millis(700)
+    })
+    .await;
     let mut slow = connect(gw.addr).await;
     let started = Instant::now();
     slow.write_all(b"POST /v1/publish/orders.misc HTTP/1.1\r\nHost: gw\r\nContent-Type: appl").await.unwrap();
@@ -87,7 +90,9 @@ async fn a_body_that_stops_arriving_gets_408_and_nothing_is_stored() {
     let started = Instant::now();
     slow.write_all(publish_head("orders.misc", BITRIX, body.len()).as_bytes()).await.unwrap();
     slow.write_all(&body[..10]).await.unwrap();
-    let answer = read_until_closed(&mut slow, Duration::from_secs(5)).await.expect("the connection is closed after the idle timeout");
+    let answer = read_until_closed(&mut slow, Duration::from_secs(5))
+        .await
+        .expect("the connection is closed after the idle timeout");
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(400), "cut off before the idle timeout ({took:?})");
     // Everything the client sent was read, so the answer gets out before the close.
@@ -166,14 +171,22 @@ async fn past_the_connection_cap_a_client_waits_until_a_connection_closes() {
     assert!(read_head(&mut third, Duration::from_secs(1)).await.is_none(), "the connection over the cap was served");
     drop(held.remove(0));
     let head = read_head(&mut third, Duration::from_secs(5)).await;
-    assert!(head.is_some_and(|h| h.starts_with("HTTP/1.1 200")), "the waiting connection was not served once a slot was free");
+    assert!(
+        head.is_some_and(|h| h.starts_with("HTTP/1.1 200")),
+        "the waiting connection was not served once a slot was free"
+    );
 }
 
 #[tokio::test]
 async fn the_bearer_scheme_is_case_insensitive() {
     let nats = NatsServer::start();
     let gw = Gateway::start(&nats.url()).await;
-    for auth in [format!("BEARER {BITRIX}"), format!("bearer {BITRIX}"), format!("Bearer {BITRIX}"), format!("  bEaReR   {BITRIX}  ")] {
+    for auth in [
+        format!("BEARER {BITRIX}"),
+        format!("bearer {BITRIX}"),
+        format!("Bearer {BITRIX}"),
+        format!("  bEaReR   {BITRIX}  "),
+    ] {
         let r = gw
             .http
             .post(gw.url("/v1/publish/orders.misc"))
@@ -195,7 +208,8 @@ async fn the_bearer_scheme_is_case_insensitive() {
 async fn in_flight_requests_are_bounded_per_participant_but_not_event_streams() {
     let nats = NatsServer::start();
     let sub: magistral::config::SubscriptionConfig =
-        serde_json::from_value(json!({"participant": "bitrix", "subjects": ["orders.status"], "mode": "stream"})).unwrap();
+        serde_json::from_value(json!({"participant": "bitrix", "subjects": ["orders.status"], "mode": "stream"}))
+            .unwrap();
     let gw = Gateway::start_with(scenario("basic"), &nats.url(), move |c| {
         c.subscriptions.insert("bitrix-live".into(), sub);
         c.limits.max_in_flight_per_participant = 1;
@@ -279,8 +293,17 @@ async fn the_publish_rate_limit_answers_429_with_retry_after_and_recovers() {
 
     // A batch larger than the burst passes on one free token and leaves the bucket in debt.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let batch: String = (0..5).map(|n| json!({"subject": "orders.misc", "data": {"b": n}}).to_string() + "\n").collect();
-    let r = gw.http.post(gw.url("/v1/publish")).bearer_auth(BITRIX).header("content-type", "application/x-ndjson").body(batch).send().await.unwrap();
+    let batch: String =
+        (0..5).map(|n| json!({"subject": "orders.misc", "data": {"b": n}}).to_string() + "\n").collect();
+    let r = gw
+        .http
+        .post(gw.url("/v1/publish"))
+        .bearer_auth(BITRIX)
+        .header("content-type", "application/x-ndjson")
+        .body(batch)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     let r = gw.publish(BITRIX, "orders.misc", r#"{"n": 4}"#).send().await.unwrap();
     assert_eq!(r.status(), 429);

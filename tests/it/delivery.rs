@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use hmac::{KeyInit, Mac};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use crate::common::gateway::{example, slug, subscription, Gateway, BITRIX, NAV, OPS};
+use crate::common::gateway::{BITRIX, Gateway, NAV, OPS, example, slug, subscription};
 use crate::common::nats::NatsServer;
 use crate::common::receiver::{Answer, Receiver};
 
@@ -64,7 +64,11 @@ async fn delivers_signed_cloudevents_with_the_exact_body() {
     assert_eq!(d.header("traceparent"), Some(traceparent));
     assert_eq!(d.header("authorization"), Some("Basic bmF2OnNlY3JldA=="));
     // webhook-id is unique per stored message (ce-id is unique only with ce-source).
-    assert!(d.header("webhook-id").is_some_and(|id| id.starts_with("msg_") && id.len() == 36), "{:?}", d.header("webhook-id"));
+    assert!(
+        d.header("webhook-id").is_some_and(|id| id.starts_with("msg_") && id.len() == 36),
+        "{:?}",
+        d.header("webhook-id")
+    );
     let ts = d.header("webhook-timestamp").unwrap();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     assert!((ts.parse::<i64>().unwrap() - now).abs() < 60);
@@ -81,7 +85,12 @@ async fn delivers_signed_cloudevents_with_the_exact_body() {
 async fn flaky_endpoint_is_retried_on_schedule_until_delivered() {
     let nats = NatsServer::start();
     let receiver = Receiver::scripted(|n, _| if n < 3 { Answer::status(500) } else { Answer::ok() }).await;
-    let sub = subscription("nav", &["orders.created"], &receiver.url(), json!({"retry_schedule": ["300ms", "600ms", "900ms"]}));
+    let sub = subscription(
+        "nav",
+        &["orders.created"],
+        &receiver.url(),
+        json!({"retry_schedule": ["300ms", "600ms", "900ms"]}),
+    );
     let gw = Gateway::with_subscriptions(&nats.url(), vec![("nav-orders", sub)]).await;
     assert_eq!(gw.publish(BITRIX, "orders.created", order()).send().await.unwrap().status(), 202);
     let got = receiver.wait_for(4, Duration::from_secs(15)).await;
@@ -91,7 +100,10 @@ async fn flaky_endpoint_is_retried_on_schedule_until_delivered() {
     for (i, expected) in [300u64, 600, 900].iter().enumerate() {
         let gap = got[i + 1].at - got[i].at;
         let expected = Duration::from_millis(*expected);
-        assert!(gap >= expected && gap < expected + Duration::from_millis(700), "gap {i}: {gap:?}, expected {expected:?}");
+        assert!(
+            gap >= expected && gap < expected + Duration::from_millis(700),
+            "gap {i}: {gap:?}, expected {expected:?}"
+        );
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(receiver.received().len(), 4, "nothing after the success");
@@ -102,10 +114,13 @@ async fn flaky_endpoint_is_retried_on_schedule_until_delivered() {
 #[tokio::test]
 async fn retry_after_is_honoured() {
     let nats = NatsServer::start();
-    let receiver = Receiver::scripted(|n, _| {
-        if n == 0 { Answer::status(429).with_header("retry-after", "2") } else { Answer::ok() }
-    })
-    .await;
+    let receiver =
+        Receiver::scripted(
+            |n, _| {
+                if n == 0 { Answer::status(429).with_header("retry-after", "2") } else { Answer::ok() }
+            },
+        )
+        .await;
     let sub = subscription("nav", &["orders.created"], &receiver.url(), json!({}));
     let gw = Gateway::with_subscriptions(&nats.url(), vec![("nav-orders", sub)]).await;
     gw.publish(BITRIX, "orders.created", order()).send().await.unwrap();
@@ -128,11 +143,15 @@ async fn rejected_message_is_dead_lettered_and_replayed_to_that_subscription_onl
         vec![
             ("nav-orders", subscription("nav", &["orders.created"], &erp.url(), json!({}))),
             ("crm-orders", subscription("nav", &["orders.created"], &crm.url(), json!({}))),
-            ("bitrix-failures", subscription("bitrix", &["magistral.delivery.>"], &crm.url().replace("/hook", "/events"), json!({}))),
+            (
+                "bitrix-failures",
+                subscription("bitrix", &["magistral.delivery.>"], &crm.url().replace("/hook", "/events"), json!({})),
+            ),
         ],
     )
     .await;
-    let r = gw.publish(BITRIX, "orders.created", order()).header("ce-correlationid", "order-4711").send().await.unwrap();
+    let r =
+        gw.publish(BITRIX, "orders.created", order()).header("ce-correlationid", "order-4711").send().await.unwrap();
     let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     erp.wait_for(1, Duration::from_secs(10)).await;
     // The CRM got it once; the bitrix status subscription hears of the first failure and the dead letter.
@@ -172,9 +191,11 @@ async fn rejected_message_is_dead_lettered_and_replayed_to_that_subscription_onl
     assert_eq!((slug(&body), body["detail"].as_str()), ("not-found", Some("no subscription nav-orders")));
     gw.get_json(OPS, "/v1/subscriptions/nav-orders/dead-letters").await;
 
-    let crm_orders_before = crm.received().iter().filter(|r| r.header("magistral-subject") == Some("orders.created")).count();
+    let crm_orders_before =
+        crm.received().iter().filter(|r| r.header("magistral-subject") == Some("orders.created")).count();
     assert_eq!(crm_orders_before, 1);
-    let (status, body) = gw.post_json(NAV, "/v1/subscriptions/nav-orders/dead-letters/replay", json!({"ids": [id]})).await;
+    let (status, body) =
+        gw.post_json(NAV, "/v1/subscriptions/nav-orders/dead-letters/replay", json!({"ids": [id]})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["replayed"], 1);
     let got = erp.wait_for(2, Duration::from_secs(10)).await;
@@ -183,7 +204,8 @@ async fn rejected_message_is_dead_lettered_and_replayed_to_that_subscription_onl
     assert_eq!(got[1].header("magistral-subject"), Some("orders.created"));
     assert_eq!(got[1].body, got[0].body);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let crm_orders_after = crm.received().iter().filter(|r| r.header("magistral-subject") == Some("orders.created")).count();
+    let crm_orders_after =
+        crm.received().iter().filter(|r| r.header("magistral-subject") == Some("orders.created")).count();
     assert_eq!(crm_orders_after, 1, "the replay reached only the subscription it was for");
     let list = gw.get_json(NAV, "/v1/subscriptions/nav-orders/dead-letters").await;
     assert_eq!(list["total"], 0);
@@ -191,7 +213,8 @@ async fn rejected_message_is_dead_lettered_and_replayed_to_that_subscription_onl
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let m = gw.get_json(BITRIX, &format!("/v1/messages/{id}")).await;
-        let state = m["subscriptions"].as_array().unwrap().iter().find(|s| s["name"] == "nav-orders").unwrap()["state"].clone();
+        let state =
+            m["subscriptions"].as_array().unwrap().iter().find(|s| s["name"] == "nav-orders").unwrap()["state"].clone();
         if state == "delivered" {
             break;
         }
@@ -267,7 +290,11 @@ async fn ordered_subscription_delivers_in_publish_order_despite_failures() {
     let failures = receiver.received().len() - 500;
     assert!(failures > 50, "the test should have injected failures ({failures})");
     // Every request, failed or not, was for the oldest undelivered message.
-    let all: Vec<u64> = receiver.received().iter().map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["n"].as_u64().unwrap()).collect();
+    let all: Vec<u64> = receiver
+        .received()
+        .iter()
+        .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["n"].as_u64().unwrap())
+        .collect();
     assert!(all.windows(2).all(|w| w[1] == w[0] || w[1] == w[0] + 1), "a message overtook a failing one");
 }
 
@@ -295,7 +322,11 @@ async fn breaker_stops_attempts_while_the_endpoint_is_down_and_nothing_is_lost()
     }
     let attempts = || async {
         let text = gw.http.get(gw.url("/metrics")).send().await.unwrap().text().await.unwrap();
-        metric(&text, "magistral_delivery_total{", &[r#"subscription="nav-breaker""#, r#"class="endpoint-unreachable""#])
+        metric(
+            &text,
+            "magistral_delivery_total{",
+            &[r#"subscription="nav-breaker""#, r#"class="endpoint-unreachable""#],
+        )
     };
     // Wait for the breaker to open.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -314,7 +345,8 @@ async fn breaker_stops_attempts_while_the_endpoint_is_down_and_nothing_is_lost()
 
     receiver.come_back().await;
     let got = receiver.wait_for(5, Duration::from_secs(20)).await;
-    let mut ns: Vec<u64> = got.iter().map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["n"].as_u64().unwrap()).collect();
+    let mut ns: Vec<u64> =
+        got.iter().map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["n"].as_u64().unwrap()).collect();
     ns.sort_unstable();
     ns.dedup();
     assert_eq!(ns, vec![0, 1, 2, 3, 4]);
@@ -331,7 +363,8 @@ async fn two_gateways_share_a_subscription_without_duplicates() {
     let b = Gateway::with_subscriptions(&nats.url(), vec![("nav-shared", sub())]).await;
     for chunk in 0..4 {
         let gw = if chunk % 2 == 0 { &a } else { &b };
-        let items: Vec<Value> = (0..100).map(|i| json!({"subject": "orders.misc", "data": {"n": chunk * 100 + i}})).collect();
+        let items: Vec<Value> =
+            (0..100).map(|i| json!({"subject": "orders.misc", "data": {"n": chunk * 100 + i}})).collect();
         let r = gw.http.post(gw.url("/v1/publish")).bearer_auth(BITRIX).json(&items).send().await.unwrap();
         assert_eq!(r.status(), 202);
     }
@@ -362,9 +395,10 @@ async fn a_subscription_added_to_the_config_file_starts_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let basic = crate::common::gateway::scenario("basic");
     let contracts = basic.parent().unwrap().join("../../../examples/wine-retail/contracts").canonicalize().unwrap();
-    let text = std::fs::read_to_string(&basic)
-        .unwrap()
-        .replace("contracts_dir = \"../../../examples/wine-retail/contracts\"", &format!("contracts_dir = {:?}", contracts.display().to_string()));
+    let text = std::fs::read_to_string(&basic).unwrap().replace(
+        "contracts_dir = \"../../../examples/wine-retail/contracts\"",
+        &format!("contracts_dir = {:?}", contracts.display().to_string()),
+    );
     std::fs::create_dir(dir.path().join("streams")).unwrap();
     std::fs::copy(basic.parent().unwrap().join("streams/ORDERS.json"), dir.path().join("streams/ORDERS.json")).unwrap();
     let config = dir.path().join("magistral.toml");
@@ -481,7 +515,8 @@ async fn a_message_without_a_cloudevents_id_keeps_its_nats_id_through_dead_lette
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(list["dead_letters"][0]["id"], "native-1");
-    let (status, body) = gw.post_json(NAV, "/v1/subscriptions/nav-native/dead-letters/replay", json!({"ids": ["native-1"]})).await;
+    let (status, body) =
+        gw.post_json(NAV, "/v1/subscriptions/nav-native/dead-letters/replay", json!({"ids": ["native-1"]})).await;
     assert_eq!((status, body["replayed"].as_u64()), (200, Some(1)), "{body}");
     let got = erp.wait_for(2, Duration::from_secs(10)).await;
     assert_eq!(got[1].header("webhook-id"), webhook_id.as_deref(), "the replay keeps the webhook id");

@@ -9,10 +9,10 @@ use async_nats::service::ServiceExt;
 use futures::StreamExt;
 use magistral::catalog::Catalog;
 use magistral::config::Config;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::gateway::{scenario, slug, subscription, Gateway, BITRIX, NAV, OPS};
+use crate::common::gateway::{BITRIX, Gateway, NAV, OPS, scenario, slug, subscription};
 use crate::common::nats::NatsServer;
 
 /// Reads SSE frames until `n` events (frames with an `id:`) arrived: each as its raw text.
@@ -27,20 +27,30 @@ async fn read_frames(r: reqwest::Response, n: usize) -> Vec<String> {
         if frames.len() >= n && text.ends_with("\n\n") {
             return frames;
         }
-        let chunk = tokio::time::timeout_at(deadline, body.next()).await.expect("events in time").expect("stream open").unwrap();
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .expect("events in time")
+            .expect("stream open")
+            .unwrap();
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
 }
 
 fn field<'a>(frame: &'a str, name: &str) -> Vec<&'a str> {
-    frame.lines().filter_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':'))).map(|v| v.strip_prefix(' ').unwrap_or(v)).collect()
+    frame
+        .lines()
+        .filter_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')))
+        .map(|v| v.strip_prefix(' ').unwrap_or(v))
+        .collect()
 }
 
 #[tokio::test]
 async fn stored_line_breaks_cannot_cut_an_event_stream_and_bad_resume_points_are_400() {
     let nats = NatsServer::start();
-    let sub: magistral::config::SubscriptionConfig =
-        serde_json::from_value(json!({"participant": "nav", "subjects": ["orders.misc"], "mode": "stream", "start": "all"})).unwrap();
+    let sub: magistral::config::SubscriptionConfig = serde_json::from_value(
+        json!({"participant": "nav", "subjects": ["orders.misc"], "mode": "stream", "start": "all"}),
+    )
+    .unwrap();
     let gw = Gateway::start_with(scenario("basic"), &nats.url(), move |c| {
         c.subscriptions.insert("nav-live".into(), sub);
     })
@@ -232,7 +242,11 @@ async fn another_participants_subscription_is_not_found() {
     let pull_sub: magistral::config::SubscriptionConfig =
         serde_json::from_value(json!({"participant": "nav", "subjects": ["orders.misc"], "mode": "pull"})).unwrap();
     let push = subscription("nav", &["orders.status"], "http://127.0.0.1:9/hook", json!({}));
-    let gw = Gateway::with_subscriptions(&nats.url(), vec![("nav-live", stream_sub), ("nav-pull", pull_sub), ("nav-push", push)]).await;
+    let gw = Gateway::with_subscriptions(
+        &nats.url(),
+        vec![("nav-live", stream_sub), ("nav-pull", pull_sub), ("nav-push", push)],
+    )
+    .await;
     let req = |method: reqwest::Method, path: &str, token: &str| {
         let mut r = gw.http.request(method.clone(), gw.url(path)).bearer_auth(token);
         if method == reqwest::Method::POST {
@@ -264,7 +278,10 @@ async fn another_participants_subscription_is_not_found() {
             assert_eq!((foreign.status().as_u16(), missing.status().as_u16()), (404, 404), "{method} {route} {name}");
             let (foreign, missing): (Value, Value) = (foreign.json().await.unwrap(), missing.json().await.unwrap());
             assert_eq!(slug(&foreign), "not-found");
-            assert_eq!(foreign["detail"].as_str().unwrap().replace(name, "X"), missing["detail"].as_str().unwrap().replace("nav-nothing", "X"));
+            assert_eq!(
+                foreign["detail"].as_str().unwrap().replace(name, "X"),
+                missing["detail"].as_str().unwrap().replace("nav-nothing", "X")
+            );
         }
     }
     // The owner and an admin still see it.
@@ -315,7 +332,10 @@ async fn raw_responder(script: fn(&Value) -> (Option<&'static str>, String, bool
                     answer.push_str(&format!("Content-Type: {t}\r\n"));
                 }
                 if chunked {
-                    answer.push_str(&format!("Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n", body.len()));
+                    answer.push_str(&format!(
+                        "Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+                        body.len()
+                    ));
                 } else {
                     answer.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
                 }

@@ -2,14 +2,14 @@
 //! readiness fails, and publishing recovers when NATS is back — without restarting the gateway.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use futures::StreamExt;
 
-use crate::common::gateway::{jetstream, Gateway, BITRIX};
+use crate::common::gateway::{BITRIX, Gateway, jetstream};
 use crate::common::nats::NatsServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,8 +68,7 @@ async fn nats_outage_gives_503_and_recovers_without_losing_acknowledged_messages
     for w in workers {
         outcomes.extend(w.await.unwrap());
     }
-    let accepted: HashSet<&str> =
-        outcomes.iter().filter(|(_, s, _)| *s == 202).map(|(id, _, _)| id.as_str()).collect();
+    let accepted: HashSet<&str> = outcomes.iter().filter(|(_, s, _)| *s == 202).map(|(id, _, _)| id.as_str()).collect();
     let unavailable: Vec<_> = outcomes.iter().filter(|(_, s, _)| *s == 503).collect();
     let timeouts = outcomes.iter().filter(|(_, s, _)| *s == 504).count();
     let other: Vec<_> = outcomes.iter().filter(|(_, s, _)| ![202, 503, 504].contains(s)).collect();

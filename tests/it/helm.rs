@@ -25,9 +25,8 @@ fn values(name: &str) -> PathBuf {
 
 /// The helm binary, or `None` when skipping was asked for.
 fn helm() -> Option<PathBuf> {
-    let candidate = std::env::var_os("HELM_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(REPO).join(".tools/bin/helm"));
+    let candidate =
+        std::env::var_os("HELM_BIN").map(PathBuf::from).unwrap_or_else(|| Path::new(REPO).join(".tools/bin/helm"));
     if candidate.is_file() {
         return Some(candidate);
     }
@@ -335,7 +334,10 @@ fn external_nats_values_reference_every_secret() {
     let volumes = r.pod()["volumes"].as_array().unwrap();
     let volume = |name: &str| volumes.iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("volume {name}"));
     assert_eq!(volume("nats-creds")["secret"]["secretName"], "magistral-nats-creds");
-    assert_eq!(volume("nats-creds")["secret"]["items"][0], serde_json::json!({"key": "magistral.creds", "path": "nats.creds"}));
+    assert_eq!(
+        volume("nats-creds")["secret"]["items"][0],
+        serde_json::json!({"key": "magistral.creds", "path": "nats.creds"})
+    );
     assert_eq!(volume("nats-tls")["secret"]["secretName"], "magistral-nats-tls");
 
     // Tokens and webhook secrets: references only, mounted read-only with just the named keys.
@@ -343,12 +345,15 @@ fn external_nats_values_reference_every_secret() {
     assert!(toml.contains(r#"{ file = "/run/secrets/magistral/magistral-tokens/nav-next" }"#));
     assert!(toml.contains(r#"{ env = "SECRET_MAGISTRAL_TOKENS_BITRIX" }"#));
     assert!(toml.contains(r#"{ file = "/run/secrets/magistral/magistral-webhooks/nav-orders" }"#));
-    assert!(toml.contains(r#"Authorization = { file = "/run/secrets/magistral/magistral-webhooks/nav-authorization" }"#));
+    assert!(
+        toml.contains(r#"Authorization = { file = "/run/secrets/magistral/magistral-webhooks/nav-authorization" }"#)
+    );
     let env = r.env("SECRET_MAGISTRAL_TOKENS_BITRIX").expect("env token from the Secret");
     assert_eq!(env["valueFrom"]["secretKeyRef"], serde_json::json!({"name": "magistral-tokens", "key": "bitrix"}));
     let tokens = volumes.iter().find(|v| v["secret"]["secretName"] == "magistral-tokens").expect("tokens volume");
     assert_eq!(tokens["secret"]["defaultMode"], 0o440);
-    let keys: Vec<&str> = tokens["secret"]["items"].as_array().unwrap().iter().map(|i| i["key"].as_str().unwrap()).collect();
+    let keys: Vec<&str> =
+        tokens["secret"]["items"].as_array().unwrap().iter().map(|i| i["key"].as_str().unwrap()).collect();
     assert_eq!(keys, ["nav", "nav-next"], "only the keys the configuration names are mounted");
     for mount in r.container()["volumeMounts"].as_array().unwrap() {
         if mount["mountPath"].as_str().unwrap().starts_with("/run/secrets") {
@@ -357,7 +362,10 @@ fn external_nats_values_reference_every_secret() {
     }
     // Nothing secret in the ConfigMap: every token line is a reference.
     for line in toml.lines().map(str::trim).filter(|l| l.starts_with("{ ")) {
-        assert!(line.starts_with("{ file = ") || line.starts_with("{ env = ") || line.starts_with("{ sha256 = "), "{line}");
+        assert!(
+            line.starts_with("{ file = ") || line.starts_with("{ env = ") || line.starts_with("{ sha256 = "),
+            "{line}"
+        );
     }
     assert!(!toml.contains("whsec_"));
     // The YAML map stream was rendered as JSON with exact integers.
@@ -464,7 +472,8 @@ fn existing_config_maps_are_mounted_by_name() {
 #[test]
 fn chart_refuses_inlined_secrets_and_unsafe_timing() {
     let Some(helm) = helm() else { return };
-    let err = template_error(&helm, &["--set", "subscriptions.s.participant=p,subscriptions.s.signing_secrets[0]=whsec_abc"]);
+    let err =
+        template_error(&helm, &["--set", "subscriptions.s.participant=p,subscriptions.s.signing_secrets[0]=whsec_abc"]);
     assert!(err.contains("subscriptions.s.signing_secrets[0]: give a reference"), "{err}");
     let err = template_error(&helm, &["--set", "participants.p.tokens[0]=plain-token-in-values"]);
     assert!(err.contains("participants.p.tokens[0]: give a reference"), "{err}");
@@ -507,17 +516,23 @@ fn stack_chart_wires_the_official_nats_chart() {
     std::fs::create_dir_all(copy.join("charts")).unwrap();
     std::fs::copy(stack.join("values.yaml"), copy.join("values.yaml")).unwrap();
     let mut chart = chart.clone();
-    let kept: Vec<serde_norway::Value> =
-        deps.iter().filter(|d| d["name"].as_str() != Some("nats")).cloned().collect();
+    let kept: Vec<serde_norway::Value> = deps.iter().filter(|d| d["name"].as_str() != Some("nats")).cloned().collect();
     chart["dependencies"] = serde_norway::Value::Sequence(kept);
     std::fs::write(copy.join("Chart.yaml"), serde_norway::to_string(&chart).unwrap()).unwrap();
     let magistral_chart = self::chart();
-    let out = run_helm(&helm, &["package", magistral_chart.to_str().unwrap(), "--destination", copy.join("charts").to_str().unwrap()]);
+    let out = run_helm(
+        &helm,
+        &["package", magistral_chart.to_str().unwrap(), "--destination", copy.join("charts").to_str().unwrap()],
+    );
     assert!(out.status.success(), "helm package: {}", text(&out.stderr));
     let out = run_helm(&helm, &["template", "bus", copy.to_str().unwrap(), "--set", "nats.enabled=false"]);
     assert!(out.status.success(), "helm template stack: {}", text(&out.stderr));
     let r = Rendered::parse(&text(&out.stdout));
     assert_common(&r);
-    assert_eq!(r.env_value("MAGISTRAL_NATS__URL"), Some("nats://bus-nats:4222"), "the NATS chart's service in this release");
+    assert_eq!(
+        r.env_value("MAGISTRAL_NATS__URL"),
+        Some("nats://bus-nats:4222"),
+        "the NATS chart's service in this release"
+    );
     assert_eq!(toml_setting(r.config_toml(), "replicas"), Some("3"));
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::gateway::{jetstream, scenario, slug, stream_count, BITRIX, NAV};
+use crate::common::gateway::{BITRIX, NAV, jetstream, scenario, slug, stream_count};
 use crate::common::nats::NatsServer;
 use crate::common::process::GatewayProcess;
 
@@ -238,7 +238,10 @@ async fn run(id: &str, ctx: Ctx) -> Vec<String> {
                     let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
                     check(status, &json, WANT_MANY_VIOLATIONS, &mut p);
                     if bytes.len() > MAX_VIOLATION_ANSWER_BYTES {
-                        p.push(format!("the answer is {} bytes; expected at most {MAX_VIOLATION_ANSWER_BYTES}", bytes.len()));
+                        p.push(format!(
+                            "the answer is {} bytes; expected at most {MAX_VIOLATION_ANSWER_BYTES}",
+                            bytes.len()
+                        ));
                     }
                     let listed = json["errors"].as_array().map_or(0, Vec::len);
                     if listed > MAX_VIOLATIONS_LISTED {
@@ -246,8 +249,9 @@ async fn run(id: &str, ctx: Ctx) -> Vec<String> {
                     }
                     // The total is reported somewhere: a top-level count or the detail. Its
                     // member name is the implementer's choice, so any top-level number will do.
-                    let total_named = json.as_object().is_some_and(|o| o.values().any(|v| v.as_u64() == Some(ITEMS as u64)))
-                        || json["detail"].as_str().is_some_and(|d| d.contains(&ITEMS.to_string()));
+                    let total_named =
+                        json.as_object().is_some_and(|o| o.values().any(|v| v.as_u64() == Some(ITEMS as u64)))
+                            || json["detail"].as_str().is_some_and(|d| d.contains(&ITEMS.to_string()));
                     if !total_named {
                         p.push(format!("the total ({ITEMS}) is named neither in a top-level member nor in the detail"));
                     }
@@ -260,7 +264,9 @@ async fn run(id: &str, ctx: Ctx) -> Vec<String> {
         }
         "05-idempotency-key-of-another-participant" => {
             let key = "order-4711-shared-key";
-            let send = |token: &'static str| publish(&ctx, token, "orders.created", ORDER).header("idempotency-key", key).send();
+            let send = |token: &'static str| {
+                publish(&ctx, token, "orders.created", ORDER).header("idempotency-key", key).send()
+            };
             let first = send(BITRIX).await;
             let mut setup = Vec::new();
             expect(first, Want { status: 202, slug: None }, &mut setup).await;
@@ -290,7 +296,13 @@ async fn run(id: &str, ctx: Ctx) -> Vec<String> {
             }
             body.pop();
             body.push_str("]}");
-            let r = ctx.http.post(ctx.url("/v1/inbound/bc-items")).header("content-type", "application/json").body(body).send().await;
+            let r = ctx
+                .http
+                .post(ctx.url("/v1/inbound/bc-items"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await;
             match r {
                 // Answering early and closing may cut the upload: that is the server refusing to
                 // read it, which is fine for memory but BC sees no status; report it to decide.
@@ -304,7 +316,10 @@ async fn run(id: &str, ctx: Ctx) -> Vec<String> {
         "07-slow-client-half-headers" => match tokio::net::TcpStream::connect(&ctx.addr).await {
             Err(e) => p.push(format!("connect: {e}")),
             Ok(mut tcp) => {
-                let half = format!("POST /v1/publish/orders.created HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {BITRIX}\r\nContent-Ty", ctx.addr);
+                let half = format!(
+                    "POST /v1/publish/orders.created HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {BITRIX}\r\nContent-Ty",
+                    ctx.addr
+                );
                 if let Err(e) = tcp.write_all(half.as_bytes()).await {
                     p.push(format!("write: {e}"));
                 } else {
@@ -441,7 +456,10 @@ fn check(status: u16, json: &Value, want: Want, p: &mut Vec<String>) {
         None => want.status.to_string(),
     };
     if status != want.status || want.slug.is_some_and(|s| s != got_slug) {
-        let detail = json["detail"].as_str().map(|d| format!(" ({})", d.chars().take(160).collect::<String>())).unwrap_or_default();
+        let detail = json["detail"]
+            .as_str()
+            .map(|d| format!(" ({})", d.chars().take(160).collect::<String>()))
+            .unwrap_or_default();
         p.push(format!("got {got}{detail}; expected {expected}"));
     }
 }

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use crate::common::gateway::{jetstream, slug, stream_count, subscription, Gateway, BITRIX};
+use crate::common::gateway::{BITRIX, Gateway, jetstream, slug, stream_count, subscription};
 use crate::common::nats::NatsServer;
 use crate::common::receiver::{Answer, Receiver};
 
@@ -34,13 +34,19 @@ async fn subscription_transform_reshapes_for_an_odata_erp_and_failures_dead_lett
         }),
     );
     let gw = Gateway::with_subscriptions(&nats.url(), vec![("nav-odata", sub)]).await;
-    gw.publish(BITRIX, "orders.misc", r#"{"order_id":"4711","customer":"C-42","lines":[{"sku":"WR-1","qty":2}]}"#).send().await.unwrap();
+    gw.publish(BITRIX, "orders.misc", r#"{"order_id":"4711","customer":"C-42","lines":[{"sku":"WR-1","qty":2}]}"#)
+        .send()
+        .await
+        .unwrap();
     let got = erp.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(got[0].method, "PATCH");
     assert_eq!(got[0].header("if-match"), Some("*"));
     assert_eq!(got[0].header("authorization"), Some("Basic bmF2OnNlY3JldA=="));
     let body: Value = serde_json::from_slice(&got[0].body).unwrap();
-    assert_eq!(body, json!({"number": "4711", "sellToCustomerNo": "C-42", "salesOrderLines": [{"itemId": "WR-1", "quantity": 2}]}));
+    assert_eq!(
+        body,
+        json!({"number": "4711", "sellToCustomerNo": "C-42", "salesOrderLines": [{"itemId": "WR-1", "quantity": 2}]})
+    );
 
     // Data the program cannot handle: dead-lettered at once with the class, no request sent.
     gw.publish(BITRIX, "orders.misc", r#"{"order_id":"4712","lines":"not a list"}"#).send().await.unwrap();
@@ -61,7 +67,8 @@ async fn subscription_transform_reshapes_for_an_odata_erp_and_failures_dead_lett
 async fn a_transform_that_yields_nothing_skips_the_message() {
     let nats = NatsServer::start();
     let shop = Receiver::start().await;
-    let sub = subscription("nav", &["orders.misc"], &shop.url(), json!({"transform": "select(.channel == \"web\") | {id}"}));
+    let sub =
+        subscription("nav", &["orders.misc"], &shop.url(), json!({"transform": "select(.channel == \"web\") | {id}"}));
     let gw = Gateway::with_subscriptions(&nats.url(), vec![("shop-web", sub)]).await;
     gw.publish(BITRIX, "orders.misc", r#"{"id":1,"channel":"app"}"#).send().await.unwrap();
     gw.publish(BITRIX, "orders.misc", r#"{"id":2,"channel":"web"}"#).send().await.unwrap();
@@ -104,7 +111,14 @@ async fn bitrix24_event_handler_form_is_published_without_its_auth() {
     let r = send(forged).await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(slug(&r.json::<Value>().await.unwrap()), "unauthorized");
-    let r = gw.http.post(gw.url("/v1/inbound/bitrix-deals")).header("content-type", "application/json").body("{}").send().await.unwrap();
+    let r = gw
+        .http
+        .post(gw.url("/v1/inbound/bitrix-deals"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 415);
     assert_eq!(stream_count(&js, "ORDERS").await, 1);
     // The raw stored message never contains the portal's tokens.
@@ -161,9 +175,23 @@ async fn plain_json_route_with_a_transform_needs_the_participants_token() {
     assert_eq!(data, json!({"caller": "+74951234567", "operator": "ivanova", "seconds": 95}));
     let r = gw.http.post(gw.url("/v1/inbound/oktell-calls")).json(&oktell).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    let r = gw.http.post(gw.url("/v1/inbound/oktell-calls")).bearer_auth(crate::common::gateway::NAV).json(&oktell).send().await.unwrap();
+    let r = gw
+        .http
+        .post(gw.url("/v1/inbound/oktell-calls"))
+        .bearer_auth(crate::common::gateway::NAV)
+        .json(&oktell)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
-    let r = gw.http.post(gw.url("/v1/inbound/oktell-calls")).bearer_auth(BITRIX).json(&json!({"phone": 1, "dur": "x"})).send().await.unwrap();
+    let r = gw
+        .http
+        .post(gw.url("/v1/inbound/oktell-calls"))
+        .bearer_auth(BITRIX)
+        .json(&json!({"phone": 1, "dur": "x"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 422);
     assert_eq!(slug(&r.json::<Value>().await.unwrap()), "transform-failed");
     let r = gw.http.post(gw.url("/v1/inbound/nothing")).bearer_auth(BITRIX).json(&oktell).send().await.unwrap();
@@ -173,7 +201,12 @@ async fn plain_json_route_with_a_transform_needs_the_participants_token() {
 #[tokio::test]
 async fn responder_transforms_reshape_request_and_reply() {
     let nats = NatsServer::start();
-    let erp = Receiver::scripted(|_, _| Answer::ok().with_header("content-type", "application/json").body(r#"{"Customer_No":"C-0042","Entries":[{"Document_No":"SO-1","Posting_Date":"2026-11-20","Amount":12990}]}"#)).await;
+    let erp = Receiver::scripted(|_, _| {
+        Answer::ok().with_header("content-type", "application/json").body(
+            r#"{"Customer_No":"C-0042","Entries":[{"Document_No":"SO-1","Posting_Date":"2026-11-20","Amount":12990}]}"#,
+        )
+    })
+    .await;
     let cfg: magistral::config::ResponderConfig = serde_json::from_value(json!({
         "participant": "nav",
         "subjects": ["nav.query.customer.purchases"],

@@ -1,9 +1,9 @@
 //! Hostile input to the inbound adapters (issue 10, findings 1 and 6): what an attacker can
 //! send to a Bitrix24 or Business Central route without credentials, and with them.
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use crate::common::gateway::{jetstream, scenario, slug, stream_count, Gateway, BITRIX};
+use crate::common::gateway::{BITRIX, Gateway, jetstream, scenario, slug, stream_count};
 use crate::common::nats::NatsServer;
 
 const TOKEN: &str = "auth%5Bapplication_token%5D=app-token-123";
@@ -15,7 +15,11 @@ async fn gateway(nats: &NatsServer) -> Gateway {
         let defaults = magistral::config::Limits::default();
         c.limits.max_body_bytes = defaults.max_body_bytes;
         c.limits.max_batch_items = defaults.max_batch_items;
-        assert_eq!((c.limits.max_form_depth, c.limits.max_form_fields), (8, 2000), "the tests below count on these defaults");
+        assert_eq!(
+            (c.limits.max_form_depth, c.limits.max_form_fields),
+            (8, 2000),
+            "the tests below count on these defaults"
+        );
     })
     .await
 }
@@ -50,7 +54,8 @@ async fn bitrix24_deep_forms_without_the_token_are_refused_before_they_are_parse
     let js = jetstream(&nats.url()).await;
     for (levels, encoded) in [(10_000, false), (10_000, true), (50_000, false)] {
         // No token at all, and a wrong one after the deep key.
-        for body in [nested(levels, encoded), format!("{}&auth%5Bapplication_token%5D=guess", nested(levels, encoded))] {
+        for body in [nested(levels, encoded), format!("{}&auth%5Bapplication_token%5D=guess", nested(levels, encoded))]
+        {
             let (status, problem) = post_form(&gw, body).await;
             assert_eq!(status, 401, "{levels} levels: {problem}");
             assert_eq!(slug(&problem), "unauthorized");
@@ -77,7 +82,8 @@ async fn bitrix24_forms_with_the_token_are_bounded_in_depth_and_fields() {
     }
     assert_eq!(stream_count(&js, "ORDERS").await, 0);
     // At the default limit exactly (8 parts: `data` and 7 brackets): accepted.
-    let (status, problem) = post_form(&gw, format!("{TOKEN}&event=X&data%5BFIELDS%5D%5BID%5D=7&{}", nested(7, false))).await;
+    let (status, problem) =
+        post_form(&gw, format!("{TOKEN}&event=X&data%5BFIELDS%5D%5BID%5D=7&{}", nested(7, false))).await;
     assert_eq!(status, 200, "{problem}");
     assert_eq!(stream_count(&js, "ORDERS").await, 1);
 
@@ -97,7 +103,8 @@ async fn bitrix24_forms_with_the_token_are_bounded_in_depth_and_fields() {
     assert_eq!(stream_count(&js, "ORDERS").await, 2);
 
     // Odd keys are not a crash: kept literally, and the auth part still never published.
-    let (status, problem) = post_form(&gw, format!("{TOKEN}&event=Z&a%5B=1&b%5D=2&%5Bx%5D=3&c%5Bd%5De=4&=5&f=1&f%5Bg%5D=2")).await;
+    let (status, problem) =
+        post_form(&gw, format!("{TOKEN}&event=Z&a%5B=1&b%5D=2&%5Bx%5D=3&c%5Bd%5De=4&=5&f=1&f%5Bg%5D=2")).await;
     assert_eq!(status, 200, "{problem}");
     assert_eq!(stream_count(&js, "ORDERS").await, 3);
     assert_ready(&gw).await;
@@ -115,7 +122,9 @@ async fn business_central_wrong_client_state_and_large_bodies_are_bounded() {
     let nats = NatsServer::start();
     let gw = gateway(&nats).await;
     let js = jetstream(&nats.url()).await;
-    let post = |body: reqwest::Body| gw.http.post(gw.url("/v1/inbound/bc-items")).header("content-type", "application/json").body(body).send();
+    let post = |body: reqwest::Body| {
+        gw.http.post(gw.url("/v1/inbound/bc-items")).header("content-type", "application/json").body(body).send()
+    };
 
     // Over limits.max_body_bytes (1 MiB), wrong clientState: never read whole, never parsed.
     // 413 would make BC delete its subscription; 500 is what BC tolerates (and retries).
@@ -159,7 +168,14 @@ async fn plain_json_route_authenticates_before_it_reads_the_body() {
     let js = jetstream(&nats.url()).await;
     // Larger than max_body_bytes and nested past any limit: without a token it is 401, not 413/400.
     let hostile = format!("{}{}", "[".repeat(2 * 1024 * 1024), "]".repeat(10));
-    let r = gw.http.post(gw.url("/v1/inbound/oktell-calls")).header("content-type", "application/json").body(hostile.clone()).send().await.unwrap();
+    let r = gw
+        .http
+        .post(gw.url("/v1/inbound/oktell-calls"))
+        .header("content-type", "application/json")
+        .body(hostile.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let r = gw
         .http
@@ -173,7 +189,15 @@ async fn plain_json_route_authenticates_before_it_reads_the_body() {
     assert_eq!(r.status(), 401);
     // With the token, the bounds apply.
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-    let r = gw.http.post(gw.url("/v1/inbound/oktell-calls")).bearer_auth(BITRIX).header("content-type", "application/json").body(deep).send().await.unwrap();
+    let r = gw
+        .http
+        .post(gw.url("/v1/inbound/oktell-calls"))
+        .bearer_auth(BITRIX)
+        .header("content-type", "application/json")
+        .body(deep)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(slug(&r.json::<Value>().await.unwrap()), "json-too-deep");
     assert_eq!(stream_count(&js, "ORDERS").await, 0);

@@ -3,18 +3,23 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use crate::common::gateway::{slug, subscription, Gateway, BITRIX, NAV};
+use crate::common::gateway::{BITRIX, Gateway, NAV, slug, subscription};
 use crate::common::nats::NatsServer;
 use crate::common::receiver::Receiver;
 
 fn item(sku: &str, amount: f64) -> String {
-    json!({"sku": sku, "name": "Château Example 2019", "color": "red", "price": {"amount": amount, "currency": "RUB"}}).to_string()
+    json!({"sku": sku, "name": "Château Example 2019", "color": "red", "price": {"amount": amount, "currency": "RUB"}})
+        .to_string()
 }
 
 fn put(gw: &Gateway, token: &str, key: &str, body: String) -> reqwest::RequestBuilder {
-    gw.http.put(gw.url(&format!("/v1/kv/items/{key}"))).bearer_auth(token).header("content-type", "application/json").body(body)
+    gw.http
+        .put(gw.url(&format!("/v1/kv/items/{key}")))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body)
 }
 
 #[tokio::test]
@@ -22,7 +27,10 @@ async fn put_get_delete_and_list_with_paging() {
     let nats = NatsServer::start();
     let gw = Gateway::start(&nats.url()).await;
     for i in 0..25 {
-        let r = put(&gw, NAV, &format!("WR-{i:04}"), item(&format!("WR-{i:04}"), 1000.0 + f64::from(i))).send().await.unwrap();
+        let r = put(&gw, NAV, &format!("WR-{i:04}"), item(&format!("WR-{i:04}"), 1000.0 + f64::from(i)))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
     let r = put(&gw, NAV, "ACC-0001", item("ACC-0001", 300.0)).send().await.unwrap();
@@ -56,7 +64,13 @@ async fn put_get_delete_and_list_with_paging() {
     let r = gw.http.get(gw.url("/v1/kv/items/ACC-0001")).bearer_auth(BITRIX).send().await.unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(slug(&r.json::<Value>().await.unwrap()), "not-found");
-    assert!(!gw.get_json(BITRIX, "/v1/kv/items?prefix=ACC").await["keys"].as_array().unwrap().iter().any(|k| k == "ACC-0001"));
+    assert!(
+        !gw.get_json(BITRIX, "/v1/kv/items?prefix=ACC").await["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k == "ACC-0001")
+    );
     // Deleting again: nothing there.
     let r = gw.http.delete(gw.url("/v1/kv/items/ACC-0001")).bearer_auth(NAV).send().await.unwrap();
     assert_eq!(r.status(), 404);
@@ -89,7 +103,12 @@ async fn compare_and_set_contracts_permissions_and_keys() {
     assert_eq!(current().await, item("WR-0042", 1690.0));
 
     let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
-        ("contract violation", put(&gw, NAV, "WR-0042", json!({"sku": "WR-0042", "price": -1}).to_string()), 422, "contract-violation"),
+        (
+            "contract violation",
+            put(&gw, NAV, "WR-0042", json!({"sku": "WR-0042", "price": -1}).to_string()),
+            422,
+            "contract-violation",
+        ),
         ("reader may not write", put(&gw, BITRIX, "WR-0042", item("WR-0042", 1.0)), 403, "forbidden"),
         ("unknown directory", gw.http.get(gw.url("/v1/kv/prices/WR-0042")).bearer_auth(NAV), 404, "not-found"),
         ("key with a space", put(&gw, NAV, "WR%200042", item("WR-0042", 1.0)), 400, "invalid-key"),
@@ -103,7 +122,12 @@ async fn compare_and_set_contracts_permissions_and_keys() {
             "unsupported-media-type",
         ),
         ("no token", gw.http.get(gw.url("/v1/kv/items/WR-0042")), 401, "unauthorized"),
-        ("bad If-Match", put(&gw, NAV, "WR-0042", item("WR-0042", 1.0)).header("if-match", "yesterday"), 400, "invalid-header"),
+        (
+            "bad If-Match",
+            put(&gw, NAV, "WR-0042", item("WR-0042", 1.0)).header("if-match", "yesterday"),
+            400,
+            "invalid-header",
+        ),
     ];
     for (what, request, status, expected) in cases {
         let r = request.send().await.unwrap();

@@ -123,18 +123,7 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
         // inbound route, or (fetch, ack, events) a subscription an admin sees but does not own
         // is `forbidden` too. Another participant's subscription, or a message the participant
         // may not see, is `not-found` instead.
-        P::Forbidden => &[
-            PUBLISH_ONE,
-            REQUEST,
-            INBOUND,
-            KV_LIST,
-            KV_GET,
-            KV_PUT,
-            KV_DELETE,
-            FETCH,
-            ACK,
-            EVENTS,
-        ],
+        P::Forbidden => &[PUBLISH_ONE, REQUEST, INBOUND, KV_LIST, KV_GET, KV_PUT, KV_DELETE, FETCH, ACK, EVENTS],
         // A request is checked like a publish, but goes to no stream and carries no
         // message id of its own to validate.
         P::InvalidSubject | P::UnknownDataschema => &[PUBLISH_ONE, REQUEST],
@@ -209,9 +198,7 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
         P::InvalidKey => KEY,
         P::RevisionMismatch => KV_WRITE,
         // Request/reply only.
-        P::NoResponders | P::RequestTimeout | P::ResponderError | P::ReplyContractViolation => {
-            &[REQUEST]
-        }
+        P::NoResponders | P::RequestTimeout | P::ResponderError | P::ReplyContractViolation => &[REQUEST],
         P::MethodNotAllowed => &[],
         #[allow(unreachable_patterns)]
         _ => return None,
@@ -240,11 +227,7 @@ const CLASSES: &[Class] = &[
 
 #[test]
 fn every_problem_type_is_placed() {
-    let unplaced: Vec<&str> = ProblemType::ALL
-        .iter()
-        .filter(|k| routes_of(**k).is_none())
-        .map(|k| k.slug())
-        .collect();
+    let unplaced: Vec<&str> = ProblemType::ALL.iter().filter(|k| routes_of(**k).is_none()).map(|k| k.slug()).collect();
     assert!(
         unplaced.is_empty(),
         "problem types with no place in tests/it/openapi.rs routes_of (document them in \
@@ -257,8 +240,7 @@ fn spec() -> Value {
 }
 
 fn slug_of_uri(uri: &str) -> &str {
-    uri.strip_prefix(URN_PREFIX)
-        .unwrap_or_else(|| panic!("{uri} does not start with {URN_PREFIX}"))
+    uri.strip_prefix(URN_PREFIX).unwrap_or_else(|| panic!("{uri} does not start with {URN_PREFIX}"))
 }
 
 fn operation<'a>(spec: &'a Value, (method, path): (&str, &str)) -> &'a Value {
@@ -310,11 +292,7 @@ fn statuses_of_key(key: &str) -> impl Iterator<Item = u16> {
 /// endpoint's 4xx as answered, 502 when the endpoint failed, 503 unreachable, 504 timed out,
 /// or a NATS-native service's own error code (400–599).
 fn answers_with(kind: ProblemType, status: u16) -> bool {
-    if kind == ProblemType::ResponderError {
-        (400..=599).contains(&status)
-    } else {
-        status == kind.status().as_u16()
-    }
+    if kind == ProblemType::ResponderError { (400..=599).contains(&status) } else { status == kind.status().as_u16() }
 }
 
 /// The response keys under which a route answering `kind` must list it: its status, and for
@@ -329,24 +307,15 @@ fn must_document(kind: ProblemType) -> Vec<String> {
 
 #[test]
 fn openapi_is_the_served_document_and_version_3_1() {
-    assert_eq!(
-        magistral::http::ops::OPENAPI,
-        SPEC,
-        "the gateway serves docs/openapi.json as is"
-    );
+    assert_eq!(magistral::http::ops::OPENAPI, SPEC, "the gateway serves docs/openapi.json as is");
     let spec = spec();
     let version = spec["openapi"].as_str().expect("openapi member");
-    assert!(
-        version.starts_with("3.1."),
-        "openapi is {version}, expected 3.1.x"
-    );
+    assert!(version.starts_with("3.1."), "openapi is {version}, expected 3.1.x");
 }
 
 #[test]
 fn openapi_paths_are_exactly_the_routes() {
-    const METHODS: &[&str] = &[
-        "get", "put", "post", "delete", "options", "head", "patch", "trace",
-    ];
+    const METHODS: &[&str] = &["get", "put", "post", "delete", "options", "head", "patch", "trace"];
     let spec = spec();
     let mut documented = BTreeSet::new();
     for (path, item) in spec["paths"].as_object().expect("paths") {
@@ -356,14 +325,8 @@ fn openapi_paths_are_exactly_the_routes() {
             }
         }
     }
-    let served: BTreeSet<(String, String)> = ROUTES
-        .iter()
-        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
-        .collect();
-    assert_eq!(
-        documented, served,
-        "docs/openapi.json paths vs magistral::http::ROUTES"
-    );
+    let served: BTreeSet<(String, String)> = ROUTES.iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())).collect();
+    assert_eq!(documented, served, "docs/openapi.json paths vs magistral::http::ROUTES");
 }
 
 #[test]
@@ -376,29 +339,19 @@ fn openapi_problem_type_enum_is_the_catalogue() {
         .map(|v| slug_of_uri(v.as_str().expect("string")))
         .collect();
     let all: BTreeSet<&str> = ProblemType::ALL.iter().map(|k| k.slug()).collect();
-    assert_eq!(
-        listed, all,
-        "ProblemType enum in docs/openapi.json vs ProblemType::ALL"
-    );
+    assert_eq!(listed, all, "ProblemType enum in docs/openapi.json vs ProblemType::ALL");
     for kind in ProblemType::ALL {
         assert_eq!(kind.uri(), format!("{URN_PREFIX}{}", kind.slug()));
     }
     let problem = &spec["components"]["schemas"]["Problem"];
     for member in ["type", "title", "status", "detail", "retryable"] {
         assert!(
-            problem["required"]
-                .as_array()
-                .expect("Problem.required")
-                .iter()
-                .any(|m| m == member),
+            problem["required"].as_array().expect("Problem.required").iter().any(|m| m == member),
             "Problem schema must require {member}"
         );
     }
     for member in ["errors", "items"] {
-        assert!(
-            problem["properties"].get(member).is_some(),
-            "Problem schema documents {member}"
-        );
+        assert!(problem["properties"].get(member).is_some(), "Problem schema documents {member}");
     }
 }
 
@@ -407,12 +360,7 @@ fn errors_md_has_one_row_per_problem_type_with_its_status() {
     // Rows look like: | `malformed-json` | 400 | meaning | retry |
     let mut rows: BTreeMap<String, u16> = BTreeMap::new();
     for line in ERRORS_MD.lines() {
-        let cells: Vec<&str> = line
-            .trim()
-            .trim_matches('|')
-            .split('|')
-            .map(str::trim)
-            .collect();
+        let cells: Vec<&str> = line.trim().trim_matches('|').split('|').map(str::trim).collect();
         let [first, second, ..] = cells.as_slice() else {
             continue;
         };
@@ -422,43 +370,27 @@ fn errors_md_has_one_row_per_problem_type_with_its_status() {
         let Ok(status) = second.parse::<u16>() else {
             continue;
         };
-        assert!(
-            rows.insert(slug.to_owned(), status).is_none(),
-            "docs/errors.md lists {slug} twice"
-        );
+        assert!(rows.insert(slug.to_owned(), status).is_none(), "docs/errors.md lists {slug} twice");
     }
     for kind in ProblemType::ALL {
-        let status = rows
-            .remove(kind.slug())
-            .unwrap_or_else(|| panic!("docs/errors.md has no row for `{}`", kind.slug()));
-        assert_eq!(
-            status,
-            kind.status().as_u16(),
-            "docs/errors.md status of {}",
-            kind.slug()
-        );
+        let status =
+            rows.remove(kind.slug()).unwrap_or_else(|| panic!("docs/errors.md has no row for `{}`", kind.slug()));
+        assert_eq!(status, kind.status().as_u16(), "docs/errors.md status of {}", kind.slug());
         assert!(
             ERRORS_MD.contains(&format!("### `{}`", kind.slug())),
             "docs/errors.md has no `### `{}`` heading",
             kind.slug()
         );
     }
-    assert!(
-        rows.is_empty(),
-        "docs/errors.md lists classes the code does not have: {rows:?}"
-    );
+    assert!(rows.is_empty(), "docs/errors.md lists classes the code does not have: {rows:?}");
 }
 
 #[test]
 fn every_route_documents_every_problem_it_can_answer() {
     let spec = spec();
-    let by_slug: BTreeMap<&str, ProblemType> =
-        ProblemType::ALL.iter().map(|k| (k.slug(), *k)).collect();
+    let by_slug: BTreeMap<&str, ProblemType> = ProblemType::ALL.iter().map(|k| (k.slug(), *k)).collect();
     for route in API {
-        assert!(
-            ROUTES.contains(route),
-            "{route:?} is not a route of the router"
-        );
+        assert!(ROUTES.contains(route), "{route:?} is not a route of the router");
     }
 
     for route in ROUTES {
@@ -467,15 +399,10 @@ fn every_route_documents_every_problem_it_can_answer() {
         let documented = documented_problems(op);
 
         // Expected: every class routed here, under its own status.
-        for kind in ProblemType::ALL
-            .iter()
-            .filter(|k| placed(**k).contains(&route))
-        {
+        for kind in ProblemType::ALL.iter().filter(|k| placed(**k).contains(&route)) {
             for key in must_document(*kind) {
                 assert!(
-                    documented
-                        .get(&key)
-                        .is_some_and(|s| s.contains(kind.slug())),
+                    documented.get(&key).is_some_and(|s| s.contains(kind.slug())),
                     "{route:?}: response {key} does not list `{}` in x-problem-types",
                     kind.slug()
                 );
@@ -484,32 +411,21 @@ fn every_route_documents_every_problem_it_can_answer() {
         // Nothing documented that the route cannot answer, nor under a wrong status.
         for (status, slugs) in &documented {
             for slug in slugs {
-                let kind = by_slug
-                    .get(slug.as_str())
-                    .unwrap_or_else(|| panic!("{route:?}: unknown problem type {slug}"));
+                let kind =
+                    by_slug.get(slug.as_str()).unwrap_or_else(|| panic!("{route:?}: unknown problem type {slug}"));
                 assert!(
                     statuses_of_key(status).all(|s| answers_with(*kind, s)),
                     "{route:?}: `{slug}` documented under {status}"
                 );
-                assert!(
-                    placed(*kind).contains(&route),
-                    "{route:?}: documents `{slug}`, which it does not answer"
-                );
+                assert!(placed(*kind).contains(&route), "{route:?}: documents `{slug}`, which it does not answer");
             }
             let response = &op["responses"][status.as_str()];
             assert_eq!(
-                response["content"]["application/problem+json"]["schema"]["$ref"],
-                "#/components/schemas/Problem",
+                response["content"]["application/problem+json"]["schema"]["$ref"], "#/components/schemas/Problem",
                 "{route:?}: response {status} is application/problem+json with the Problem schema"
             );
-            if slugs
-                .iter()
-                .any(|s| s == "nats-unavailable" || s == "overloaded" || s == "rate-limited")
-            {
-                assert!(
-                    response["headers"].get("Retry-After").is_some(),
-                    "{route:?}: {status} documents Retry-After"
-                );
+            if slugs.iter().any(|s| s == "nats-unavailable" || s == "overloaded" || s == "rate-limited") {
+                assert!(response["headers"].get("Retry-After").is_some(), "{route:?}: {status} documents Retry-After");
             }
             if slugs.iter().any(|s| s == "unauthorized") {
                 assert!(
@@ -540,32 +456,19 @@ fn every_route_documents_every_problem_it_can_answer() {
         .into_iter()
         .flat_map(|route| documented_problems(operation(&spec, route)).into_keys())
         .collect();
-    for status in [
-        "400", "401", "403", "404", "413", "415", "422", "503", "504",
-    ] {
-        assert!(
-            statuses.contains(status),
-            "no publish route documents {status}"
-        );
+    for status in ["400", "401", "403", "404", "413", "415", "422", "503", "504"] {
+        assert!(statuses.contains(status), "no publish route documents {status}");
     }
 
     // Success answers.
     let codes = |route| -> BTreeSet<String> {
-        operation(&spec, route)["responses"]
-            .as_object()
-            .expect("responses")
-            .keys()
-            .cloned()
-            .collect()
+        operation(&spec, route)["responses"].as_object().expect("responses").keys().cloned().collect()
     };
     assert!(
         codes(PUBLISH_ONE).is_superset(&BTreeSet::from(["200".into(), "202".into()])),
         "publish: 200 duplicate, 202 stored"
     );
-    assert!(
-        codes(PUBLISH_BATCH).is_superset(&BTreeSet::from(["202".into(), "207".into()])),
-        "batch: 202 and 207"
-    );
+    assert!(codes(PUBLISH_BATCH).is_superset(&BTreeSet::from(["202".into(), "207".into()])), "batch: 202 and 207");
 }
 
 /// A batch answer whose items all failed is a 503 `BatchResult`, not a problem; failed items
@@ -576,30 +479,18 @@ fn batch_results_are_documented_as_answered() {
     let responses = &operation(&spec, PUBLISH_BATCH)["responses"];
     for code in ["202", "207", "503"] {
         assert_eq!(
-            responses[code]["content"]["application/json"]["schema"]["$ref"],
-            "#/components/schemas/BatchResult",
+            responses[code]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/BatchResult",
             "batch {code} documents a BatchResult"
         );
     }
     let result = &spec["components"]["schemas"]["BatchResult"];
-    let required: BTreeSet<&str> = result["required"]
-        .as_array()
-        .expect("BatchResult.required")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    assert_eq!(
-        required,
-        BTreeSet::from(["stored", "duplicates", "failed", "results"])
-    );
+    let required: BTreeSet<&str> =
+        result["required"].as_array().expect("BatchResult.required").iter().filter_map(Value::as_str).collect();
+    assert_eq!(required, BTreeSet::from(["stored", "duplicates", "failed", "results"]));
     let failure = &spec["components"]["schemas"]["BatchFailure"];
     for member in ["index", "id", "error"] {
         assert!(
-            failure["required"]
-                .as_array()
-                .expect("BatchFailure.required")
-                .iter()
-                .any(|m| m == member),
+            failure["required"].as_array().expect("BatchFailure.required").iter().any(|m| m == member),
             "BatchFailure requires {member}"
         );
     }
@@ -615,21 +506,11 @@ fn subscription_routes_document_their_answers() {
             .unwrap_or_else(|| panic!("{route:?}: 200 has no JSON schema"))
             .to_owned()
     };
-    assert_eq!(
-        ok_schema(SUBSCRIPTIONS),
-        "#/components/schemas/SubscriptionList"
-    );
+    assert_eq!(ok_schema(SUBSCRIPTIONS), "#/components/schemas/SubscriptionList");
     for route in [SUBSCRIPTION, PAUSE, RESUME] {
-        assert_eq!(
-            ok_schema(route),
-            "#/components/schemas/Subscription",
-            "{route:?}"
-        );
+        assert_eq!(ok_schema(route), "#/components/schemas/Subscription", "{route:?}");
     }
-    assert_eq!(
-        ok_schema(DEAD_LETTERS),
-        "#/components/schemas/DeadLetterPage"
-    );
+    assert_eq!(ok_schema(DEAD_LETTERS), "#/components/schemas/DeadLetterPage");
     assert_eq!(ok_schema(REPLAY), "#/components/schemas/ReplayResult");
     // The request and query shapes the handlers take.
     assert_eq!(
@@ -644,11 +525,7 @@ fn subscription_routes_document_their_answers() {
         .iter()
         .filter_map(|p| p["$ref"].as_str())
         .filter_map(|r| r.strip_prefix("#/components/parameters/"))
-        .map(|name| {
-            spec["components"]["parameters"][name]["name"]
-                .as_str()
-                .expect("name")
-        })
+        .map(|name| spec["components"]["parameters"][name]["name"].as_str().expect("name"))
         .collect();
     assert_eq!(params, BTreeSet::from(["after", "limit"]));
     // Every class a dead letter, a status or a last error can name is in the enum.
@@ -667,10 +544,7 @@ fn subscription_routes_document_their_answers() {
 fn delivery_webhook_classifies_answers_like_the_code() {
     let spec = spec();
     let op = &spec["webhooks"]["delivery"]["post"];
-    assert!(
-        op.is_object(),
-        "docs/openapi.json has no webhooks.delivery.post"
-    );
+    assert!(op.is_object(), "docs/openapi.json has no webhooks.delivery.post");
     let responses = op["responses"].as_object().expect("webhook responses");
     let classes_of = |key: &str| -> BTreeSet<String> {
         responses[key]["x-delivery-class"]
@@ -696,9 +570,7 @@ fn delivery_webhook_classifies_answers_like_the_code() {
                 "webhook response {key} does not list `{class}`, the class of {status} \
                  (Retry-After: {retry_after})"
             );
-            seen.entry(key.to_owned())
-                .or_default()
-                .insert(class.to_owned());
+            seen.entry(key.to_owned()).or_default().insert(class.to_owned());
         }
     }
     for key in responses.keys() {
@@ -736,11 +608,7 @@ fn delivery_webhook_classifies_answers_like_the_code() {
     // because of the subscription's transform (`x-no-request`). Each is documented with the
     // decision the code takes after a first attempt, and together with the statuses they
     // cover every class.
-    let policy = RetryPolicy {
-        schedule: vec![Duration::from_secs(1)],
-        max_attempts: 30,
-        retry_client_errors: false,
-    };
+    let policy = RetryPolicy { schedule: vec![Duration::from_secs(1)], max_attempts: 30, retry_client_errors: false };
     let decision = |class: Class| match policy.decide(class, 1, None) {
         Decision::Ack => "ack",
         Decision::Retry(_) => "retry",
@@ -758,10 +626,8 @@ fn delivery_webhook_classifies_answers_like_the_code() {
             .iter()
             .map(|(class, what)| (class.clone(), what.as_str().expect("a decision").to_owned()))
             .collect();
-        let expected: BTreeMap<String, String> = classes
-            .iter()
-            .map(|c| (c.slug().to_owned(), decision(*c).to_owned()))
-            .collect();
+        let expected: BTreeMap<String, String> =
+            classes.iter().map(|c| (c.slug().to_owned(), decision(*c).to_owned())).collect();
         assert_eq!(listed, expected, "webhooks.delivery.post.{member}: class -> decision");
         documented.extend(listed.into_keys());
     }
@@ -779,24 +645,14 @@ fn pull_and_event_routes_document_their_answers() {
     let spec = spec();
     let schemas = &spec["components"]["schemas"];
     let names = |v: &Value| -> BTreeSet<String> {
-        v.as_array()
-            .expect("array")
-            .iter()
-            .map(|s| s.as_str().expect("string").to_owned())
-            .collect()
+        v.as_array().expect("array").iter().map(|s| s.as_str().expect("string").to_owned()).collect()
     };
-    let set =
-        |names: &[&str]| -> BTreeSet<String> { names.iter().map(|n| (*n).to_owned()).collect() };
-    let keys = |v: &Value| -> BTreeSet<String> {
-        v.as_object().expect("object").keys().cloned().collect()
-    };
-    let body_schema = |route: Route| {
-        operation(&spec, route)["requestBody"]["content"]["application/json"]["schema"]["$ref"]
-            .clone()
-    };
+    let set = |names: &[&str]| -> BTreeSet<String> { names.iter().map(|n| (*n).to_owned()).collect() };
+    let keys = |v: &Value| -> BTreeSet<String> { v.as_object().expect("object").keys().cloned().collect() };
+    let body_schema =
+        |route: Route| operation(&spec, route)["requestBody"]["content"]["application/json"]["schema"]["$ref"].clone();
     let answer_schema = |route: Route, code: &str| {
-        operation(&spec, route)["responses"][code]["content"]["application/json"]["schema"]["$ref"]
-            .clone()
+        operation(&spec, route)["responses"][code]["content"]["application/json"]["schema"]["$ref"].clone()
     };
 
     // Fetch: an optional body.
@@ -806,32 +662,16 @@ fn pull_and_event_routes_document_their_answers() {
     assert_eq!(answer_schema(FETCH, "200"), "#/components/schemas/FetchResult");
     assert_eq!(
         names(&schemas["PulledMessage"]["required"]),
-        set(&[
-            "id",
-            "subject",
-            "stream",
-            "seq",
-            "time",
-            "publisher",
-            "attributes",
-            "delivery_count",
-            "ack_token"
-        ])
+        set(&["id", "subject", "stream", "seq", "time", "publisher", "attributes", "delivery_count", "ack_token"])
     );
     for member in ["data", "data_base64"] {
-        assert!(
-            schemas["PulledMessage"]["properties"].get(member).is_some(),
-            "PulledMessage documents {member}"
-        );
+        assert!(schemas["PulledMessage"]["properties"].get(member).is_some(), "PulledMessage documents {member}");
     }
 
     // Ack: per-item results, whole-request refusal for bad tokens.
     assert_eq!(body_schema(ACK), "#/components/schemas/AckRequest");
     assert_eq!(keys(&schemas["AckItem"]["properties"]), set(&["token", "action", "delay"]));
-    assert_eq!(
-        names(&schemas["AckItem"]["properties"]["action"]["enum"]),
-        set(&["ack", "nak", "term", "in-progress"])
-    );
+    assert_eq!(names(&schemas["AckItem"]["properties"]["action"]["enum"]), set(&["ack", "nak", "term", "in-progress"]));
     for code in ["200", "207"] {
         assert_eq!(answer_schema(ACK, code), "#/components/schemas/AckResult", "ack {code}");
     }
@@ -839,17 +679,11 @@ fn pull_and_event_routes_document_their_answers() {
     let item_problems = names(&operation(&spec, ACK)["responses"]["207"]["x-item-problem-types"]);
     assert_eq!(item_problems, set(&["already-acked", "nats-unavailable"]));
     for slug in &item_problems {
-        assert!(
-            ProblemType::ALL.iter().any(|k| k.slug() == slug),
-            "{slug} is a problem type"
-        );
-        assert!(
-            ERRORS_MD.contains(&format!("### `{slug}`")),
-            "docs/errors.md explains {slug}"
-        );
+        assert!(ProblemType::ALL.iter().any(|k| k.slug() == slug), "{slug} is a problem type");
+        assert!(ERRORS_MD.contains(&format!("### `{slug}`")), "docs/errors.md explains {slug}");
     }
-    let refused = &operation(&spec, ACK)["responses"]["422"]["content"]["application/problem+json"]
-        ["examples"]["invalid-ack-token"]["value"];
+    let refused = &operation(&spec, ACK)["responses"]["422"]["content"]["application/problem+json"]["examples"]["invalid-ack-token"]
+        ["value"];
     assert!(
         refused["items"].as_array().is_some_and(|i| !i.is_empty()),
         "the 422 example shows the refused tokens in `items`"
@@ -859,9 +693,7 @@ fn pull_and_event_routes_document_their_answers() {
     // Events.
     let events = operation(&spec, EVENTS);
     assert!(
-        events["responses"]["200"]["content"]
-            .get("text/event-stream")
-            .is_some(),
+        events["responses"]["200"]["content"].get("text/event-stream").is_some(),
         "events answer text/event-stream"
     );
     let params: BTreeSet<String> = events["parameters"]
@@ -870,10 +702,7 @@ fn pull_and_event_routes_document_their_answers() {
         .iter()
         .map(|p| {
             let r = p["$ref"].as_str().expect("parameters by $ref");
-            spec.pointer(r.trim_start_matches('#')).expect("resolves")["name"]
-                .as_str()
-                .expect("name")
-                .to_owned()
+            spec.pointer(r.trim_start_matches('#')).expect("resolves")["name"].as_str().expect("name").to_owned()
         })
         .collect();
     assert_eq!(params, set(&["Last-Event-ID", "last_event_id"]));
@@ -889,9 +718,7 @@ fn pull_and_event_routes_document_their_answers() {
     );
     for (path, item) in spec["paths"].as_object().expect("paths") {
         for (method, op) in item.as_object().expect("path item") {
-            let uses = op["security"]
-                .as_array()
-                .is_some_and(|s| s.iter().any(|r| r.get("accessTokenQuery").is_some()));
+            let uses = op["security"].as_array().is_some_and(|s| s.iter().any(|r| r.get("accessTokenQuery").is_some()));
             assert_eq!(
                 uses,
                 (method.as_str(), path.as_str()) == EVENTS,
@@ -901,9 +728,7 @@ fn pull_and_event_routes_document_their_answers() {
     }
     // Owner-only: no admin exception, so the 403 says so.
     for route in OWNER_ONLY {
-        let forbidden = operation(&spec, *route)["responses"]["403"]["description"]
-            .as_str()
-            .expect("403 description");
+        let forbidden = operation(&spec, *route)["responses"]["403"]["description"].as_str().expect("403 description");
         assert!(forbidden.contains("admin"), "{route:?}: 403 says whether admin may");
     }
 }
@@ -919,91 +744,48 @@ fn request_and_directory_routes_document_their_answers() {
         r
     };
     let json_schema = |route: Route, code: &str| -> Option<String> {
-        response(route, code)["content"]["application/json"]["schema"]["$ref"]
-            .as_str()
-            .map(str::to_owned)
+        response(route, code)["content"]["application/json"]["schema"]["$ref"].as_str().map(str::to_owned)
     };
-    let has_header = |route: Route, code: &str, header: &str| {
-        response(route, code)["headers"].get(header).is_some()
-    };
+    let has_header = |route: Route, code: &str, header: &str| response(route, code)["headers"].get(header).is_some();
     // Parameter names of an operation, with the path item's, resolving `$ref`s.
     let parameters = |route: Route| -> BTreeSet<String> {
         let path_item = &spec["paths"][route.1];
-        [
-            &path_item["parameters"],
-            &operation(&spec, route)["parameters"],
-        ]
-        .into_iter()
-        .filter_map(Value::as_array)
-        .flatten()
-        .map(|p| match p["$ref"].as_str() {
-            Some(r) => spec
-                .pointer(r.trim_start_matches('#'))
-                .expect("parameter $ref resolves"),
-            None => p,
-        })
-        .map(|p| p["name"].as_str().expect("parameter name").to_owned())
-        .collect()
+        [&path_item["parameters"], &operation(&spec, route)["parameters"]]
+            .into_iter()
+            .filter_map(Value::as_array)
+            .flatten()
+            .map(|p| match p["$ref"].as_str() {
+                Some(r) => spec.pointer(r.trim_start_matches('#')).expect("parameter $ref resolves"),
+                None => p,
+            })
+            .map(|p| p["name"].as_str().expect("parameter name").to_owned())
+            .collect()
     };
-    let set =
-        |names: &[&str]| -> BTreeSet<String> { names.iter().map(|n| (*n).to_owned()).collect() };
+    let set = |names: &[&str]| -> BTreeSet<String> { names.iter().map(|n| (*n).to_owned()).collect() };
 
     // Request/reply: 200 is the reply as the responder sent it (no schema of the gateway's own).
-    assert!(
-        response(REQUEST, "200")["content"]
-            .get("application/json")
-            .is_some()
-    );
-    assert!(
-        json_schema(REQUEST, "200").is_none(),
-        "the reply's shape is the responder's"
-    );
-    assert!(parameters(REQUEST).is_superset(&set(&[
-        "subject",
-        "timeout",
-        "ce-id",
-        "ce-type",
-        "traceparent"
-    ])));
+    assert!(response(REQUEST, "200")["content"].get("application/json").is_some());
+    assert!(json_schema(REQUEST, "200").is_none(), "the reply's shape is the responder's");
+    assert!(parameters(REQUEST).is_superset(&set(&["subject", "timeout", "ce-id", "ce-type", "traceparent"])));
 
     // Directories.
-    assert_eq!(
-        json_schema(KV_LIST, "200").as_deref(),
-        Some("#/components/schemas/KeyList")
-    );
-    assert_eq!(
-        parameters(KV_LIST),
-        set(&["bucket", "prefix", "limit", "cursor"])
-    );
+    assert_eq!(json_schema(KV_LIST, "200").as_deref(), Some("#/components/schemas/KeyList"));
+    assert_eq!(parameters(KV_LIST), set(&["bucket", "prefix", "limit", "cursor"]));
     let keys = &spec["components"]["schemas"]["KeyList"];
-    let required: BTreeSet<&str> = keys["required"]
-        .as_array()
-        .expect("KeyList.required")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let required: BTreeSet<&str> =
+        keys["required"].as_array().expect("KeyList.required").iter().filter_map(Value::as_str).collect();
     assert_eq!(required, BTreeSet::from(["bucket", "keys", "next"]));
 
     assert!(has_header(KV_GET, "200", "ETag") && has_header(KV_GET, "200", "Last-Modified"));
     for code in ["200", "201"] {
-        assert_eq!(
-            json_schema(KV_PUT, code).as_deref(),
-            Some("#/components/schemas/KvWriteResult"),
-            "PUT {code}"
-        );
-        assert!(
-            has_header(KV_PUT, code, "ETag"),
-            "PUT {code} documents ETag"
-        );
+        assert_eq!(json_schema(KV_PUT, code).as_deref(), Some("#/components/schemas/KvWriteResult"), "PUT {code}");
+        assert!(has_header(KV_PUT, code, "ETag"), "PUT {code} documents ETag");
     }
     assert!(has_header(KV_DELETE, "204", "ETag"));
     assert!(parameters(KV_PUT).is_superset(&set(&["bucket", "key", "If-Match", "If-None-Match"])));
     assert!(parameters(KV_DELETE).is_superset(&set(&["bucket", "key", "If-Match"])));
     for route in [KV_GET, KV_PUT, KV_DELETE] {
-        assert!(
-            parameters(route).is_superset(&set(&["bucket", "key"])),
-            "{route:?}"
-        );
+        assert!(parameters(route).is_superset(&set(&["bucket", "key"])), "{route:?}");
     }
 }
 
@@ -1017,11 +799,7 @@ fn tracking_and_inbound_routes_document_their_answers() {
     let schemas = &spec["components"]["schemas"];
     let set = |names: &[&str]| -> BTreeSet<String> { names.iter().map(|n| (*n).to_owned()).collect() };
     let strings = |v: &Value| -> BTreeSet<String> {
-        v.as_array()
-            .expect("array")
-            .iter()
-            .map(|s| s.as_str().expect("string").to_owned())
-            .collect()
+        v.as_array().expect("array").iter().map(|s| s.as_str().expect("string").to_owned()).collect()
     };
     let parameters = |route: Route| -> BTreeSet<String> {
         [&spec["paths"][route.1]["parameters"], &operation(&spec, route)["parameters"]]
@@ -1041,10 +819,7 @@ fn tracking_and_inbound_routes_document_their_answers() {
         c
     };
 
-    assert_eq!(
-        content(MESSAGE, "200")["application/json"]["schema"]["$ref"],
-        "#/components/schemas/TrackedMessage"
-    );
+    assert_eq!(content(MESSAGE, "200")["application/json"]["schema"]["$ref"], "#/components/schemas/TrackedMessage");
     assert_eq!(
         strings(&schemas["TrackedMessage"]["required"]),
         set(&["id", "subject", "stream", "seq", "publisher", "type", "time", "correlation_id", "subscriptions"])
@@ -1066,17 +841,11 @@ fn tracking_and_inbound_routes_document_their_answers() {
         ])
     );
     for member in ["attempts", "next_attempt", "last_error", "class", "status", "at", "detail"] {
-        assert!(
-            schemas["DeliveryState"]["properties"].get(member).is_some(),
-            "DeliveryState documents {member}"
-        );
+        assert!(schemas["DeliveryState"]["properties"].get(member).is_some(), "DeliveryState documents {member}");
     }
     assert_eq!(parameters(MESSAGE), set(&["id"]));
     assert_eq!(parameters(MESSAGES), set(&["correlation_id", "limit"]));
-    assert_eq!(
-        content(MESSAGES, "200")["application/json"]["schema"]["$ref"],
-        "#/components/schemas/MessageList"
-    );
+    assert_eq!(content(MESSAGES, "200")["application/json"]["schema"]["$ref"], "#/components/schemas/MessageList");
 
     // Inbound: a bearer token for the `json` kind, none for the others.
     let security = operation(&spec, INBOUND)["security"].as_array().expect("security").clone();
@@ -1092,20 +861,14 @@ fn tracking_and_inbound_routes_document_their_answers() {
         assert!(body["content"].get(media).is_some(), "inbound takes {media}");
     }
     assert!(content(INBOUND, "200").get("text/plain").is_some(), "the handshake echoes as text/plain");
-    assert_eq!(
-        content(INBOUND, "200")["application/json"]["schema"]["$ref"],
-        "#/components/schemas/PublishResult"
-    );
+    assert_eq!(content(INBOUND, "200")["application/json"]["schema"]["$ref"], "#/components/schemas/PublishResult");
     let accepted: BTreeSet<String> = content(INBOUND, "202")["application/json"]["schema"]["oneOf"]
         .as_array()
         .expect("202 oneOf")
         .iter()
         .map(|s| s["$ref"].as_str().expect("$ref").to_owned())
         .collect();
-    assert_eq!(
-        accepted,
-        set(&["#/components/schemas/PublishResult", "#/components/schemas/InboundBatchResult"])
-    );
+    assert_eq!(accepted, set(&["#/components/schemas/PublishResult", "#/components/schemas/InboundBatchResult"]));
     assert_eq!(strings(&schemas["InboundBatchResult"]["required"]), set(&["stored", "ignored"]));
 }
 
@@ -1118,10 +881,7 @@ fn tracking_and_inbound_routes_document_their_answers() {
 fn responder_webhook_maps_answers_like_the_code() {
     let spec = spec();
     let op = &spec["webhooks"]["responder"]["post"];
-    assert!(
-        op.is_object(),
-        "docs/openapi.json has no webhooks.responder.post"
-    );
+    assert!(op.is_object(), "docs/openapi.json has no webhooks.responder.post");
     let responses = op["responses"].as_object().expect("responder responses");
     for status in 100u16..=599 {
         let exact = status.to_string();
@@ -1147,11 +907,7 @@ fn responder_webhook_maps_answers_like_the_code() {
                 code == "status" || code.as_u64() == Some(u64::from(status)),
                 "{key}: a {status} travels as error code {status}, documented {code}"
             ),
-            _ => assert_eq!(
-                code.as_u64(),
-                Some(502),
-                "{key}: a {status} becomes error code 502"
-            ),
+            _ => assert_eq!(code.as_u64(), Some(502), "{key}: a {status} becomes error code 502"),
         }
     }
     assert_eq!(op["x-no-answer"]["endpoint-timeout"], 504);
@@ -1176,41 +932,25 @@ fn responder_webhook_maps_answers_like_the_code() {
         "traceparent",
         "magistral-subject",
     ] {
-        assert!(
-            headers.contains(header),
-            "responder webhook documents header {header}"
-        );
+        assert!(headers.contains(header), "responder webhook documents header {header}");
     }
     for header in ["magistral-attempt", "magistral-subscription"] {
-        assert!(
-            !headers.contains(header),
-            "a responder request has no {header}"
-        );
+        assert!(!headers.contains(header), "a responder request has no {header}");
     }
 }
 
 /// docs/errors.md has a delivery outcome table: one row per class.
 #[test]
 fn errors_md_lists_every_delivery_class() {
-    let section = ERRORS_MD
-        .split("## Delivery outcomes")
-        .nth(1)
-        .expect("docs/errors.md has a `## Delivery outcomes` section");
+    let section =
+        ERRORS_MD.split("## Delivery outcomes").nth(1).expect("docs/errors.md has a `## Delivery outcomes` section");
     let section = section.split("\n## ").next().unwrap_or(section);
     let rows: BTreeSet<&str> = section
         .lines()
-        .filter_map(|line| {
-            line.trim()
-                .strip_prefix("| `")
-                .and_then(|rest| rest.split_once('`'))
-                .map(|(slug, _)| slug)
-        })
+        .filter_map(|line| line.trim().strip_prefix("| `").and_then(|rest| rest.split_once('`')).map(|(slug, _)| slug))
         .collect();
     let all: BTreeSet<&str> = CLASSES.iter().map(|c| c.slug()).collect();
-    assert_eq!(
-        rows, all,
-        "delivery outcome rows in docs/errors.md vs outcome::Class"
-    );
+    assert_eq!(rows, all, "delivery outcome rows in docs/errors.md vs outcome::Class");
 }
 
 #[test]
@@ -1232,12 +972,7 @@ fn openapi_refs_resolve() {
     walk(&spec, &mut refs);
     assert!(!refs.is_empty());
     for r in refs {
-        let pointer = r
-            .strip_prefix('#')
-            .unwrap_or_else(|| panic!("{r} is not a local reference"));
-        assert!(
-            spec.pointer(pointer).is_some(),
-            "{r} does not resolve in docs/openapi.json"
-        );
+        let pointer = r.strip_prefix('#').unwrap_or_else(|| panic!("{r} is not a local reference"));
+        assert!(spec.pointer(pointer).is_some(), "{r} does not resolve in docs/openapi.json");
     }
 }

@@ -33,7 +33,6 @@ fn example_copy() -> (tempfile::TempDir, PathBuf) {
     (dir, config)
 }
 
-
 fn edit(path: &Path, from: &str, to: &str) {
     let text = std::fs::read_to_string(path).unwrap();
     assert!(text.contains(from), "{from:?} not in {}", path.display());
@@ -135,7 +134,13 @@ fn check_names_file_and_field_of_every_problem() {
         ),
         (
             "token env var unset",
-            |d| edit(&d.join("magistral.toml"), "tokens = [{ sha256 = \"5083", "tokens = [{ env = \"MAGISTRAL_TEST_UNSET_TOKEN\" }, { sha256 = \"5083"),
+            |d| {
+                edit(
+                    &d.join("magistral.toml"),
+                    "tokens = [{ sha256 = \"5083",
+                    "tokens = [{ env = \"MAGISTRAL_TEST_UNSET_TOKEN\" }, { sha256 = \"5083",
+                )
+            },
             &["participants.bitrix.tokens[0]", "MAGISTRAL_TEST_UNSET_TOKEN"],
         ),
         (
@@ -165,7 +170,11 @@ fn check_names_file_and_field_of_every_problem() {
                 edit(&toml, "subscribe = [\"orders.created\", ", "subscribe = [");
                 edit(&toml, "max_in_flight = 8\n", "max_in_flight = 8\nsigning_secrets = [\"whsec_c2hvcnQ=\"]\n");
             },
-            &["subscriptions.nav-orders.subjects[0]", "may not subscribe", "subscriptions.nav-orders.signing_secrets[0]"],
+            &[
+                "subscriptions.nav-orders.subjects[0]",
+                "may not subscribe",
+                "subscriptions.nav-orders.signing_secrets[0]",
+            ],
         ),
         (
             "stream file not JSON",
@@ -254,10 +263,7 @@ async fn apply_prune_deletes_only_consumers_of_removed_subscriptions() {
     let js = jetstream(&url).await;
     let orders = js.get_stream("ORDERS").await.unwrap();
     for name in ["magistral-nav-orders", "magistral-removed-sub", "someone-elses"] {
-        orders
-            .create_consumer(pull::Config { durable_name: Some(name.into()), ..Default::default() })
-            .await
-            .unwrap();
+        orders.create_consumer(pull::Config { durable_name: Some(name.into()), ..Default::default() }).await.unwrap();
     }
     let out = magistral(&["apply", "--prune", "--dry-run", "--config", &config], &env);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -297,12 +303,7 @@ async fn killing_a_gateway_mid_delivery_loses_nothing() {
     let mut b = start(port_b);
     for port in [port_a, port_b] {
         let deadline = Instant::now() + Duration::from_secs(15);
-        while !http
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
+        while !http.get(format!("http://127.0.0.1:{port}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
             assert!(Instant::now() < deadline, "gateway on {port} not ready");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -339,7 +340,8 @@ async fn killing_a_gateway_mid_delivery_loses_nothing() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let got = loop {
         let got = receiver.received();
-        let ids: std::collections::HashSet<String> = got.iter().map(|r| r.header("webhook-id").unwrap().to_owned()).collect();
+        let ids: std::collections::HashSet<String> =
+            got.iter().map(|r| r.header("webhook-id").unwrap().to_owned()).collect();
         if ids.len() == 200 {
             break got;
         }

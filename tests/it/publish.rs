@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use crate::common::gateway::{example, jetstream, slug, stream_count, Gateway, BITRIX, NAV};
+use crate::common::gateway::{BITRIX, Gateway, NAV, example, jetstream, slug, stream_count};
 use crate::common::nats::NatsServer;
 
 const CE: &str = "application/cloudevents+json";
@@ -29,14 +29,14 @@ async fn every_error_class_is_classified_and_stores_nothing() {
         ("malformed JSON", gw.publish(BITRIX, "orders.misc", r#"{"a":"#), 400, "malformed-json"),
         ("trailing garbage", gw.publish(BITRIX, "orders.misc", r#"{"a":1} x"#), 400, "malformed-json"),
         ("invalid UTF-8", gw.publish(BITRIX, "orders.misc", b"{\"a\":\"\xff\xfe\"}".to_vec()), 400, "invalid-utf8"),
-        ("over the body limit", gw.publish(BITRIX, "orders.misc", format!("\"{}\"", "x".repeat(70_000))), 413, "payload-too-large"),
-        ("nested too deep", gw.publish(BITRIX, "orders.misc", deep), 400, "json-too-deep"),
         (
-            "wrong content type",
-            gw.publish_as(BITRIX, "orders.misc", "text/plain", "{}"),
-            415,
-            "unsupported-media-type",
+            "over the body limit",
+            gw.publish(BITRIX, "orders.misc", format!("\"{}\"", "x".repeat(70_000))),
+            413,
+            "payload-too-large",
         ),
+        ("nested too deep", gw.publish(BITRIX, "orders.misc", deep), 400, "json-too-deep"),
+        ("wrong content type", gw.publish_as(BITRIX, "orders.misc", "text/plain", "{}"), 415, "unsupported-media-type"),
         (
             "no content type",
             gw.http.post(gw.url("/v1/publish/orders.misc")).bearer_auth(BITRIX).body("{}"),
@@ -102,26 +102,13 @@ async fn every_error_class_is_classified_and_stores_nothing() {
             400,
             "invalid-cloudevent",
         ),
-        (
-            "unknown route",
-            gw.http.get(gw.url("/v1/nothing")),
-            404,
-            "not-found",
-        ),
-        (
-            "wrong method",
-            gw.http.get(gw.url("/v1/publish/orders.misc")),
-            405,
-            "method-not-allowed",
-        ),
+        ("unknown route", gw.http.get(gw.url("/v1/nothing")), 404, "not-found"),
+        ("wrong method", gw.http.get(gw.url("/v1/publish/orders.misc")), 405, "method-not-allowed"),
     ];
     for (what, request, status, expected) in cases {
         let response = request.send().await.unwrap();
         assert_eq!(response.status().as_u16(), status, "{what}");
-        assert_eq!(
-            response.headers()["content-type"], "application/problem+json",
-            "{what}: problem+json content type"
-        );
+        assert_eq!(response.headers()["content-type"], "application/problem+json", "{what}: problem+json content type");
         let body: Value = response.json().await.unwrap();
         assert_eq!(slug(&body), expected, "{what}: {body}");
         assert_eq!(body["status"], status, "{what}");
@@ -201,11 +188,7 @@ async fn structured_cloudevent_stores_data_bytes_and_envelope_attributes() {
     let event = r#"{"specversion":"1.0","id":"status-4711-1","source":"/elsewhere","type":"ru.winestore.order.status",
         "time":"2026-11-28T10:00:00Z","datacontenttype":"application/json","region":"msk",
         "data": {"order_id" : "4711",   "status":"created","nav_document_no":"SO-000123","at":"2026-11-28T10:00:01Z"}}"#;
-    let response = gw
-        .publish_as(NAV, "orders.status", CE, event)
-        .send()
-        .await
-        .unwrap();
+    let response = gw.publish_as(NAV, "orders.status", CE, event).send().await.unwrap();
     let status = response.status();
     let ack: Value = response.json().await.unwrap();
     assert_eq!(status, 202, "{ack}");
@@ -226,11 +209,7 @@ async fn structured_cloudevent_stores_data_bytes_and_envelope_attributes() {
 
     // The data, not the envelope, is what the contract checks.
     let bad = r#"{"specversion":"1.0","type":"x","data":{"order_id":"4711","status":"shipped"}}"#;
-    let response = gw
-        .publish_as(NAV, "orders.status", CE, bad)
-        .send()
-        .await
-        .unwrap();
+    let response = gw.publish_as(NAV, "orders.status", CE, bad).send().await.unwrap();
     assert_eq!(response.status(), 422);
 }
 
@@ -259,17 +238,9 @@ async fn batch_of_1000_is_stored_in_order() {
     let nats = NatsServer::start();
     let gw = Gateway::start(&nats.url()).await;
     let js = jetstream(&nats.url()).await;
-    let items: Vec<Value> = (0..1000)
-        .map(|i| json!({"subject": "orders.misc", "id": format!("batch-{i}"), "data": {"n": i}}))
-        .collect();
-    let response = gw
-        .http
-        .post(gw.url("/v1/publish"))
-        .bearer_auth(BITRIX)
-        .json(&items)
-        .send()
-        .await
-        .unwrap();
+    let items: Vec<Value> =
+        (0..1000).map(|i| json!({"subject": "orders.misc", "id": format!("batch-{i}"), "data": {"n": i}})).collect();
+    let response = gw.http.post(gw.url("/v1/publish")).bearer_auth(BITRIX).json(&items).send().await.unwrap();
     assert_eq!(response.status(), 202);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["stored"], 1000);
@@ -317,7 +288,8 @@ async fn batch_with_one_bad_item_stores_nothing_and_names_it() {
     let nats = NatsServer::start();
     let gw = Gateway::start(&nats.url()).await;
     let js = jetstream(&nats.url()).await;
-    let invalid: Value = serde_json::from_slice(&std::fs::read(example("samples/sales-order.invalid.json")).unwrap()).unwrap();
+    let invalid: Value =
+        serde_json::from_slice(&std::fs::read(example("samples/sales-order.invalid.json")).unwrap()).unwrap();
     let mut items: Vec<Value> = (0..10).map(|i| json!({"subject": "orders.misc", "data": {"n": i}})).collect();
     items[3] = json!({"subject": "orders.created", "data": invalid});
     items[7] = json!({"subject": "$SYS.x", "data": {}});
@@ -372,7 +344,8 @@ async fn message_ids_are_scoped_to_their_publisher() {
     let gw = Gateway::start(&nats.url()).await;
     let js = jetstream(&nats.url()).await;
     let status = r#"{"order_id":"4711","status":"created","nav_document_no":"SO-000123","at":"2026-11-28T10:00:01Z"}"#;
-    let send = |token: &'static str| gw.publish(token, "orders.status", status).header("idempotency-key", "shared-1").send();
+    let send =
+        |token: &'static str| gw.publish(token, "orders.status", status).header("idempotency-key", "shared-1").send();
 
     let by_bitrix = send(BITRIX).await.unwrap();
     assert_eq!(by_bitrix.status(), 202);
@@ -392,7 +365,9 @@ async fn message_ids_are_scoped_to_their_publisher() {
     assert_eq!(stream_count(&js, "ORDERS").await, 2);
 
     // "Where is my message?" answers each publisher about its own.
-    for (token, source, seq) in [(BITRIX, "/participants/bitrix", &by_bitrix["seq"]), (NAV, "/participants/nav", &by_nav["seq"])] {
+    for (token, source, seq) in
+        [(BITRIX, "/participants/bitrix", &by_bitrix["seq"]), (NAV, "/participants/nav", &by_nav["seq"])]
+    {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let found = loop {
             let r = gw.http.get(gw.url("/v1/messages/shared-1")).bearer_auth(token).send().await.unwrap();
@@ -429,7 +404,15 @@ async fn hostile_bodies_are_refused_with_bounded_answers() {
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("/data/a/b"));
     let batch = json!([{"subject": "orders.misc", "data": {}}]).to_string().replace("{}", r#"{"k":1,"k":2}"#);
-    let r = gw.http.post(gw.url("/v1/publish")).bearer_auth(BITRIX).header("content-type", "application/json").body(batch).send().await.unwrap();
+    let r = gw
+        .http
+        .post(gw.url("/v1/publish"))
+        .bearer_auth(BITRIX)
+        .header("content-type", "application/json")
+        .body(batch)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 422);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["items"][0]["type"], "urn:magistral:problem:duplicate-key", "{body}");
@@ -463,7 +446,12 @@ async fn hostile_bodies_are_refused_with_bounded_answers() {
     assert!(body["detail"].as_str().unwrap().contains("the first 100 are listed"), "{body}");
 
     // Attributes that would become broken headers or SSE fields.
-    for (name, value) in [("ce-type", "a%0D%0Ab"), ("ce-comment", "x%0Ay"), ("traceparent", "garbage"), ("tracestate", &"a=b,".repeat(200))] {
+    for (name, value) in [
+        ("ce-type", "a%0D%0Ab"),
+        ("ce-comment", "x%0Ay"),
+        ("traceparent", "garbage"),
+        ("tracestate", &"a=b,".repeat(200)),
+    ] {
         let r = gw.publish(BITRIX, "orders.misc", "{}").header(name, value).send().await.unwrap();
         assert_eq!(r.status(), 400, "{name}: {value}");
     }

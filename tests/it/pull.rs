@@ -3,9 +3,9 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use crate::common::gateway::{slug, Gateway, BITRIX, NAV};
+use crate::common::gateway::{BITRIX, Gateway, NAV, slug};
 use crate::common::nats::NatsServer;
 
 fn pull_sub(extra: Value) -> magistral::config::SubscriptionConfig {
@@ -64,7 +64,8 @@ async fn fetch_ack_nak_term_and_redelivery() {
     let (_, body) = fetch(&gw, NAV, json!({"max": 10})).await;
     let ns: Vec<u64> = body["messages"].as_array().unwrap().iter().map(|m| m["data"]["n"].as_u64().unwrap()).collect();
     assert_eq!(ns, vec![3, 4]);
-    let tokens: Vec<Value> = body["messages"].as_array().unwrap().iter().map(|m| json!({"token": m["ack_token"]})).collect();
+    let tokens: Vec<Value> =
+        body["messages"].as_array().unwrap().iter().map(|m| json!({"token": m["ack_token"]})).collect();
     assert_eq!(ack(&gw, NAV, json!(tokens)).await.0, 200);
     let (_, body) = fetch(&gw, NAV, json!({"max": 10, "wait": "3s"})).await;
     let again = &body["messages"][0];
@@ -105,10 +106,7 @@ async fn forged_foreign_and_replayed_tokens_are_refused_and_change_nothing() {
     let nats = NatsServer::start();
     let gw = Gateway::with_subscriptions(
         &nats.url(),
-        vec![
-            ("nav-pull", pull_sub(json!({}))),
-            ("nav-other", pull_sub(json!({}))),
-        ],
+        vec![("nav-pull", pull_sub(json!({}))), ("nav-other", pull_sub(json!({})))],
     )
     .await;
     publish_n(&gw, 2).await;
@@ -122,7 +120,12 @@ async fn forged_foreign_and_replayed_tokens_are_refused_and_change_nothing() {
     altered[10] = if altered[10] == b'A' { b'B' } else { b'A' };
     let altered = String::from_utf8(altered).unwrap();
 
-    for (what, token) in [("forged", "v1.eyJzIjoibmF2LXB1bGwifQ.AAAA".to_owned()), ("altered", altered), ("foreign", foreign), ("garbage", "hello".to_owned())] {
+    for (what, token) in [
+        ("forged", "v1.eyJzIjoibmF2LXB1bGwifQ.AAAA".to_owned()),
+        ("altered", altered),
+        ("foreign", foreign),
+        ("garbage", "hello".to_owned()),
+    ] {
         // The bad token rides with a good one: the whole request is refused.
         let (status, body) = ack(&gw, NAV, json!([{"token": good}, {"token": token}])).await;
         assert_eq!(status, 422, "{what}: {body}");
@@ -132,7 +135,8 @@ async fn forged_foreign_and_replayed_tokens_are_refused_and_change_nothing() {
     // Nothing was acked: both messages come back after the ack wait.
     let (_, body) = fetch(&gw, NAV, json!({"max": 10, "wait": "4s"})).await;
     assert_eq!(body["messages"].as_array().unwrap().len(), 2, "{body}");
-    let fresh: Vec<String> = body["messages"].as_array().unwrap().iter().map(|m| m["ack_token"].as_str().unwrap().to_owned()).collect();
+    let fresh: Vec<String> =
+        body["messages"].as_array().unwrap().iter().map(|m| m["ack_token"].as_str().unwrap().to_owned()).collect();
     assert_eq!(ack(&gw, NAV, json!([{"token": fresh[0]}])).await.0, 200);
     // Replayed: the same token again.
     let (status, body) = ack(&gw, NAV, json!([{"token": fresh[0]}])).await;
@@ -149,7 +153,8 @@ async fn forged_foreign_and_replayed_tokens_are_refused_and_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_pulling_one_subscription_split_the_messages() {
     let nats = NatsServer::start();
-    let gw = Gateway::with_subscriptions(&nats.url(), vec![("nav-pull", pull_sub(json!({"max_in_flight": 1000})))]).await;
+    let gw =
+        Gateway::with_subscriptions(&nats.url(), vec![("nav-pull", pull_sub(json!({"max_in_flight": 1000})))]).await;
     publish_n(&gw, 200).await;
     let client = |gw: &Gateway| {
         let http = gw.http.clone();
@@ -157,13 +162,23 @@ async fn two_clients_pulling_one_subscription_split_the_messages() {
         async move {
             let mut seen = Vec::new();
             loop {
-                let r: Value = http.post(format!("{url}/fetch")).bearer_auth(NAV).json(&json!({"max": 7, "wait": "500ms"})).send().await.unwrap().json().await.unwrap();
+                let r: Value = http
+                    .post(format!("{url}/fetch"))
+                    .bearer_auth(NAV)
+                    .json(&json!({"max": 7, "wait": "500ms"}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
                 let msgs = r["messages"].as_array().unwrap().clone();
                 if msgs.is_empty() {
                     return seen;
                 }
                 let acks: Vec<Value> = msgs.iter().map(|m| json!({"token": m["ack_token"]})).collect();
-                let a = http.post(format!("{url}/ack")).bearer_auth(NAV).json(&json!({"acks": acks})).send().await.unwrap();
+                let a =
+                    http.post(format!("{url}/ack")).bearer_auth(NAV).json(&json!({"acks": acks})).send().await.unwrap();
                 assert_eq!(a.status(), 200);
                 seen.extend(msgs.iter().map(|m| m["data"]["n"].as_u64().unwrap()));
             }
@@ -183,7 +198,11 @@ async fn read_events(response: reqwest::Response, n: usize, heartbeats: &mut usi
     let mut events = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while events.len() < n {
-        let chunk = tokio::time::timeout_at(deadline, stream.next()).await.expect("events in time").expect("stream open").unwrap();
+        let chunk = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("events in time")
+            .expect("stream open")
+            .unwrap();
         buffer.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(end) = buffer.find("\n\n") {
             let block: String = buffer.drain(..end + 2).collect();
@@ -216,8 +235,10 @@ async fn consumer_count(nats: &NatsServer) -> usize {
 #[tokio::test]
 async fn sse_resumes_after_last_event_id_without_gaps_and_releases_its_consumer() {
     let nats = NatsServer::start();
-    let sub: magistral::config::SubscriptionConfig =
-        serde_json::from_value(json!({"participant": "nav", "subjects": ["orders.misc"], "mode": "stream", "start": "all"})).unwrap();
+    let sub: magistral::config::SubscriptionConfig = serde_json::from_value(
+        json!({"participant": "nav", "subjects": ["orders.misc"], "mode": "stream", "start": "all"}),
+    )
+    .unwrap();
     let gw = Gateway::start_with(crate::common::gateway::scenario("basic"), &nats.url(), move |c| {
         c.subscriptions.insert("nav-live".into(), sub);
         c.limits.sse_heartbeat = Duration::from_millis(300);
@@ -251,24 +272,50 @@ async fn sse_resumes_after_last_event_id_without_gaps_and_releases_its_consumer(
         .await
         .unwrap();
     let rest = read_events(r, 50, &mut heartbeats).await;
-    let ns: Vec<u64> = first.iter().chain(&rest).map(|(_, d)| serde_json::from_str::<Value>(d).unwrap()["n"].as_u64().unwrap()).collect();
+    let ns: Vec<u64> = first
+        .iter()
+        .chain(&rest)
+        .map(|(_, d)| serde_json::from_str::<Value>(d).unwrap()["n"].as_u64().unwrap())
+        .collect();
     assert_eq!(ns, (0..150).collect::<Vec<_>>(), "exactly the rest, no gap, no repeat");
     // An id past the stream's last was never sent: not a resume point.
-    let r = gw.http.get(gw.url("/v1/subscriptions/nav-live/events")).bearer_auth(NAV).header("last-event-id", "100000").send().await.unwrap();
+    let r = gw
+        .http
+        .get(gw.url("/v1/subscriptions/nav-live/events"))
+        .bearer_auth(NAV)
+        .header("last-event-id", "100000")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(slug(&r.json::<Value>().await.unwrap()), "invalid-header");
     // Idle (resumed after the last event): heartbeats keep it alive.
     let newest = rest.last().unwrap().0.to_string();
-    let r = gw.http.get(gw.url("/v1/subscriptions/nav-live/events")).bearer_auth(NAV).header("last-event-id", &newest).send().await.unwrap();
+    let r = gw
+        .http
+        .get(gw.url("/v1/subscriptions/nav-live/events"))
+        .bearer_auth(NAV)
+        .header("last-event-id", &newest)
+        .send()
+        .await
+        .unwrap();
     let mut stream = r.bytes_stream();
     let mut text = String::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while !text.contains(":heartbeat") && !text.contains(": heartbeat") {
-        let chunk = tokio::time::timeout_at(deadline, stream.next()).await.expect("a heartbeat in time").unwrap().unwrap();
+        let chunk =
+            tokio::time::timeout_at(deadline, stream.next()).await.expect("a heartbeat in time").unwrap().unwrap();
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
     // Bounded per participant (2 here: this one and one more).
-    let second = gw.http.get(gw.url("/v1/subscriptions/nav-live/events")).bearer_auth(NAV).header("last-event-id", &newest).send().await.unwrap();
+    let second = gw
+        .http
+        .get(gw.url("/v1/subscriptions/nav-live/events"))
+        .bearer_auth(NAV)
+        .header("last-event-id", &newest)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(second.status(), 200);
     let third = gw.http.get(gw.url("/v1/subscriptions/nav-live/events")).bearer_auth(NAV).send().await.unwrap();
     assert_eq!(third.status(), 429);
@@ -294,6 +341,7 @@ async fn shutdown_ends_open_event_streams() {
     tokio::time::timeout(Duration::from_secs(3), gw.stop()).await.expect("stopped without waiting for the stream");
     assert!(started.elapsed() < Duration::from_secs(3));
     // The client sees its stream end (and would reconnect with Last-Event-ID elsewhere).
-    let end = tokio::time::timeout(Duration::from_secs(3), async { while let Some(Ok(_)) = body.next().await {} }).await;
+    let end =
+        tokio::time::timeout(Duration::from_secs(3), async { while let Some(Ok(_)) = body.next().await {} }).await;
     assert!(end.is_ok(), "the event stream did not end");
 }

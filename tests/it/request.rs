@@ -5,13 +5,14 @@ use std::time::{Duration, Instant};
 
 use async_nats::service::ServiceExt;
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use crate::common::gateway::{slug, Gateway, BITRIX, NAV};
+use crate::common::gateway::{BITRIX, Gateway, NAV, slug};
 use crate::common::nats::NatsServer;
 use crate::common::receiver::{Answer, Receiver};
 
-const HISTORY: &str = r#"{"customer_id":"C-0042","orders":[{"order_id":"4711","date":"2026-11-20","total":12990,"currency":"RUB"}]}"#;
+const HISTORY: &str =
+    r#"{"customer_id":"C-0042","orders":[{"order_id":"4711","date":"2026-11-20","total":12990,"currency":"RUB"}]}"#;
 
 fn responder(endpoint: &str, extra: Value) -> magistral::config::ResponderConfig {
     let mut value = json!({
@@ -47,7 +48,10 @@ fn ask(gw: &Gateway, subject: &str, body: &str) -> reqwest::RequestBuilder {
 async fn wait_for_service(client: &async_nats::Client, name: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_millis(500), client.request(format!("$SRV.PING.{name}"), "".into())).await {
+        if let Ok(Ok(reply)) =
+            tokio::time::timeout(Duration::from_millis(500), client.request(format!("$SRV.PING.{name}"), "".into()))
+                .await
+        {
             let info: Value = serde_json::from_slice(&reply.payload).unwrap();
             assert_eq!(info["name"], name);
             return;
@@ -60,7 +64,8 @@ async fn wait_for_service(client: &async_nats::Client, name: &str) {
 #[tokio::test]
 async fn http_requester_reaches_an_http_responder_and_nats_requesters_do_too() {
     let nats = NatsServer::start();
-    let erp = Receiver::scripted(|_, _| Answer::ok().with_header("content-type", "application/json").body(HISTORY)).await;
+    let erp =
+        Receiver::scripted(|_, _| Answer::ok().with_header("content-type", "application/json").body(HISTORY)).await;
     let gw = with_responder(&nats, &erp.url(), json!({})).await;
     let client = async_nats::connect(nats.url()).await.unwrap();
     wait_for_service(&client, "magistral-nav-queries").await;
@@ -81,8 +86,11 @@ async fn http_requester_reaches_an_http_responder_and_nats_requesters_do_too() {
     assert_eq!(reply.payload.as_ref(), HISTORY.as_bytes());
     assert_eq!(erp.received()[1].header("magistral-subject"), Some("nav.query.order.4711"));
     // Discovery: $SRV.INFO lists the endpoints.
-    let info: Value = serde_json::from_slice(&client.request("$SRV.INFO.magistral-nav-queries", "".into()).await.unwrap().payload).unwrap();
-    let subjects: Vec<&str> = info["endpoints"].as_array().unwrap().iter().map(|e| e["subject"].as_str().unwrap()).collect();
+    let info: Value =
+        serde_json::from_slice(&client.request("$SRV.INFO.magistral-nav-queries", "".into()).await.unwrap().payload)
+            .unwrap();
+    let subjects: Vec<&str> =
+        info["endpoints"].as_array().unwrap().iter().map(|e| e["subject"].as_str().unwrap()).collect();
     assert!(subjects.contains(&"nav.query.customer.purchases") && subjects.contains(&"nav.query.order.*"), "{info}");
 }
 
@@ -124,8 +132,12 @@ async fn every_request_error_class_is_classified_within_its_timeout() {
         match asked["customer_id"].as_str().unwrap_or("") {
             "unknown" => Answer::status(404).body(r#"{"error":"no such customer"}"#),
             "crash" => Answer::status(500).body("stack trace"),
-            "slow" => Answer::ok().after(Duration::from_secs(3)).with_header("content-type", "application/json").body(HISTORY),
-            "bad-reply" => Answer::ok().with_header("content-type", "application/json").body(r#"{"customer_id":"C-1","orders":"none"}"#),
+            "slow" => {
+                Answer::ok().after(Duration::from_secs(3)).with_header("content-type", "application/json").body(HISTORY)
+            }
+            "bad-reply" => Answer::ok()
+                .with_header("content-type", "application/json")
+                .body(r#"{"customer_id":"C-1","orders":"none"}"#),
             _ => Answer::ok().with_header("content-type", "application/json").body(HISTORY),
         }
     })
@@ -147,11 +159,41 @@ async fn every_request_error_class_is_classified_within_its_timeout() {
             "request-timeout",
             Duration::from_millis(900),
         ),
-        ("responder endpoint times out", ask(&gw, "nav.query.customer.purchases", r#"{"customer_id":"slow"}"#), 504, "responder-error", Duration::from_secs(3)),
-        ("responder 4xx", ask(&gw, "nav.query.customer.purchases", r#"{"customer_id":"unknown"}"#), 404, "responder-error", Duration::from_secs(1)),
-        ("responder 5xx", ask(&gw, "nav.query.customer.purchases", r#"{"customer_id":"crash"}"#), 502, "responder-error", Duration::from_secs(1)),
-        ("reply breaks its contract", ask(&gw, "nav.query.customer.purchases", r#"{"customer_id":"bad-reply"}"#), 502, "reply-contract-violation", Duration::from_secs(1)),
-        ("request breaks its contract", ask(&gw, "nav.query.customer.purchases", r#"{"customer":"C-1"}"#), 422, "contract-violation", Duration::from_secs(1)),
+        (
+            "responder endpoint times out",
+            ask(&gw, "nav.query.customer.purchases", r#"{"customer_id":"slow"}"#),
+            504,
+            "responder-error",
+            Duration::from_secs(3),
+        ),
+        (
+            "responder 4xx",
+            ask(&gw, "nav.query.customer.purchases", r#"{"customer_id":"unknown"}"#),
+            404,
+            "responder-error",
+            Duration::from_secs(1),
+        ),
+        (
+            "responder 5xx",
+            ask(&gw, "nav.query.customer.purchases", r#"{"customer_id":"crash"}"#),
+            502,
+            "responder-error",
+            Duration::from_secs(1),
+        ),
+        (
+            "reply breaks its contract",
+            ask(&gw, "nav.query.customer.purchases", r#"{"customer_id":"bad-reply"}"#),
+            502,
+            "reply-contract-violation",
+            Duration::from_secs(1),
+        ),
+        (
+            "request breaks its contract",
+            ask(&gw, "nav.query.customer.purchases", r#"{"customer":"C-1"}"#),
+            422,
+            "contract-violation",
+            Duration::from_secs(1),
+        ),
         (
             "forbidden subject",
             gw.http
@@ -207,7 +249,10 @@ async fn responder_down_is_a_classified_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_requests_across_two_gateways_respect_the_concurrency_bound() {
     let nats = NatsServer::start();
-    let erp = Receiver::scripted(|_, _| Answer::ok().after(Duration::from_millis(20)).with_header("content-type", "application/json").body(HISTORY)).await;
+    let erp = Receiver::scripted(|_, _| {
+        Answer::ok().after(Duration::from_millis(20)).with_header("content-type", "application/json").body(HISTORY)
+    })
+    .await;
     let a = with_responder(&nats, &erp.url(), json!({"max_concurrency": 4})).await;
     let b = with_responder(&nats, &erp.url(), json!({"max_concurrency": 4})).await;
     let client = async_nats::connect(nats.url()).await.unwrap();

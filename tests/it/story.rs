@@ -4,12 +4,11 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use crate::common::gateway::{example, Gateway};
+use crate::common::gateway::{Gateway, example};
 use crate::common::nats::NatsServer;
 use crate::common::receiver::{Answer, Receiver};
-
 
 fn sample(name: &str) -> Vec<u8> {
     std::fs::read(example(&format!("samples/{name}"))).unwrap()
@@ -63,7 +62,9 @@ async fn the_wine_retailer_story_runs_end_to_end() {
     // 1. An order placed on the site reaches NAV in milliseconds, as a BC sales order.
     let r = gw.publish(&token("bitrix"), "orders.created", sample("sales-order.valid.json")).send().await.unwrap();
     assert_eq!(r.status(), 202);
-    let booked = until("NAV receives the order", async || nav.received().into_iter().find(|r| r.path.contains("salesOrders"))).await;
+    let booked =
+        until("NAV receives the order", async || nav.received().into_iter().find(|r| r.path.contains("salesOrders")))
+            .await;
     assert_eq!(booked.header("authorization"), Some("Basic ZGVtbzpkZW1v"));
     let so: Value = serde_json::from_slice(&booked.body).unwrap();
     assert!(so["salesOrderLines"].as_array().is_some_and(|l| !l.is_empty()), "{so}");
@@ -71,15 +72,26 @@ async fn the_wine_retailer_story_runs_end_to_end() {
     // 2. NAV's status comes back to the shop, in Bitrix's own shape.
     let r = gw.publish(&token("nav"), "orders.status", sample("order-status.valid.json")).send().await.unwrap();
     assert_eq!(r.status(), 202);
-    until("the shop gets the status", async || bitrix.received().into_iter().find(|r| r.path.contains("sale.order.update"))).await;
+    until("the shop gets the status", async || {
+        bitrix.received().into_iter().find(|r| r.path.contains("sale.order.update"))
+    })
+    .await;
 
     // 2b. NAV refuses an order with a classified error: the shop gets it, correlated by order id.
     let mut refusal: Value = serde_json::from_slice(&sample("order-status.error.json")).unwrap();
     refusal["order_id"] = json!("BX-2026-118735");
-    let r = gw.publish(&token("nav"), "orders.status", refusal.to_string()).header("ce-correlationid", "BX-2026-118735").send().await.unwrap();
+    let r = gw
+        .publish(&token("nav"), "orders.status", refusal.to_string())
+        .header("ce-correlationid", "BX-2026-118735")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     let told = until("the shop gets the refusal", async || {
-        bitrix.received().into_iter().find(|r| r.path.contains("sale.order.update") && String::from_utf8_lossy(&r.body).contains("118735"))
+        bitrix
+            .received()
+            .into_iter()
+            .find(|r| r.path.contains("sale.order.update") && String::from_utf8_lossy(&r.body).contains("118735"))
     })
     .await;
     let told_text = String::from_utf8_lossy(&told.body).into_owned();
@@ -93,10 +105,14 @@ async fn the_wine_retailer_story_runs_end_to_end() {
     assert!(problem["errors"].as_array().unwrap().len() >= 5, "{problem}");
 
     // 2d. Docs In Box routes a partner's EDI document to NAV.
-    let r = gw.publish(&token("docsinbox"), "edi.inbound.ordrsp", sample("edi-document.ordrsp.json")).send().await.unwrap();
+    let r =
+        gw.publish(&token("docsinbox"), "edi.inbound.ordrsp", sample("edi-document.ordrsp.json")).send().await.unwrap();
     let status = r.status();
     assert_eq!(status, 202, "{}", r.text().await.unwrap());
-    let edi = until("NAV gets the EDI document", async || nav.received().into_iter().find(|r| r.path.contains("MagistralEdi_Receive"))).await;
+    let edi = until("NAV gets the EDI document", async || {
+        nav.received().into_iter().find(|r| r.path.contains("MagistralEdi_Receive"))
+    })
+    .await;
     assert!(serde_json::from_slice::<Value>(&edi.body).unwrap()["documentJson"].is_string());
 
     // 3. The shop asks NAV for a customer's purchase history, live.
@@ -139,7 +155,8 @@ async fn the_wine_retailer_story_runs_end_to_end() {
     let mut events = live.bytes_stream();
     let mut text = String::new();
     while !text.contains("W-0012345") {
-        let chunk = tokio::time::timeout(Duration::from_secs(10), events.next()).await.expect("SSE event").unwrap().unwrap();
+        let chunk =
+            tokio::time::timeout(Duration::from_secs(10), events.next()).await.expect("SSE event").unwrap().unwrap();
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
     drop(events);
@@ -153,7 +170,14 @@ async fn the_wine_retailer_story_runs_end_to_end() {
         "event=ONCRMDEALUPDATE&event_handler_id=17&data%5BFIELDS%5D%5BID%5D=4821&ts=1795862531&auth%5Bdomain%5D=wine-retail.bitrix24.ru&auth%5Bapplication_token%5D={}",
         app_token.trim()
     );
-    let r = gw.http.post(gw.url("/v1/inbound/bitrix-deals")).header("content-type", "application/x-www-form-urlencoded").body(form).send().await.unwrap();
+    let r = gw
+        .http
+        .post(gw.url("/v1/inbound/bitrix-deals"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
     let status = r.status();
     assert_eq!(status, 200, "{}", r.text().await.unwrap());
 
@@ -169,7 +193,8 @@ async fn the_wine_retailer_story_runs_end_to_end() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["stored"].as_array().unwrap().len(), 1, "{body}");
-    let (_, pulled) = gw.post_json(&token("onec"), "/v1/subscriptions/onec-catalog/fetch", json!({"max": 10, "wait": "5s"})).await;
+    let (_, pulled) =
+        gw.post_json(&token("onec"), "/v1/subscriptions/onec-catalog/fetch", json!({"max": 10, "wait": "5s"})).await;
     let messages = pulled["messages"].as_array().unwrap();
     assert!(messages.iter().any(|m| m["subject"] == "catalog.items.changed"), "{pulled}");
     let acks: Vec<Value> = messages.iter().map(|m| json!({"token": m["ack_token"]})).collect();
@@ -179,7 +204,8 @@ async fn the_wine_retailer_story_runs_end_to_end() {
     let call = json!({"CallId":"7f3c9a2e-5b1d-4e8a-9c0f-2d6b8e4a1c37","Event":"CallEnded","Direction":"in","CallerId":"89161234567",
         "CalledId":"84951234567","Service":"Заказы","OperatorLogin":"smirnova","OperatorName":"Смирнова Анна","OperatorExt":"214",
         "DateTime":"2026-11-27 18:44:12","Duration":"187","TalkTime":"164","Result":"answered","RecordUrl":"http://oktell.wine.example:4055/records/7f3c9a2e.mp3"});
-    let r = gw.http.post(gw.url("/v1/inbound/oktell-calls")).bearer_auth(token("oktell")).json(&call).send().await.unwrap();
+    let r =
+        gw.http.post(gw.url("/v1/inbound/oktell-calls")).bearer_auth(token("oktell")).json(&call).send().await.unwrap();
     let status = r.status();
     assert_eq!(status, 202, "{}", r.text().await.unwrap());
     let delivered = until("the CRM gets the call", async || crm.received().into_iter().next()).await;
@@ -195,7 +221,8 @@ async fn the_wine_retailer_story_runs_end_to_end() {
     let mut pace = tokio::time::interval(Duration::from_millis(5));
     for i in 0..1000 {
         pace.tick().await;
-        let (http, url, sent, mut order) = (gw.http.clone(), gw.url("/v1/publish/orders.created"), sent.clone(), order.clone());
+        let (http, url, sent, mut order) =
+            (gw.http.clone(), gw.url("/v1/publish/orders.created"), sent.clone(), order.clone());
         tasks.push(tokio::spawn(async move {
             order["order_id"] = json!(format!("BX-LAT-{i}"));
             let started = tokio::time::Instant::now();
@@ -214,10 +241,8 @@ async fn the_wine_retailer_story_runs_end_to_end() {
     })
     .await;
     let sent = sent.lock().unwrap();
-    let mut latencies: Vec<Duration> = received
-        .iter()
-        .filter_map(|r| Some(r.at.saturating_duration_since(*sent.get(r.header("ce-id")?)?)))
-        .collect();
+    let mut latencies: Vec<Duration> =
+        received.iter().filter_map(|r| Some(r.at.saturating_duration_since(*sent.get(r.header("ce-id")?)?))).collect();
     assert_eq!(latencies.len(), 1000, "every order reached NAV exactly once");
     latencies.sort();
     let (p50, p99) = (latencies[499], latencies[989]);

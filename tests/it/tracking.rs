@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use crate::common::gateway::{example, subscription, Gateway, BITRIX, NAV};
+use crate::common::gateway::{BITRIX, Gateway, NAV, example, subscription};
 use crate::common::nats::NatsServer;
 use crate::common::receiver::{Answer, Receiver};
 
@@ -24,7 +24,15 @@ async fn a_message_shows_where_it_is_for_each_subscription() {
         &nats.url(),
         vec![
             ("nav-ok", subscription("nav", &["orders.created"], &healthy.url(), json!({}))),
-            ("nav-failing", subscription("nav", &["orders.created"], &failing.url(), json!({"retry_schedule": ["700ms"], "max_attempts": 3}))),
+            (
+                "nav-failing",
+                subscription(
+                    "nav",
+                    &["orders.created"],
+                    &failing.url(),
+                    json!({"retry_schedule": ["700ms"], "max_attempts": 3}),
+                ),
+            ),
         ],
     )
     .await;
@@ -83,13 +91,15 @@ async fn a_message_shows_where_it_is_for_each_subscription() {
         assert!(tokio::time::Instant::now() < deadline, "{list}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let subjects: Vec<&str> = list["messages"].as_array().unwrap().iter().map(|m| m["subject"].as_str().unwrap()).collect();
+    let subjects: Vec<&str> =
+        list["messages"].as_array().unwrap().iter().map(|m| m["subject"].as_str().unwrap()).collect();
     assert_eq!(subjects, ["orders.created", "orders.status"]);
 
     // Someone with no rights to the subject: the message does not exist for them.
     let r = gw.http.get(gw.url(&format!("/v1/messages/{id}"))).bearer_auth(OUTSIDER).send().await.unwrap();
     assert_eq!(r.status(), 404);
-    let list = gw.http.get(gw.url("/v1/messages?correlation_id=order-4711")).bearer_auth(OUTSIDER).send().await.unwrap();
+    let list =
+        gw.http.get(gw.url("/v1/messages?correlation_id=order-4711")).bearer_auth(OUTSIDER).send().await.unwrap();
     assert_eq!(list.json::<Value>().await.unwrap()["messages"].as_array().unwrap().len(), 0);
     let r = gw.http.get(gw.url("/v1/messages/no-such-id")).bearer_auth(BITRIX).send().await.unwrap();
     assert_eq!(r.status(), 404);

@@ -174,7 +174,12 @@ impl NatsCluster {
                     Ok(r) if r.status() == 200 => {}
                     Ok(r) => {
                         healthy = false;
-                        last_problem = format!("{} /healthz {}: {}", self.nodes[i].name, r.status(), r.text().await.unwrap_or_default());
+                        last_problem = format!(
+                            "{} /healthz {}: {}",
+                            self.nodes[i].name,
+                            r.status(),
+                            r.text().await.unwrap_or_default()
+                        );
                     }
                     Err(e) => {
                         healthy = false;
@@ -286,7 +291,11 @@ cluster {{
             if Instant::now() >= deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("{}: no ports file after {LISTEN_DEADLINE:?}\n{}", self.nodes[i].name, tail(&self.log_path(i), 40));
+                panic!(
+                    "{}: no ports file after {LISTEN_DEADLINE:?}\n{}",
+                    self.nodes[i].name,
+                    tail(&self.log_path(i), 40)
+                );
             }
             thread::sleep(POLL);
         };
@@ -471,7 +480,12 @@ impl GatewayProcess {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 panic!("gateway {} exited ({status}) before ready\n{}", self.name, tail(&self.log, 40));
             }
-            assert!(Instant::now() < deadline, "gateway {} not ready within {within:?}: {last}\n{}", self.name, tail(&self.log, 40));
+            assert!(
+                Instant::now() < deadline,
+                "gateway {} not ready within {within:?}: {last}\n{}",
+                self.name,
+                tail(&self.log, 40)
+            );
             tokio::time::sleep(POLL * 2).await;
         }
     }

@@ -124,7 +124,12 @@ pub fn slug(body: &serde_json::Value) -> &str {
 pub const OPS: &str = "ops-test-token-000001";
 
 /// A push subscription config for tests: quick retries, breaker out of the way unless asked.
-pub fn subscription(participant: &str, subjects: &[&str], endpoint: &str, extra: serde_json::Value) -> magistral::config::SubscriptionConfig {
+pub fn subscription(
+    participant: &str,
+    subjects: &[&str],
+    endpoint: &str,
+    extra: serde_json::Value,
+) -> magistral::config::SubscriptionConfig {
     let mut value = serde_json::json!({
         "participant": participant,
         "subjects": subjects,
@@ -141,7 +146,10 @@ pub fn subscription(participant: &str, subjects: &[&str], endpoint: &str, extra:
 
 impl Gateway {
     /// The basic scenario plus the given subscriptions.
-    pub async fn with_subscriptions(nats_url: &str, subs: Vec<(&str, magistral::config::SubscriptionConfig)>) -> Gateway {
+    pub async fn with_subscriptions(
+        nats_url: &str,
+        subs: Vec<(&str, magistral::config::SubscriptionConfig)>,
+    ) -> Gateway {
         Self::start_with(scenario("basic"), nats_url, move |c| {
             for (name, sub) in subs {
                 c.subscriptions.insert(name.to_owned(), sub);

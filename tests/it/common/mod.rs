@@ -2,8 +2,8 @@
 pub mod cluster;
 pub mod gateway;
 pub mod nats;
-pub mod receiver;
 pub mod process;
+pub mod receiver;
 
 /// An HTTP client for talking to the gateway (installs the TLS provider reqwest needs).
 pub fn http_client() -> reqwest::Client {

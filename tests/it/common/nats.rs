@@ -49,10 +49,8 @@ impl NatsServer {
     /// When no binary is found or the server is not accepting clients within 10 s.
     pub fn start() -> NatsServer {
         let bin = server_bin();
-        let dir = tempfile::Builder::new()
-            .prefix("magistral-nats-")
-            .tempdir()
-            .expect("create temp dir for nats-server");
+        let dir =
+            tempfile::Builder::new().prefix("magistral-nats-").tempdir().expect("create temp dir for nats-server");
         fs::create_dir(dir.path().join("store")).expect("create store dir");
         fs::create_dir(dir.path().join("ports")).expect("create ports dir");
         let mut server = NatsServer { bin, dir, port: 0, child: None };
@@ -131,11 +129,7 @@ impl NatsServer {
     }
 
     fn spawn(&self, port: &str) -> Child {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("open nats-server log");
+        let log = OpenOptions::new().create(true).append(true).open(self.log_path()).expect("open nats-server log");
         let log_err = log.try_clone().expect("clone log handle");
         Command::new(&self.bin)
             .arg("-js")
@@ -186,9 +180,7 @@ fn server_bin() -> PathBuf {
         return tools;
     }
     env::var_os("PATH")
-        .and_then(|path| {
-            env::split_paths(&path).map(|dir| dir.join("nats-server")).find(|p| p.is_file())
-        })
+        .and_then(|path| env::split_paths(&path).map(|dir| dir.join("nats-server")).find(|p| p.is_file()))
         .unwrap_or_else(|| panic!("nats-server not found; {INSTALL_HINT}"))
 }
 
@@ -217,9 +209,5 @@ fn wait_for_ports_file(dir: &Path, child: &mut Child) -> Result<u16, String> {
 }
 
 fn client_port(ports: &serde_json::Value) -> Option<u16> {
-    ports["nats"]
-        .as_array()?
-        .iter()
-        .filter_map(|url| url.as_str()?.rsplit_once(':')?.1.parse().ok())
-        .next()
+    ports["nats"].as_array()?.iter().filter_map(|url| url.as_str()?.rsplit_once(':')?.1.parse().ok()).next()
 }

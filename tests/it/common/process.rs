@@ -39,7 +39,8 @@ impl GatewayProcess {
             .stderr(log)
             .spawn()
             .expect("spawn magistral");
-        let mut gw = GatewayProcess { child, base: format!("http://{listen}"), http: crate::common::http_client(), dir };
+        let mut gw =
+            GatewayProcess { child, base: format!("http://{listen}"), http: crate::common::http_client(), dir };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !gw.ready().await {
             assert!(gw.is_alive(), "magistral exited during start-up:\n{}", gw.stderr_tail(4000));
