@@ -25,6 +25,7 @@ pub mod config;
 pub mod contracts;
 pub mod delivery;
 pub mod dev;
+pub mod error;
 pub mod directory;
 pub mod http;
 pub mod inbound;
