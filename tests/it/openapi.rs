@@ -277,14 +277,14 @@ fn statuses_of_key(key: &str) -> impl Iterator<Item = u16> {
     let range = match key.as_bytes() {
         [d @ (b'4' | b'5'), b'X', b'X'] => {
             let base = u16::from(d - b'0') * 100;
-            base..=base + 99
+            Some(base..=base + 99)
         }
         _ => match key.parse::<u16>() {
-            Ok(s) if (400..=599).contains(&s) => s..=s,
-            _ => 1..=0,
+            Ok(s) if (400..=599).contains(&s) => Some(s..=s),
+            _ => None,
         },
     };
-    range
+    range.into_iter().flatten()
 }
 
 /// Whether a problem of `kind` may be answered with `status`. Every class has its own
