@@ -22,3 +22,25 @@ impl IntoResponse for Problem {
         response
     }
 }
+
+// --- directory ---
+
+use crate::directory::{DirectoryError, DirectoryKind};
+
+impl From<DirectoryError> for Problem {
+    fn from(err: DirectoryError) -> Self {
+        let class = match err.kind() {
+            DirectoryKind::Refused(problem) => return *problem,
+            DirectoryKind::Unavailable { retry_after } => {
+                return Problem::new(ProblemType::NatsUnavailable, err.detail()).retry_after(retry_after);
+            }
+            DirectoryKind::NotFound => ProblemType::NotFound,
+            DirectoryKind::Forbidden => ProblemType::Forbidden,
+            DirectoryKind::InvalidKey => ProblemType::InvalidKey,
+            DirectoryKind::RevisionMismatch => ProblemType::RevisionMismatch,
+            DirectoryKind::Timeout => ProblemType::PublishTimeout,
+            DirectoryKind::Internal => ProblemType::Internal,
+        };
+        Problem::new(class, err.detail())
+    }
+}
