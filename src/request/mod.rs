@@ -1,10 +1,15 @@
 //! Request/reply: HTTP requesters reach NATS services, and participants' HTTP endpoints
 //! answer requests as NATS micro services (so NATS-native requesters reach them too).
 //!
+//! - [`send`](send()): a requester's request — [`authorize`] the subject for the caller, then
+//!   send it and check the reply ([`Reply`], or a typed [`RequestError`]). The HTTP side,
+//!   `POST /v1/request/{subject}`, only parses and answers (`http/request.rs`).
 //! - [`responder`]: serving one configured responder on every replica (queue group).
-//! - The HTTP side, `POST /v1/request/{subject}`, is in the `http` module (`http/request.rs`).
 
 pub mod responder;
+mod send;
+
+pub use send::{Outgoing, Reply, RequestError, RequestKind, Route, authorize, send};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -153,4 +158,10 @@ impl Responders {
             running.insert(responder.name.clone(), Running { responder: responder.clone(), cancel });
         }
     }
+}
+
+/// `application/json` or any `+json` type, given a media type's lowercased essence: what the
+/// bus passes on as a reply.
+fn is_json(essence: &str) -> bool {
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }

@@ -123,7 +123,7 @@ async fn answer(http: &reqwest::Client, responder: &Responder, request: service:
                 }
                 Err(ReadFailure::Broken) => bad("the reply body could not be read".to_owned()),
                 Ok(body) if (200..300).contains(&status) => match json_reply(content_type.as_deref(), &body) {
-                    Err(why) => bad(why),
+                    Err(why) => bad(why.to_string()),
                     Ok(()) => match &responder.reply_transform {
                         None => (Ok(body), reply),
                         Some(t) => match t.apply(&body) {
@@ -212,18 +212,34 @@ async fn read_limited(mut response: reqwest::Response, max: usize) -> Result<byt
     }
 }
 
-/// Only JSON is passed on: a JSON media type (`application/json`, `+json`), or no
-/// Content-Type at all with a body that parses as JSON.
-fn json_reply(content_type: Option<&str>, body: &[u8]) -> Result<(), String> {
-    if let Some(ct) = content_type {
-        let essence = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-        if !(essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))) {
-            return Err(format!("the responder answered {essence:?}, not JSON"));
+/// Why an endpoint's reply is not passed on.
+#[derive(Debug)]
+enum NotJson {
+    /// Another media type (its lowercased essence).
+    MediaType(String),
+    /// A JSON media type (or none) but a body that does not parse.
+    Unparsable,
+}
+
+impl std::fmt::Display for NotJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::MediaType(essence) => write!(f, "the responder answered {essence:?}, not JSON"),
+            Self::Unparsable => f.write_str("the responder's reply is not JSON"),
         }
     }
-    serde_json::from_slice::<serde::de::IgnoredAny>(body)
-        .map(|_| ())
-        .map_err(|_| "the responder's reply is not JSON".to_owned())
+}
+
+/// Only JSON is passed on: a JSON media type (`application/json`, `+json`), or no
+/// Content-Type at all with a body that parses as JSON.
+fn json_reply(content_type: Option<&str>, body: &[u8]) -> Result<(), NotJson> {
+    if let Some(ct) = content_type {
+        let essence = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        if !super::is_json(&essence) {
+            return Err(NotJson::MediaType(essence));
+        }
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(body).map(|_| ()).map_err(|_| NotJson::Unparsable)
 }
 
 /// Same conventions as push delivery: `ce-*`, trace context, Standard Webhooks headers.
@@ -233,15 +249,16 @@ fn forward_headers(responder: &Responder, message: &async_nats::Message, body: &
     if let Some(nats) = &message.headers {
         for (name, values) in nats.iter() {
             let lower = name.to_string().to_ascii_lowercase();
-            if lower.starts_with("ce-") || lower == "traceparent" || lower == "tracestate" || lower == "content-type" {
-                if let (Ok(n), Some(v)) = (HeaderName::from_bytes(lower.as_bytes()), values.first())
-                    && let Ok(v) = HeaderValue::from_str(v.as_str())
-                {
-                    if lower == "ce-id" {
-                        id = Some(v.to_str().unwrap_or_default().to_owned());
-                    }
-                    headers.insert(n, v);
+            let forwarded =
+                lower.starts_with("ce-") || lower == "traceparent" || lower == "tracestate" || lower == "content-type";
+            if forwarded
+                && let (Ok(n), Some(v)) = (HeaderName::from_bytes(lower.as_bytes()), values.first())
+                && let Ok(v) = HeaderValue::from_str(v.as_str())
+            {
+                if lower == "ce-id" {
+                    id = Some(v.to_str().unwrap_or_default().to_owned());
                 }
+                headers.insert(n, v);
             }
         }
     }

@@ -1,13 +1,51 @@
 //! Directories: reference books kept in JetStream KV buckets (latest value per key, with
 //! revisions). Reads never touch the owner system; writes are contract-checked and carry
 //! CloudEvents headers, so a subscription to `$KV.<bucket>.>` pushes every change.
+//!
+//! - this file: a directory's configuration, its bucket, and which keys are valid;
+//! - [`operations`]: reading, writing, deleting and listing keys ([`get`], [`put`],
+//!   [`delete`], [`list`]) for a caller, with typed errors ([`DirectoryError`]);
+//! - [`stores`]: the open KV handles those operations share.
+
+mod operations;
+mod stores;
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 
 use crate::config::{Config, DirectoryConfig};
+use crate::problem::Problem;
 use crate::streams::StreamDef;
+
+pub use operations::{
+    Access, Book, Directories, Entry, Page, Paging, Precondition, Trace, Written, delete, get, list, open, put,
+};
+pub use stores::Stores;
+
+/// What failed in a directory operation; the HTTP edge maps each onto the problem catalogue.
+#[derive(Debug, Clone)]
+pub enum DirectoryKind {
+    /// No such directory, or no such key in it.
+    NotFound,
+    /// The caller may not read (or write) this directory.
+    Forbidden,
+    /// The key is not a valid directory key.
+    InvalidKey,
+    /// The key changed since the expected revision (or exists, for a create-only write).
+    RevisionMismatch,
+    /// JetStream did not confirm the write in time.
+    Timeout,
+    /// NATS is unreachable or refused; the same call may succeed after `retry_after` seconds.
+    Unavailable { retry_after: u64 },
+    /// The value failed the shared data check (UTF-8, strict JSON, the directory's contract).
+    Refused(Box<Problem>),
+    /// The directory's contract is not loaded: a fault of the gateway, never of the caller.
+    Internal,
+}
+
+/// A directory operation's error.
+pub type DirectoryError = crate::error::Error<DirectoryKind>;
 
 /// A configured directory, resolved.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,8 +122,8 @@ impl Directory {
     /// Creates the bucket, or updates its settings.
     ///
     /// # Errors
-    /// NATS refused.
-    pub async fn ensure(&self, js: &jetstream::Context) -> Result<kv::Store, String> {
+    /// `Unavailable`: NATS refused (the detail, for logs and `magistral apply`, says why).
+    pub async fn ensure(&self, js: &jetstream::Context) -> Result<kv::Store, DirectoryError> {
         js.create_or_update_key_value(kv::Config {
             bucket: self.bucket.clone(),
             description: self.description.clone().unwrap_or_default(),
@@ -95,26 +133,57 @@ impl Directory {
             ..Default::default()
         })
         .await
-        .map_err(|e| format!("directory {}: {e}", self.bucket))
+        // Only logged or printed (reconcile, `magistral apply`), never answered: NATS's words help.
+        .map_err(|e| {
+            DirectoryError::new(
+                DirectoryKind::Unavailable { retry_after: 0 },
+                format!("directory {}: {e}", self.bucket),
+            )
+        })
+    }
+}
+
+/// A valid directory key (see [`validate_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key(String);
+
+impl Key {
+    /// # Errors
+    /// `InvalidKey`, saying why.
+    pub fn new(key: String) -> Result<Self, DirectoryError> {
+        validate_key(&key)?;
+        Ok(Self(key))
+    }
+
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
 /// Checks a key: KV allows `A-Z a-z 0-9 - _ = / .`, no leading/trailing `.`, bounded.
 ///
 /// # Errors
-/// Why the key is refused.
-pub fn validate_key(key: &str) -> Result<(), String> {
+/// `InvalidKey`, saying why the key is refused.
+pub fn validate_key(key: &str) -> Result<(), DirectoryError> {
+    let invalid = |detail: String| Err(DirectoryError::new(DirectoryKind::InvalidKey, detail));
     if key.is_empty() {
-        return Err("the key is empty".into());
+        return invalid("the key is empty".into());
     }
     if key.len() > MAX_KEY_LEN {
-        return Err(format!("the key is {} bytes; the limit is {MAX_KEY_LEN}", key.len()));
+        return invalid(format!("the key is {} bytes; the limit is {MAX_KEY_LEN}", key.len()));
     }
     if key.starts_with('.') || key.ends_with('.') || key.contains("..") {
-        return Err("a key may not start or end with '.', nor hold '..'".into());
+        return invalid("a key may not start or end with '.', nor hold '..'".into());
     }
     if let Some(c) = key.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '=' | '/' | '.'))) {
-        return Err(format!("{c:?} is not allowed in a key (A-Z a-z 0-9 - _ = / .)"));
+        return invalid(format!("{c:?} is not allowed in a key (A-Z a-z 0-9 - _ = / .)"));
     }
     Ok(())
 }
