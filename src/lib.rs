@@ -25,8 +25,8 @@ pub mod config;
 pub mod contracts;
 pub mod delivery;
 pub mod dev;
-pub mod error;
 pub mod directory;
+pub mod error;
 pub mod http;
 pub mod inbound;
 pub mod nats;
@@ -106,7 +106,7 @@ pub async fn run(
             tasks.clone(),
             shutdown.clone(),
         )),
-        stores: Arc::new(http::kv::Stores::default()),
+        stores: Arc::new(directory::Stores::default()),
         sse_streams: Arc::new(http::events::StreamCounts::default()),
         admission: Arc::new(http::admission::Admission::new(&limits)),
         shutdown: shutdown.clone(),
