@@ -212,12 +212,13 @@ fn request_headers(sub: &Subscription, message: &jetstream::Message, attempt: u3
     if let Some(nats) = &message.headers {
         for (name, values) in nats.iter() {
             let lower = name.to_string().to_ascii_lowercase();
-            if lower.starts_with("ce-") || lower == "traceparent" || lower == "tracestate" || lower == "content-type" {
-                if let (Ok(name), Some(value)) = (HeaderName::from_bytes(lower.as_bytes()), values.first())
-                    && let Ok(value) = HeaderValue::from_str(value.as_str())
-                {
-                    headers.insert(name, value);
-                }
+            let carried =
+                lower.starts_with("ce-") || lower == "traceparent" || lower == "tracestate" || lower == "content-type";
+            if carried
+                && let (Ok(name), Some(value)) = (HeaderName::from_bytes(lower.as_bytes()), values.first())
+                && let Ok(value) = HeaderValue::from_str(value.as_str())
+            {
+                headers.insert(name, value);
             }
         }
     }

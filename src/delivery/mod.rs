@@ -186,10 +186,10 @@ impl Engine {
     async fn update_status(&self, name: &str, change: impl FnOnce(&mut StoredStatus)) {
         let mut status = self.stored_status(name).await;
         change(&mut status);
-        if let (Ok(bucket), Ok(bytes)) = (self.status_bucket().await, serde_json::to_vec(&status)) {
-            if let Err(err) = bucket.put(name, bytes.into()).await {
-                tracing::warn!(subscription = name, %err, "status not stored");
-            }
+        if let (Ok(bucket), Ok(bytes)) = (self.status_bucket().await, serde_json::to_vec(&status))
+            && let Err(err) = bucket.put(name, bytes.into()).await
+        {
+            tracing::warn!(subscription = name, %err, "status not stored");
         }
     }
 
@@ -482,7 +482,7 @@ pub async fn prune(
         let mut doomed = Vec::new();
         while let Some(name) = names.next().await {
             let name = name.map_err(nats)?;
-            let Some(sub_name) = name.strip_prefix("magistral-") else { continue };
+            let Some(sub_name) = subscription::subscription_of(&name) else { continue };
             let wanted =
                 catalog.subscription(sub_name).is_some_and(|sub| consumer_streams(sub).iter().any(|s| s == def.name()));
             if !wanted {

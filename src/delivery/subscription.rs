@@ -376,10 +376,19 @@ fn spans_streams(subjects: &[String], streams: &[StreamDef]) -> usize {
         .count()
 }
 
+/// Every durable consumer the gateway creates is named `magistral-<subscription>`.
+pub const CONSUMER_PREFIX: &str = "magistral-";
+
 /// The durable consumer name of a subscription.
 #[must_use]
 pub fn consumer_name(subscription: &str) -> String {
-    format!("magistral-{subscription}")
+    format!("{CONSUMER_PREFIX}{subscription}")
+}
+
+/// The subscription a gateway consumer belongs to; `None` for other consumers.
+#[must_use]
+pub fn subscription_of(consumer: &str) -> Option<&str> {
+    consumer.strip_prefix(CONSUMER_PREFIX)
 }
 
 /// Reads a literal, environment or file secret.
