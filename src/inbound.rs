@@ -82,7 +82,7 @@ impl InboundRoute {
                     None
                 }
                 Err(m) => {
-                    problems.push((field.to_owned(), m));
+                    problems.push((field.to_owned(), m.to_string()));
                     None
                 }
             },

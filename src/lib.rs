@@ -87,8 +87,8 @@ pub async fn run(
     let mut publisher = Publisher::new(client.clone(), &limits);
     publisher.tracking = config.system.tracking;
     let tasks = TaskTracker::new();
-    let mut engine =
-        delivery::Engine::new(publisher.jetstream().clone(), config.system.replicas).map_err(RunError::Delivery)?;
+    let mut engine = delivery::Engine::new(publisher.jetstream().clone(), config.system.replicas)
+        .map_err(|e| RunError::Delivery(e.to_string()))?;
     engine.tracking = config.system.tracking;
     let http_client = engine.http.clone();
     let deliveries = Arc::new(delivery::Deliveries::new(Arc::new(engine), tasks.clone(), shutdown.clone()));

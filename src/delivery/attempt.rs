@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, AckKind};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
-use super::outcome::{Class, parse_retry_after};
+use super::retry_policy::{Class, parse_retry_after};
 use super::signature;
 use super::subscription::Subscription;
 
@@ -73,8 +73,9 @@ pub fn original_subject(message: &jetstream::Message) -> String {
         .map_or_else(|| message.subject.to_string(), |v| v.as_str().to_owned())
 }
 
-/// Sends one attempt. While it runs, in-progress acks keep JetStream from redelivering
-/// the message to another replica, whatever the endpoint's timeout.
+/// Sends one attempt: prepared (transform, headers), sent, and the answer classified.
+/// While it runs, in-progress acks keep JetStream from redelivering the message to another
+/// replica, whatever the endpoint's timeout.
 pub async fn send(
     http: &reqwest::Client,
     sub: &Subscription,
@@ -83,34 +84,57 @@ pub async fn send(
     ack_wait: Duration,
 ) -> AttemptResult {
     let started = Instant::now();
+    let mut result = match prepare(sub, message, attempt) {
+        Ok(request) => transmit(http, sub, message, request, ack_wait).await,
+        Err(unsent) => unsent,
+    };
+    result.elapsed = started.elapsed();
+    result
+}
+
+/// A request ready to go: the body as sent (after any transform) and its headers.
+struct Prepared {
+    body: bytes::Bytes,
+    headers: HeaderMap,
+}
+
+/// The transform, then the headers (the signature covers the body as sent). `Err` when the
+/// attempt ends here without a request: the transform filtered the message out or failed.
+fn prepare(sub: &Subscription, message: &jetstream::Message, attempt: u32) -> Result<Prepared, AttemptResult> {
+    let unsent = |class: Class, excerpt: String| AttemptResult {
+        class,
+        status: None,
+        retry_after: None,
+        excerpt,
+        elapsed: Duration::ZERO,
+    };
     let body = match &sub.transform {
         None => message.payload.clone(),
         Some(t) => match t.apply(&message.payload) {
             Ok(body) => bytes::Bytes::from(body),
             // A program that yields nothing (`select(...)`) filters the message out.
-            Err(crate::transform::TransformError::Empty) => {
-                return AttemptResult {
-                    class: Class::Skipped,
-                    status: None,
-                    retry_after: None,
-                    excerpt: String::new(),
-                    elapsed: started.elapsed(),
-                };
-            }
-            Err(err) => {
-                return AttemptResult {
-                    class: Class::TransformFailed,
-                    status: None,
-                    retry_after: None,
-                    excerpt: err.to_string(),
-                    elapsed: started.elapsed(),
-                };
-            }
+            Err(crate::transform::TransformError::Empty) => return Err(unsent(Class::Skipped, String::new())),
+            Err(err) => return Err(unsent(Class::TransformFailed, err.to_string())),
         },
     };
     let headers = request_headers(sub, message, attempt, &body);
-    let request =
-        http.request(sub.method.clone(), sub.endpoint.clone()).headers(headers).timeout(sub.timeout).body(body).send();
+    Ok(Prepared { body, headers })
+}
+
+/// The request, with in-progress acks every third of the ack wait until it is answered.
+async fn transmit(
+    http: &reqwest::Client,
+    sub: &Subscription,
+    message: &jetstream::Message,
+    request: Prepared,
+    ack_wait: Duration,
+) -> AttemptResult {
+    let request = http
+        .request(sub.method.clone(), sub.endpoint.clone())
+        .headers(request.headers)
+        .timeout(sub.timeout)
+        .body(request.body)
+        .send();
     tokio::pin!(request);
     let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + ack_wait / 3, ack_wait / 3);
     let response = loop {
@@ -121,32 +145,8 @@ pub async fn send(
             }
         }
     };
-    let mut result = match response {
-        Ok(mut response) => {
-            let status = response.status().as_u16();
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after);
-            let mut excerpt = Vec::new();
-            if !(200..300).contains(&status) {
-                while excerpt.len() < EXCERPT_BYTES {
-                    match tokio::time::timeout(Duration::from_secs(2), response.chunk()).await {
-                        Ok(Ok(Some(chunk))) => excerpt.extend_from_slice(&chunk),
-                        _ => break,
-                    }
-                }
-                excerpt.truncate(EXCERPT_BYTES);
-            }
-            AttemptResult {
-                class: Class::of_status(status, retry_after.is_some()),
-                status: Some(status),
-                retry_after,
-                excerpt: String::from_utf8_lossy(&excerpt).into_owned(),
-                elapsed: Duration::ZERO,
-            }
-        }
+    match response {
+        Ok(response) => classify(response).await,
         Err(err) => AttemptResult {
             class: if err.is_timeout() { Class::Timeout } else { Class::Unreachable },
             status: None,
@@ -155,9 +155,31 @@ pub async fn send(
             excerpt: super::subscription::scrub(&error_chain(&err.without_url()), &sub.endpoint),
             elapsed: Duration::ZERO,
         },
-    };
-    result.elapsed = started.elapsed();
-    result
+    }
+}
+
+/// The endpoint's answer: its class, `Retry-After`, and the start of a failure's body.
+async fn classify(mut response: reqwest::Response) -> AttemptResult {
+    let status = response.status().as_u16();
+    let retry_after =
+        response.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+    let mut excerpt = Vec::new();
+    if !(200..300).contains(&status) {
+        while excerpt.len() < EXCERPT_BYTES {
+            match tokio::time::timeout(Duration::from_secs(2), response.chunk()).await {
+                Ok(Ok(Some(chunk))) => excerpt.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+        excerpt.truncate(EXCERPT_BYTES);
+    }
+    AttemptResult {
+        class: Class::of_status(status, retry_after.is_some()),
+        status: Some(status),
+        retry_after,
+        excerpt: String::from_utf8_lossy(&excerpt).into_owned(),
+        elapsed: Duration::ZERO,
+    }
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {
@@ -190,12 +212,13 @@ fn request_headers(sub: &Subscription, message: &jetstream::Message, attempt: u3
     if let Some(nats) = &message.headers {
         for (name, values) in nats.iter() {
             let lower = name.to_string().to_ascii_lowercase();
-            if lower.starts_with("ce-") || lower == "traceparent" || lower == "tracestate" || lower == "content-type" {
-                if let (Ok(name), Some(value)) = (HeaderName::from_bytes(lower.as_bytes()), values.first())
-                    && let Ok(value) = HeaderValue::from_str(value.as_str())
-                {
-                    headers.insert(name, value);
-                }
+            let carried =
+                lower.starts_with("ce-") || lower == "traceparent" || lower == "tracestate" || lower == "content-type";
+            if carried
+                && let (Ok(name), Some(value)) = (HeaderName::from_bytes(lower.as_bytes()), values.first())
+                && let Ok(value) = HeaderValue::from_str(value.as_str())
+            {
+                headers.insert(name, value);
             }
         }
     }

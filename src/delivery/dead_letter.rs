@@ -16,6 +16,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::attempt::{AttemptResult, message_id, original_subject};
 use super::system::{DLQ_STREAM, dlq_subject, event_subject, replay_subject};
+use super::{DeliveryError, nats};
 
 pub const ORIGINAL_SUBJECT: &str = "Magistral-Original-Subject";
 /// The original `Nats-Msg-Id`, kept under another name so the dead-letter stream does not
@@ -62,7 +63,7 @@ pub async fn store(
     subscription: &str,
     message: &jetstream::Message,
     failure: &Failure,
-) -> Result<(), String> {
+) -> Result<(), DeliveryError> {
     let mut headers = HeaderMap::new();
     if let Some(original) = &message.headers {
         for (name, values) in original.iter() {
@@ -107,11 +108,9 @@ pub async fn store(
     headers.insert(FIRST_ATTEMPT, rfc3339(failure.first_attempt).as_str());
     headers.insert(LAST_ATTEMPT, rfc3339(failure.last_attempt).as_str());
     headers.insert(EXCERPT, utf8_percent_encode(&failure.result.excerpt, CONTROLS).to_string().as_str());
-    let ack = js
-        .publish_with_headers(dlq_subject(subscription), headers, message.payload.clone())
-        .await
-        .map_err(|e| e.to_string())?;
-    ack.await.map(|_| ()).map_err(|e| e.to_string())
+    let ack =
+        js.publish_with_headers(dlq_subject(subscription), headers, message.payload.clone()).await.map_err(nats)?;
+    ack.await.map(|_| ()).map_err(nats)
 }
 
 /// A delivery status event (`magistral.delivery.<event>.<subscription>`).
@@ -204,7 +203,7 @@ pub async fn list(
     subscription: &str,
     after_seq: u64,
     limit: usize,
-) -> Result<(Vec<DeadLetter>, u64), String> {
+) -> Result<(Vec<DeadLetter>, u64), DeliveryError> {
     // Counted first: the listing then holds at least what the count saw.
     let total = count(js, subscription).await?;
     if total == 0 {
@@ -218,13 +217,13 @@ pub async fn list(
 ///
 /// # Errors
 /// NATS could not be asked.
-pub async fn count(js: &jetstream::Context, subscription: &str) -> Result<u64, String> {
-    let stream = js.get_stream(DLQ_STREAM).await.map_err(|e| e.to_string())?;
+pub async fn count(js: &jetstream::Context, subscription: &str) -> Result<u64, DeliveryError> {
+    let stream = js.get_stream(DLQ_STREAM).await.map_err(nats)?;
     let subject = dlq_subject(subscription);
-    let mut subjects = stream.info_with_subjects(&subject).await.map_err(|e| e.to_string())?;
+    let mut subjects = stream.info_with_subjects(&subject).await.map_err(nats)?;
     let mut total = 0;
     while let Some(entry) = subjects.next().await {
-        let (_, n) = entry.map_err(|e| e.to_string())?;
+        let (_, n) = entry.map_err(nats)?;
         total += n as u64;
     }
     Ok(total)
@@ -242,8 +241,8 @@ async fn read(
     subscription: &str,
     after_seq: u64,
     limit: usize,
-) -> Result<Vec<RawDeadLetter>, String> {
-    let stream = js.get_stream(DLQ_STREAM).await.map_err(|e| e.to_string())?;
+) -> Result<Vec<RawDeadLetter>, DeliveryError> {
+    let stream = js.get_stream(DLQ_STREAM).await.map_err(nats)?;
     let pending = count(js, subscription).await?;
     if pending == 0 || limit == 0 {
         return Ok(Vec::new());
@@ -259,8 +258,8 @@ async fn read(
             ..Default::default()
         })
         .await
-        .map_err(|e| e.to_string())?;
-    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        .map_err(nats)?;
+    let mut messages = consumer.messages().await.map_err(nats)?;
     let mut out = Vec::new();
     while out.len() < limit {
         let next = tokio::time::timeout(std::time::Duration::from_millis(500), messages.next()).await;
@@ -319,8 +318,8 @@ pub async fn replay(
     subscription: &str,
     selection: &Selection,
     max: usize,
-) -> Result<Vec<String>, String> {
-    let stream = js.get_stream(DLQ_STREAM).await.map_err(|e| e.to_string())?;
+) -> Result<Vec<String>, DeliveryError> {
+    let stream = js.get_stream(DLQ_STREAM).await.map_err(nats)?;
     let mut replayed = Vec::new();
     let mut after = 0;
     loop {
@@ -355,10 +354,10 @@ pub async fn replay(
             }
             js.publish_with_headers(replay_subject(subscription), headers, raw.payload.clone())
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(nats)?
                 .await
-                .map_err(|e| e.to_string())?;
-            stream.delete_message(raw.seq).await.map_err(|e| e.to_string())?;
+                .map_err(nats)?;
+            stream.delete_message(raw.seq).await.map_err(nats)?;
             replayed.push(id);
             if replayed.len() >= max {
                 return Ok(replayed);

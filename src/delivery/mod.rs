@@ -4,7 +4,8 @@
 //! - [`subscription`]: configuration resolved into what a worker runs.
 //! - [`worker`]: fetch loop and per-message decisions (one per subscription and stream).
 //! - [`attempt`]: one HTTP request, signed, with CloudEvents headers.
-//! - [`outcome`]: classes of answers and the retry policy.
+//! - [`retry_policy`]: where retries are decided: classes of answers, and what each means
+//!   for a message (ack, retry after a delay, dead-letter, pause).
 //! - [`breaker`]: stop fetching while an endpoint is down.
 //! - [`dead_letter`]: the dead-letter stream, replay, status events.
 //! - [`signature`]: Standard Webhooks signing.
@@ -13,12 +14,17 @@
 pub mod attempt;
 pub mod breaker;
 pub mod dead_letter;
-pub mod outcome;
 pub mod pull;
+pub mod retry_policy;
 pub mod signature;
 pub mod subscription;
 pub mod system;
 pub mod worker;
+
+/// The old name of [`retry_policy`], kept until `request/responder.rs` and
+/// `tests/it/openapi.rs` import the new one.
+#[doc(hidden)]
+pub use retry_policy as outcome;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -37,6 +43,28 @@ use attempt::AttemptResult;
 use breaker::{Breaker, BreakerState};
 use subscription::Subscription;
 use worker::Worker;
+
+/// What went wrong in the delivery area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryKind {
+    /// NATS refused or could not be reached; the detail says how (for logs, not answers).
+    Nats,
+    /// The HTTP client could not be built (no TLS provider).
+    HttpClient,
+    /// The shared ack token key is malformed, or the replicas could not settle on one.
+    TokenKey,
+    /// A pull subscription has no consumer to fetch from.
+    NoConsumer,
+    /// A configured secret could not be read or is not usable (the detail says which).
+    Secret,
+}
+
+pub type DeliveryError = crate::error::Error<DeliveryKind>;
+
+/// A NATS failure, its text kept for the log.
+fn nats(err: impl std::fmt::Display) -> DeliveryError {
+    DeliveryError::new(DeliveryKind::Nats, err.to_string())
+}
 
 /// What delivery workers share: NATS, one pooled HTTP client, and the status bucket.
 pub struct Engine {
@@ -72,7 +100,7 @@ pub struct LastError {
 impl Engine {
     /// # Errors
     /// The HTTP client could not be built (no TLS provider).
-    pub fn new(js: jetstream::Context, system_replicas: usize) -> Result<Self, String> {
+    pub fn new(js: jetstream::Context, system_replicas: usize) -> Result<Self, DeliveryError> {
         // One process-wide TLS provider; ring, as async-nats uses it already.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
@@ -81,7 +109,7 @@ impl Engine {
             .pool_idle_timeout(std::time::Duration::from_secs(60))
             .tcp_nodelay(true)
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| DeliveryError::new(DeliveryKind::HttpClient, e.to_string()))?;
         Ok(Self {
             js,
             http,
@@ -93,7 +121,7 @@ impl Engine {
         })
     }
 
-    async fn status_bucket(&self) -> Result<&kv::Store, String> {
+    async fn status_bucket(&self) -> Result<&kv::Store, DeliveryError> {
         self.status
             .get_or_try_init(|| async {
                 self.js
@@ -105,7 +133,7 @@ impl Engine {
                         ..Default::default()
                     })
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(nats)
             })
             .await
     }
@@ -119,7 +147,7 @@ impl Engine {
     ///
     /// # Errors
     /// NATS refused.
-    pub async fn ack_ledger(&self) -> Result<&kv::Store, String> {
+    pub async fn ack_ledger(&self) -> Result<&kv::Store, DeliveryError> {
         self.ack_ledger
             .get_or_try_init(|| async {
                 self.js
@@ -133,7 +161,7 @@ impl Engine {
                         ..Default::default()
                     })
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(nats)
             })
             .await
     }
@@ -142,7 +170,7 @@ impl Engine {
     ///
     /// # Errors
     /// NATS refused.
-    pub async fn token_key(&self) -> Result<&pull::TokenKey, String> {
+    pub async fn token_key(&self) -> Result<&pull::TokenKey, DeliveryError> {
         self.token_key.get_or_try_init(|| async { pull::TokenKey::load(self.status_bucket().await?).await }).await
     }
 
@@ -158,10 +186,10 @@ impl Engine {
     async fn update_status(&self, name: &str, change: impl FnOnce(&mut StoredStatus)) {
         let mut status = self.stored_status(name).await;
         change(&mut status);
-        if let (Ok(bucket), Ok(bytes)) = (self.status_bucket().await, serde_json::to_vec(&status)) {
-            if let Err(err) = bucket.put(name, bytes.into()).await {
-                tracing::warn!(subscription = name, %err, "status not stored");
-            }
+        if let (Ok(bucket), Ok(bytes)) = (self.status_bucket().await, serde_json::to_vec(&status))
+            && let Err(err) = bucket.put(name, bytes.into()).await
+        {
+            tracing::warn!(subscription = name, %err, "status not stored");
         }
     }
 
@@ -198,10 +226,10 @@ impl Engine {
     ///
     /// # Errors
     /// NATS refused.
-    pub async fn resume(&self, sub: &Subscription) -> Result<(), String> {
+    pub async fn resume(&self, sub: &Subscription) -> Result<(), DeliveryError> {
         for stream in consumer_streams(sub) {
-            let s = self.js.get_stream(&stream).await.map_err(|e| e.to_string())?;
-            s.resume_consumer(&sub.consumer_name()).await.map_err(|e| e.to_string())?;
+            let s = self.js.get_stream(&stream).await.map_err(nats)?;
+            s.resume_consumer(&sub.consumer_name()).await.map_err(nats)?;
         }
         self.update_status(&sub.name, |s| {
             s.paused_reason = None;
@@ -215,11 +243,11 @@ impl Engine {
     ///
     /// # Errors
     /// NATS refused.
-    pub async fn pause_by_operator(&self, sub: &Subscription, by: &str) -> Result<(), String> {
+    pub async fn pause_by_operator(&self, sub: &Subscription, by: &str) -> Result<(), DeliveryError> {
         let until = OffsetDateTime::now_utc() + time::Duration::days(365 * 100);
         for stream in consumer_streams(sub) {
-            let s = self.js.get_stream(&stream).await.map_err(|e| e.to_string())?;
-            s.pause_consumer(&sub.consumer_name(), until).await.map_err(|e| e.to_string())?;
+            let s = self.js.get_stream(&stream).await.map_err(nats)?;
+            s.pause_consumer(&sub.consumer_name(), until).await.map_err(nats)?;
         }
         let reason = format!("paused by {by}");
         self.update_status(&sub.name, |s| {
@@ -329,7 +357,7 @@ impl Control {
 
     fn record(&self, result: &AttemptResult, attempt: u32) {
         // No request was made: nothing learnt about the endpoint.
-        if matches!(result.class, outcome::Class::Skipped | outcome::Class::TransformFailed) {
+        if matches!(result.class, retry_policy::Class::Skipped | retry_policy::Class::TransformFailed) {
             return;
         }
         if let Ok(mut b) = self.breaker.lock() {
@@ -342,7 +370,7 @@ impl Control {
                 0.0
             });
         }
-        if result.class != outcome::Class::Delivered
+        if result.class != retry_policy::Class::Delivered
             && let Ok(mut last) = self.last_error.lock()
         {
             *last = Some(LastError {
@@ -441,16 +469,20 @@ impl Deliveries {
 ///
 /// # Errors
 /// NATS could not be asked or refused a deletion.
-pub async fn prune(js: &jetstream::Context, catalog: &Catalog, dry_run: bool) -> Result<Vec<(String, String)>, String> {
+pub async fn prune(
+    js: &jetstream::Context,
+    catalog: &Catalog,
+    dry_run: bool,
+) -> Result<Vec<(String, String)>, DeliveryError> {
     use futures::StreamExt;
     let mut pruned = Vec::new();
     for def in &catalog.streams {
-        let stream = js.get_stream(def.name()).await.map_err(|e| e.to_string())?;
+        let stream = js.get_stream(def.name()).await.map_err(nats)?;
         let mut names = stream.consumer_names();
         let mut doomed = Vec::new();
         while let Some(name) = names.next().await {
-            let name = name.map_err(|e| e.to_string())?;
-            let Some(sub_name) = name.strip_prefix("magistral-") else { continue };
+            let name = name.map_err(nats)?;
+            let Some(sub_name) = subscription::subscription_of(&name) else { continue };
             let wanted =
                 catalog.subscription(sub_name).is_some_and(|sub| consumer_streams(sub).iter().any(|s| s == def.name()));
             if !wanted {
@@ -459,7 +491,7 @@ pub async fn prune(js: &jetstream::Context, catalog: &Catalog, dry_run: bool) ->
         }
         for name in doomed {
             if !dry_run {
-                stream.delete_consumer(&name).await.map_err(|e| e.to_string())?;
+                stream.delete_consumer(&name).await.map_err(nats)?;
             }
             pruned.push((def.name().to_owned(), name));
         }

@@ -16,7 +16,7 @@ use subtle::ConstantTimeEq;
 use time::format_description::well_known::Rfc3339;
 
 use super::subscription::Subscription;
-use super::system;
+use super::{DeliveryError, DeliveryKind, nats, system};
 
 /// The longest a "what is there now" pull may take.
 const NO_WAIT_BOUND: Duration = Duration::from_millis(500);
@@ -42,8 +42,29 @@ pub struct AckToken {
 
 impl AckToken {
     fn ledger_key(&self) -> String {
-        format!("{}.{}.{}", self.s, self.st, self.q)
+        ledger_key(&self.s, &self.st, self.q)
     }
+}
+
+/// `<subscription>.<stream>.<seq>`: the ack ledger's key of one message.
+fn ledger_key(subscription: &str, stream: &str, seq: u64) -> String {
+    format!("{subscription}.{stream}.{seq}")
+}
+
+/// A pull message the participant finished (acked or terminated), from the ack ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finished {
+    /// [`Action::Ack`] or [`Action::Term`].
+    pub action: Action,
+    pub at: time::OffsetDateTime,
+}
+
+/// Whether the participant finished a message; `None` when not, or when the ledger cannot
+/// be read (the consumer's counters answer then).
+pub async fn finished(ledger: &kv::Store, subscription: &str, stream: &str, seq: u64) -> Option<Finished> {
+    let entry = ledger.entry(ledger_key(subscription, stream, seq)).await.ok()??;
+    let term = entry.value.as_ref() == action_name(Action::Term).as_bytes();
+    Some(Finished { action: if term { Action::Term } else { Action::Ack }, at: entry.created })
 }
 
 /// Signs and checks tokens with one key shared by every replica (kept in NATS).
@@ -55,11 +76,13 @@ impl TokenKey {
     ///
     /// # Errors
     /// NATS refused.
-    pub async fn load(status: &kv::Store) -> Result<Self, String> {
+    pub async fn load(status: &kv::Store) -> Result<Self, DeliveryError> {
         for _ in 0..3 {
-            if let Some(bytes) = status.get(TOKEN_KEY).await.map_err(|e| e.to_string())? {
-                let key: [u8; 32] =
-                    bytes.as_ref().try_into().map_err(|_| "the stored token key is malformed".to_owned())?;
+            if let Some(bytes) = status.get(TOKEN_KEY).await.map_err(nats)? {
+                let key: [u8; 32] = bytes
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| DeliveryError::new(DeliveryKind::TokenKey, "the stored token key is malformed"))?;
                 return Ok(Self(key));
             }
             let fresh: [u8; 32] = rand::random();
@@ -68,7 +91,7 @@ impl TokenKey {
                 return Ok(Self(fresh));
             }
         }
-        Err("could not settle the ack token key".into())
+        Err(DeliveryError::new(DeliveryKind::TokenKey, "could not settle the ack token key"))
     }
 
     /// A key from its bytes (tests and fuzzing; the gateway uses [`TokenKey::load`]).
@@ -118,15 +141,15 @@ pub async fn fetch(
     sub: &Subscription,
     max: usize,
     wait: Duration,
-) -> Result<Vec<Value>, String> {
+) -> Result<Vec<Value>, DeliveryError> {
     let mut consumers = Vec::new();
     // Replays first (rare, and an operator is waiting for them), then the subscription's stream.
     let mut streams = vec![system::REPLAY_STREAM.to_owned()];
     streams.extend(sub.spans.iter().map(|(s, _)| s.clone()));
     for stream in streams {
-        let stream = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
+        let stream = js.get_stream(&stream).await.map_err(nats)?;
         let consumer: jetstream::consumer::Consumer<pull::Config> =
-            stream.get_consumer(&sub.consumer_name()).await.map_err(|e| e.to_string())?;
+            stream.get_consumer(&sub.consumer_name()).await.map_err(nats)?;
         consumers.push(consumer);
     }
     let mut out = Vec::new();
@@ -155,7 +178,7 @@ pub async fn fetch(
             .expires(NO_WAIT_BOUND)
             .messages()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(nats)?;
         while let Some(Ok(m)) = batch.next().await {
             out.push(describe(key, sub, &m));
         }
@@ -163,19 +186,13 @@ pub async fn fetch(
     if out.is_empty() && !wait.is_zero() {
         // Long poll for one message on the main stream; a batch of one ends the moment it
         // arrives, so no pull request is left dangling.
-        let main = consumers.last().ok_or("no consumer")?;
-        let mut batch = main.batch().max_messages(1).expires(wait).messages().await.map_err(|e| e.to_string())?;
+        let main = consumers.last().ok_or_else(|| DeliveryError::new(DeliveryKind::NoConsumer, "no consumer"))?;
+        let mut batch = main.batch().max_messages(1).expires(wait).messages().await.map_err(nats)?;
         while let Some(Ok(m)) = batch.next().await {
             out.push(describe(key, sub, &m));
         }
         if !out.is_empty() && max > 1 {
-            let mut rest = main
-                .fetch()
-                .max_messages(max - 1)
-                .expires(NO_WAIT_BOUND)
-                .messages()
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut rest = main.fetch().max_messages(max - 1).expires(NO_WAIT_BOUND).messages().await.map_err(nats)?;
             while let Some(Ok(m)) = rest.next().await {
                 out.push(describe(key, sub, &m));
             }

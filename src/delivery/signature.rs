@@ -7,6 +7,8 @@ use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+use super::{DeliveryError, DeliveryKind};
+
 /// A decoded signing key.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SigningKey(Vec<u8>);
@@ -22,11 +24,15 @@ impl SigningKey {
     ///
     /// # Errors
     /// Not base64, or shorter than 24 bytes (the spec's minimum).
-    pub fn from_secret(secret: &str) -> Result<Self, String> {
+    pub fn from_secret(secret: &str) -> Result<Self, DeliveryError> {
+        let unusable = |detail: String| DeliveryError::new(DeliveryKind::Secret, detail);
         let encoded = secret.trim().strip_prefix("whsec_").unwrap_or(secret.trim());
-        let key = STANDARD.decode(encoded).map_err(|_| "a signing secret is `whsec_` + base64".to_owned())?;
+        let key = STANDARD.decode(encoded).map_err(|_| unusable("a signing secret is `whsec_` + base64".to_owned()))?;
         if key.len() < 24 {
-            return Err(format!("a signing secret needs at least 24 bytes of key; this one has {}", key.len()));
+            return Err(unusable(format!(
+                "a signing secret needs at least 24 bytes of key; this one has {}",
+                key.len()
+            )));
         }
         Ok(Self(key))
     }

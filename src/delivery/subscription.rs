@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
-use super::outcome::RetryPolicy;
+use super::retry_policy::RetryPolicy;
 use super::signature::SigningKey;
+use super::{DeliveryError, DeliveryKind};
 use crate::config::{
     Config, DeliveryMethod, OnExhausted, SecretValue, StartPosition, SubscriptionConfig, SubscriptionMode,
 };
@@ -79,94 +80,16 @@ impl Subscription {
         config: &Config,
         streams: &[StreamDef],
         subscribe_permissions: Option<&[String]>,
-    ) -> Result<Self, Vec<(String, String)>> {
+    ) -> Result<Self, Problems> {
+        // Every check runs, in this order, so one answer lists every problem.
         let mut problems = Vec::new();
-        if name.is_empty()
-            || name.len() > 64
-            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            problems.push((String::new(), "a subscription name is 1-64 of A-Z, a-z, 0-9, '-', '_'".to_owned()));
-        }
-        match subscribe_permissions {
-            None => problems.push(("participant".into(), format!("no participant {:?}", cfg.participant))),
-            Some(allowed) => {
-                for (i, s) in cfg.subjects.iter().enumerate() {
-                    if !allowed.iter().any(|p| subject::covers(p, s)) {
-                        problems.push((
-                            format!("subjects[{i}]"),
-                            format!("participant {} may not subscribe to {s}", cfg.participant),
-                        ));
-                    }
-                }
-            }
-        }
-        if cfg.subjects.is_empty() {
-            problems.push(("subjects".into(), "at least one subject".into()));
-        }
-        let mut spans: Vec<(String, Vec<String>)> = Vec::new();
-        for (i, s) in cfg.subjects.iter().enumerate() {
-            if let Err(m) = subject::validate_pattern(s) {
-                problems.push((format!("subjects[{i}]"), m));
-                continue;
-            }
-            let mut found = false;
-            for stream in streams {
-                for stored in &stream.config.subjects {
-                    // The consumer filter is the narrower of the two patterns.
-                    let filter = if subject::covers(stored, s) {
-                        s.clone()
-                    } else if subject::covers(s, stored) {
-                        stored.clone()
-                    } else {
-                        continue;
-                    };
-                    found = true;
-                    match spans.iter_mut().find(|(n, _)| n == stream.name()) {
-                        Some((_, filters)) if !filters.contains(&filter) => filters.push(filter),
-                        Some(_) => {}
-                        None => spans.push((stream.name().to_owned(), vec![filter])),
-                    }
-                }
-            }
-            if !found {
-                problems.push((format!("subjects[{i}]"), format!("no stream stores {s}")));
-            }
-        }
-        let endpoint = match (cfg.mode, &cfg.endpoint) {
-            (SubscriptionMode::Push, Some(e)) => e.clone(),
-            (SubscriptionMode::Push, None) => {
-                problems.push(("endpoint".into(), "a push subscription needs an endpoint".into()));
-                "http://missing.invalid/".to_owned()
-            }
-            (_, Some(_)) => {
-                problems.push(("endpoint".into(), "pull and stream subscriptions have no endpoint".into()));
-                "http://unused.invalid/".to_owned()
-            }
-            (_, None) => "http://unused.invalid/".to_owned(),
-        };
-        if cfg.mode != SubscriptionMode::Push && spans_streams(&cfg.subjects, streams) > 1 {
-            problems.push(("subjects".into(), "pull and stream subscriptions read from one stream".into()));
-        }
+        check_name(name, &mut problems);
+        check_permissions(cfg, subscribe_permissions, &mut problems);
+        let spans = spans(cfg, streams, &mut problems);
+        let endpoint = endpoint(cfg, streams, &mut problems);
         let target = resolve_target(config, &endpoint, cfg.method, &cfg.headers, &cfg.signing_secrets);
-        let (endpoint, method, headers, signing_keys) = match target {
-            Ok(t) => (Some(t.endpoint), t.method, t.headers, t.signing_keys),
-            Err(list) => {
-                problems.extend(list);
-                (None, reqwest::Method::POST, HeaderMap::new(), Vec::new())
-            }
-        };
-        if cfg.retry_schedule.is_empty() {
-            problems.push(("retry_schedule".into(), "at least one delay".into()));
-        }
-        if cfg.max_attempts == 0 {
-            problems.push(("max_attempts".into(), "at least 1".into()));
-        }
-        if cfg.max_in_flight == 0 || cfg.max_in_flight > 10_000 {
-            problems.push(("max_in_flight".into(), "between 1 and 10000".into()));
-        }
-        if cfg.rate_limit.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
-            problems.push(("rate_limit".into(), "a positive number of messages per second".into()));
-        }
+        let target = target.map_err(|list| problems.extend(list)).ok();
+        check_delivery_knobs(cfg, &mut problems);
         let transform =
             match crate::transform::load(config, "transform", cfg.transform.as_ref(), cfg.transform_file.as_ref()) {
                 Ok(t) => t,
@@ -175,23 +98,28 @@ impl Subscription {
                     None
                 }
             };
-        if cfg.ack_wait < Duration::from_secs(1) {
-            problems.push(("ack_wait".into(), "at least 1s".into()));
-        }
-        if cfg.timeout.is_zero() {
-            problems.push(("timeout".into(), "must be more than 0".into()));
-        }
-        let (Some(endpoint), true) = (endpoint, problems.is_empty()) else {
+        check_timing(cfg, &mut problems);
+        let (Some(target), true) = (target, problems.is_empty()) else {
             return Err(problems);
         };
-        Ok(Self {
+        Ok(Self::build(name, cfg, target, transform, spans))
+    }
+
+    fn build(
+        name: &str,
+        cfg: &SubscriptionConfig,
+        target: HttpTarget,
+        transform: Option<crate::transform::Transform>,
+        spans: Vec<(String, Vec<String>)>,
+    ) -> Self {
+        Self {
             name: name.to_owned(),
             participant: cfg.participant.clone(),
             subjects: cfg.subjects.clone(),
             mode: cfg.mode,
-            endpoint,
-            method,
-            headers,
+            endpoint: target.endpoint,
+            method: target.method,
+            headers: target.headers,
             timeout: cfg.timeout,
             policy: RetryPolicy {
                 schedule: cfg.retry_schedule.iter().map(|d| d.0).collect(),
@@ -202,14 +130,125 @@ impl Subscription {
             on_exhausted: cfg.on_exhausted,
             max_in_flight: if cfg.ordered { 1 } else { cfg.max_in_flight },
             rate_limit: cfg.rate_limit,
-            signing_keys,
+            signing_keys: target.signing_keys,
             breaker_failures: cfg.breaker_failures.max(1),
             breaker_cooldown: cfg.breaker_cooldown,
             start: cfg.start,
             ack_wait: cfg.ack_wait,
             transform,
             spans,
-        })
+        }
+    }
+}
+
+/// `(field, message)` pairs of a configuration being resolved.
+type Problems = Vec<(String, String)>;
+
+fn check_name(name: &str, problems: &mut Problems) {
+    if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        problems.push((String::new(), "a subscription name is 1-64 of A-Z, a-z, 0-9, '-', '_'".to_owned()));
+    }
+}
+
+/// The participant exists and may subscribe to every subject.
+fn check_permissions(cfg: &SubscriptionConfig, subscribe_permissions: Option<&[String]>, problems: &mut Problems) {
+    match subscribe_permissions {
+        None => problems.push(("participant".into(), format!("no participant {:?}", cfg.participant))),
+        Some(allowed) => {
+            for (i, s) in cfg.subjects.iter().enumerate() {
+                if !allowed.iter().any(|p| subject::covers(p, s)) {
+                    problems.push((
+                        format!("subjects[{i}]"),
+                        format!("participant {} may not subscribe to {s}", cfg.participant),
+                    ));
+                }
+            }
+        }
+    }
+    if cfg.subjects.is_empty() {
+        problems.push(("subjects".into(), "at least one subject".into()));
+    }
+}
+
+/// `(stream, consumer filters)` for every stream the subjects span; a subject no stream
+/// stores is a problem.
+fn spans(cfg: &SubscriptionConfig, streams: &[StreamDef], problems: &mut Problems) -> Vec<(String, Vec<String>)> {
+    let mut spans: Vec<(String, Vec<String>)> = Vec::new();
+    for (i, s) in cfg.subjects.iter().enumerate() {
+        if let Err(m) = subject::validate_pattern(s) {
+            problems.push((format!("subjects[{i}]"), m));
+            continue;
+        }
+        let mut found = false;
+        for stream in streams {
+            for stored in &stream.config.subjects {
+                // The consumer filter is the narrower of the two patterns.
+                let filter = if subject::covers(stored, s) {
+                    s.clone()
+                } else if subject::covers(s, stored) {
+                    stored.clone()
+                } else {
+                    continue;
+                };
+                found = true;
+                match spans.iter_mut().find(|(n, _)| n == stream.name()) {
+                    Some((_, filters)) if !filters.contains(&filter) => filters.push(filter),
+                    Some(_) => {}
+                    None => spans.push((stream.name().to_owned(), vec![filter])),
+                }
+            }
+        }
+        if !found {
+            problems.push((format!("subjects[{i}]"), format!("no stream stores {s}")));
+        }
+    }
+    spans
+}
+
+/// The endpoint a mode needs (push) or must not have (pull, stream), and the one-stream rule
+/// of pull and stream subscriptions. A placeholder stands in where there is none.
+fn endpoint(cfg: &SubscriptionConfig, streams: &[StreamDef], problems: &mut Problems) -> String {
+    let endpoint = match (cfg.mode, &cfg.endpoint) {
+        (SubscriptionMode::Push, Some(e)) => e.clone(),
+        (SubscriptionMode::Push, None) => {
+            problems.push(("endpoint".into(), "a push subscription needs an endpoint".into()));
+            "http://missing.invalid/".to_owned()
+        }
+        (_, Some(_)) => {
+            problems.push(("endpoint".into(), "pull and stream subscriptions have no endpoint".into()));
+            "http://unused.invalid/".to_owned()
+        }
+        (_, None) => "http://unused.invalid/".to_owned(),
+    };
+    if cfg.mode != SubscriptionMode::Push && spans_streams(&cfg.subjects, streams) > 1 {
+        problems.push(("subjects".into(), "pull and stream subscriptions read from one stream".into()));
+    }
+    endpoint
+}
+
+/// Retries, concurrency and rate.
+fn check_delivery_knobs(cfg: &SubscriptionConfig, problems: &mut Problems) {
+    if cfg.retry_schedule.is_empty() {
+        problems.push(("retry_schedule".into(), "at least one delay".into()));
+    }
+    if cfg.max_attempts == 0 {
+        problems.push(("max_attempts".into(), "at least 1".into()));
+    }
+    if cfg.max_in_flight == 0 || cfg.max_in_flight > 10_000 {
+        problems.push(("max_in_flight".into(), "between 1 and 10000".into()));
+    }
+    if cfg.rate_limit.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        problems.push(("rate_limit".into(), "a positive number of messages per second".into()));
+    }
+}
+
+fn check_timing(cfg: &SubscriptionConfig, problems: &mut Problems) {
+    if cfg.ack_wait < Duration::from_secs(1) {
+        problems.push(("ack_wait".into(), "at least 1s".into()));
+    }
+    if cfg.timeout.is_zero() {
+        problems.push(("timeout".into(), "must be more than 0".into()));
     }
 }
 
@@ -292,21 +331,21 @@ pub fn resolve_target(
             problems.push((field, "not a valid header name".into()));
             continue;
         };
-        match read_secret(config, value)
-            .and_then(|v| HeaderValue::from_str(&v).map_err(|_| "not a valid header value".into()))
-        {
+        match read_secret(config, value).and_then(|v| {
+            HeaderValue::from_str(&v).map_err(|_| DeliveryError::new(DeliveryKind::Secret, "not a valid header value"))
+        }) {
             Ok(mut v) => {
                 v.set_sensitive(true);
                 resolved.insert(header, v);
             }
-            Err(m) => problems.push((field, m)),
+            Err(m) => problems.push((field, m.to_string())),
         }
     }
     let mut signing_keys = Vec::new();
     for (i, secret) in signing_secrets.iter().enumerate() {
         match read_secret(config, secret).and_then(|s| SigningKey::from_secret(&s)) {
             Ok(key) => signing_keys.push(key),
-            Err(m) => problems.push((format!("signing_secrets[{i}]"), m)),
+            Err(m) => problems.push((format!("signing_secrets[{i}]"), m.to_string())),
         }
     }
     match (endpoint, problems.is_empty()) {
@@ -337,23 +376,37 @@ fn spans_streams(subjects: &[String], streams: &[StreamDef]) -> usize {
         .count()
 }
 
+/// Every durable consumer the gateway creates is named `magistral-<subscription>`.
+pub const CONSUMER_PREFIX: &str = "magistral-";
+
 /// The durable consumer name of a subscription.
 #[must_use]
 pub fn consumer_name(subscription: &str) -> String {
-    format!("magistral-{subscription}")
+    format!("{CONSUMER_PREFIX}{subscription}")
+}
+
+/// The subscription a gateway consumer belongs to; `None` for other consumers.
+#[must_use]
+pub fn subscription_of(consumer: &str) -> Option<&str> {
+    consumer.strip_prefix(CONSUMER_PREFIX)
 }
 
 /// Reads a literal, environment or file secret.
 ///
 /// # Errors
 /// The variable is unset or the file unreadable.
-pub fn read_secret(config: &Config, value: &SecretValue) -> Result<String, String> {
+pub fn read_secret(config: &Config, value: &SecretValue) -> Result<String, DeliveryError> {
+    let unreadable = |detail: String| DeliveryError::new(DeliveryKind::Secret, detail);
     match value {
         SecretValue::Literal(s) => Ok(s.clone()),
-        SecretValue::Env { env } => std::env::var(env).map_err(|_| format!("environment variable {env} is not set")),
+        SecretValue::Env { env } => {
+            std::env::var(env).map_err(|_| unreadable(format!("environment variable {env} is not set")))
+        }
         SecretValue::File { file } => {
             let path = config.resolve(file);
-            std::fs::read_to_string(&path).map(|s| s.trim().to_owned()).map_err(|e| format!("{}: {e}", path.display()))
+            std::fs::read_to_string(&path)
+                .map(|s| s.trim().to_owned())
+                .map_err(|e| unreadable(format!("{}: {e}", path.display())))
         }
     }
 }

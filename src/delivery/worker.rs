@@ -9,6 +9,7 @@ use async_nats::jetstream::consumer::{AckPolicy, Consumer, DeliverPolicy, pull};
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -17,10 +18,36 @@ use tokio_util::task::TaskTracker;
 use super::attempt::{self, AttemptResult};
 use super::breaker::BreakerState;
 use super::dead_letter::{self, Failure};
-use super::outcome::{Class, Decision};
+use super::retry_policy::{Class, Decision};
 use super::subscription::Subscription;
-use super::{Control, Engine};
+use super::{Control, DeliveryError, Engine, nats};
 use crate::config::{OnExhausted, StartPosition};
+use crate::tracking::{self, DeliveryRecord, DeliveryState};
+
+/// One message's delivery on this worker, across its attempts.
+struct InFlight {
+    /// Stream and sequence of the message as fetched.
+    key: (String, u64),
+    /// Where "where is my message?" looks: a replay's original place.
+    track_key: (String, u64),
+    attempt: u32,
+    published: OffsetDateTime,
+    /// Whether status events are published about it.
+    announce: bool,
+}
+
+/// An attempt's result, what it means for the message, and the failure as reported.
+struct Verdict {
+    result: AttemptResult,
+    decision: Decision,
+    failure: Failure,
+}
+
+/// Whether the message is settled, or held for another attempt (ordered retries).
+enum Settled {
+    Done,
+    RetryInPlace,
+}
 
 /// How long one pull request waits for messages.
 const FETCH_EXPIRES: Duration = Duration::from_secs(5);
@@ -63,21 +90,21 @@ impl Worker {
 
     /// Creates the consumer, or updates it when the subscription changed (keeping its start
     /// position, which JetStream cannot change).
-    pub async fn ensure_consumer(&self) -> Result<Consumer<pull::Config>, String> {
-        let stream = self.engine.js.get_stream(&self.stream).await.map_err(|e| e.to_string())?;
+    pub async fn ensure_consumer(&self) -> Result<Consumer<pull::Config>, DeliveryError> {
+        let stream = self.engine.js.get_stream(&self.stream).await.map_err(nats)?;
         let mut wanted = self.consumer_config();
         match stream.get_consumer::<pull::Config>(&self.sub.consumer_name()).await {
             Ok(mut existing) => {
-                let current = existing.info().await.map_err(|e| e.to_string())?.config.clone();
+                let current = existing.info().await.map_err(nats)?.config.clone();
                 wanted.deliver_policy = current.deliver_policy;
                 let differs = current.filter_subject != wanted.filter_subject
                     || current.filter_subjects != wanted.filter_subjects
                     || current.max_ack_pending != wanted.max_ack_pending
                     || current.ack_wait != wanted.ack_wait
                     || current.description != wanted.description;
-                if differs { stream.update_consumer(wanted).await.map_err(|e| e.to_string()) } else { Ok(existing) }
+                if differs { stream.update_consumer(wanted).await.map_err(nats) } else { Ok(existing) }
             }
-            Err(_) => stream.create_consumer(wanted).await.map_err(|e| e.to_string()),
+            Err(_) => stream.create_consumer(wanted).await.map_err(nats),
         }
     }
 
@@ -235,132 +262,174 @@ impl Worker {
         }
     }
 
-    /// Delivers one message to a decision.
+    /// Delivers one message to a decision, attempt after attempt: send it, classify the
+    /// answer, settle what the decision says (an ordered retry comes back for another round).
     async fn deliver(&self, message: jetstream::Message) {
+        let mut delivery = self.prepare(&message);
+        loop {
+            let started = OffsetDateTime::now_utc();
+            let result = self.send(&message, delivery.attempt).await;
+            let verdict = self.classify(&delivery, result, started);
+            match self.settle(&message, &delivery, &verdict).await {
+                Settled::Done => return,
+                Settled::RetryInPlace => delivery.attempt += 1,
+            }
+        }
+    }
+
+    /// What a message's delivery needs to know before its first attempt here.
+    fn prepare(&self, message: &jetstream::Message) -> InFlight {
         let key = message.info().map(|i| (i.stream.to_owned(), i.stream_sequence)).unwrap_or_default();
         // A replay is tracked under the message it replays.
-        let track_key = dead_letter::original_location(&message).unwrap_or_else(|| key.clone());
+        let track_key = dead_letter::original_location(message).unwrap_or_else(|| key.clone());
         // JetStream counts deliveries; those handed back unattempted while the breaker was
         // open are not attempts.
         let delivered = message.info().map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX)).unwrap_or(1);
-        let mut attempt = delivered.saturating_sub(self.control.skips(&key)).max(1);
+        let attempt = delivered.saturating_sub(self.control.skips(&key)).max(1);
         let published = message.info().map(|i| i.published).unwrap_or_else(|_| OffsetDateTime::now_utc());
         // No events about status events: a subscription to them must not feed itself.
-        let announce = !attempt::is_status_event(&message);
-        loop {
-            let started = OffsetDateTime::now_utc();
-            let result = attempt::send(&self.engine.http, &self.sub, &message, attempt, self.sub.ack_wait).await;
-            self.control.record(&result, attempt);
-            metrics::counter!("magistral_delivery_total", "subscription" => self.sub.name.clone(), "class" => result.class.slug())
-                .increment(1);
-            metrics::histogram!("magistral_delivery_duration_seconds", "subscription" => self.sub.name.clone())
-                .record(result.elapsed.as_secs_f64());
-            let first_attempt = if result.class == Class::Delivered {
-                started
-            } else {
-                // Remembered from this replica's first failure; after a redelivery to another
-                // replica, the publish time is the honest lower bound.
-                self.control.first_failure(&key, if attempt == 1 { started } else { published })
-            };
-            let failure = Failure {
-                result: result.clone(),
-                attempts: attempt,
-                first_attempt,
-                last_attempt: OffsetDateTime::now_utc(),
-            };
-            let decision = self.sub.policy.decide(result.class, attempt, result.retry_after);
-            if announce && attempt == 1 && !matches!(result.class, Class::Delivered | Class::Skipped) {
-                dead_letter::publish_event(&self.engine.js, "failed", &self.sub.name, &message, &failure).await;
+        let announce = !attempt::is_status_event(message);
+        InFlight { key, track_key, attempt, published, announce }
+    }
+
+    /// One attempt, counted (metrics, breaker, last error).
+    async fn send(&self, message: &jetstream::Message, attempt: u32) -> AttemptResult {
+        let result = attempt::send(&self.engine.http, &self.sub, message, attempt, self.sub.ack_wait).await;
+        self.control.record(&result, attempt);
+        metrics::counter!("magistral_delivery_total", "subscription" => self.sub.name.clone(), "class" => result.class.slug())
+            .increment(1);
+        metrics::histogram!("magistral_delivery_duration_seconds", "subscription" => self.sub.name.clone())
+            .record(result.elapsed.as_secs_f64());
+        result
+    }
+
+    /// What the attempt's result means for the message (the retry policy decides), and the
+    /// failure as dead letters and events report it.
+    fn classify(&self, delivery: &InFlight, result: AttemptResult, started: OffsetDateTime) -> Verdict {
+        let first_attempt = if result.class == Class::Delivered {
+            started
+        } else {
+            // Remembered from this replica's first failure; after a redelivery to another
+            // replica, the publish time is the honest lower bound.
+            let first = if delivery.attempt == 1 { started } else { delivery.published };
+            self.control.first_failure(&delivery.key, first)
+        };
+        let failure = Failure {
+            result: result.clone(),
+            attempts: delivery.attempt,
+            first_attempt,
+            last_attempt: OffsetDateTime::now_utc(),
+        };
+        let decision = self.sub.policy.decide(result.class, delivery.attempt, result.retry_after);
+        Verdict { result, decision, failure }
+    }
+
+    /// Carries out the decision: ack, NAK, hold for an in-place retry, block, dead-letter or
+    /// pause; with the tracking record and status events that go with it.
+    async fn settle(&self, message: &jetstream::Message, delivery: &InFlight, verdict: &Verdict) -> Settled {
+        let Verdict { result, decision, failure } = verdict;
+        if delivery.attempt == 1 && !matches!(result.class, Class::Delivered | Class::Skipped) {
+            self.announce("failed", delivery, message, failure).await;
+        }
+        if !matches!(decision, Decision::Retry(_)) {
+            self.control.forget(&delivery.key);
+        }
+        match *decision {
+            Decision::Ack => self.acknowledge(message, delivery, result).await,
+            Decision::Retry(delay) if self.sub.ordered => {
+                return self.retry_in_place(message, delivery, result, delay).await;
             }
-            if !matches!(decision, Decision::Retry(_)) {
-                self.control.forget(&key);
+            Decision::Retry(delay) => {
+                self.track(&delivery.track_key, DeliveryState::Retrying, delivery.attempt, result, Some(delay)).await;
+                let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
             }
-            match decision {
-                Decision::Ack => {
-                    if result.class == Class::Skipped {
-                        self.track(&track_key, "skipped", attempt, &result, None).await;
-                    } else if attempt > 1 || self.is_replay {
-                        // After failures, or a replayed dead letter: replace the old record.
-                        self.track(&track_key, "delivered", attempt, &result, None).await;
-                    }
-                    let lag = OffsetDateTime::now_utc() - published;
-                    metrics::histogram!("magistral_delivery_lag_seconds", "subscription" => self.sub.name.clone())
-                        .record(lag.as_seconds_f64().max(0.0));
-                    let _ = message.ack().await;
-                    return;
-                }
-                Decision::Retry(delay) if self.sub.ordered => {
-                    self.track(&track_key, "retrying", attempt, &result, Some(delay)).await;
-                    // Ordered: keep the message (and so the subscription's one slot) and retry
-                    // in place; a NAK would let the next message overtake it.
-                    if !self.hold(&message, delay).await {
-                        let _ = message.ack_with(AckKind::Nak(None)).await;
-                        return;
-                    }
-                    attempt += 1;
-                    while let BreakerState::Open { until } = self.control.breaker_state() {
-                        if !self.hold_until(&message, until).await {
-                            let _ = message.ack_with(AckKind::Nak(None)).await;
-                            return;
-                        }
-                    }
-                }
-                Decision::Retry(delay) => {
-                    self.track(&track_key, "retrying", attempt, &result, Some(delay)).await;
-                    let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
-                    return;
-                }
-                Decision::DeadLetter if self.sub.ordered && self.sub.on_exhausted == OnExhausted::Block => {
-                    self.track(&track_key, "blocked", attempt, &result, None).await;
-                    let reason = format!("blocked: message {} exhausted its attempts", attempt::message_id(&message));
-                    self.engine.pause(&self.sub, &reason, &result).await;
-                    if announce {
-                        dead_letter::publish_event(&self.engine.js, "blocked", &self.sub.name, &message, &failure)
-                            .await;
-                    }
-                    let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                    return;
-                }
-                Decision::DeadLetter => {
-                    match dead_letter::store(&self.engine.js, &self.sub.name, &message, &failure).await {
-                        Ok(()) => {
-                            self.track(&track_key, "dead-letter", attempt, &result, None).await;
-                            metrics::counter!("magistral_dead_letters_total", "subscription" => self.sub.name.clone())
-                                .increment(1);
-                            if let Ok(depth) = dead_letter::count(&self.engine.js, &self.sub.name).await {
-                                metrics::gauge!("magistral_dead_letters", "subscription" => self.sub.name.clone())
-                                    .set(depth as f64);
-                            }
-                            if announce {
-                                dead_letter::publish_event(
-                                    &self.engine.js,
-                                    "dead_lettered",
-                                    &self.sub.name,
-                                    &message,
-                                    &failure,
-                                )
-                                .await;
-                            }
-                            let _ = message.ack_with(AckKind::Term).await;
-                        }
-                        Err(err) => {
-                            // Never terminate what the dead-letter stream did not take.
-                            tracing::warn!(subscription = %self.sub.name, %err, "dead letter not stored; will retry");
-                            let _ = message.ack_with(AckKind::Nak(Some(self.sub.policy.delay_after(attempt)))).await;
-                        }
-                    }
-                    return;
-                }
-                Decision::PauseSubscription => {
-                    self.track(&track_key, "paused", attempt, &result, None).await;
-                    self.engine.pause(&self.sub, "endpoint answered 410 Gone", &result).await;
-                    if announce {
-                        dead_letter::publish_event(&self.engine.js, "paused", &self.sub.name, &message, &failure).await;
-                    }
-                    let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                    return;
-                }
+            Decision::DeadLetter if self.sub.ordered && self.sub.on_exhausted == OnExhausted::Block => {
+                self.block(message, delivery, failure).await;
             }
+            Decision::DeadLetter => self.dead_letter(message, delivery, failure).await,
+            Decision::PauseSubscription => {
+                self.track(&delivery.track_key, DeliveryState::Paused, delivery.attempt, result, None).await;
+                self.engine.pause(&self.sub, "endpoint answered 410 Gone", result).await;
+                self.announce("paused", delivery, message, failure).await;
+                let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            }
+        }
+        Settled::Done
+    }
+
+    async fn acknowledge(&self, message: &jetstream::Message, delivery: &InFlight, result: &AttemptResult) {
+        if result.class == Class::Skipped {
+            self.track(&delivery.track_key, DeliveryState::Skipped, delivery.attempt, result, None).await;
+        } else if delivery.attempt > 1 || self.is_replay {
+            // After failures, or a replayed dead letter: replace the old record.
+            self.track(&delivery.track_key, DeliveryState::Delivered, delivery.attempt, result, None).await;
+        }
+        let lag = OffsetDateTime::now_utc() - delivery.published;
+        metrics::histogram!("magistral_delivery_lag_seconds", "subscription" => self.sub.name.clone())
+            .record(lag.as_seconds_f64().max(0.0));
+        let _ = message.ack().await;
+    }
+
+    /// Ordered: keep the message (and so the subscription's one slot) and retry in place; a
+    /// NAK would let the next message overtake it.
+    async fn retry_in_place(
+        &self,
+        message: &jetstream::Message,
+        delivery: &InFlight,
+        result: &AttemptResult,
+        delay: Duration,
+    ) -> Settled {
+        self.track(&delivery.track_key, DeliveryState::Retrying, delivery.attempt, result, Some(delay)).await;
+        if !self.hold(message, delay).await {
+            let _ = message.ack_with(AckKind::Nak(None)).await;
+            return Settled::Done;
+        }
+        while let BreakerState::Open { until } = self.control.breaker_state() {
+            if !self.hold_until(message, until).await {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+                return Settled::Done;
+            }
+        }
+        Settled::RetryInPlace
+    }
+
+    /// Ordered with `on_exhausted = block`: the message holds the line and the subscription
+    /// pauses until an operator steps in.
+    async fn block(&self, message: &jetstream::Message, delivery: &InFlight, failure: &Failure) {
+        let result = &failure.result;
+        self.track(&delivery.track_key, DeliveryState::Blocked, delivery.attempt, result, None).await;
+        let reason = format!("blocked: message {} exhausted its attempts", attempt::message_id(message));
+        self.engine.pause(&self.sub, &reason, result).await;
+        self.announce("blocked", delivery, message, failure).await;
+        let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+    }
+
+    async fn dead_letter(&self, message: &jetstream::Message, delivery: &InFlight, failure: &Failure) {
+        if let Err(err) = dead_letter::store(&self.engine.js, &self.sub.name, message, failure).await {
+            // Never terminate what the dead-letter stream did not take.
+            tracing::warn!(subscription = %self.sub.name, %err, "dead letter not stored; will retry");
+            let _ = message.ack_with(AckKind::Nak(Some(self.sub.policy.delay_after(delivery.attempt)))).await;
+            return;
+        }
+        self.track(&delivery.track_key, DeliveryState::DeadLetter, delivery.attempt, &failure.result, None).await;
+        metrics::counter!("magistral_dead_letters_total", "subscription" => self.sub.name.clone()).increment(1);
+        if let Ok(depth) = dead_letter::count(&self.engine.js, &self.sub.name).await {
+            metrics::gauge!("magistral_dead_letters", "subscription" => self.sub.name.clone()).set(depth as f64);
+        }
+        self.announce("dead_lettered", delivery, message, failure).await;
+        let _ = message.ack_with(AckKind::Term).await;
+    }
+
+    /// Publishes a status event, unless the message is itself one.
+    async fn announce(
+        &self,
+        event: &'static str,
+        delivery: &InFlight,
+        message: &jetstream::Message,
+        failure: &Failure,
+    ) {
+        if delivery.announce {
+            dead_letter::publish_event(&self.engine.js, event, &self.sub.name, message, failure).await;
         }
     }
 
@@ -368,7 +437,7 @@ impl Worker {
     async fn track(
         &self,
         key: &(String, u64),
-        state: &str,
+        state: DeliveryState,
         attempt: u32,
         result: &AttemptResult,
         next: Option<Duration>,
@@ -377,15 +446,15 @@ impl Worker {
             return;
         }
         let now = OffsetDateTime::now_utc();
-        let record = crate::tracking::DeliveryRecord {
-            state: state.to_owned(),
+        let record = DeliveryRecord {
+            state,
             attempts: attempt,
             class: (result.class != Class::Delivered).then(|| result.class.slug().to_owned()),
             status: result.status,
-            at: now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-            next_attempt: next.and_then(|d| (now + d).format(&time::format_description::well_known::Rfc3339).ok()),
+            at: now.format(&Rfc3339).unwrap_or_default(),
+            next_attempt: next.and_then(|d| (now + d).format(&Rfc3339).ok()),
         };
-        crate::tracking::record(&self.engine.js.client(), &self.sub.name, &key.0, key.1, &record).await;
+        tracking::record(&self.engine.js.client(), &self.sub.name, &key.0, key.1, &record).await;
     }
 
     /// Keeps a message in progress for `delay`; false when cancelled.

@@ -76,3 +76,41 @@ impl From<RequestError> for Problem {
         }
     }
 }
+
+// --- delivery and tracking ---
+
+/// A NATS failure answered without its text (which goes to the log).
+fn nats_unavailable(area: &str, detail: &str, retry_after_seconds: u64) -> Problem {
+    tracing::warn!(area, error = detail, "NATS failed");
+    Problem::new(ProblemType::NatsUnavailable, "NATS is unavailable; try again shortly")
+        .retry_after(retry_after_seconds)
+}
+
+/// "Where is my message?" failures.
+#[must_use]
+pub fn tracking_problem(err: crate::tracking::TrackingError, retry_after_seconds: u64) -> Problem {
+    use crate::tracking::TrackingKind;
+    match err.kind() {
+        TrackingKind::Off => {
+            Problem::new(ProblemType::NotFound, "message tracking is turned off (system.tracking = false)")
+        }
+        TrackingKind::Nats => nats_unavailable("tracking", err.detail(), retry_after_seconds),
+    }
+}
+
+/// Delivery failures: subscriptions, dead letters, pull.
+#[must_use]
+pub fn delivery_problem(err: crate::delivery::DeliveryError, retry_after_seconds: u64) -> Problem {
+    use crate::delivery::DeliveryKind;
+    match err.kind() {
+        // The ack token key is settled through NATS: failing to is NATS failing.
+        DeliveryKind::Nats | DeliveryKind::NoConsumer | DeliveryKind::TokenKey => {
+            nats_unavailable("delivery", err.detail(), retry_after_seconds)
+        }
+        // Startup and configuration failures; never expected at request time.
+        DeliveryKind::HttpClient | DeliveryKind::Secret => {
+            tracing::warn!(error = err.detail(), "delivery failed");
+            Problem::new(ProblemType::Internal, "the delivery engine failed; see the gateway's log")
+        }
+    }
+}

@@ -93,8 +93,8 @@ pub async fn fetch(
     let unavailable = |e: String| {
         Problem::new(ProblemType::NatsUnavailable, format!("NATS: {e}")).retry_after(state.limits.retry_after_seconds)
     };
-    let key = engine.token_key().await.map_err(unavailable)?;
-    let messages = pull::fetch(&engine.js, key, sub, max, wait).await.map_err(unavailable)?;
+    let key = engine.token_key().await.map_err(|e| unavailable(e.to_string()))?;
+    let messages = pull::fetch(&engine.js, key, sub, max, wait).await.map_err(|e| unavailable(e.to_string()))?;
     metrics::counter!("magistral_pull_fetched_total", "subscription" => sub.name.clone())
         .increment(messages.len() as u64);
     Ok(Json(json!({ "messages": messages })).into_response())
@@ -137,7 +137,7 @@ pub async fn ack(
     let unavailable = |e: String| {
         Problem::new(ProblemType::NatsUnavailable, format!("NATS: {e}")).retry_after(state.limits.retry_after_seconds)
     };
-    let key = engine.token_key().await.map_err(unavailable)?;
+    let key = engine.token_key().await.map_err(|e| unavailable(e.to_string()))?;
 
     let mut tokens = Vec::with_capacity(request.acks.len());
     let mut refused = Vec::new();
@@ -159,7 +159,7 @@ pub async fn ack(
         return Err(problem);
     }
 
-    let ledger = engine.ack_ledger().await.map_err(unavailable)?;
+    let ledger = engine.ack_ledger().await.map_err(|e| unavailable(e.to_string()))?;
     let mut results = Vec::with_capacity(tokens.len());
     let mut failed = 0;
     // Tokens are carried out concurrently (bounded), answers kept in request order.

@@ -34,7 +34,7 @@ pub(crate) fn find<'c>(
         .ok_or_else(|| Problem::new(ProblemType::NotFound, format!("no subscription {name}")))
 }
 
-fn unavailable(state: &AppState) -> impl Fn(String) -> Problem + '_ {
+fn unavailable(state: &AppState) -> impl Fn(crate::delivery::DeliveryError) -> Problem + '_ {
     move |err| {
         Problem::new(ProblemType::NatsUnavailable, format!("NATS: {err}")).retry_after(state.limits.retry_after_seconds)
     }
