@@ -24,10 +24,54 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{Config, InboundConfig, InboundKind};
+use bytes::Bytes;
+
+use crate::catalog::Catalog;
+use crate::config::{Config, InboundConfig, InboundKind, Limits};
 use crate::delivery::subscription::read_secret;
+use crate::participants::Participant;
+use crate::publish::Draft;
+use crate::publish::cloudevents::ClientAttributes;
 use crate::subject;
 use crate::transform::{self, Transform};
+
+/// What an inbound adapter refused or failed at, before anything is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundErrorKind {
+    /// The secret inside the body (Bitrix24's `auth[application_token]`) is missing or wrong.
+    Unauthorized,
+    /// A Bitrix24 form over `limits.max_form_fields` or `limits.max_form_depth`.
+    FormTooComplex,
+    /// A Business Central notification with more than `limits.max_batch_items` entries.
+    TooManyEntries,
+    /// The route's transform failed on this input.
+    TransformFailed,
+    /// The route's participant is not in the catalog (the catalog check makes this a bug).
+    NoParticipant,
+}
+
+/// An inbound adapter's error; the detail is for people.
+pub type InboundError = crate::error::Error<InboundErrorKind>;
+
+/// What an adapter made of what a system sent: one message for the route's subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundMessage {
+    /// The data, before the route's transform.
+    pub data: Vec<u8>,
+    /// The message id; a system's retries of the same content get the same one.
+    pub id: Option<String>,
+    /// CloudEvents `type`.
+    pub type_: String,
+}
+
+/// A Business Central POST, taken apart.
+#[derive(Debug)]
+pub enum Notification {
+    /// Not a notification envelope at all: not BC's, to be answered 2xx and dropped.
+    NotANotification(serde_json::Error),
+    /// The entries whose `clientState` matched, as messages, and how many did not.
+    Entries { messages: Vec<InboundMessage>, ignored: u64 },
+}
 
 /// A configured inbound route, resolved.
 #[derive(Debug, Clone)]
@@ -107,6 +151,127 @@ impl InboundRoute {
         self.secret.as_deref().is_some_and(|s| {
             let (want, got) = (Sha256::digest(s.as_bytes()), Sha256::digest(presented.as_bytes()));
             bool::from(want.as_slice().ct_eq(got.as_slice()))
+        })
+    }
+}
+
+impl InboundRoute {
+    /// The participant the route publishes as.
+    ///
+    /// # Errors
+    /// `NoParticipant` (the catalog check rules it out).
+    pub fn participant<'c>(&self, catalog: &'c Catalog) -> Result<&'c Participant, InboundError> {
+        catalog.participants.iter().find(|p| p.name == self.participant).ok_or_else(|| {
+            InboundError::new(InboundErrorKind::NoParticipant, format!("no participant {}", self.participant))
+        })
+    }
+
+    /// A message as the draft to publish on the route's subject, the route's transform (if
+    /// any) applied to its data.
+    ///
+    /// # Errors
+    /// `TransformFailed`.
+    pub fn draft(&self, message: InboundMessage, traceparent: Option<&str>) -> Result<Draft, InboundError> {
+        let data = match &self.transform {
+            None => message.data,
+            Some(t) => t.apply(&message.data).map_err(|e| {
+                InboundError::new(InboundErrorKind::TransformFailed, format!("the route's transform failed: {e}"))
+            })?,
+        };
+        Ok(Draft {
+            subject: self.subject.clone(),
+            data: Bytes::from(data),
+            data_well_formed: false,
+            attributes: ClientAttributes { type_: Some(message.type_), ..Default::default() },
+            idempotency_key: message.id,
+            traceparent: traceparent.map(str::to_owned),
+            tracestate: None,
+        })
+    }
+
+    /// A Bitrix24 outbound event. Bitrix24 signs nothing and puts its token in the body, so
+    /// the order is: a scan for the token alone (nothing built) → the token → only then the
+    /// form, within its field and depth limits. The `auth` part carries the portal's access
+    /// and refresh tokens: never published (its `domain` becomes `portal`).
+    ///
+    /// # Errors
+    /// `Unauthorized`, `FormTooComplex`.
+    pub fn bitrix24_event(&self, body: &[u8], limits: &Limits) -> Result<InboundMessage, InboundError> {
+        if !application_token(body).is_some_and(|token| self.secret_matches(&token)) {
+            return Err(InboundError::new(
+                InboundErrorKind::Unauthorized,
+                "auth[application_token] is missing or does not match this route's application token",
+            ));
+        }
+        let mut form = parse_bracketed_form(body, limits.max_form_fields, limits.max_form_depth)
+            .map_err(|e| InboundError::new(InboundErrorKind::FormTooComplex, e.to_string()))?;
+        let portal = form["auth"]["domain"].as_str().map(str::to_owned);
+        if let Some(obj) = form.as_object_mut() {
+            obj.remove("auth");
+            if let Some(portal) = portal {
+                obj.insert("portal".into(), Value::String(portal));
+            }
+        }
+        let event = form["event"].as_str().unwrap_or("event").to_ascii_lowercase();
+        Ok(InboundMessage {
+            data: serde_json::to_vec(&form).unwrap_or_default(),
+            // Bitrix24 resends the same body on failure: the same id lets JetStream drop the copy.
+            id: Some(content_id("bitrix24", &[body])),
+            type_: format!("bitrix24.{event}"),
+        })
+    }
+
+    /// A Business Central notification: the envelope's entries stay raw, counted up to
+    /// `max_entries`, and only an entry whose `clientState` matches is parsed further (as
+    /// Microsoft's webhook guidance says, the others are not ours: dropped and counted).
+    ///
+    /// # Errors
+    /// `TooManyEntries`.
+    pub fn business_central_notification(&self, body: &[u8], max_entries: usize) -> Result<Notification, InboundError> {
+        let entries = match notification_entries(body, max_entries) {
+            Ok(entries) => entries,
+            Err(e @ EnvelopeError::TooManyEntries { .. }) => {
+                return Err(InboundError::new(InboundErrorKind::TooManyEntries, e.to_string()));
+            }
+            Err(EnvelopeError::Malformed(e)) => return Ok(Notification::NotANotification(e)),
+        };
+        let mut messages = Vec::new();
+        let mut ignored = 0;
+        for raw in entries {
+            match self.business_central_entry(raw) {
+                Some(message) => messages.push(message),
+                None => ignored += 1,
+            }
+        }
+        Ok(Notification::Entries { messages, ignored })
+    }
+
+    /// One notification entry as a message, if its `clientState` is this route's.
+    fn business_central_entry(&self, raw: &RawValue) -> Option<InboundMessage> {
+        if !entry_client_state(raw).is_some_and(|cs| self.secret_matches(&cs)) {
+            return None;
+        }
+        // Ours: only now is the entry built (serde_json bounds its nesting).
+        let mut entry = serde_json::from_str::<Value>(raw.get()).ok()?;
+        if let Some(obj) = entry.as_object_mut() {
+            obj.remove("clientState");
+        }
+        let field = |k: &str| entry[k].as_str().unwrap_or_default().to_owned();
+        let change = field("changeType");
+        let id = content_id(
+            "bc",
+            &[
+                field("subscriptionId").as_bytes(),
+                field("resource").as_bytes(),
+                change.as_bytes(),
+                field("lastModifiedDateTime").as_bytes(),
+            ],
+        );
+        let change = if change.is_empty() { "changed".to_owned() } else { change.to_ascii_lowercase() };
+        Some(InboundMessage {
+            data: serde_json::to_vec(&entry).unwrap_or_default(),
+            id: Some(id),
+            type_: format!("businesscentral.{change}"),
         })
     }
 }

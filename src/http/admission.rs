@@ -25,8 +25,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper::body::{Frame, SizeHint};
 
+use super::AppState;
+use super::extract::Caller;
 use super::problem::{Problem, ProblemType};
-use super::{AppState, authenticate};
 use crate::config::{InboundKind, Limits};
 
 /// Per-participant in-flight counts and publish token buckets of this replica. Keyed by
@@ -206,7 +207,7 @@ fn cost(state: &AppState, method: &Method, route: &str, path: &str) -> Cost {
 
 /// The middleware (a `route_layer`, so the matched route is known).
 pub async fn admission(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let timed_out = Arc::new(AtomicBool::new(false));
     // Bodyless requests (most GETs) need no timers.
     let body = if body.is_end_stream() {
@@ -223,20 +224,21 @@ pub async fn admission(State(state): State<AppState>, request: Request, next: Ne
     let route = parts.extensions.get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_default();
     let cost = cost(&state, &parts.method, &route, parts.uri.path());
     let mut slot = None;
-    if !matches!(cost, Cost::Free) {
-        let catalog = state.catalog.load();
-        if let Ok(participant) = authenticate(&catalog, &parts.headers) {
-            let admitted = state.admission.admit(&participant.name).and_then(|guard| {
-                if matches!(cost, Cost::Publish) {
-                    state.admission.charge_publish(&participant.name, 1)?;
-                }
-                Ok(guard)
-            });
-            match admitted {
-                Ok(guard) => slot = Some(guard),
-                Err(problem) => return problem.into_response(),
+    if !matches!(cost, Cost::Free)
+        && let Ok(caller) = Caller::from_headers(state.catalog.load_full(), &parts.headers)
+    {
+        let admitted = state.admission.admit(caller.name()).and_then(|guard| {
+            if matches!(cost, Cost::Publish) {
+                state.admission.charge_publish(caller.name(), 1)?;
             }
+            Ok(guard)
+        });
+        match admitted {
+            Ok(guard) => slot = Some(guard),
+            Err(problem) => return problem.into_response(),
         }
+        // The handler's `Caller` extractor takes it from here: one authentication per request.
+        parts.extensions.insert(caller);
     }
 
     let mut response = next.run(Request::from_parts(parts, body)).await;

@@ -16,11 +16,13 @@ use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 
+use super::AppState;
+use super::extract::{Caller, nats_unavailable};
 use super::problem::{Problem, ProblemType};
 use super::pull::owned;
 use super::subscriptions::Name;
-use super::{AppState, authenticate};
 use crate::config::{StartPosition, SubscriptionMode};
+use crate::delivery::subscription::Subscription;
 
 /// Open event streams per participant.
 #[derive(Default)]
@@ -58,58 +60,64 @@ pub struct EventsQuery {
     last_event_id: Option<String>,
 }
 
+/// The caller of an event stream: the `Authorization` header, else (for `EventSource`,
+/// which cannot set headers) `?access_token=`. Who is asking comes first, whatever else is
+/// wrong with the request, so the token is taken from a query that may not parse otherwise.
+fn stream_caller(state: &AppState, headers: &HeaderMap, query: Option<&EventsQuery>) -> Result<Caller, Problem> {
+    let catalog = state.catalog.load_full();
+    if let (None, Some(EventsQuery { access_token: Some(token), .. })) = (headers.get(header::AUTHORIZATION), query)
+        && let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}"))
+    {
+        let mut headers = headers.clone();
+        headers.insert(header::AUTHORIZATION, v);
+        return Caller::from_headers(catalog, &headers);
+    }
+    Caller::from_headers(catalog, headers)
+}
+
+/// Where to resume: after the `Last-Event-ID` header, else after `?last_event_id=`; each
+/// refused as what it is (`invalid-header`, `invalid-query`).
+fn resume_point(headers: &HeaderMap, query: &EventsQuery) -> Result<Option<u64>, Problem> {
+    match headers.get("last-event-id") {
+        // A header that is not even visible ASCII is no event id either.
+        Some(v) => {
+            v.to_str().ok().and_then(|v| parse_last_event_id(v).ok()).map(Some).ok_or_else(|| not_resumable(true))
+        }
+        None => query
+            .last_event_id
+            .as_deref()
+            .map(parse_last_event_id)
+            .transpose()
+            .map_err(|NotAnEventId| not_resumable(false)),
+    }
+}
+
+fn not_resumable(from_header: bool) -> Problem {
+    if from_header {
+        Problem::new(ProblemType::InvalidHeader, "Last-Event-ID is an event id from this stream")
+    } else {
+        Problem::new(ProblemType::InvalidQuery, "last_event_id is an event id from this stream")
+    }
+}
+
 /// `GET /v1/subscriptions/{name}/events`
 pub async fn events(
     State(state): State<AppState>,
     Name(name): Name,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
-    mut headers: HeaderMap,
+    headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    // Who is asking comes first, whatever else is wrong with the request.
     let query = query.map(|Query(q)| q);
-    if let (None, Ok(EventsQuery { access_token: Some(token), .. })) = (headers.get(header::AUTHORIZATION), &query)
-        && let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}"))
-    {
-        headers.insert(header::AUTHORIZATION, v);
-    }
-    let catalog = state.catalog.load_full();
-    let participant = authenticate(&catalog, &headers)?;
+    let caller = stream_caller(&state, &headers, query.as_ref().ok())?;
+    let participant = caller.participant();
     let query = query.map_err(|e| Problem::new(ProblemType::InvalidQuery, e.body_text()))?;
-    let sub = owned(&catalog, participant, &name, SubscriptionMode::Stream)?.clone();
-    // The header, else the query parameter; each refused as what it is.
+    let sub = owned(caller.catalog(), participant, &name, SubscriptionMode::Stream)?.clone();
     let from_header = headers.get("last-event-id").is_some();
-    let not_resumable = move || {
-        if from_header {
-            Problem::new(ProblemType::InvalidHeader, "Last-Event-ID is an event id from this stream")
-        } else {
-            Problem::new(ProblemType::InvalidQuery, "last_event_id is an event id from this stream")
-        }
-    };
-    let resume_at = match headers.get("last-event-id") {
-        // A header that is not even visible ASCII is no event id either.
-        Some(v) => Some(v.to_str().ok().and_then(|v| parse_last_event_id(v).ok()).ok_or_else(not_resumable)?),
-        None => query.last_event_id.as_deref().map(parse_last_event_id).transpose().map_err(|()| not_resumable())?,
-    };
+    let resume_at = resume_point(&headers, &query)?;
 
     // A slot first, so a client hammering reconnects cannot pile up consumers.
-    {
-        let mut counts =
-            state.sse_streams.0.lock().map_err(|_| Problem::new(ProblemType::Internal, "internal error"))?;
-        let open = counts.entry(participant.name.clone()).or_default();
-        if *open >= state.limits.max_streams_per_participant {
-            return Err(Problem::new(
-                ProblemType::TooManyStreams,
-                format!("{} event streams are open; the limit is {}", open, state.limits.max_streams_per_participant),
-            )
-            .retry_after(state.limits.retry_after_seconds));
-        }
-        *open += 1;
-    }
-    let mut lease = Lease { counts: state.sse_streams.clone(), participant: participant.name.clone(), consumer: None };
-
-    let unavailable = |e: String| {
-        Problem::new(ProblemType::NatsUnavailable, format!("NATS: {e}")).retry_after(state.limits.retry_after_seconds)
-    };
+    let mut lease = take_slot(&state, &participant.name)?;
+    let unavailable = |e: String| nats_unavailable(&state, "opening the event stream", e);
     let (stream_name, filters) =
         sub.spans.first().cloned().ok_or_else(|| Problem::new(ProblemType::Internal, "no stream"))?;
     let stream = state.publisher.jetstream().get_stream(&stream_name).await.map_err(|e| unavailable(e.to_string()))?;
@@ -117,13 +125,53 @@ pub async fn events(
     if let Some(start) = resume_at {
         let last = stream.cached_info().state.last_sequence;
         if start > last.saturating_add(1) {
-            return Err(not_resumable());
+            return Err(not_resumable(from_header));
         }
     }
     let consumer_name = format!("magistral-sse-{}-{}", sub.name, uuid::Uuid::now_v7().simple());
+    let config = consumer_config(&sub, &participant.name, consumer_name.clone(), resume_at, filters);
+    let consumer = stream.create_consumer(config).await.map_err(|e| unavailable(e.to_string()))?;
+    lease.consumer = Some((stream, consumer_name));
+    let messages = consumer.messages().await.map_err(|e| unavailable(e.to_string()))?;
+    metrics::gauge!("magistral_event_streams", "subscription" => sub.name.clone()).increment(1.0);
+    // On shutdown the stream ends (clients resume with Last-Event-ID), so it does not hold
+    // the drain open until its timeout.
+    let events = to_events(messages, lease, sub.name.clone()).take_until(state.shutdown.clone().cancelled_owned());
+    let mut response = Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(state.limits.sse_heartbeat).text("heartbeat"))
+        .into_response();
+    // nginx and similar proxies would otherwise buffer the stream.
+    response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// One of the participant's event-stream slots (`too-many-streams` when all are taken),
+/// held by the returned lease.
+fn take_slot(state: &AppState, participant: &str) -> Result<Lease, Problem> {
+    let mut counts = state.sse_streams.0.lock().map_err(|_| Problem::new(ProblemType::Internal, "internal error"))?;
+    let open = counts.entry(participant.to_owned()).or_default();
+    if *open >= state.limits.max_streams_per_participant {
+        return Err(Problem::new(
+            ProblemType::TooManyStreams,
+            format!("{} event streams are open; the limit is {}", open, state.limits.max_streams_per_participant),
+        )
+        .retry_after(state.limits.retry_after_seconds));
+    }
+    *open += 1;
+    Ok(Lease { counts: state.sse_streams.clone(), participant: participant.to_owned(), consumer: None })
+}
+
+/// The ephemeral consumer one event stream reads with.
+fn consumer_config(
+    sub: &Subscription,
+    participant: &str,
+    name: String,
+    resume_at: Option<u64>,
+    filters: Vec<String>,
+) -> pull::Config {
     let mut config = pull::Config {
-        name: Some(consumer_name.clone()),
-        description: Some(format!("magistral event stream of {} for {}", sub.name, participant.name)),
+        description: Some(format!("magistral event stream of {} for {participant}", sub.name)),
+        name: Some(name),
         ack_policy: AckPolicy::None,
         deliver_policy: match (resume_at, sub.start) {
             (Some(start_sequence), _) => DeliverPolicy::ByStartSequence { start_sequence },
@@ -139,19 +187,7 @@ pub async fn events(
     } else {
         config.filter_subjects = filters;
     }
-    let consumer = stream.create_consumer(config).await.map_err(|e| unavailable(e.to_string()))?;
-    lease.consumer = Some((stream, consumer_name));
-    let messages = consumer.messages().await.map_err(|e| unavailable(e.to_string()))?;
-    metrics::gauge!("magistral_event_streams", "subscription" => sub.name.clone()).increment(1.0);
-    // On shutdown the stream ends (clients resume with Last-Event-ID), so it does not hold
-    // the drain open until its timeout.
-    let events = to_events(messages, lease, sub.name.clone()).take_until(state.shutdown.clone().cancelled_owned());
-    let mut response = Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(state.limits.sse_heartbeat).text("heartbeat"))
-        .into_response();
-    // nginx and similar proxies would otherwise buffer the stream.
-    response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    config
 }
 
 /// Messages as SSE events: `id` = stream sequence, `event` = CloudEvents type, `data` = the
@@ -196,20 +232,24 @@ fn to_events(
 /// number with no successor — is not a resume point.
 ///
 /// # Errors
-/// The value is not an event id this gateway could have sent.
-pub fn parse_last_event_id(value: &str) -> Result<u64, ()> {
+/// [`NotAnEventId`]: the value is not an event id this gateway could have sent.
+pub fn parse_last_event_id(value: &str) -> Result<u64, NotAnEventId> {
     let digits = value.trim_matches(' ');
     if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(());
+        return Err(NotAnEventId);
     }
-    digits.parse::<u64>().map_err(|_| ())?.checked_add(1).ok_or(())
+    digits.parse::<u64>().map_err(|_| NotAnEventId)?.checked_add(1).ok_or(NotAnEventId)
 }
+
+/// A `Last-Event-ID` that is no resume point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not an event id of this stream")]
+pub struct NotAnEventId;
 
 /// One SSE frame for a stored message. Total whatever the message holds: axum's `Event`
 /// panics on CR/LF in `event`/`id`, so the type has every control character replaced, and
 /// line breaks in the data become separate `data:` lines (the client joins them with LF;
 /// for JSON, whose strings cannot hold raw line breaks, that changes no value).
-#[must_use]
 pub fn frame(seq: u64, type_: &str, data: &[u8]) -> Event {
     Event::default().id(seq.to_string()).event(sse_field(type_)).data(sse_data(&String::from_utf8_lossy(data)))
 }
@@ -285,10 +325,10 @@ mod tests {
         assert_eq!(parse_last_event_id("41"), Ok(42));
         assert_eq!(parse_last_event_id(" 0 "), Ok(1));
         assert_eq!(parse_last_event_id("18446744073709551614"), Ok(u64::MAX));
-        assert_eq!(parse_last_event_id("18446744073709551615"), Err(()));
-        assert_eq!(parse_last_event_id("99999999999999999999999"), Err(()));
+        assert_eq!(parse_last_event_id("18446744073709551615"), Err(NotAnEventId));
+        assert_eq!(parse_last_event_id("99999999999999999999999"), Err(NotAnEventId));
         for bad in ["", " ", "+1", "-1", "1.0", "0x10", "1 2", "\t1"] {
-            assert_eq!(parse_last_event_id(bad), Err(()), "{bad:?}");
+            assert_eq!(parse_last_event_id(bad), Err(NotAnEventId), "{bad:?}");
         }
     }
 
@@ -322,7 +362,7 @@ mod tests {
                     prop_assert!(next >= 1);
                     prop_assert_eq!(value.trim_matches(' ').parse::<u64>().ok(), Some(next - 1));
                 }
-                Err(()) => prop_assert!(value.trim_matches(' ').parse::<u64>().ok().and_then(|n| n.checked_add(1)).is_none()
+                Err(NotAnEventId) => prop_assert!(value.trim_matches(' ').parse::<u64>().ok().and_then(|n| n.checked_add(1)).is_none()
                     || value.trim_matches(' ').starts_with('+')),
             }
         }

@@ -7,20 +7,16 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
+use super::extract::Caller;
 use super::problem::{Problem, ProblemType};
-use super::{AppState, authenticate, header_str, media_type, read_body};
+use super::{AppState, header_str, media_type, read_body};
 use crate::catalog::Catalog;
 use crate::config::InboundKind;
-use crate::inbound::{
-    EnvelopeError, InboundRoute, application_token, content_id, entry_client_state, notification_entries,
-    parse_bracketed_form,
-};
-use crate::publish::cloudevents::ClientAttributes;
-use crate::publish::{self, Draft, Stored};
+use crate::inbound::{InboundMessage, InboundRoute, Notification};
+use crate::publish::{self, Stored};
 
 #[derive(Deserialize)]
 pub struct InboundQuery {
@@ -45,7 +41,7 @@ pub async fn inbound(
         .ok_or_else(|| Problem::new(ProblemType::NotFound, format!("no inbound route {name}")))?
         .clone();
     let result = match route.kind {
-        InboundKind::Json => json_route(&state, &catalog, &route, &headers, body).await,
+        InboundKind::Json => json_route(&state, catalog, &route, &headers, body).await,
         InboundKind::Bitrix24 => bitrix24(&state, &catalog, &route, &headers, body).await,
         InboundKind::BusinessCentral => {
             let token = query.ok().and_then(|Query(q)| q.validation_token);
@@ -60,36 +56,16 @@ pub async fn inbound(
     result
 }
 
-/// Applies the route's transform (if any) and publishes one message as the route's participant.
+/// Publishes one message of the route as the route's participant.
 async fn publish_one(
     state: &AppState,
     catalog: &Catalog,
     route: &InboundRoute,
-    data: Vec<u8>,
-    id: Option<String>,
-    type_: String,
+    message: InboundMessage,
     traceparent: Option<&str>,
 ) -> Result<Stored, Problem> {
-    let participant = catalog
-        .participants
-        .iter()
-        .find(|p| p.name == route.participant)
-        .ok_or_else(|| Problem::new(ProblemType::Internal, "internal error"))?;
-    let data = match &route.transform {
-        None => data,
-        Some(t) => t
-            .apply(&data)
-            .map_err(|e| Problem::new(ProblemType::TransformFailed, format!("the route's transform failed: {e}")))?,
-    };
-    let draft = Draft {
-        subject: route.subject.clone(),
-        data: Bytes::from(data),
-        data_well_formed: false,
-        attributes: ClientAttributes { type_: Some(type_), ..Default::default() },
-        idempotency_key: id,
-        traceparent: traceparent.map(str::to_owned),
-        tracestate: None,
-    };
+    let participant = route.participant(catalog)?;
+    let draft = route.draft(message, traceparent)?;
     let outgoing = publish::prepare(catalog, &state.limits, participant, draft)?;
     state.publisher.publish(outgoing).await
 }
@@ -97,13 +73,13 @@ async fn publish_one(
 /// Plain JSON with the participant's own bearer token.
 async fn json_route(
     state: &AppState,
-    catalog: &Catalog,
+    catalog: std::sync::Arc<Catalog>,
     route: &InboundRoute,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let participant = authenticate(catalog, headers)?;
-    if participant.name != route.participant {
+    let caller = Caller::from_headers(catalog, headers)?;
+    if caller.name() != route.participant {
         return Err(Problem::new(
             ProblemType::Forbidden,
             format!("route {} is for participant {}", route.name, route.participant),
@@ -115,24 +91,18 @@ async fn json_route(
     let body = read_body(body, headers, state.limits.max_body_bytes).await?;
     // Checked as sent (a transform's parser would silently keep one of two repeated members).
     publish::check_data(&state.limits, None, &body)?;
-    let id = header_str(headers, "idempotency-key").map(str::to_owned);
-    let stored = publish_one(
-        state,
-        catalog,
-        route,
-        body.to_vec(),
-        id,
-        route.subject.clone(),
-        header_str(headers, "traceparent"),
-    )
-    .await?;
+    let message = InboundMessage {
+        data: body.to_vec(),
+        id: header_str(headers, "idempotency-key").map(str::to_owned),
+        type_: route.subject.clone(),
+    };
+    let stored = publish_one(state, caller.catalog(), route, message, header_str(headers, "traceparent")).await?;
     let status = if stored.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((status, Json(stored)).into_response())
 }
 
-/// Bitrix24 outbound event handler. Bitrix24 signs nothing and puts its token in the body,
-/// so the order is: content type → bounded read → a scan for the token alone (nothing built)
-/// → the token → only then the form, within its field and depth limits.
+/// Bitrix24 outbound event handler: content type → bounded read → the route's operation
+/// ([`InboundRoute::bitrix24_event`]: token first, then the form) → publish.
 async fn bitrix24(
     state: &AppState,
     catalog: &Catalog,
@@ -147,27 +117,8 @@ async fn bitrix24(
         ));
     }
     let body = read_body(body, headers, state.limits.max_body_bytes).await?;
-    if !application_token(&body).is_some_and(|token| route.secret_matches(&token)) {
-        return Err(Problem::new(
-            ProblemType::Unauthorized,
-            "auth[application_token] is missing or does not match this route's application token",
-        ));
-    }
-    let mut form = parse_bracketed_form(&body, state.limits.max_form_fields, state.limits.max_form_depth)
-        .map_err(|e| Problem::new(ProblemType::FormTooComplex, e.to_string()))?;
-    // The auth part carries the portal's access and refresh tokens: never published.
-    let portal = form["auth"]["domain"].as_str().map(str::to_owned);
-    if let Some(obj) = form.as_object_mut() {
-        obj.remove("auth");
-        if let Some(portal) = portal {
-            obj.insert("portal".into(), Value::String(portal));
-        }
-    }
-    let event = form["event"].as_str().unwrap_or("event").to_ascii_lowercase();
-    let data = serde_json::to_vec(&form).unwrap_or_default();
-    // Bitrix24 resends the same body on failure: the same id lets JetStream drop the copy.
-    let id = content_id("bitrix24", &[&body]);
-    let stored = publish_one(state, catalog, route, data, Some(id), format!("bitrix24.{event}"), None).await?;
+    let message = route.bitrix24_event(&body, &state.limits)?;
+    let stored = publish_one(state, catalog, route, message, None).await?;
     Ok((StatusCode::OK, Json(stored)).into_response())
 }
 
@@ -177,18 +128,28 @@ fn bc_tolerates(status: StatusCode) -> bool {
     status.is_success() || status.is_server_error() || matches!(status.as_u16(), 408 | 429)
 }
 
+/// A refusal as Business Central may be answered: ours is a configuration problem here, not
+/// BC's, so a status BC would delete its subscription on becomes 500, which keeps BC retrying
+/// while an operator, alerted by the error log, fixes it.
+fn bc_safe(route: &InboundRoute, mut problem: Problem) -> Problem {
+    if !bc_tolerates(problem.status()) {
+        tracing::error!(route = %route.name, problem = %problem.detail, "inbound notification refused");
+        problem.status = Some(StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    problem
+}
+
 /// Business Central webhooks. Only 2xx/408/429/5xx are ever answered: anything else makes
 /// BC delete its subscription.
 ///
 /// Nothing here is authenticated before the body (BC sends no credentials but the
 /// `clientState` inside each entry), so the body is read up to `limits.max_body_bytes` and
-/// taken apart borrowing: the envelope's entries stay raw, counted up to
-/// `limits.max_batch_items`, and only an entry whose `clientState` matches is parsed further.
-/// BC aggregates more than 1000 changes into one `collection` entry, so its real notifications
-/// stay far below both limits. Over a limit is answered 500, not 413 (which would delete the
+/// taken apart borrowing ([`InboundRoute::business_central_notification`]). BC aggregates
+/// more than 1000 changes into one `collection` entry, so its real notifications stay far
+/// below both limits. Over a limit is answered 500, not 413 (which would delete the
 /// subscription) and not 202 (which would drop a real notification silently): BC retries
-/// while an operator, alerted by the error log, raises the limit. A body that is not a
-/// notification at all is not BC's: 202 and dropped.
+/// while an operator raises the limit. A body that is not a notification at all is not BC's:
+/// 202 and dropped.
 async fn business_central(
     state: &AppState,
     catalog: &Catalog,
@@ -202,63 +163,20 @@ async fn business_central(
         let token: String = token.chars().filter(|c| c.is_ascii_graphic()).take(1024).collect();
         return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], token).into_response());
     }
-    let bc_safe = |p: Problem| -> Problem {
-        if bc_tolerates(p.status()) {
-            p
-        } else {
-            // Our refusal is a configuration problem here, not BC's: 500 keeps BC retrying
-            // while an operator fixes it, instead of BC deleting the subscription.
-            tracing::error!(route = %route.name, problem = %p.detail, "inbound notification refused");
-            let mut p = p;
-            p.status = Some(StatusCode::INTERNAL_SERVER_ERROR);
-            p
-        }
-    };
-    let body = read_body(body, headers, state.limits.max_body_bytes).await.map_err(bc_safe)?;
-    let entries = match notification_entries(&body, state.limits.max_batch_items) {
-        Ok(entries) => entries,
-        Err(e @ EnvelopeError::TooManyEntries { .. }) => {
-            return Err(bc_safe(Problem::new(ProblemType::TooManyItems, e.to_string())));
-        }
-        Err(EnvelopeError::Malformed(e)) => {
+    let safe = |p: Problem| bc_safe(route, p);
+    let body = read_body(body, headers, state.limits.max_body_bytes).await.map_err(safe)?;
+    let notification =
+        route.business_central_notification(&body, state.limits.max_batch_items).map_err(|e| safe(e.into()))?;
+    let (messages, ignored) = match notification {
+        Notification::Entries { messages, ignored } => (messages, ignored),
+        Notification::NotANotification(e) => {
             tracing::warn!(route = %route.name, error = %e, "Business Central notification is not a notification; ignored");
             return Ok(StatusCode::ACCEPTED.into_response());
         }
     };
-    let mut stored = Vec::new();
-    let mut ignored = 0;
-    for raw in entries {
-        if !entry_client_state(raw).is_some_and(|cs| route.secret_matches(&cs)) {
-            // As Microsoft's webhook guidance says: not ours, drop it, still answer 2xx.
-            ignored += 1;
-            continue;
-        }
-        // Ours: only now is the entry built (serde_json bounds its nesting).
-        let Ok(mut entry) = serde_json::from_str::<Value>(raw.get()) else {
-            ignored += 1;
-            continue;
-        };
-        if let Some(obj) = entry.as_object_mut() {
-            obj.remove("clientState");
-        }
-        let field = |k: &str| entry[k].as_str().unwrap_or_default().to_owned();
-        let change = field("changeType");
-        let id = content_id(
-            "bc",
-            &[
-                field("subscriptionId").as_bytes(),
-                field("resource").as_bytes(),
-                change.as_bytes(),
-                field("lastModifiedDateTime").as_bytes(),
-            ],
-        );
-        let data = serde_json::to_vec(&entry).unwrap_or_default();
-        let type_ = format!(
-            "businesscentral.{}",
-            if change.is_empty() { "changed".to_owned() } else { change.to_ascii_lowercase() }
-        );
-        let result = publish_one(state, catalog, route, data, Some(id), type_, None).await.map_err(bc_safe)?;
-        stored.push(result);
+    let mut stored = Vec::with_capacity(messages.len());
+    for message in messages {
+        stored.push(publish_one(state, catalog, route, message, None).await.map_err(safe)?);
     }
     if ignored > 0 {
         metrics::counter!("magistral_inbound_ignored_total", "route" => route.name.clone()).increment(ignored);

@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod events;
+pub mod extract;
 pub mod inbound;
 pub mod kv;
 pub mod messages;
@@ -29,6 +30,7 @@ use crate::participants::Participant;
 use crate::publish::Publisher;
 pub use crate::runtime::Health;
 use crate::runtime::Runtime;
+pub use extract::{Caller, JsonBody, JsonBytes, SubjectPath};
 use problem::{Problem, ProblemType};
 
 /// What every request handler shares. Cheap to clone (all `Arc`s inside).
@@ -63,6 +65,43 @@ impl AppState {
             deliveries: self.deliveries.clone(),
             responders: self.responders.clone(),
             health: self.health.clone(),
+        }
+    }
+
+    /// A state for driving [`router`] in tests without a broker: `client` may be one that
+    /// never connected (`ConnectOptions::new().retry_on_initial_connect()`), so everything
+    /// up to the first NATS call answers as in production.
+    ///
+    /// # Panics
+    /// When the delivery engine cannot be built (no TLS provider for its HTTP client).
+    #[doc(hidden)]
+    #[must_use]
+    pub fn for_tests(catalog: Catalog, limits: Limits, client: async_nats::Client) -> Self {
+        use tokio_util::sync::CancellationToken;
+        use tokio_util::task::TaskTracker;
+
+        let limits = Arc::new(limits);
+        let publisher = Publisher::new(client.clone(), &limits);
+        let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
+        #[allow(clippy::expect_used)]
+        let engine = crate::delivery::Engine::new(publisher.jetstream().clone(), 1).expect("delivery engine");
+        let http_client = engine.http.clone();
+        let deliveries = Arc::new(crate::delivery::Deliveries::new(Arc::new(engine), tasks.clone(), shutdown.clone()));
+        let responders =
+            Arc::new(crate::request::Responders::new(client.clone(), http_client, tasks, shutdown.clone()));
+        Self {
+            catalog: Arc::new(ArcSwap::from_pointee(catalog)),
+            admission: Arc::new(admission::Admission::new(&limits)),
+            limits,
+            publisher,
+            client,
+            health: Arc::new(Health::default()),
+            metrics: crate::telemetry::metrics_handle(),
+            deliveries,
+            responders,
+            stores: Arc::new(kv::Stores::default()),
+            sse_streams: Arc::new(events::StreamCounts::default()),
+            shutdown,
         }
     }
 }

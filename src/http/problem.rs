@@ -114,3 +114,20 @@ pub fn delivery_problem(err: crate::delivery::DeliveryError, retry_after_seconds
         }
     }
 }
+// --- inbound ---
+
+impl From<crate::inbound::InboundError> for Problem {
+    fn from(err: crate::inbound::InboundError) -> Self {
+        use crate::inbound::InboundErrorKind as Kind;
+        match err.kind() {
+            Kind::Unauthorized => Problem::new(ProblemType::Unauthorized, err.detail()),
+            Kind::FormTooComplex => Problem::new(ProblemType::FormTooComplex, err.detail()),
+            Kind::TooManyEntries => Problem::new(ProblemType::TooManyItems, err.detail()),
+            Kind::TransformFailed => Problem::new(ProblemType::TransformFailed, err.detail()),
+            Kind::NoParticipant => {
+                tracing::error!(detail = err.detail(), "inbound route without its participant");
+                Problem::new(ProblemType::Internal, "internal error")
+            }
+        }
+    }
+}

@@ -2,21 +2,18 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::value::RawValue;
+use bytes::Bytes;
 use serde_json::{Value, json};
 
+use super::extract::{Caller, SubjectPath};
 use super::problem::{Problem, ProblemType};
-use super::{AppState, authenticate, header_str, media_type, read_body};
-use crate::catalog::Catalog;
-use crate::participants::Participant;
+use super::{AppState, header_str, media_type, read_body};
 use crate::publish::batch::{self, Framing};
-use crate::publish::cloudevents::{self, ClientAttributes, StructuredEvent};
-use crate::publish::{self, Draft, Outgoing, check_strict, check_utf8};
+use crate::publish::cloudevents::{self, StructuredEvent};
+use crate::publish::{self, Draft, Stored, check_strict, check_utf8};
 
 /// How the request carries its event.
 enum Mode {
@@ -44,26 +41,30 @@ fn mode_of(headers: &HeaderMap) -> Result<Mode, Problem> {
 /// Publishes one message; 202 once JetStream stored it, 200 for a duplicate.
 pub async fn publish_one(
     State(state): State<AppState>,
-    subject: Result<Path<String>, PathRejection>,
+    caller: Caller,
+    subject: Result<SubjectPath, Problem>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let catalog = state.catalog.load_full();
-    let participant = authenticate(&catalog, &headers)?;
-    let subject = match subject {
-        Ok(Path(subject)) => subject,
-        Err(_) => {
-            let problem =
-                Problem::new(ProblemType::InvalidSubject, "the subject is not valid UTF-8 once percent-decoded");
-            count_refusal(&participant.name, &problem);
-            return Err(problem);
-        }
-    };
-    let result = publish_one_checked(&state, &catalog, participant, subject, headers, body).await;
-    if let Err(problem) = &result {
-        count_refusal(&participant.name, problem);
+    let result = async {
+        let SubjectPath(subject) = subject?;
+        let mode = mode_of(&headers)?;
+        let body = read_body(body, &headers, state.limits.max_body_bytes).await?;
+        check_utf8(&body)?;
+        let draft = draft_of(&state, subject, mode, &headers, body)?;
+        let outgoing = publish::prepare(caller.catalog(), &state.limits, caller.participant(), draft)?;
+        state.publisher.publish(outgoing).await
     }
-    result
+    .await;
+    if let Err(problem) = &result {
+        count_refusal(caller.name(), problem);
+    }
+    let stored = result?;
+    Ok((stored_status(&stored), Json(stored)).into_response())
+}
+
+fn stored_status(stored: &Stored) -> StatusCode {
+    if stored.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED }
 }
 
 /// Refusals count in `magistral_publish_total` too, so a misbehaving participant shows.
@@ -80,20 +81,11 @@ fn count_refusal(participant: &str, problem: &Problem) {
     }
 }
 
-async fn publish_one_checked(
-    state: &AppState,
-    catalog: &Catalog,
-    participant: &Participant,
-    subject: String,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, Problem> {
-    let mode = mode_of(&headers)?;
-    let body = read_body(body, &headers, state.limits.max_body_bytes).await?;
-    check_utf8(&body)?;
-
+/// The message a single publish carries: the body and `ce-*` headers (binary mode), or a
+/// structured event's envelope.
+fn draft_of(state: &AppState, subject: String, mode: Mode, headers: &HeaderMap, body: Bytes) -> Result<Draft, Problem> {
     let (data, data_well_formed, attributes) = match mode {
-        Mode::Binary => (body, false, cloudevents::from_http_headers(&headers)?),
+        Mode::Binary => (body, false, cloudevents::from_http_headers(headers)?),
         Mode::Structured => {
             // The whole envelope, data included, is checked once here (the envelope adds one
             // level around the data), so the data need not be read again without a contract.
@@ -106,119 +98,60 @@ async fn publish_one_checked(
             (body.slice_ref(data.get().as_bytes()), true, attributes)
         }
     };
-    let draft = Draft {
+    Ok(Draft {
         subject,
         data,
         data_well_formed,
         attributes,
-        idempotency_key: header_str(&headers, "idempotency-key").map(str::to_owned),
-        traceparent: header_str(&headers, "traceparent").map(str::to_owned),
-        tracestate: header_str(&headers, "tracestate").map(str::to_owned),
-    };
-    let outgoing = publish::prepare(catalog, &state.limits, participant, draft)?;
-    let stored = state.publisher.publish(outgoing).await?;
-    let status = if stored.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
-    Ok((status, Json(stored)).into_response())
+        idempotency_key: header_str(headers, "idempotency-key").map(str::to_owned),
+        traceparent: header_str(headers, "traceparent").map(str::to_owned),
+        tracestate: header_str(headers, "tracestate").map(str::to_owned),
+    })
 }
 
-/// One batch item. Unknown members are refused so a typo (`"dta"`) is not silently dropped.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchItem<'a> {
-    subject: String,
-    #[serde(borrow)]
-    data: &'a RawValue,
-    /// Message id (idempotency key) for this item.
-    #[serde(default)]
-    id: Option<String>,
-    /// CloudEvents `type`; defaults to the subject.
-    #[serde(default, rename = "type")]
-    type_: Option<String>,
-    /// Picks a contract version when several are bound.
-    #[serde(default)]
-    dataschema: Option<String>,
-    /// CloudEvents `correlationid`: ties the item to a business transaction.
-    #[serde(default)]
-    correlation_id: Option<String>,
+/// How a batch body is framed, by its content type.
+fn framing_of(headers: &HeaderMap) -> Result<Framing, Problem> {
+    match media_type(headers).as_deref() {
+        Some("application/json") => Ok(Framing::JsonArray),
+        Some("application/x-ndjson" | "application/jsonl" | "application/jsonlines") => Ok(Framing::Ndjson),
+        other => Err(Problem::new(
+            ProblemType::UnsupportedMediaType,
+            format!(
+                "{} is not accepted; send a JSON array (application/json) or NDJSON (application/x-ndjson)",
+                other.unwrap_or("no Content-Type")
+            ),
+        )),
+    }
 }
 
 /// Publishes a batch: every item is checked first; one bad item refuses the whole batch
 /// (422, nothing published); otherwise all are published pipelined.
-pub async fn publish_batch(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, Problem> {
-    let catalog = state.catalog.load_full();
-    let participant = authenticate(&catalog, &headers)?;
-    let framing = match media_type(&headers).as_deref() {
-        Some("application/json") => Framing::JsonArray,
-        Some("application/x-ndjson" | "application/jsonl" | "application/jsonlines") => Framing::Ndjson,
-        other => {
-            return Err(Problem::new(
-                ProblemType::UnsupportedMediaType,
-                format!(
-                    "{} is not accepted; send a JSON array (application/json) or NDJSON (application/x-ndjson)",
-                    other.unwrap_or("no Content-Type")
-                ),
-            ));
-        }
-    };
+pub async fn publish_batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let framing = framing_of(&headers)?;
     let limits = &state.limits;
     let body = read_body(body, &headers, limits.max_batch_bytes).await?;
     check_utf8(&body)?;
-
-    // Items counted while they are found; then each is checked whole (I-JSON, depth) before
-    // its members are read, so a bad item is named by its index like any other refusal.
-    let items: Vec<Result<BatchItem<'_>, Problem>> =
-        batch::split(&body, framing, limits.max_batch_items, limits.max_json_depth)?
-            .into_iter()
-            .map(|raw| {
-                check_strict(raw, limits.max_json_depth + 1)?;
-                serde_json::from_slice(raw).map_err(publish::malformed)
-            })
-            .collect();
-    state.admission.charge_batch_items(&participant.name, items.len());
-
-    let traceparent = header_str(&headers, "traceparent");
-    let tracestate = header_str(&headers, "tracestate");
-    let mut ready: Vec<Outgoing> = Vec::with_capacity(items.len());
-    let mut refused: Vec<Value> = Vec::new();
-    for (index, item) in items.into_iter().enumerate() {
-        let checked = item.and_then(|item| {
-            let mut attributes =
-                ClientAttributes { type_: item.type_, dataschema: item.dataschema, ..Default::default() };
-            if let Some(corr) = item.correlation_id {
-                attributes.extensions.insert("correlationid".to_owned(), corr);
-            }
-            let draft = Draft {
-                subject: item.subject,
-                data: body.slice_ref(item.data.get().as_bytes()),
-                data_well_formed: true,
-                attributes,
-                idempotency_key: item.id,
-                traceparent: traceparent.map(str::to_owned),
-                tracestate: tracestate.map(str::to_owned),
-            };
-            publish::prepare(&catalog, limits, participant, draft)
-        });
-        match checked {
-            Ok(outgoing) => ready.push(outgoing),
-            Err(problem) => {
-                let mut entry = problem.body();
-                entry["index"] = json!(index);
-                refused.push(entry);
-            }
-        }
-    }
-    drop(catalog);
-    if !refused.is_empty() {
-        let mut problem = Problem::new(
-            ProblemType::BatchRejected,
-            format!("{} of {} item(s) refused; nothing was published", refused.len(), refused.len() + ready.len()),
-        );
-        problem.items = refused;
-        return Err(problem);
-    }
-
+    let items = batch::items(&body, framing, limits.max_batch_items, limits.max_json_depth)?;
+    state.admission.charge_batch_items(caller.name(), items.len());
+    let trace = batch::Trace {
+        traceparent: header_str(&headers, "traceparent"),
+        tracestate: header_str(&headers, "tracestate"),
+    };
+    let ready = batch::prepare(caller.catalog(), limits, caller.participant(), &body, items, trace)?;
+    drop(caller);
     let ids: Vec<String> = ready.iter().map(|o| o.id.clone()).collect();
     let results = state.publisher.publish_batch(ready).await?;
+    Ok(batch_answer(results, ids))
+}
+
+/// All stored: 202. Some: 207, each failed item says why (retry those with their id).
+/// None: 503, like a single publish would answer.
+fn batch_answer(results: Vec<Result<Stored, Problem>>, ids: Vec<String>) -> Response {
     let failed = results.iter().filter(|r| r.is_err()).count();
     let duplicates = results.iter().filter(|r| r.as_ref().is_ok_and(|s| s.duplicate)).count();
     let retry_after = results.iter().filter_map(|r| r.as_ref().err()).filter_map(|p| p.retry_after).max();
@@ -232,8 +165,6 @@ pub async fn publish_batch(State(state): State<AppState>, headers: HeaderMap, bo
             Err(problem) => json!({ "index": index, "id": id, "error": problem.body() }),
         })
         .collect();
-    // All stored: 202. Some: 207, each failed item says why (retry those with their id).
-    // None: 503, like a single publish would answer.
     let status = match failed {
         0 => StatusCode::ACCEPTED,
         n if n == results.len() => StatusCode::SERVICE_UNAVAILABLE,
@@ -245,5 +176,5 @@ pub async fn publish_batch(State(state): State<AppState>, headers: HeaderMap, bo
     if let Some(seconds) = retry_after.filter(|_| failed > 0) {
         response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
     }
-    Ok(response)
+    response
 }

@@ -1,22 +1,24 @@
 //! HTTP pull: `POST /v1/subscriptions/{name}/fetch` and `.../ack`, for participants that
 //! can only call out (an ERP or 1C behind a firewall). Only the owning participant may pull.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequestParts, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
+use super::AppState;
+use super::extract::{Caller, OptionalCommandBody, nats_unavailable};
 use super::problem::{Problem, ProblemType};
 use super::subscriptions::Name;
-use super::{AppState, authenticate, media_type, read_body};
 use crate::catalog::Catalog;
 use crate::config::SubscriptionMode;
-use crate::delivery::pull::{self, AckFailure, Action};
+use crate::delivery::pull::{self, AckFailure, AckToken, Action, TokenKey};
 use crate::delivery::subscription::Subscription;
 use crate::participants::Participant;
 
@@ -27,7 +29,7 @@ pub fn owned<'c>(
     participant: &Participant,
     name: &str,
     mode: SubscriptionMode,
-) -> Result<&'c std::sync::Arc<Subscription>, Problem> {
+) -> Result<&'c Arc<Subscription>, Problem> {
     let sub = super::subscriptions::find(catalog, participant, name)?;
     // An admin sees every subscription, but only its owner pulls from it.
     if sub.participant != participant.name {
@@ -53,21 +55,23 @@ fn mode_name(mode: SubscriptionMode) -> &'static str {
     }
 }
 
-/// A JSON body that may be empty (all fields defaulted).
-async fn json_body<T: for<'de> Deserialize<'de> + Default>(headers: &HeaderMap, body: Body) -> Result<T, Problem> {
-    let body = read_body(body, headers, 1024 * 1024).await?;
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
+/// The `pull` subscription `{name}` of the path, if the [`Caller`] owns it (see [`owned`]).
+/// Checks, in order: token → subscription → owner → mode.
+pub struct Pullable(pub Arc<Subscription>);
+
+impl FromRequestParts<AppState> for Pullable {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let Name(name) = Name::from_request_parts(parts, state).await?;
+        owned(caller.catalog(), caller.participant(), &name, SubscriptionMode::Pull).cloned().map(Self)
     }
-    if media_type(headers).as_deref() != Some("application/json") {
-        return Err(Problem::new(ProblemType::UnsupportedMediaType, "send application/json"));
-    }
-    serde_json::from_slice(&body).map_err(crate::publish::malformed)
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct FetchRequest {
+pub struct FetchRequest {
     /// Most messages to return (default 10, bounded by `limits.max_fetch`).
     max: Option<usize>,
     /// Long poll: how long to wait for a first message (`0s`..`limits.max_fetch_wait`).
@@ -78,23 +82,16 @@ struct FetchRequest {
 /// `POST /v1/subscriptions/{name}/fetch` `{"max": 10, "wait": "20s"}`
 pub async fn fetch(
     State(state): State<AppState>,
-    Name(name): Name,
-    headers: HeaderMap,
-    body: Body,
+    Pullable(sub): Pullable,
+    OptionalCommandBody(request): OptionalCommandBody<FetchRequest>,
 ) -> Result<Response, Problem> {
-    let catalog = state.catalog.load_full();
-    let participant = authenticate(&catalog, &headers)?;
-    let sub = owned(&catalog, participant, &name, SubscriptionMode::Pull)?;
-    let request: FetchRequest = json_body(&headers, body).await?;
     // Never more than the consumer may have unacknowledged at once.
     let max = request.max.unwrap_or(10).clamp(1, state.limits.max_fetch.min(sub.max_in_flight as usize).max(1));
     let wait = request.wait.unwrap_or(Duration::ZERO).min(state.limits.max_fetch_wait);
     let engine = &state.deliveries.engine;
-    let unavailable = |e: String| {
-        Problem::new(ProblemType::NatsUnavailable, format!("NATS: {e}")).retry_after(state.limits.retry_after_seconds)
-    };
-    let key = engine.token_key().await.map_err(|e| unavailable(e.to_string()))?;
-    let messages = pull::fetch(&engine.js, key, sub, max, wait).await.map_err(|e| unavailable(e.to_string()))?;
+    let key = engine.token_key().await.map_err(|e| nats_unavailable(&state, "reading the ack token key", e))?;
+    let messages =
+        pull::fetch(&engine.js, key, &sub, max, wait).await.map_err(|e| nats_unavailable(&state, "fetching", e))?;
     metrics::counter!("magistral_pull_fetched_total", "subscription" => sub.name.clone())
         .increment(messages.len() as u64);
     Ok(Json(json!({ "messages": messages })).into_response())
@@ -102,7 +99,7 @@ pub async fn fetch(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AckItem {
+pub struct AckItem {
     token: String,
     #[serde(default = "default_action")]
     action: Action,
@@ -117,7 +114,7 @@ fn default_action() -> Action {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct AckRequest {
+pub struct AckRequest {
     acks: Vec<AckItem>,
 }
 
@@ -125,43 +122,13 @@ struct AckRequest {
 /// Every token is verified first; one bad token refuses the request and nothing is acted on.
 pub async fn ack(
     State(state): State<AppState>,
-    Name(name): Name,
-    headers: HeaderMap,
-    body: Body,
+    Pullable(sub): Pullable,
+    OptionalCommandBody(request): OptionalCommandBody<AckRequest>,
 ) -> Result<Response, Problem> {
-    let catalog = state.catalog.load_full();
-    let participant = authenticate(&catalog, &headers)?;
-    let sub = owned(&catalog, participant, &name, SubscriptionMode::Pull)?;
-    let request: AckRequest = json_body(&headers, body).await?;
     let engine = &state.deliveries.engine;
-    let unavailable = |e: String| {
-        Problem::new(ProblemType::NatsUnavailable, format!("NATS: {e}")).retry_after(state.limits.retry_after_seconds)
-    };
-    let key = engine.token_key().await.map_err(|e| unavailable(e.to_string()))?;
-
-    let mut tokens = Vec::with_capacity(request.acks.len());
-    let mut refused = Vec::new();
-    for (index, item) in request.acks.iter().enumerate() {
-        match key.verify(&item.token) {
-            Ok(token) if token.s == sub.name => tokens.push(token),
-            Ok(token) => {
-                refused.push(json!({ "index": index, "detail": format!("the token is for subscription {}", token.s) }))
-            }
-            Err(why) => refused.push(json!({ "index": index, "detail": why })),
-        }
-    }
-    if !refused.is_empty() {
-        let mut problem = Problem::new(
-            ProblemType::InvalidAckToken,
-            format!("{} token(s) refused; nothing was acted on", refused.len()),
-        );
-        problem.items = refused;
-        return Err(problem);
-    }
-
-    let ledger = engine.ack_ledger().await.map_err(|e| unavailable(e.to_string()))?;
-    let mut results = Vec::with_capacity(tokens.len());
-    let mut failed = 0;
+    let key = engine.token_key().await.map_err(|e| nats_unavailable(&state, "reading the ack token key", e))?;
+    let tokens = verify_all(key, &sub, &request.acks)?;
+    let ledger = engine.ack_ledger().await.map_err(|e| nats_unavailable(&state, "opening the ack ledger", e))?;
     // Tokens are carried out concurrently (bounded), answers kept in request order.
     let pairs: Vec<_> = tokens.iter().zip(&request.acks).collect();
     let mut outcomes = Vec::with_capacity(pairs.len());
@@ -172,6 +139,8 @@ pub async fn ack(
             .collect();
         outcomes.extend(futures::future::join_all(acts).await);
     }
+    let mut results = Vec::with_capacity(tokens.len());
+    let mut failed = 0;
     for (index, (token, outcome)) in tokens.iter().zip(outcomes).enumerate() {
         match outcome {
             Ok(()) => results.push(json!({ "index": index, "ok": true })),
@@ -182,7 +151,7 @@ pub async fn ack(
                         ProblemType::AlreadyAcked,
                         format!("{} seq {} was already acked or terminated", token.st, token.q),
                     ),
-                    AckFailure::Nats(e) => unavailable(e),
+                    AckFailure::Nats(e) => nats_unavailable(&state, "acting on an ack token", e),
                 };
                 results.push(json!({ "index": index, "error": problem.body() }));
             }
@@ -190,4 +159,27 @@ pub async fn ack(
     }
     let status = if failed == 0 { StatusCode::OK } else { StatusCode::MULTI_STATUS };
     Ok((status, Json(json!({ "results": results, "failed": failed }))).into_response())
+}
+
+/// Every token verified and for this subscription, or `invalid-ack-token` naming each one
+/// refused (nothing is acted on then).
+fn verify_all(key: &TokenKey, sub: &Subscription, acks: &[AckItem]) -> Result<Vec<AckToken>, Problem> {
+    let mut tokens = Vec::with_capacity(acks.len());
+    let mut refused: Vec<Value> = Vec::new();
+    for (index, item) in acks.iter().enumerate() {
+        match key.verify(&item.token) {
+            Ok(token) if token.s == sub.name => tokens.push(token),
+            Ok(token) => {
+                refused.push(json!({ "index": index, "detail": format!("the token is for subscription {}", token.s) }))
+            }
+            Err(why) => refused.push(json!({ "index": index, "detail": why })),
+        }
+    }
+    if refused.is_empty() {
+        return Ok(tokens);
+    }
+    let mut problem =
+        Problem::new(ProblemType::InvalidAckToken, format!("{} token(s) refused; nothing was acted on", refused.len()));
+    problem.items = refused;
+    Err(problem)
 }

@@ -1,16 +1,18 @@
 //! Operating subscriptions: list with state, pause/resume, dead letters and replay.
 //! A participant sees and operates its own subscriptions; an `admin` participant all.
 
+use std::sync::Arc;
+
 use axum::Json;
-use axum::body::Body;
-use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::AppState;
+use super::extract::{Caller, CommandBody, Params, nats_unavailable};
 use super::problem::{Problem, ProblemType};
-use super::{AppState, authenticate, media_type, read_body};
 use crate::catalog::Catalog;
 use crate::delivery::breaker::BreakerState;
 use crate::delivery::dead_letter::{self, Selection};
@@ -34,23 +36,31 @@ pub(crate) fn find<'c>(
         .ok_or_else(|| Problem::new(ProblemType::NotFound, format!("no subscription {name}")))
 }
 
-fn unavailable(state: &AppState) -> impl Fn(crate::delivery::DeliveryError) -> Problem + '_ {
-    move |err| {
-        Problem::new(ProblemType::NatsUnavailable, format!("NATS: {err}")).retry_after(state.limits.retry_after_seconds)
-    }
-}
-
 /// A subscription name from the path; a name that is not UTF-8 is simply unknown.
 pub struct Name(pub String);
 
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Name {
+impl<S: Send + Sync> FromRequestParts<S> for Name {
     type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Problem> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
         match Path::<String>::from_request_parts(parts, state).await {
             Ok(Path(name)) => Ok(Self(name)),
             Err(_) => Err(Problem::new(ProblemType::NotFound, "no such subscription")),
         }
+    }
+}
+
+/// The subscription `{name}` of the path, if the [`Caller`] may operate it (see [`find`]).
+/// Checks, in order: token → subscription.
+pub struct Visible(pub Arc<Subscription>);
+
+impl FromRequestParts<AppState> for Visible {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let Name(name) = Name::from_request_parts(parts, state).await?;
+        find(caller.catalog(), caller.participant(), &name).cloned().map(Self)
     }
 }
 
@@ -109,40 +119,34 @@ async fn describe_unbounded(state: &AppState, sub: &Subscription) -> Value {
 }
 
 /// `GET /v1/subscriptions`
-pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, Problem> {
-    let catalog = state.catalog.load_full();
-    let participant = authenticate(&catalog, &headers)?;
+pub async fn list(State(state): State<AppState>, caller: Caller) -> Response {
     let mut out = Vec::new();
-    for sub in catalog.subscriptions.iter().filter(|s| visible(participant, s)) {
+    for sub in caller.catalog().subscriptions.iter().filter(|s| visible(caller.participant(), s)) {
         out.push(describe(&state, sub).await);
     }
-    Ok(Json(json!({ "subscriptions": out })).into_response())
+    Json(json!({ "subscriptions": out })).into_response()
 }
 
 /// `GET /v1/subscriptions/{name}`
-pub async fn show(State(state): State<AppState>, Name(name): Name, headers: HeaderMap) -> Result<Response, Problem> {
-    let catalog = state.catalog.load_full();
-    let participant = authenticate(&catalog, &headers)?;
-    let sub = find(&catalog, participant, &name)?;
-    Ok(Json(describe(&state, sub).await).into_response())
+pub async fn show(State(state): State<AppState>, Visible(sub): Visible) -> Response {
+    Json(describe(&state, &sub).await).into_response()
 }
 
 /// `POST /v1/subscriptions/{name}/pause`
-pub async fn pause(State(state): State<AppState>, Name(name): Name, headers: HeaderMap) -> Result<Response, Problem> {
-    let catalog = state.catalog.load_full();
-    let participant = authenticate(&catalog, &headers)?;
-    let sub = find(&catalog, participant, &name)?;
-    state.deliveries.engine.pause_by_operator(sub, &participant.name).await.map_err(unavailable(&state))?;
-    Ok(Json(describe(&state, sub).await).into_response())
+pub async fn pause(State(state): State<AppState>, caller: Caller, Visible(sub): Visible) -> Result<Response, Problem> {
+    state
+        .deliveries
+        .engine
+        .pause_by_operator(&sub, caller.name())
+        .await
+        .map_err(|e| nats_unavailable(&state, "pausing the subscription", e))?;
+    Ok(Json(describe(&state, &sub).await).into_response())
 }
 
 /// `POST /v1/subscriptions/{name}/resume`
-pub async fn resume(State(state): State<AppState>, Name(name): Name, headers: HeaderMap) -> Result<Response, Problem> {
-    let catalog = state.catalog.load_full();
-    let participant = authenticate(&catalog, &headers)?;
-    let sub = find(&catalog, participant, &name)?;
-    state.deliveries.engine.resume(sub).await.map_err(unavailable(&state))?;
-    Ok(Json(describe(&state, sub).await).into_response())
+pub async fn resume(State(state): State<AppState>, Visible(sub): Visible) -> Result<Response, Problem> {
+    state.deliveries.engine.resume(&sub).await.map_err(|e| nats_unavailable(&state, "resuming the subscription", e))?;
+    Ok(Json(describe(&state, &sub).await).into_response())
 }
 
 #[derive(Deserialize)]
@@ -158,25 +162,20 @@ pub struct Page {
 /// `GET /v1/subscriptions/{name}/dead-letters?after=&limit=`
 pub async fn dead_letters(
     State(state): State<AppState>,
-    Name(name): Name,
-    page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
-    headers: HeaderMap,
+    Visible(sub): Visible,
+    Params(page): Params<Page>,
 ) -> Result<Response, Problem> {
-    let catalog = state.catalog.load_full();
-    let participant = authenticate(&catalog, &headers)?;
-    let sub = find(&catalog, participant, &name)?;
-    let Query(page) = page.map_err(|e| Problem::new(ProblemType::InvalidQuery, e.body_text()))?;
     let limit = page.limit.unwrap_or(100).clamp(1, 1000);
     let (items, total) = dead_letter::list(&state.deliveries.engine.js, &sub.name, page.after, limit)
         .await
-        .map_err(unavailable(&state))?;
+        .map_err(|e| nats_unavailable(&state, "listing dead letters", e))?;
     let next = if items.len() == limit { items.last().map(|d| d.dlq_seq) } else { None };
     Ok(Json(json!({ "total": total, "dead_letters": items, "next": next })).into_response())
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ReplayRequest {
+pub struct ReplayRequest {
     /// Message ids (`ce-id`) or dead-letter sequences.
     #[serde(default)]
     ids: Vec<String>,
@@ -185,31 +184,26 @@ struct ReplayRequest {
     all: bool,
 }
 
+impl ReplayRequest {
+    fn selection(self) -> Result<Selection, Problem> {
+        match (self.all, self.ids.is_empty()) {
+            (true, true) => Ok(Selection::All),
+            (false, false) => Ok(Selection::Ids(self.ids)),
+            _ => Err(Problem::new(ProblemType::MalformedJson, "send either {\"ids\": [...]} or {\"all\": true}")),
+        }
+    }
+}
+
 /// `POST /v1/subscriptions/{name}/dead-letters/replay` with `{"ids": [...]}` or `{"all": true}`.
 pub async fn replay(
     State(state): State<AppState>,
-    Name(name): Name,
-    headers: HeaderMap,
-    body: Body,
+    Visible(sub): Visible,
+    CommandBody(request): CommandBody<ReplayRequest>,
 ) -> Result<Response, Problem> {
-    let catalog = state.catalog.load_full();
-    let participant = authenticate(&catalog, &headers)?;
-    let sub = find(&catalog, participant, &name)?;
-    if media_type(&headers).as_deref() != Some("application/json") {
-        return Err(Problem::new(ProblemType::UnsupportedMediaType, "send application/json"));
-    }
-    let body = read_body(body, &headers, 1024 * 1024).await?;
-    let request: ReplayRequest = serde_json::from_slice(&body).map_err(crate::publish::malformed)?;
-    let selection = match (request.all, request.ids.is_empty()) {
-        (true, true) => Selection::All,
-        (false, false) => Selection::Ids(request.ids),
-        _ => {
-            return Err(Problem::new(ProblemType::MalformedJson, "send either {\"ids\": [...]} or {\"all\": true}"));
-        }
-    };
+    let selection = request.selection()?;
     let replayed = dead_letter::replay(&state.deliveries.engine.js, &sub.name, &selection, 10_000)
         .await
-        .map_err(unavailable(&state))?;
+        .map_err(|e| nats_unavailable(&state, "replaying dead letters", e))?;
     if let Ok(depth) = dead_letter::count(&state.deliveries.engine.js, &sub.name).await {
         metrics::gauge!("magistral_dead_letters", "subscription" => sub.name.clone()).set(depth as f64);
     }

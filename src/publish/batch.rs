@@ -5,10 +5,18 @@
 use std::cell::Cell;
 use std::fmt;
 
+use bytes::Bytes;
+use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde_json::json;
 use serde_json::value::RawValue;
 
-use super::json::exceeds_depth;
+use super::cloudevents::ClientAttributes;
+use super::json::{check_strict, exceeds_depth};
+use super::{Draft, Outgoing};
+use crate::catalog::Catalog;
+use crate::config::Limits;
+use crate::participants::Participant;
 use crate::problem::{Problem, ProblemType};
 
 /// How a batch body is framed.
@@ -63,6 +71,109 @@ pub fn split(body: &[u8], framing: Framing, max_items: usize, max_depth: usize) 
             }
         }
     }
+}
+
+/// One batch item. Unknown members are refused so a typo (`"dta"`) is not silently dropped.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Item<'a> {
+    subject: String,
+    #[serde(borrow)]
+    data: &'a RawValue,
+    /// Message id (idempotency key) for this item.
+    #[serde(default)]
+    id: Option<String>,
+    /// CloudEvents `type`; defaults to the subject.
+    #[serde(default, rename = "type")]
+    type_: Option<String>,
+    /// Picks a contract version when several are bound.
+    #[serde(default)]
+    dataschema: Option<String>,
+    /// CloudEvents `correlationid`: ties the item to a business transaction.
+    #[serde(default)]
+    correlation_id: Option<String>,
+}
+
+/// The trace context of the request, shared by every item.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Trace<'h> {
+    pub traceparent: Option<&'h str>,
+    pub tracestate: Option<&'h str>,
+}
+
+impl Item<'_> {
+    /// The item as a message to check; its data is a slice of `body`, not a copy.
+    fn into_draft(self, body: &Bytes, trace: Trace<'_>) -> Draft {
+        let mut attributes = ClientAttributes { type_: self.type_, dataschema: self.dataschema, ..Default::default() };
+        if let Some(corr) = self.correlation_id {
+            attributes.extensions.insert("correlationid".to_owned(), corr);
+        }
+        Draft {
+            subject: self.subject,
+            data: body.slice_ref(self.data.get().as_bytes()),
+            data_well_formed: true,
+            attributes,
+            idempotency_key: self.id,
+            traceparent: trace.traceparent.map(str::to_owned),
+            tracestate: trace.tracestate.map(str::to_owned),
+        }
+    }
+}
+
+/// The items of a batch body: counted while they are found ([`split`]); then each is checked
+/// whole (I-JSON, depth) before its members are read, so a bad item is named by its index
+/// like any other refusal.
+///
+/// # Errors
+/// What [`split`] refuses; a bad item is an `Err` in the list, not a refusal of the whole.
+pub fn items(
+    body: &[u8],
+    framing: Framing,
+    max_items: usize,
+    max_depth: usize,
+) -> Result<Vec<Result<Item<'_>, Problem>>, Problem> {
+    Ok(split(body, framing, max_items, max_depth)?
+        .into_iter()
+        .map(|raw| {
+            check_strict(raw, max_depth + 1)?;
+            serde_json::from_slice(raw).map_err(super::malformed)
+        })
+        .collect())
+}
+
+/// Every item checked as a single publish ([`super::prepare`]); all ready, or none.
+///
+/// # Errors
+/// `batch-rejected`, each refused item in `items` with its `index`.
+pub fn prepare(
+    catalog: &Catalog,
+    limits: &Limits,
+    participant: &Participant,
+    body: &Bytes,
+    items: Vec<Result<Item<'_>, Problem>>,
+    trace: Trace<'_>,
+) -> Result<Vec<Outgoing>, Problem> {
+    let mut ready: Vec<Outgoing> = Vec::with_capacity(items.len());
+    let mut refused = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        match item.and_then(|item| super::prepare(catalog, limits, participant, item.into_draft(body, trace))) {
+            Ok(outgoing) => ready.push(outgoing),
+            Err(problem) => {
+                let mut entry = problem.body();
+                entry["index"] = json!(index);
+                refused.push(entry);
+            }
+        }
+    }
+    if refused.is_empty() {
+        return Ok(ready);
+    }
+    let mut problem = Problem::new(
+        ProblemType::BatchRejected,
+        format!("{} of {} item(s) refused; nothing was published", refused.len(), refused.len() + ready.len()),
+    );
+    problem.items = refused;
+    Err(problem)
 }
 
 /// Collects the array's items as raw JSON, refusing the one past `max`.

@@ -17,5 +17,6 @@ mod process;
 mod publish;
 mod pull;
 mod request;
+mod router;
 mod story;
 mod tracking;
