@@ -11,8 +11,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::extract::Caller;
 use super::problem::{Problem, ProblemType};
-use super::{AppState, authenticate, header_str, media_type, read_body};
+use super::{AppState, header_str, media_type, read_body};
 /// Where the gateway's state keeps its open buckets (the cache itself belongs to directories).
 pub use crate::directory::Stores;
 use crate::directory::{self, Access, Directories, Entry, Key, Paging, Precondition, Trace, Written};
@@ -25,13 +26,12 @@ fn directories(state: &AppState) -> Directories<'_> {
 /// `GET /v1/kv/{bucket}/{key}`
 pub async fn get(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<(String, String)>, PathRejection>,
-    headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let catalog = state.catalog.load_full();
-    let caller = authenticate(&catalog, &headers)?;
+    let (catalog, participant) = (caller.catalog(), caller.participant());
     let (bucket, key) = key_of(path)?;
-    let book = directory::open(&catalog, caller, &bucket, Access::Read)?;
+    let book = directory::open(catalog, participant, &bucket, Access::Read)?;
     let entry = directory::get(&directories(&state), &book, &key).await?;
     Ok(value_answer(entry))
 }
@@ -40,14 +40,14 @@ pub async fn get(
 /// `If-None-Match: *` = create only.
 pub async fn put(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let catalog = state.catalog.load_full();
-    let caller = authenticate(&catalog, &headers)?;
+    let (catalog, participant) = (caller.catalog(), caller.participant());
     let (bucket, key) = key_of(path)?;
-    let book = directory::open(&catalog, caller, &bucket, Access::Write)?;
+    let book = directory::open(catalog, participant, &bucket, Access::Write)?;
     require_json(&headers)?;
     let precondition = precondition(&headers)?;
     let value = read_body(body, &headers, state.limits.max_body_bytes).await?;
@@ -60,13 +60,13 @@ pub async fn put(
 /// `DELETE /v1/kv/{bucket}/{key}` (`If-Match` honoured).
 pub async fn delete(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let catalog = state.catalog.load_full();
-    let caller = authenticate(&catalog, &headers)?;
+    let (catalog, participant) = (caller.catalog(), caller.participant());
     let (bucket, key) = key_of(path)?;
-    let book = directory::open(&catalog, caller, &bucket, Access::Write)?;
+    let book = directory::open(catalog, participant, &bucket, Access::Write)?;
     let expected = if_match(&headers)?;
     let written = directory::delete(&directories(&state), &book, &key, expected, trace(&headers)).await?;
     Ok(with_etag(StatusCode::NO_CONTENT.into_response(), written))
@@ -85,17 +85,16 @@ pub struct ListQuery {
 /// `GET /v1/kv/{bucket}?prefix=&limit=&cursor=`: keys in order, a page at a time.
 pub async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     bucket: Result<Path<String>, PathRejection>,
     query: Result<Query<ListQuery>, QueryRejection>,
-    headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let catalog = state.catalog.load_full();
-    let caller = authenticate(&catalog, &headers)?;
+    let (catalog, participant) = (caller.catalog(), caller.participant());
     let Ok(Path(bucket)) = bucket else {
         return Err(Problem::new(ProblemType::NotFound, "no such directory"));
     };
     let Query(query) = query.map_err(|e| Problem::new(ProblemType::InvalidQuery, e.body_text()))?;
-    let book = directory::open(&catalog, caller, &bucket, Access::Read)?;
+    let book = directory::open(catalog, participant, &bucket, Access::Read)?;
     let paging = Paging { prefix: query.prefix, limit: query.limit, cursor: query.cursor };
     let page = directory::list(&directories(&state), &book, &paging).await?;
     Ok(Json(json!({ "bucket": bucket, "keys": page.keys, "next": page.next })).into_response())

@@ -5,13 +5,13 @@
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::AppState;
+use super::extract::Caller;
 use super::problem::{Problem, ProblemType, tracking_problem};
-use super::{AppState, authenticate};
 use crate::catalog::Catalog;
 use crate::participants::Participant;
 use crate::tracking::{Location, TrackedMessage, TrackingError, Whereabouts};
@@ -19,11 +19,10 @@ use crate::tracking::{Location, TrackedMessage, TrackingError, Whereabouts};
 /// `GET /v1/messages/{id}`
 pub async fn show(
     State(state): State<AppState>,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let catalog = state.catalog.load_full();
-    let participant = authenticate(&catalog, &headers)?;
+    let (catalog, participant) = (caller.catalog(), caller.participant());
     let not_found = || Problem::new(ProblemType::NotFound, "no such message (or not visible to this participant)");
     let Ok(Path(id)) = id else { return Err(not_found()) };
     let whereabouts = open(&state).await?;
@@ -31,7 +30,7 @@ pub async fn show(
     // a generated id, or another publisher's written out as `<participant>:<id>`, as is.
     let ids = [crate::publish::scoped_message_id(&participant.name, &id), id];
     let location = whereabouts.locate(ids).await.map_err(answer(&state))?.ok_or_else(not_found)?;
-    let found = describe(&state, &whereabouts, &catalog, participant, &location).await?;
+    let found = describe(&state, &whereabouts, catalog, participant, &location).await?;
     found.map(|m| Json(m).into_response()).ok_or_else(not_found)
 }
 
@@ -45,18 +44,17 @@ pub struct ListQuery {
 /// `GET /v1/messages?correlation_id=`: one business transaction, oldest first.
 pub async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     query: Result<Query<ListQuery>, QueryRejection>,
-    headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let catalog = state.catalog.load_full();
-    let participant = authenticate(&catalog, &headers)?;
+    let (catalog, participant) = (caller.catalog(), caller.participant());
     let Query(query) = query.map_err(|e| Problem::new(ProblemType::InvalidQuery, e.body_text()))?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     let whereabouts = open(&state).await?;
     let locations = whereabouts.correlated(&query.correlation_id, limit).await.map_err(answer(&state))?;
     let mut messages = Vec::new();
     for location in &locations {
-        if let Some(m) = describe(&state, &whereabouts, &catalog, participant, location).await? {
+        if let Some(m) = describe(&state, &whereabouts, catalog, participant, location).await? {
             messages.push(m);
         }
     }

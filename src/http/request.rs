@@ -11,8 +11,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use super::extract::Caller;
 use super::problem::{Problem, ProblemType};
-use super::{AppState, authenticate, header_str, media_type, read_body};
+use super::{AppState, header_str, media_type, read_body};
 use crate::publish::cloudevents;
 use crate::request::{self, Outgoing, Reply};
 
@@ -26,20 +27,20 @@ pub struct RequestQuery {
 /// Sends the body as a NATS request and answers with the reply.
 pub async fn request(
     State(state): State<AppState>,
+    caller: Caller,
     subject: Result<Path<String>, PathRejection>,
     query: Result<Query<RequestQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let catalog = state.catalog.load_full();
-    let caller = authenticate(&catalog, &headers)?;
+    let (catalog, participant) = (caller.catalog(), caller.participant());
     let Ok(Path(subject)) = subject else {
         return Err(Problem::new(ProblemType::InvalidSubject, "the subject is not valid UTF-8 once percent-decoded"));
     };
     let Query(query) = query.map_err(|e| Problem::new(ProblemType::InvalidQuery, e.body_text()))?;
     let timeout = timeout(query.timeout.as_deref())?;
     let limits = &state.limits;
-    let route = request::authorize(&catalog, caller, subject, limits)?;
+    let route = request::authorize(catalog, participant, subject, limits)?;
     require_json(&headers)?;
     let payload = read_body(body, &headers, limits.max_body_bytes).await?;
     let attributes = cloudevents::from_http_headers(&headers)?;
