@@ -56,22 +56,33 @@ pub enum TransformError {
     Empty,
 }
 
+/// Why a program does not compile. Each holds the whole message (jaq's description cut
+/// to a readable head with [`brief`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    #[error("{0}")]
+    Syntax(String),
+    #[error("{0}")]
+    Compile(String),
+}
+
 impl Transform {
     /// Parses and compiles a program.
     ///
     /// # Errors
     /// Parse or compile errors, described.
-    pub fn compile(source: &str) -> Result<Self, String> {
+    pub fn compile(source: &str) -> Result<Self, CompileError> {
         let program = File { code: source, path: () };
         let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs());
         let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs());
         let loader = Loader::new(defs);
         let arena = Arena::default();
-        let modules = loader.load(&arena, program).map_err(|errs| brief(format!("jq syntax error: {errs:?}")))?;
-        let filter = Compiler::default()
-            .with_funs(funs)
-            .compile(modules)
-            .map_err(|errs| brief(format!("jq compile error (undefined name or arity?): {errs:?}")))?;
+        let modules = loader
+            .load(&arena, program)
+            .map_err(|errs| CompileError::Syntax(brief(format!("jq syntax error: {errs:?}"))))?;
+        let filter = Compiler::default().with_funs(funs).compile(modules).map_err(|errs| {
+            CompileError::Compile(brief(format!("jq compile error (undefined name or arity?): {errs:?}")))
+        })?;
         Ok(Self { source: Arc::from(source), filter: Arc::new(filter) })
     }
 
@@ -157,5 +168,5 @@ pub fn load(
         }
         (None, None) => return Ok(None),
     };
-    Transform::compile(&source).map(Some).map_err(|m| (named, m))
+    Transform::compile(&source).map(Some).map_err(|e| (named, e.to_string()))
 }

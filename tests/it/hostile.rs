@@ -338,14 +338,19 @@ async fn run(id: &str, ctx: Ctx) -> Vec<String> {
                     };
                     match tokio::time::timeout(Duration::from_secs(5), read).await {
                         Ok(Ok(())) => {
-                            let status = String::from_utf8_lossy(&answer).split(' ').nth(1).and_then(|s| s.parse::<u16>().ok());
+                            let status =
+                                String::from_utf8_lossy(&answer).split(' ').nth(1).and_then(|s| s.parse::<u16>().ok());
                             match status {
                                 Some(s) if bc_tolerates(s) => {}
-                                other => p.push(format!("announced 16 MiB: status {other:?}; BC tolerates only 2xx/408/429/5xx")),
+                                other => p.push(format!(
+                                    "announced 16 MiB: status {other:?}; BC tolerates only 2xx/408/429/5xx"
+                                )),
                             }
                         }
                         Ok(Err(e)) => p.push(format!("announced 16 MiB: {e}")),
-                        Err(_) => p.push("announced 16 MiB: no answer within 5 s (the gateway waited for the body)".into()),
+                        Err(_) => {
+                            p.push("announced 16 MiB: no answer within 5 s (the gateway waited for the body)".into())
+                        }
                     }
                 }
             }
