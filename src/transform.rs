@@ -107,6 +107,30 @@ impl Transform {
     }
 }
 
+/// The transform of a config entry: inline text or a file, never both.
+///
+/// # Errors
+/// `(field, message)`: both given, unreadable file, or a program that does not compile.
+pub fn load(
+    config: &crate::config::Config,
+    field: &str,
+    inline: Option<&String>,
+    file: Option<&std::path::PathBuf>,
+) -> Result<Option<Transform>, (String, String)> {
+    let (source, named) = match (inline, file) {
+        (Some(_), Some(_)) => return Err((field.to_owned(), format!("give {field} or {field}_file, not both"))),
+        (Some(text), None) => (text.clone(), field.to_owned()),
+        (None, Some(path)) => {
+            let path = config.resolve(path);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| (format!("{field}_file"), format!("{}: {e}", path.display())))?;
+            (text, format!("{field}_file ({})", path.display()))
+        }
+        (None, None) => return Ok(None),
+    };
+    Transform::compile(&source).map(Some).map_err(|e| (named, e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,28 +169,4 @@ mod tests {
         let err = Transform::compile(r#"error("no customer")"#).unwrap();
         assert!(matches!(err.apply(b"{}"), Err(TransformError::Failed(m)) if m.contains("no customer")));
     }
-}
-
-/// The transform of a config entry: inline text or a file, never both.
-///
-/// # Errors
-/// `(field, message)`: both given, unreadable file, or a program that does not compile.
-pub fn load(
-    config: &crate::config::Config,
-    field: &str,
-    inline: Option<&String>,
-    file: Option<&std::path::PathBuf>,
-) -> Result<Option<Transform>, (String, String)> {
-    let (source, named) = match (inline, file) {
-        (Some(_), Some(_)) => return Err((field.to_owned(), format!("give {field} or {field}_file, not both"))),
-        (Some(text), None) => (text.clone(), field.to_owned()),
-        (None, Some(path)) => {
-            let path = config.resolve(path);
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| (format!("{field}_file"), format!("{}: {e}", path.display())))?;
-            (text, format!("{field}_file ({})", path.display()))
-        }
-        (None, None) => return Ok(None),
-    };
-    Transform::compile(&source).map(Some).map_err(|e| (named, e.to_string()))
 }

@@ -424,8 +424,8 @@ async fn cluster_node_kill_9_loses_no_acknowledged_publish() {
     nats.kill(victim);
     let killed_at = Instant::now();
     // Publishing goes on through both gateways on the remaining quorum.
-    for g in 0..2 {
-        load.wait_ok(50, killed_at, Some(g), WAIT, &format!("gateway {} after the kill", gateways[g].name)).await;
+    for (g, gateway) in gateways.iter().enumerate().take(2) {
+        load.wait_ok(50, killed_at, Some(g), WAIT, &format!("gateway {} after the kill", gateway.name)).await;
     }
     // Keep loading at least 2 s past the kill so the failover window is fully sampled (a
     // span of time under load: the thing under test).
@@ -678,8 +678,8 @@ async fn cluster_whole_cluster_outage_then_publish_and_delivery_resume() {
     }
     let ready_again = restart_at.elapsed();
     let up_at = Instant::now();
-    for g in 0..2 {
-        load.wait_ok(30, up_at, Some(g), WAIT, &format!("gateway {} after NATS returned", gateways[g].name)).await;
+    for (g, gateway) in gateways.iter().enumerate().take(2) {
+        load.wait_ok(30, up_at, Some(g), WAIT, &format!("gateway {} after NATS returned", gateway.name)).await;
     }
     let attempts = load.finish().await;
     let tally = Tally::of(&attempts);
@@ -765,23 +765,18 @@ async fn cluster_rolling_restart_of_gateways_loses_no_message() {
     // (gateway, SIGTERM sent, ready again): when its connections may be refused.
     let mut windows: Vec<(usize, Instant, Instant)> = Vec::new();
     let mut exits = BTreeMap::new();
-    for g in 0..2 {
+    for (g, gateway) in gateways.iter_mut().enumerate().take(2) {
         let term_at = Instant::now();
-        gateways[g].sigterm();
-        let (exit, took) = gateways[g].wait_exit(Duration::from_secs(20)).await;
-        assert!(
-            exit.success(),
-            "gateway {} exit after SIGTERM: {exit:?}\n{}",
-            gateways[g].name,
-            gateways[g].log_tail(30)
-        );
-        gateways[g].start_again();
-        gateways[g].wait_ready(&http, WAIT).await;
+        gateway.sigterm();
+        let (exit, took) = gateway.wait_exit(Duration::from_secs(20)).await;
+        assert!(exit.success(), "gateway {} exit after SIGTERM: {exit:?}\n{}", gateway.name, gateway.log_tail(30));
+        gateway.start_again();
+        gateway.wait_ready(&http, WAIT).await;
         let ready_at = Instant::now();
         windows.push((g, term_at, ready_at));
-        exits.insert(gateways[g].name.clone(), (took, ready_at - term_at));
+        exits.insert(gateway.name.clone(), (took, ready_at - term_at));
         // The restarted one takes its share of the load again.
-        load.wait_ok(20, ready_at, Some(g), WAIT, &format!("gateway {} after its restart", gateways[g].name)).await;
+        load.wait_ok(20, ready_at, Some(g), WAIT, &format!("gateway {} after its restart", gateway.name)).await;
     }
     let attempts = load.finish().await;
     let tally = Tally::of(&attempts);
