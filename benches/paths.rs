@@ -45,14 +45,13 @@
 //! - `BENCH_GATEWAY_THREADS` (2), `BENCH_CLIENT_THREADS` (2), `BENCH_PEER_THREADS` (1)
 
 use std::fmt::Write as _;
-use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{anyhow, bail};
 use async_nats::jetstream::{self, consumer::pull};
 use async_nats::service::ServiceExt as _;
 use axum::extract::State;
@@ -95,7 +94,6 @@ struct Settings {
     gateway_threads: usize,
     client_threads: usize,
     peer_threads: usize,
-    nats_bin: PathBuf,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
@@ -115,7 +113,6 @@ fn env_list(name: &str, default: &str) -> anyhow::Result<Vec<usize>> {
 
 impl Settings {
     fn from_env() -> anyhow::Result<Self> {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
         Ok(Self {
             paths: std::env::var("BENCH_PATHS")
                 .unwrap_or_else(|_| "push,latency,request,kv,pull".into())
@@ -137,9 +134,6 @@ impl Settings {
             gateway_threads: env_or("BENCH_GATEWAY_THREADS", 2)?,
             client_threads: env_or("BENCH_CLIENT_THREADS", 2)?,
             peer_threads: env_or("BENCH_PEER_THREADS", 1)?,
-            nats_bin: std::env::var_os("NATS_SERVER_BIN")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| manifest.join(".tools/bin/nats-server")),
         })
     }
 
@@ -149,55 +143,11 @@ impl Settings {
 }
 
 // ---------------------------------------------------------------------------------------
-// nats-server
+// nats-server: the integration tests' helper (a dynamic port, a temp store, killed on drop)
 
-struct NatsServer {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl NatsServer {
-    fn start(bin: &Path) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("magistral-bench-nats-").tempdir()?;
-        let port = StdListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = Command::new(bin)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {} (run scripts/install-nats-server.sh)", bin.display()))?;
-        let server = Self { child, port, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while StdStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("nats-server did not listen on {port} within 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(server)
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn nats_version(bin: &Path) -> String {
-    Command::new(bin)
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into())
-}
+#[path = "../tests/it/common/nats.rs"]
+mod nats;
+use nats::NatsServer;
 
 // ---------------------------------------------------------------------------------------
 // CPU accounting (ns on CPU per thread, from schedstat) and machine load
@@ -1526,9 +1476,9 @@ fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let _ = now_us();
     let s = Settings::from_env()?;
-    let version = nats_version(&s.nats_bin);
-    let nats = NatsServer::start(&s.nats_bin)?;
-    let nats_pid = nats.child.id();
+    let nats = NatsServer::start();
+    let version = nats.version();
+    let nats_pid = nats.pid();
     let nats_url = nats.url();
     let files = Files::new()?;
     let gw_rt = runtime(s.gateway_threads, "gw")?;

@@ -42,12 +42,11 @@
 //!   (a part left out shows as 0; meant for profiling one part alone)
 
 use std::fmt::Write as _;
-use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{anyhow, bail};
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
 use axum::extract::Path as UrlPath;
 use axum::http::{HeaderValue, Method, Request, StatusCode, header};
@@ -89,7 +88,6 @@ struct Settings {
     batch: bool,
     /// Which of gateway/bare/direct to run (for profiling one of them alone).
     parts: Vec<String>,
-    nats_bin: PathBuf,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
@@ -110,10 +108,6 @@ fn env_list(name: &str, default: &str) -> anyhow::Result<Vec<usize>> {
 impl Settings {
     fn from_env() -> anyhow::Result<Self> {
         let scenarios = std::env::var("BENCH_SCENARIOS").unwrap_or_else(|_| "single,batch".into());
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let nats_bin = std::env::var_os("NATS_SERVER_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| manifest.join(".tools/bin/nats-server"));
         Ok(Self {
             warmup: Duration::from_secs_f64(env_or("BENCH_WARMUP_SECS", 1.0)?),
             duration: Duration::from_secs_f64(env_or("BENCH_SECS", 5.0)?),
@@ -137,61 +131,16 @@ impl Settings {
                 .split(',')
                 .map(|p| p.trim().to_owned())
                 .collect(),
-            nats_bin,
         })
     }
 }
 
 // ---------------------------------------------------------------------------------------
-// nats-server
+// nats-server: the integration tests' helper (a dynamic port, a temp store, killed on drop)
 
-struct NatsServer {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl NatsServer {
-    fn start(bin: &Path) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let port = StdListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = Command::new(bin)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {} (run scripts/install-nats-server.sh)", bin.display()))?;
-        let server = Self { child, port, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while StdStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("nats-server did not listen on {port} within 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(server)
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn nats_version(bin: &Path) -> String {
-    Command::new(bin)
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into())
-}
+#[path = "../tests/it/common/nats.rs"]
+mod nats;
+use nats::NatsServer;
 
 // ---------------------------------------------------------------------------------------
 // CPU accounting (ns on CPU, per thread, from schedstat)
@@ -849,9 +798,9 @@ fn main() -> anyhow::Result<()> {
     // (before the readiness client is built).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let s = Settings::from_env()?;
-    let version = nats_version(&s.nats_bin);
-    let nats = NatsServer::start(&s.nats_bin)?;
-    let nats_pid = nats.child.id();
+    let nats = NatsServer::start();
+    let version = nats.version();
+    let nats_pid = nats.pid();
     let payload = order_payload()?;
 
     // The gateway (and the bare handler) on their own runtime.

@@ -36,6 +36,11 @@ pub struct Violation {
     pub message: String,
 }
 
+/// A schema that does not compile as JSON Schema 2020-12, described.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SchemaError(String);
+
 impl Contract {
     /// Compiles a schema as JSON Schema 2020-12 with `format` asserted (dates, e-mails).
     ///
@@ -48,11 +53,11 @@ impl Contract {
         file: PathBuf,
         subjects: Vec<String>,
         schema: Value,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SchemaError> {
         let validator = jsonschema::draft202012::options()
             .should_validate_formats(true)
             .build(&schema)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| SchemaError(e.to_string()))?;
         let dataschema = schema
             .get("$id")
             .and_then(Value::as_str)

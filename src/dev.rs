@@ -48,18 +48,32 @@ pub fn nats_server_binary() -> PathBuf {
     PathBuf::from("nats-server")
 }
 
+/// Why a development nats-server could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum DevNatsError {
+    #[error("cannot read host:port from {0}")]
+    Url(String),
+    #[error("{path}: {source}", path = .path.display())]
+    StoreDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot start {binary} ({source}); run scripts/install-nats-server.sh", binary = .binary.display())]
+    Start { binary: PathBuf, source: std::io::Error },
+    #[error("nats-server did not listen on {host}:{port} within 10 s")]
+    NotListening { host: String, port: u16 },
+}
+
 /// Starts nats-server with JetStream on the URL's port unless something already listens.
 ///
 /// # Errors
 /// The binary cannot be started or does not listen within 10 s.
-pub fn ensure_nats(url: &str, store_dir: &Path) -> Result<Option<DevNats>, String> {
-    let (host, port) = first_host_port(url).ok_or_else(|| format!("cannot read host:port from {url}"))?;
+pub fn ensure_nats(url: &str, store_dir: &Path) -> Result<Option<DevNats>, DevNatsError> {
+    let (host, port) = first_host_port(url).ok_or_else(|| DevNatsError::Url(url.to_owned()))?;
     if reachable(&host, port) {
         eprintln!("magistral dev: using the NATS server already at {host}:{port}");
         return Ok(None);
     }
     let binary = nats_server_binary();
-    std::fs::create_dir_all(store_dir).map_err(|e| format!("{}: {e}", store_dir.display()))?;
+    std::fs::create_dir_all(store_dir)
+        .map_err(|source| DevNatsError::StoreDir { path: store_dir.to_path_buf(), source })?;
     eprintln!("magistral dev: starting {} on {host}:{port} (store {})", binary.display(), store_dir.display());
     let child = Command::new(&binary)
         .args(["-js", "-a", &host, "-p", &port.to_string(), "-sd"])
@@ -67,12 +81,12 @@ pub fn ensure_nats(url: &str, store_dir: &Path) -> Result<Option<DevNats>, Strin
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("cannot start {} ({e}); run scripts/install-nats-server.sh", binary.display()))?;
+        .map_err(|source| DevNatsError::Start { binary: binary.clone(), source })?;
     let nats = DevNats { child };
     let deadline = Instant::now() + Duration::from_secs(10);
     while !reachable(&host, port) {
         if Instant::now() > deadline {
-            return Err(format!("nats-server did not listen on {host}:{port} within 10 s"));
+            return Err(DevNatsError::NotListening { host, port });
         }
         std::thread::sleep(Duration::from_millis(100));
     }

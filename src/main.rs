@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use magistral::catalog::Catalog;
-use magistral::config::Config;
+use magistral::config::{Config, ConfigError};
 use tokio_util::sync::CancellationToken;
 
 // glibc's malloc made throughput swing between runs (about 30 % of gateway samples in
@@ -57,8 +57,8 @@ fn main() -> ExitCode {
     // Everything is parsed and checked before the runtime starts (exit 64 on error).
     let (config, catalog) = match load(config_path.as_deref()) {
         Ok(loaded) => loaded,
-        Err(message) => {
-            eprintln!("{message}");
+        Err(problems) => {
+            eprintln!("{problems}");
             return ExitCode::from(EX_CONFIG);
         }
     };
@@ -91,8 +91,8 @@ fn main() -> ExitCode {
             let store = PathBuf::from(".magistral/dev/jetstream");
             let _nats = match magistral::dev::ensure_nats(&config.nats.url, &store) {
                 Ok(nats) => nats,
-                Err(message) => {
-                    eprintln!("magistral dev: {message}");
+                Err(error) => {
+                    eprintln!("magistral dev: {error}");
                     return ExitCode::from(EX_UNAVAILABLE);
                 }
             };
@@ -102,9 +102,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: Option<&Path>) -> Result<(Config, Catalog), String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
-    let catalog = Catalog::load(&config).map_err(|e| e.to_string())?;
+fn load(path: Option<&Path>) -> Result<(Config, Catalog), ConfigError> {
+    let config = Config::load(path)?;
+    let catalog = Catalog::load(&config)?;
     Ok((config, catalog))
 }
 

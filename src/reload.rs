@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::runtime::Runtime;
 
 /// A hash of everything configuration is read from.
@@ -36,9 +36,9 @@ fn fingerprint(config: &Config) -> u64 {
 ///
 /// # Errors
 /// The new configuration's problems; nothing was changed.
-pub async fn reload(state: &Runtime, path: Option<&Path>) -> Result<(), String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
-    let catalog = Catalog::load(&config).map_err(|e| e.to_string())?;
+pub async fn reload(state: &Runtime, path: Option<&Path>) -> Result<(), ConfigError> {
+    let config = Config::load(path)?;
+    let catalog = Catalog::load(&config)?;
     let catalog = Arc::new(catalog);
     // Streams and consumers first, then the catalog requests see: once a change is visible,
     // everything it needs exists.

@@ -56,22 +56,33 @@ pub enum TransformError {
     Empty,
 }
 
+/// Why a program does not compile. Each holds the whole message (jaq's description cut
+/// to a readable head with [`brief`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    #[error("{0}")]
+    Syntax(String),
+    #[error("{0}")]
+    Compile(String),
+}
+
 impl Transform {
     /// Parses and compiles a program.
     ///
     /// # Errors
     /// Parse or compile errors, described.
-    pub fn compile(source: &str) -> Result<Self, String> {
+    pub fn compile(source: &str) -> Result<Self, CompileError> {
         let program = File { code: source, path: () };
         let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs());
         let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs());
         let loader = Loader::new(defs);
         let arena = Arena::default();
-        let modules = loader.load(&arena, program).map_err(|errs| brief(format!("jq syntax error: {errs:?}")))?;
-        let filter = Compiler::default()
-            .with_funs(funs)
-            .compile(modules)
-            .map_err(|errs| brief(format!("jq compile error (undefined name or arity?): {errs:?}")))?;
+        let modules = loader
+            .load(&arena, program)
+            .map_err(|errs| CompileError::Syntax(brief(format!("jq syntax error: {errs:?}"))))?;
+        let filter = Compiler::default().with_funs(funs).compile(modules).map_err(|errs| {
+            CompileError::Compile(brief(format!("jq compile error (undefined name or arity?): {errs:?}")))
+        })?;
         Ok(Self { source: Arc::from(source), filter: Arc::new(filter) })
     }
 
@@ -94,6 +105,30 @@ impl Transform {
     pub fn source(&self) -> &str {
         &self.source
     }
+}
+
+/// The transform of a config entry: inline text or a file, never both.
+///
+/// # Errors
+/// `(field, message)`: both given, unreadable file, or a program that does not compile.
+pub fn load(
+    config: &crate::config::Config,
+    field: &str,
+    inline: Option<&String>,
+    file: Option<&std::path::PathBuf>,
+) -> Result<Option<Transform>, (String, String)> {
+    let (source, named) = match (inline, file) {
+        (Some(_), Some(_)) => return Err((field.to_owned(), format!("give {field} or {field}_file, not both"))),
+        (Some(text), None) => (text.clone(), field.to_owned()),
+        (None, Some(path)) => {
+            let path = config.resolve(path);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| (format!("{field}_file"), format!("{}: {e}", path.display())))?;
+            (text, format!("{field}_file ({})", path.display()))
+        }
+        (None, None) => return Ok(None),
+    };
+    Transform::compile(&source).map(Some).map_err(|e| (named, e.to_string()))
 }
 
 #[cfg(test)]
@@ -134,28 +169,4 @@ mod tests {
         let err = Transform::compile(r#"error("no customer")"#).unwrap();
         assert!(matches!(err.apply(b"{}"), Err(TransformError::Failed(m)) if m.contains("no customer")));
     }
-}
-
-/// The transform of a config entry: inline text or a file, never both.
-///
-/// # Errors
-/// `(field, message)`: both given, unreadable file, or a program that does not compile.
-pub fn load(
-    config: &crate::config::Config,
-    field: &str,
-    inline: Option<&String>,
-    file: Option<&std::path::PathBuf>,
-) -> Result<Option<Transform>, (String, String)> {
-    let (source, named) = match (inline, file) {
-        (Some(_), Some(_)) => return Err((field.to_owned(), format!("give {field} or {field}_file, not both"))),
-        (Some(text), None) => (text.clone(), field.to_owned()),
-        (None, Some(path)) => {
-            let path = config.resolve(path);
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| (format!("{field}_file"), format!("{}: {e}", path.display())))?;
-            (text, format!("{field}_file ({})", path.display()))
-        }
-        (None, None) => return Ok(None),
-    };
-    Transform::compile(&source).map(Some).map_err(|m| (named, m))
 }

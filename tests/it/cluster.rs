@@ -19,6 +19,7 @@ use futures::StreamExt;
 use tokio::task::JoinHandle;
 
 use crate::common::cluster::{self, GatewayProcess, NatsCluster, WAIT, add_nav_subscription, example_copy, make_r3};
+use crate::common::eventually;
 use crate::common::gateway::example;
 use crate::common::nats::NatsServer;
 use crate::common::receiver::{Answer, Receiver};
@@ -423,10 +424,11 @@ async fn cluster_node_kill_9_loses_no_acknowledged_publish() {
     nats.kill(victim);
     let killed_at = Instant::now();
     // Publishing goes on through both gateways on the remaining quorum.
-    for g in 0..2 {
-        load.wait_ok(50, killed_at, Some(g), WAIT, &format!("gateway {} after the kill", gateways[g].name)).await;
+    for (g, gateway) in gateways.iter().enumerate().take(2) {
+        load.wait_ok(50, killed_at, Some(g), WAIT, &format!("gateway {} after the kill", gateway.name)).await;
     }
-    // Keep loading at least 2 s past the kill so the failover window is fully sampled.
+    // Keep loading at least 2 s past the kill so the failover window is fully sampled (a
+    // span of time under load: the thing under test).
     while killed_at.elapsed() < Duration::from_secs(2) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -495,7 +497,8 @@ fn slow_body(bytes: &Bytes, written: Arc<AtomicUsize>) -> reqwest::Body {
     let (first, second) = (bytes.slice(..bytes.len() / 2), bytes.slice(bytes.len() / 2..));
     let stream =
         futures::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(futures::stream::once(async move {
-            // Polled again only once the first half was taken: it is on its way.
+            // Polled again only once the first half was taken: it is on its way. The pause
+            // before the second half is the slow upload under test.
             written.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_secs(1)).await;
             Ok(second)
@@ -547,11 +550,10 @@ async fn cluster_sigterm_under_load_finishes_in_flight_requests() {
             (id, r.map(|r| r.status().as_u16()).map_err(|e| format!("{e:?}")), Instant::now())
         }));
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while written.load(Ordering::SeqCst) < SLOW {
-        assert!(Instant::now() < deadline, "slow uploads did not start");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("slow uploads started", Duration::from_secs(10), async || {
+        (written.load(Ordering::SeqCst) >= SLOW).then_some(())
+    })
+    .await;
     // One round trip through the server after the half bodies went out: its I/O driver has
     // picked them up, so they are requests in progress, not unread bytes.
     assert_eq!(http.get(format!("{}/healthz", gw.base())).send().await.unwrap().status(), 200);
@@ -566,6 +568,7 @@ async fn cluster_sigterm_under_load_finishes_in_flight_requests() {
             _ => {}
         }
         assert!(term_at.elapsed() < Duration::from_secs(5), "still accepting connections 5 s after SIGTERM");
+        // Polled every 5 ms, not with `eventually`: the instant is measured.
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     let grace = drain + Duration::from_secs(8);
@@ -675,8 +678,8 @@ async fn cluster_whole_cluster_outage_then_publish_and_delivery_resume() {
     }
     let ready_again = restart_at.elapsed();
     let up_at = Instant::now();
-    for g in 0..2 {
-        load.wait_ok(30, up_at, Some(g), WAIT, &format!("gateway {} after NATS returned", gateways[g].name)).await;
+    for (g, gateway) in gateways.iter().enumerate().take(2) {
+        load.wait_ok(30, up_at, Some(g), WAIT, &format!("gateway {} after NATS returned", gateway.name)).await;
     }
     let attempts = load.finish().await;
     let tally = Tally::of(&attempts);
@@ -762,23 +765,18 @@ async fn cluster_rolling_restart_of_gateways_loses_no_message() {
     // (gateway, SIGTERM sent, ready again): when its connections may be refused.
     let mut windows: Vec<(usize, Instant, Instant)> = Vec::new();
     let mut exits = BTreeMap::new();
-    for g in 0..2 {
+    for (g, gateway) in gateways.iter_mut().enumerate().take(2) {
         let term_at = Instant::now();
-        gateways[g].sigterm();
-        let (exit, took) = gateways[g].wait_exit(Duration::from_secs(20)).await;
-        assert!(
-            exit.success(),
-            "gateway {} exit after SIGTERM: {exit:?}\n{}",
-            gateways[g].name,
-            gateways[g].log_tail(30)
-        );
-        gateways[g].start_again();
-        gateways[g].wait_ready(&http, WAIT).await;
+        gateway.sigterm();
+        let (exit, took) = gateway.wait_exit(Duration::from_secs(20)).await;
+        assert!(exit.success(), "gateway {} exit after SIGTERM: {exit:?}\n{}", gateway.name, gateway.log_tail(30));
+        gateway.start_again();
+        gateway.wait_ready(&http, WAIT).await;
         let ready_at = Instant::now();
         windows.push((g, term_at, ready_at));
-        exits.insert(gateways[g].name.clone(), (took, ready_at - term_at));
+        exits.insert(gateway.name.clone(), (took, ready_at - term_at));
         // The restarted one takes its share of the load again.
-        load.wait_ok(20, ready_at, Some(g), WAIT, &format!("gateway {} after its restart", gateways[g].name)).await;
+        load.wait_ok(20, ready_at, Some(g), WAIT, &format!("gateway {} after its restart", gateway.name)).await;
     }
     let attempts = load.finish().await;
     let tally = Tally::of(&attempts);

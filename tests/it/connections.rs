@@ -123,6 +123,7 @@ async fn a_trickled_body_is_cut_off_at_the_total_body_timeout() {
             if writer.write_all(&[b]).await.is_err() {
                 return;
             }
+            // The trickle is the thing under test.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
@@ -152,6 +153,8 @@ async fn past_the_connection_cap_a_client_waits_until_a_connection_closes() {
     .await;
     // The readiness probe's pooled connection would hold a slot: close it.
     drop(std::mem::replace(&mut gw.http, reqwest::Client::new()));
+    // A fixed wait for the server to see the close: nothing shows a freed slot without taking
+    // one (a probe connection would hold a slot itself).
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let health = b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n";
@@ -229,6 +232,8 @@ async fn in_flight_requests_are_bounded_per_participant_but_not_event_streams() 
     let mut slow = connect(gw.addr).await;
     slow.write_all(publish_head("orders.misc", BITRIX, body.len()).as_bytes()).await.unwrap();
     slow.write_all(&body[..5]).await.unwrap();
+    // A fixed wait for the server to read the head: a probe publish would be the request
+    // under test (and store a message when it came too early).
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let r = gw.publish(BITRIX, "orders.misc", r#"{"n": 2}"#).send().await.unwrap();
@@ -287,11 +292,13 @@ async fn the_publish_rate_limit_answers_429_with_retry_after_and_recovers() {
     assert_eq!(gw.http.get(gw.url("/v1/subscriptions")).bearer_auth(BITRIX).send().await.unwrap().status(), 200);
     assert_eq!(gw.publish(NAV, "orders.bc.other", r#"{"x": 1}"#).send().await.unwrap().status(), 202);
 
+    // Waiting out Retry-After (the refill) is the thing under test.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let r = gw.publish(BITRIX, "orders.misc", r#"{"n": 3}"#).send().await.unwrap();
     assert_eq!(r.status(), 202, "recovered after Retry-After");
 
     // A batch larger than the burst passes on one free token and leaves the bucket in debt.
+    // The same refill, so the batch starts from a full bucket.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let batch: String =
         (0..5).map(|n| json!({"subject": "orders.misc", "data": {"b": n}}).to_string() + "\n").collect();

@@ -12,6 +12,7 @@ use magistral::config::Config;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::common::eventually;
 use crate::common::gateway::{BITRIX, Gateway, NAV, OPS, scenario, slug, subscription};
 use crate::common::nats::NatsServer;
 
@@ -133,15 +134,11 @@ async fn endpoint_secrets_stay_out_of_dead_letters_status_events_and_listings() 
     let r = gw.publish(BITRIX, "orders.misc", r#"{"n":1}"#).send().await.unwrap();
     assert_eq!(r.status(), 202);
 
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let dead = loop {
+    let dead = eventually("a dead letter", Duration::from_secs(15), async || {
         let list = gw.get_json(NAV, "/v1/subscriptions/nav-hook/dead-letters").await;
-        if list["total"] == 1 {
-            break list;
-        }
-        assert!(Instant::now() < deadline, "no dead letter: {list}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        (list["total"] == 1).then_some(list)
+    })
+    .await;
     assert_eq!(dead["dead_letters"][0]["class"], "endpoint-unreachable", "{dead}");
     let show = gw.get_json(NAV, "/v1/subscriptions/nav-hook").await;
     assert_eq!(show["endpoint"], format!("http://127.0.0.1:{port}/hook?…"));
@@ -153,6 +150,7 @@ async fn endpoint_secrets_stay_out_of_dead_letters_status_events_and_listings() 
         gw.get_json(OPS, "/v1/subscriptions/nav-hook/dead-letters").await.to_string(),
     ];
     // Status events (anyone with `magistral.delivery.>` reads them) and the stored dead letter.
+    // A soft wait (not `eventually`): after 5 s, whatever events arrived are checked.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let events = stream_texts(&js, "MAGISTRAL_EVENTS").await;
@@ -180,11 +178,10 @@ async fn run_with(config: Config, catalog: Catalog) -> (String, tokio_util::sync
     let shutdown = tokio_util::sync::CancellationToken::new();
     tokio::spawn(magistral::run(config, catalog, listener, shutdown.clone()));
     let http = crate::common::http_client();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
-        assert!(Instant::now() < deadline, "not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("ready", Duration::from_secs(10), async || {
+        http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status() == 200).then_some(())
+    })
+    .await;
     (base, shutdown)
 }
 

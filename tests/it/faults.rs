@@ -4,11 +4,12 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use futures::StreamExt;
 
+use crate::common::eventually;
 use crate::common::gateway::{BITRIX, Gateway, jetstream};
 use crate::common::nats::NatsServer;
 
@@ -39,6 +40,7 @@ async fn nats_outage_gives_503_and_recovers_without_losing_acknowledged_messages
                 let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
                 outcomes.push((id, response.status().as_u16(), retry_after));
                 if response.status().is_server_error() {
+                    // A client's back-off, part of the load pattern.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -46,18 +48,12 @@ async fn nats_outage_gives_503_and_recovers_without_losing_acknowledged_messages
         }));
     }
 
+    // The scenario's phases are spans of time under load (the thing under test): load before
+    // the outage, the outage itself, load after recovery.
     tokio::time::sleep(Duration::from_millis(700)).await;
     nats.kill();
     // Readiness must notice the outage.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = gw.http.get(gw.url("/readyz")).send().await.unwrap().status();
-        if status == 503 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "/readyz stayed {status} with NATS down");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    readyz_503(&gw).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     nats.restart();
     gw.wait_ready(Duration::from_secs(20)).await;
@@ -121,11 +117,7 @@ async fn batch_during_outage_answers_503_with_each_item_id() {
     let mut nats = NatsServer::start();
     let gw = Gateway::start(&nats.url()).await;
     nats.kill();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while gw.http.get(gw.url("/readyz")).send().await.unwrap().status() != 503 {
-        assert!(Instant::now() < deadline, "outage not noticed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    readyz_503(&gw).await;
     let items = serde_json::json!([
         {"subject": "orders.misc", "data": {"n": 1}, "id": "b-1"},
         {"subject": "orders.misc", "data": {"n": 2}}
@@ -153,6 +145,7 @@ async fn deliveries_resume_after_a_nats_outage() {
     gw.publish(BITRIX, "orders.misc", r#"{"n":1}"#).send().await.unwrap();
     receiver.wait_for(1, Duration::from_secs(10)).await;
     nats.kill();
+    // An outage of a second: the thing under test.
     tokio::time::sleep(Duration::from_secs(1)).await;
     nats.restart();
     gw.wait_ready(Duration::from_secs(20)).await;
@@ -160,4 +153,12 @@ async fn deliveries_resume_after_a_nats_outage() {
     assert_eq!(r.status(), 202);
     let got = receiver.wait_for(2, Duration::from_secs(20)).await;
     assert_eq!(got[1].body.as_ref(), br#"{"n":2}"#);
+}
+
+/// Waits until `/readyz` reports the NATS outage.
+async fn readyz_503(gw: &Gateway) {
+    eventually("/readyz 503 with NATS down", Duration::from_secs(10), async || {
+        (gw.http.get(gw.url("/readyz")).send().await.unwrap().status() == 503).then_some(())
+    })
+    .await;
 }

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::common::ExpectStatus;
+use crate::common::eventually;
 use crate::common::gateway::{BITRIX, Gateway, jetstream, slug, stream_count, subscription};
 use crate::common::nats::NatsServer;
 use crate::common::receiver::{Answer, Receiver};
@@ -50,16 +52,12 @@ async fn subscription_transform_reshapes_for_an_odata_erp_and_failures_dead_lett
 
     // Data the program cannot handle: dead-lettered at once with the class, no request sent.
     gw.publish(BITRIX, "orders.misc", r#"{"order_id":"4712","lines":"not a list"}"#).send().await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    let list = eventually("a dead letter", Duration::from_secs(10), async || {
         let list = gw.get_json(crate::common::gateway::NAV, "/v1/subscriptions/nav-odata/dead-letters").await;
-        if list["total"] == 1 {
-            assert_eq!(list["dead_letters"][0]["class"], "transform-failed", "{list}");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{list}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (list["total"] == 1).then_some(list)
+    })
+    .await;
+    assert_eq!(list["dead_letters"][0]["class"], "transform-failed", "{list}");
     assert_eq!(erp.received().len(), 1);
 }
 
@@ -74,6 +72,7 @@ async fn a_transform_that_yields_nothing_skips_the_message() {
     gw.publish(BITRIX, "orders.misc", r#"{"id":2,"channel":"web"}"#).send().await.unwrap();
     let got = shop.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(got[0].body.as_ref(), br#"{"id":2}"#);
+    // Waiting for nothing to happen: the skipped message must not arrive late.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(shop.received().len(), 1);
     let list = gw.get_json(crate::common::gateway::NAV, "/v1/subscriptions/shop-web/dead-letters").await;
@@ -145,9 +144,7 @@ async fn business_central_handshake_and_notifications() {
          "lastModifiedDateTime": "2026-11-28T10:00:00Z"},
         {"subscriptionId": "s1", "clientState": "not-ours", "resource": "x", "changeType": "deleted", "lastModifiedDateTime": "2026-11-28T10:00:00Z"}
     ]});
-    let r = gw.http.post(gw.url("/v1/inbound/bc-items")).json(&notification).send().await.unwrap();
-    assert_eq!(r.status(), 202);
-    let body: Value = r.json().await.unwrap();
+    let body = gw.http.post(gw.url("/v1/inbound/bc-items")).json(&notification).expect_status(202).await;
     assert_eq!(body["ignored"], 1);
     assert_eq!(stream_count(&js, "ORDERS").await, 2, "one message per entry, the collection entry as one");
     let (subject, data, headers) = last_stored(&nats).await;
@@ -168,13 +165,11 @@ async fn plain_json_route_with_a_transform_needs_the_participants_token() {
     let nats = NatsServer::start();
     let gw = Gateway::start(&nats.url()).await;
     let oktell = json!({"phone": "+74951234567", "op": "ivanova", "dur": "95"});
-    let r = gw.http.post(gw.url("/v1/inbound/oktell-calls")).bearer_auth(BITRIX).json(&oktell).send().await.unwrap();
-    assert_eq!(r.status(), 202);
+    gw.http.post(gw.url("/v1/inbound/oktell-calls")).bearer_auth(BITRIX).json(&oktell).expect_status(202).await;
     let (subject, data, _) = last_stored(&nats).await;
     assert_eq!(subject, "orders.calls");
     assert_eq!(data, json!({"caller": "+74951234567", "operator": "ivanova", "seconds": 95}));
-    let r = gw.http.post(gw.url("/v1/inbound/oktell-calls")).json(&oktell).send().await.unwrap();
-    assert_eq!(r.status(), 401);
+    gw.http.post(gw.url("/v1/inbound/oktell-calls")).json(&oktell).expect_status(401).await;
     let r = gw
         .http
         .post(gw.url("/v1/inbound/oktell-calls"))
@@ -219,8 +214,8 @@ async fn responder_transforms_reshape_request_and_reply() {
         c.responders.insert("nav-queries".into(), cfg);
     })
     .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let r = loop {
+    // 503 until the responder has joined its subjects.
+    let r = eventually("the responder answers", Duration::from_secs(10), async || {
         let r = gw
             .http
             .post(gw.url("/v1/request/nav.query.customer.purchases"))
@@ -230,11 +225,9 @@ async fn responder_transforms_reshape_request_and_reply() {
             .send()
             .await
             .unwrap();
-        if r.status() != 503 || tokio::time::Instant::now() > deadline {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        (r.status() != 503).then_some(r)
+    })
+    .await;
     assert_eq!(r.status(), 200);
     // The reply also honours the purchase-history reply contract, after the transform.
     assert_eq!(

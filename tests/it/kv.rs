@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::common::ExpectStatus;
+use crate::common::eventually;
 use crate::common::gateway::{BITRIX, Gateway, NAV, slug, subscription};
 use crate::common::nats::NatsServer;
 use crate::common::receiver::Receiver;
@@ -59,8 +61,7 @@ async fn put_get_delete_and_list_with_paging() {
     }
     assert_eq!(keys, (0..25).map(|i| format!("WR-{i:04}")).collect::<Vec<_>>());
 
-    let r = gw.http.delete(gw.url("/v1/kv/items/ACC-0001")).bearer_auth(NAV).send().await.unwrap();
-    assert_eq!(r.status(), 204);
+    gw.http.delete(gw.url("/v1/kv/items/ACC-0001")).bearer_auth(NAV).expect_status(204).await;
     let r = gw.http.get(gw.url("/v1/kv/items/ACC-0001")).bearer_auth(BITRIX).send().await.unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(slug(&r.json::<Value>().await.unwrap()), "not-found");
@@ -72,11 +73,9 @@ async fn put_get_delete_and_list_with_paging() {
             .any(|k| k == "ACC-0001")
     );
     // Deleting again: nothing there.
-    let r = gw.http.delete(gw.url("/v1/kv/items/ACC-0001")).bearer_auth(NAV).send().await.unwrap();
-    assert_eq!(r.status(), 404);
+    gw.http.delete(gw.url("/v1/kv/items/ACC-0001")).bearer_auth(NAV).expect_status(404).await;
     // A deleted key may be created again with a create-only write.
-    let r = put(&gw, NAV, "ACC-0001", item("ACC-0001", 310.0)).header("if-none-match", "*").send().await.unwrap();
-    assert_eq!(r.status(), 201);
+    put(&gw, NAV, "ACC-0001", item("ACC-0001", 310.0)).header("if-none-match", "*").expect_status(201).await;
 }
 
 #[tokio::test]
@@ -143,9 +142,14 @@ async fn directory_changes_are_pushed_to_subscribers() {
     let app = Receiver::start().await;
     let sub = subscription("bitrix", &["$KV.items.>"], &app.url(), json!({}));
     let gw = Gateway::with_subscriptions(&nats.url(), vec![("shop-prices", sub)]).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = put(&gw, NAV, "WR-0042", item("WR-0042", 1590.0)).send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    // Changes made before the subscription's consumer exists are not its to deliver.
+    let js = crate::common::gateway::jetstream(&nats.url()).await;
+    eventually("the subscription's consumer", Duration::from_secs(10), async || {
+        let stream = js.get_stream("KV_items").await.ok()?;
+        stream.consumer_info("magistral-shop-prices").await.ok().map(|_| ())
+    })
+    .await;
+    put(&gw, NAV, "WR-0042", item("WR-0042", 1590.0)).expect_status(200).await;
     let got = app.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(got[0].body.as_ref(), item("WR-0042", 1590.0).as_bytes());
     assert_eq!(got[0].header("ce-source"), Some("/participants/nav"));
@@ -153,8 +157,7 @@ async fn directory_changes_are_pushed_to_subscribers() {
     assert_eq!(got[0].header("magistral-subject"), Some("$KV.items.WR-0042"));
     assert_eq!(got[0].header("ce-dataschema"), Some("https://magistral.dev/contracts/item/v1"));
     // A delete is announced as one, with its own id.
-    let r = gw.http.delete(gw.url("/v1/kv/items/WR-0042")).bearer_auth(NAV).send().await.unwrap();
-    assert_eq!(r.status(), 204);
+    gw.http.delete(gw.url("/v1/kv/items/WR-0042")).bearer_auth(NAV).expect_status(204).await;
     let got = app.wait_for(2, Duration::from_secs(10)).await;
     assert_eq!(got[1].header("ce-type"), Some("magistral.directory.items.delete"));
     assert_eq!(got[1].header("ce-subject"), Some("WR-0042"));

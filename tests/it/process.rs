@@ -3,10 +3,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::common::eventually;
 use crate::common::gateway::{example, jetstream, stream_count};
 use crate::common::nats::NatsServer;
 
@@ -56,16 +57,10 @@ async fn the_binary_serves_the_example_and_stops_on_sigterm() {
         .unwrap();
     let http = crate::common::http_client();
     let base = format!("http://{listen}");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the binary did not become ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("the binary ready", Duration::from_secs(15), async || {
+        http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status() == 200).then_some(())
+    })
+    .await;
     let publish = |token: &'static str, subject: &'static str, sample: &'static str| {
         http.post(format!("{base}/v1/publish/{subject}"))
             .bearer_auth(token)
@@ -90,14 +85,7 @@ async fn the_binary_serves_the_example_and_stops_on_sigterm() {
 
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let exit = loop {
-        if let Some(exit) = child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(Instant::now() < deadline, "no exit within 15 s of SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exit = eventually("exit after SIGTERM", Duration::from_secs(15), async || child.try_wait().unwrap()).await;
     assert!(exit.success(), "exit after SIGTERM: {exit:?}");
     let mut logs = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut logs).unwrap();
@@ -302,14 +290,23 @@ async fn killing_a_gateway_mid_delivery_loses_nothing() {
     let mut a = start(port_a);
     let mut b = start(port_b);
     for port in [port_a, port_b] {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !http.get(format!("http://127.0.0.1:{port}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
-            assert!(Instant::now() < deadline, "gateway on {port} not ready");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually(&format!("gateway on {port} ready"), Duration::from_secs(15), async || {
+            http.get(format!("http://127.0.0.1:{port}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+                .then_some(())
+        })
+        .await;
     }
-    // Both workers must have joined the consumer before the load starts.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Both workers must have joined the consumer (each holds a pull request) before the load
+    // starts.
+    let orders = jetstream(&nats.url()).await.get_stream("ORDERS").await.unwrap();
+    eventually("both workers pulling", Duration::from_secs(15), async || {
+        let info = orders.consumer_info("magistral-nav-orders").await.ok()?;
+        (info.num_waiting >= 2).then_some(())
+    })
+    .await;
     let order = std::fs::read(example("samples/sales-order.valid.json")).unwrap();
     for i in 0..200 {
         let r = http
@@ -337,17 +334,13 @@ async fn killing_a_gateway_mid_delivery_loses_nothing() {
     let by_b = delivered_by(port_b).await;
     b.kill().unwrap();
     b.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let got = loop {
+    let got = eventually("200 distinct messages delivered after the kill", Duration::from_secs(30), async || {
         let got = receiver.received();
-        let ids: std::collections::HashSet<String> =
-            got.iter().map(|r| r.header("webhook-id").unwrap().to_owned()).collect();
-        if ids.len() == 200 {
-            break got;
-        }
-        assert!(Instant::now() < deadline, "only {} of 200 distinct messages delivered after the kill", ids.len());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        let distinct: std::collections::HashSet<&str> = got.iter().map(|r| r.header("webhook-id").unwrap()).collect();
+        let distinct = distinct.len();
+        (distinct == 200).then_some(got)
+    })
+    .await;
     let by_a = delivered_by(port_a).await;
     assert!(by_b > 0.0, "the killed replica never delivered: the test proves nothing");
     eprintln!(

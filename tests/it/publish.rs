@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::common::ExpectStatus;
+use crate::common::eventually;
 use crate::common::gateway::{BITRIX, Gateway, NAV, example, jetstream, slug, stream_count};
 use crate::common::nats::NatsServer;
 
@@ -122,9 +124,7 @@ async fn contract_violation_lists_every_failing_pointer() {
     let nats = NatsServer::start();
     let gw = Gateway::start(&nats.url()).await;
     let invalid = std::fs::read(example("samples/sales-order.invalid.json")).unwrap();
-    let response = gw.publish(BITRIX, "orders.created", invalid).send().await.unwrap();
-    assert_eq!(response.status(), 422);
-    let body: Value = response.json().await.unwrap();
+    let body = gw.publish(BITRIX, "orders.created", invalid).expect_status(422).await;
     let errors = body["errors"].as_array().unwrap();
     let pointers: Vec<&str> = errors.iter().map(|e| e["instancePath"].as_str().unwrap()).collect();
     for expected in ["/lines/1/qty", "/lines/0", "/delivery/country", "/created_at", "/payment/method"] {
@@ -209,8 +209,7 @@ async fn structured_cloudevent_stores_data_bytes_and_envelope_attributes() {
 
     // The data, not the envelope, is what the contract checks.
     let bad = r#"{"specversion":"1.0","type":"x","data":{"order_id":"4711","status":"shipped"}}"#;
-    let response = gw.publish_as(NAV, "orders.status", CE, bad).send().await.unwrap();
-    assert_eq!(response.status(), 422);
+    gw.publish_as(NAV, "orders.status", CE, bad).expect_status(422).await;
 }
 
 #[tokio::test]
@@ -240,9 +239,7 @@ async fn batch_of_1000_is_stored_in_order() {
     let js = jetstream(&nats.url()).await;
     let items: Vec<Value> =
         (0..1000).map(|i| json!({"subject": "orders.misc", "id": format!("batch-{i}"), "data": {"n": i}})).collect();
-    let response = gw.http.post(gw.url("/v1/publish")).bearer_auth(BITRIX).json(&items).send().await.unwrap();
-    assert_eq!(response.status(), 202);
-    let body: Value = response.json().await.unwrap();
+    let body = gw.http.post(gw.url("/v1/publish")).bearer_auth(BITRIX).json(&items).expect_status(202).await;
     assert_eq!(body["stored"], 1000);
     let results = body["results"].as_array().unwrap();
     assert_eq!(results.len(), 1000);
@@ -293,9 +290,7 @@ async fn batch_with_one_bad_item_stores_nothing_and_names_it() {
     let mut items: Vec<Value> = (0..10).map(|i| json!({"subject": "orders.misc", "data": {"n": i}})).collect();
     items[3] = json!({"subject": "orders.created", "data": invalid});
     items[7] = json!({"subject": "$SYS.x", "data": {}});
-    let response = gw.http.post(gw.url("/v1/publish")).bearer_auth(BITRIX).json(&items).send().await.unwrap();
-    assert_eq!(response.status(), 422);
-    let body: Value = response.json().await.unwrap();
+    let body = gw.http.post(gw.url("/v1/publish")).bearer_auth(BITRIX).json(&items).expect_status(422).await;
     assert_eq!(slug(&body), "batch-rejected");
     let refused = body["items"].as_array().unwrap();
     assert_eq!(refused.len(), 2);
@@ -368,15 +363,11 @@ async fn message_ids_are_scoped_to_their_publisher() {
     for (token, source, seq) in
         [(BITRIX, "/participants/bitrix", &by_bitrix["seq"]), (NAV, "/participants/nav", &by_nav["seq"])]
     {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let found = loop {
+        let found = eventually("shared-1 indexed", Duration::from_secs(5), async || {
             let r = gw.http.get(gw.url("/v1/messages/shared-1")).bearer_auth(token).send().await.unwrap();
-            if r.status() == 200 {
-                break r.json::<Value>().await.unwrap();
-            }
-            assert!(std::time::Instant::now() < deadline, "not indexed: {}", r.status());
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        };
+            if r.status() == 200 { Some(r.json::<Value>().await.unwrap()) } else { None }
+        })
+        .await;
         assert_eq!(found["publisher"], source);
         assert_eq!(&found["seq"], seq);
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use crate::common::eventually;
 use crate::common::gateway::{Gateway, example};
 use crate::common::nats::NatsServer;
 use crate::common::receiver::{Answer, Receiver};
@@ -14,15 +15,8 @@ fn sample(name: &str) -> Vec<u8> {
     std::fs::read(example(&format!("samples/{name}"))).unwrap()
 }
 
-async fn until<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{what}: not within 15 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn until<T>(what: &str, check: impl AsyncFnMut() -> Option<T>) -> T {
+    eventually(what, Duration::from_secs(15), check).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream;
 use magistral::catalog::Catalog;
@@ -59,16 +59,10 @@ impl Gateway {
 
     /// Polls `/readyz` until 200.
     pub async fn wait_ready(&self, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Ok(r) = self.http.get(self.url("/readyz")).send().await
-                && r.status() == 200
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "gateway not ready within {within:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        crate::common::eventually("gateway ready", within, async || {
+            self.http.get(self.url("/readyz")).send().await.is_ok_and(|r| r.status() == 200).then_some(())
+        })
+        .await;
     }
 
     /// `POST /v1/publish/{subject}` as `token` with a JSON body.

@@ -39,3 +39,41 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// Polls `check` every 50 ms until it yields a value, and returns it; fails the test with
+/// `what` when nothing came `within`. Use it wherever a test waits for something to happen
+/// instead of sleeping a fixed time.
+pub async fn eventually<T>(what: &str, within: std::time::Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends a request and asserts the status of its answer.
+#[allow(async_fn_in_trait)]
+pub trait ExpectStatus {
+    /// Sends, asserts the answer's status is `status` (printing the body when not), and
+    /// returns the body as JSON (`Null` when empty or not JSON).
+    async fn expect_status(self, status: u16) -> serde_json::Value;
+}
+
+impl ExpectStatus for reqwest::RequestBuilder {
+    async fn expect_status(self, status: u16) -> serde_json::Value {
+        assert_status(self.send().await.expect("the gateway answers"), status).await
+    }
+}
+
+/// Asserts `response` has `status` (printing the body when not) and returns its body as JSON
+/// (`Null` when empty or not JSON).
+pub async fn assert_status(response: reqwest::Response, status: u16) -> serde_json::Value {
+    let got = response.status().as_u16();
+    let url = response.url().clone();
+    let body = response.bytes().await.expect("read the answer");
+    assert_eq!(got, status, "{url}: {}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)
+}

@@ -1,4 +1,7 @@
 //! A real `nats-server` per test: JetStream on, dynamic port, its own store dir, killed on drop.
+//! The one helper that runs nats-server: the integration tests use it as `common::nats`, and
+//! the benchmarks include this file (`#[path = "../tests/it/common/nats.rs"] mod nats;`), so
+//! it depends on nothing else of the test crate.
 //!
 //! Tests never share a broker or a fixed port (see STYLE.md), so they can run in parallel under
 //! `cargo test` and `cargo nextest`. The binary is found in this order:
@@ -82,6 +85,23 @@ impl NatsServer {
     /// The server's combined stdout/stderr log, accumulated across restarts.
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("nats-server.log")
+    }
+
+    /// The server's process id (the benchmarks read its CPU time from `/proc/<pid>`).
+    ///
+    /// # Panics
+    /// After `kill`.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("nats-server is not running")
+    }
+
+    /// What `nats-server --version` prints, for reports.
+    pub fn version(&self) -> String {
+        Command::new(&self.bin)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_else(|_| "unknown".into())
     }
 
     /// Whether the child process is still there (`kill` not called, not crashed).
