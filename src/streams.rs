@@ -47,7 +47,7 @@ impl StreamDef {
             return Err(("subjects".into(), "a stream needs at least one subject".into()));
         }
         for (i, s) in config.subjects.iter().enumerate() {
-            subject::validate_pattern(s).map_err(|m| (format!("subjects[{i}]"), m))?;
+            subject::validate_pattern(s).map_err(|m| (format!("subjects[{i}]"), m.to_string()))?;
         }
         Ok(Self { file, declared, config, bucket: false })
     }

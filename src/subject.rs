@@ -51,24 +51,35 @@ pub fn validate_publish_subject(subject: &str, max_len: usize) -> Result<(), Sub
     Ok(())
 }
 
+/// Why a configured subject pattern is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error("the pattern is empty")]
+    Empty,
+    #[error("token {index} is empty")]
+    EmptyToken { index: usize },
+    #[error("'>' may only be the last token")]
+    TailNotLast,
+    #[error("token {index} ({token:?}) mixes a wildcard or whitespace into a token")]
+    MixedToken { index: usize, token: String },
+}
+
 /// Checks a subject pattern written in configuration (permissions, bindings).
 ///
 /// # Errors
-/// A message naming what is wrong with the pattern.
-pub fn validate_pattern(pattern: &str) -> Result<(), String> {
+/// What is wrong with the pattern.
+pub fn validate_pattern(pattern: &str) -> Result<(), PatternError> {
     if pattern.is_empty() {
-        return Err("the pattern is empty".into());
+        return Err(PatternError::Empty);
     }
     let tokens: Vec<&str> = pattern.split('.').collect();
     for (index, token) in tokens.iter().enumerate() {
         match *token {
-            "" => return Err(format!("token {index} is empty")),
-            ">" if index + 1 != tokens.len() => {
-                return Err("'>' may only be the last token".into());
-            }
+            "" => return Err(PatternError::EmptyToken { index }),
+            ">" if index + 1 != tokens.len() => return Err(PatternError::TailNotLast),
             "*" | ">" => {}
             t if t.contains(['*', '>', ' ', '\t', '\r', '\n']) => {
-                return Err(format!("token {index} ({t:?}) mixes a wildcard or whitespace into a token"));
+                return Err(PatternError::MixedToken { index, token: t.to_owned() });
             }
             _ => {}
         }

@@ -44,7 +44,7 @@ fn check_binding(
     // A contract with neither subjects nor replies may still govern a directory.
     for (j, pattern) in binding.replies.iter().enumerate() {
         if let Err(message) = subject::validate_pattern(pattern) {
-            problems.in_config(field(&format!("replies[{j}]")), message);
+            problems.in_config(field(&format!("replies[{j}]")), message.to_string());
         }
     }
     if earlier.iter().any(|c| c.name == binding.name && c.version == binding.version) {
@@ -52,7 +52,7 @@ fn check_binding(
     }
     for (j, pattern) in binding.subjects.iter().enumerate() {
         if let Err(message) = subject::validate_pattern(pattern) {
-            problems.in_config(field(&format!("subjects[{j}]")), message);
+            problems.in_config(field(&format!("subjects[{j}]")), message.to_string());
         } else if !used(config, streams, pattern) {
             problems.in_config(
                 field(&format!("subjects[{j}]")),

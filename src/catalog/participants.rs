@@ -32,7 +32,7 @@ fn participant(config: &Config, name: &str, p: &ParticipantConfig, problems: &mu
     {
         for (i, pattern) in patterns.iter().enumerate() {
             if let Err(message) = subject::validate_pattern(pattern) {
-                problems.in_config(format!("participants.{name}.{kind}[{i}]"), message);
+                problems.in_config(format!("participants.{name}.{kind}[{i}]"), message.to_string());
             }
         }
     }

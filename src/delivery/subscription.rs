@@ -177,7 +177,7 @@ fn spans(cfg: &SubscriptionConfig, streams: &[StreamDef], problems: &mut Problem
     let mut spans: Vec<(String, Vec<String>)> = Vec::new();
     for (i, s) in cfg.subjects.iter().enumerate() {
         if let Err(m) = subject::validate_pattern(s) {
-            problems.push((format!("subjects[{i}]"), m));
+            problems.push((format!("subjects[{i}]"), m.to_string()));
             continue;
         }
         let mut found = false;

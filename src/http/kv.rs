@@ -15,7 +15,6 @@ use super::extract::Caller;
 use super::problem::{Problem, ProblemType};
 use super::{AppState, header_str, media_type, read_body};
 /// Where the gateway's state keeps its open buckets (the cache itself belongs to directories).
-pub use crate::directory::Stores;
 use crate::directory::{self, Access, Directories, Entry, Key, Paging, Precondition, Trace, Written};
 use crate::publish::cloudevents;
 

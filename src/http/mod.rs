@@ -46,7 +46,7 @@ pub struct AppState {
     pub deliveries: Arc<crate::delivery::Deliveries>,
     pub responders: Arc<crate::request::Responders>,
     /// Open directory buckets.
-    pub stores: Arc<kv::Stores>,
+    pub stores: Arc<crate::directory::Stores>,
     /// Open event streams per participant.
     pub sse_streams: Arc<events::StreamCounts>,
     /// Per-participant in-flight slots and publish rate (see [`admission`]).

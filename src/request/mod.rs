@@ -59,7 +59,7 @@ impl Responder {
         }
         for (i, s) in cfg.subjects.iter().enumerate() {
             if let Err(m) = subject::validate_pattern(s) {
-                problems.push((format!("subjects[{i}]"), m));
+                problems.push((format!("subjects[{i}]"), m.to_string()));
             } else if s.starts_with('$') || s.starts_with(crate::delivery::system::RESERVED_PREFIX) {
                 problems.push((format!("subjects[{i}]"), "system and gateway subjects cannot be answered".into()));
             }
