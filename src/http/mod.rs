@@ -99,7 +99,7 @@ impl AppState {
             metrics: crate::telemetry::metrics_handle(),
             deliveries,
             responders,
-            stores: Arc::new(kv::Stores::default()),
+            stores: Arc::new(crate::directory::Stores::default()),
             sse_streams: Arc::new(events::StreamCounts::default()),
             shutdown,
         }
