@@ -101,6 +101,8 @@ async fn http_requester_reaches_a_nats_native_micro_service() {
     let client = async_nats::connect(nats.url()).await.unwrap();
     let service = client.service_builder().start("prices", "1.0.0").await.unwrap();
     let mut endpoint = service.endpoint("svc.price").await.unwrap();
+    // The endpoint's subscription reaches the server before the first request does.
+    client.flush().await.unwrap();
     tokio::spawn(async move {
         while let Some(request) = endpoint.next().await {
             let asked: Value = serde_json::from_slice(&request.message.payload).unwrap();
