@@ -253,7 +253,7 @@ async fn gone_endpoint_pauses_the_subscription_until_resumed() {
 
 /// Deterministic "random" failures: about one answer in six is a 500.
 fn flaky(n: usize) -> bool {
-    (n.wrapping_mul(2_654_435_761) >> 7) % 6 == 0
+    (n.wrapping_mul(2_654_435_761) >> 7).is_multiple_of(6)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
