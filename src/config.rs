@@ -476,33 +476,33 @@ mod defaults {
     use std::time::Duration;
 
     // An ERP web service answering a sales order may take seconds; 10 s bounds a hung one.
-    pub fn delivery_timeout() -> Duration {
+    pub(super) fn delivery_timeout() -> Duration {
         Duration::from_secs(10)
     }
     // Internal systems: quick first retries for blips, then back off to hourly.
-    pub fn retry_schedule() -> Vec<super::Delay> {
+    pub(super) fn retry_schedule() -> Vec<super::Delay> {
         [1, 5, 30, 120, 600, 1800, 3600].map(|s| super::Delay(Duration::from_secs(s))).to_vec()
     }
     // 1s..1h then hourly: about a day of trying before a person must look.
-    pub fn max_attempts() -> u32 {
+    pub(super) fn max_attempts() -> u32 {
         30
     }
-    pub fn max_in_flight() -> u32 {
+    pub(super) fn max_in_flight() -> u32 {
         32
     }
-    pub fn breaker_failures() -> u32 {
+    pub(super) fn breaker_failures() -> u32 {
         5
     }
-    pub fn ack_wait() -> Duration {
+    pub(super) fn ack_wait() -> Duration {
         Duration::from_secs(30)
     }
-    pub fn history() -> i64 {
+    pub(super) fn history() -> i64 {
         1
     }
-    pub fn replicas() -> usize {
+    pub(super) fn replicas() -> usize {
         1
     }
-    pub fn breaker_cooldown() -> Duration {
+    pub(super) fn breaker_cooldown() -> Duration {
         Duration::from_secs(30)
     }
 }

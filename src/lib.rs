@@ -19,28 +19,29 @@
 //! - [`http`]: routes, extractors, the RFC 9457 error contract, operations endpoints.
 //! - [`nats`]: the NATS connection; [`telemetry`]: logs and metrics; [`dev`]: `magistral dev`.
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 pub mod catalog;
 pub mod config;
-pub mod contracts;
+pub(crate) mod contracts;
 pub mod delivery;
 pub mod dev;
-pub mod directory;
-pub mod error;
+pub(crate) mod directory;
+pub(crate) mod error;
 pub mod http;
 pub mod inbound;
 pub mod nats;
 pub mod participants;
 pub mod problem;
 pub mod publish;
-pub mod reload;
+pub(crate) mod reload;
 pub mod request;
-pub mod runtime;
+pub(crate) mod runtime;
 pub mod streams;
 pub mod subject;
 pub mod telemetry;
 pub mod tracking;
-pub mod transform;
+pub(crate) mod transform;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -36,7 +36,7 @@ fn fingerprint(config: &Config) -> u64 {
 ///
 /// # Errors
 /// The new configuration's problems; nothing was changed.
-pub async fn reload(state: &Runtime, path: Option<&Path>) -> Result<(), ConfigError> {
+pub(crate) async fn reload(state: &Runtime, path: Option<&Path>) -> Result<(), ConfigError> {
     let config = Config::load(path)?;
     let catalog = Catalog::load(&config)?;
     let catalog = Arc::new(catalog);
@@ -52,7 +52,7 @@ pub async fn reload(state: &Runtime, path: Option<&Path>) -> Result<(), ConfigEr
 }
 
 /// Watches for changes until shutdown.
-pub async fn watch(state: Runtime, initial: Config, shutdown: CancellationToken) {
+pub(crate) async fn watch(state: Runtime, initial: Config, shutdown: CancellationToken) {
     let path = initial.source.clone();
     let mut last = fingerprint(&initial);
     let interval = initial.reload_interval;

@@ -111,7 +111,7 @@ impl Transform {
 ///
 /// # Errors
 /// `(field, message)`: both given, unreadable file, or a program that does not compile.
-pub fn load(
+pub(crate) fn load(
     config: &crate::config::Config,
     field: &str,
     inline: Option<&String>,

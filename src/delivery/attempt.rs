@@ -12,7 +12,7 @@ use super::signature;
 use super::subscription::Subscription;
 
 /// Longest part of an endpoint's answer kept for operators (dead letters, status).
-pub const EXCERPT_BYTES: usize = 512;
+pub(crate) const EXCERPT_BYTES: usize = 512;
 
 /// What one attempt came to.
 #[derive(Debug, Clone)]
@@ -27,7 +27,7 @@ pub struct AttemptResult {
 
 /// The id receivers deduplicate by: `ce-id`, else `Nats-Msg-Id`, else stream and sequence.
 #[must_use]
-pub fn message_id(message: &jetstream::Message) -> String {
+pub(crate) fn message_id(message: &jetstream::Message) -> String {
     let header = |name: &str| message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
     header("ce-id")
         .or_else(|| header("Nats-Msg-Id"))
@@ -41,7 +41,7 @@ pub fn message_id(message: &jetstream::Message) -> String {
 /// carry the original's) and its `Nats-Msg-Id` (in case a stream is recreated and its
 /// sequence numbers start over) make it unique.
 #[must_use]
-pub fn webhook_id(message: &jetstream::Message) -> String {
+pub(crate) fn webhook_id(message: &jetstream::Message) -> String {
     use sha2::{Digest, Sha256};
     let header = |name: &str| message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
     let (stream, seq) = super::dead_letter::original_location(message)
@@ -59,13 +59,13 @@ pub fn webhook_id(message: &jetstream::Message) -> String {
 /// Whether the message is itself a delivery status event (no events about events: a
 /// subscription to `magistral.delivery.>` with a failing endpoint must not feed itself).
 #[must_use]
-pub fn is_status_event(message: &jetstream::Message) -> bool {
+pub(crate) fn is_status_event(message: &jetstream::Message) -> bool {
     original_subject(message).starts_with("magistral.delivery.")
 }
 
 /// The subject the message was published to (replays carry it in a header).
 #[must_use]
-pub fn original_subject(message: &jetstream::Message) -> String {
+pub(crate) fn original_subject(message: &jetstream::Message) -> String {
     message
         .headers
         .as_ref()
@@ -76,7 +76,7 @@ pub fn original_subject(message: &jetstream::Message) -> String {
 /// Sends one attempt: prepared (transform, headers), sent, and the answer classified.
 /// While it runs, in-progress acks keep JetStream from redelivering the message to another
 /// replica, whatever the endpoint's timeout.
-pub async fn send(
+pub(crate) async fn send(
     http: &reqwest::Client,
     sub: &Subscription,
     message: &jetstream::Message,

@@ -19,7 +19,7 @@ pub enum BreakerState {
 }
 
 #[derive(Debug)]
-pub struct Breaker {
+pub(crate) struct Breaker {
     threshold: u32,
     cooldown: Duration,
     consecutive_failures: u32,
@@ -28,12 +28,12 @@ pub struct Breaker {
 
 impl Breaker {
     #[must_use]
-    pub fn new(threshold: u32, cooldown: Duration) -> Self {
+    pub(crate) fn new(threshold: u32, cooldown: Duration) -> Self {
         Self { threshold: threshold.max(1), cooldown, consecutive_failures: 0, open_until: None }
     }
 
     #[must_use]
-    pub fn state(&self, now: Instant) -> BreakerState {
+    pub(crate) fn state(&self, now: Instant) -> BreakerState {
         match self.open_until {
             None => BreakerState::Closed,
             Some(until) if now < until => BreakerState::Open { until },
@@ -43,7 +43,7 @@ impl Breaker {
 
     /// Records an attempt's class. Endpoint failures count; anything that shows the endpoint
     /// answering (a 2xx, or a 4xx about one message) closes the breaker.
-    pub fn record(&mut self, class: Class, now: Instant) {
+    pub(crate) fn record(&mut self, class: Class, now: Instant) {
         if class.is_endpoint_failure() {
             self.consecutive_failures += 1;
             if self.consecutive_failures >= self.threshold {

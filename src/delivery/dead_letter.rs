@@ -18,16 +18,16 @@ use super::attempt::{AttemptResult, message_id, original_subject};
 use super::system::{DLQ_STREAM, dlq_subject, event_subject, replay_subject};
 use super::{DeliveryError, nats};
 
-pub const ORIGINAL_SUBJECT: &str = "Magistral-Original-Subject";
+pub(crate) const ORIGINAL_SUBJECT: &str = "Magistral-Original-Subject";
 /// The original `Nats-Msg-Id`, kept under another name so the dead-letter stream does not
 /// deduplicate on it, and replays keep their id.
-pub const ORIGINAL_MSG_ID: &str = "Magistral-Original-Msg-Id";
+pub(crate) const ORIGINAL_MSG_ID: &str = "Magistral-Original-Msg-Id";
 const ORIGINAL_STREAM: &str = "Magistral-Original-Stream";
 const ORIGINAL_SEQ: &str = "Magistral-Original-Seq";
 
 /// Where a replayed message was first stored (its tracking key).
 #[must_use]
-pub fn original_location(message: &jetstream::Message) -> Option<(String, u64)> {
+pub(crate) fn original_location(message: &jetstream::Message) -> Option<(String, u64)> {
     let h = message.headers.as_ref()?;
     let stream = h.get(ORIGINAL_STREAM)?.as_str().to_owned();
     let seq = h.get(ORIGINAL_SEQ)?.as_str().parse().ok()?;
@@ -43,7 +43,7 @@ const EXCERPT: &str = "Magistral-Response-Excerpt";
 
 /// Why a message failed, as recorded with the dead letter and in status events.
 #[derive(Debug, Clone)]
-pub struct Failure {
+pub(crate) struct Failure {
     pub result: AttemptResult,
     pub attempts: u32,
     pub first_attempt: OffsetDateTime,
@@ -58,7 +58,7 @@ fn rfc3339(t: OffsetDateTime) -> String {
 ///
 /// # Errors
 /// NATS did not store it; the caller must not terminate the original then.
-pub async fn store(
+pub(crate) async fn store(
     js: &jetstream::Context,
     subscription: &str,
     message: &jetstream::Message,
@@ -115,7 +115,7 @@ pub async fn store(
 
 /// A delivery status event (`magistral.delivery.<event>.<subscription>`).
 #[derive(Debug, Serialize)]
-pub struct StatusEvent {
+pub(crate) struct StatusEvent {
     pub event: &'static str,
     pub subscription: String,
     pub message_id: String,
@@ -132,7 +132,7 @@ pub struct StatusEvent {
 }
 
 /// Publishes a status event. Best effort: a lost event never holds up a delivery.
-pub async fn publish_event(
+pub(crate) async fn publish_event(
     js: &jetstream::Context,
     event: &'static str,
     subscription: &str,
@@ -179,7 +179,7 @@ pub async fn publish_event(
 
 /// A dead letter as listed to operators.
 #[derive(Debug, Serialize)]
-pub struct DeadLetter {
+pub(crate) struct DeadLetter {
     /// Sequence in the dead-letter stream; replay takes these or message ids.
     pub dlq_seq: u64,
     pub id: String,
@@ -198,7 +198,7 @@ pub struct DeadLetter {
 ///
 /// # Errors
 /// NATS could not be asked.
-pub async fn list(
+pub(crate) async fn list(
     js: &jetstream::Context,
     subscription: &str,
     after_seq: u64,
@@ -217,7 +217,7 @@ pub async fn list(
 ///
 /// # Errors
 /// NATS could not be asked.
-pub async fn count(js: &jetstream::Context, subscription: &str) -> Result<u64, DeliveryError> {
+pub(crate) async fn count(js: &jetstream::Context, subscription: &str) -> Result<u64, DeliveryError> {
     let stream = js.get_stream(DLQ_STREAM).await.map_err(nats)?;
     let subject = dlq_subject(subscription);
     let mut subjects = stream.info_with_subjects(&subject).await.map_err(nats)?;
@@ -302,7 +302,7 @@ fn describe(raw: &RawDeadLetter) -> DeadLetter {
 
 /// Which dead letters to replay.
 #[derive(Debug, Clone)]
-pub enum Selection {
+pub(crate) enum Selection {
     All,
     /// Message ids, or `dlq-<seq>` as listed for messages without one.
     Ids(Vec<String>),
@@ -313,7 +313,7 @@ pub enum Selection {
 ///
 /// # Errors
 /// NATS refused a step; what was replayed before it stays replayed.
-pub async fn replay(
+pub(crate) async fn replay(
     js: &jetstream::Context,
     subscription: &str,
     selection: &Selection,

@@ -11,15 +11,15 @@
 //! - [`signature`]: Standard Webhooks signing.
 //! - [`system`]: the gateway's own streams and bucket.
 
-pub mod attempt;
-pub mod breaker;
-pub mod dead_letter;
+pub(crate) mod attempt;
+pub(crate) mod breaker;
+pub(crate) mod dead_letter;
 pub mod pull;
 pub mod retry_policy;
-pub mod signature;
-pub mod subscription;
-pub mod system;
-pub mod worker;
+pub(crate) mod signature;
+pub(crate) mod subscription;
+pub(crate) mod system;
+pub(crate) mod worker;
 
 /// The old name of [`retry_policy`], kept until `request/responder.rs` and
 /// `tests/it/openapi.rs` import the new one.

@@ -40,7 +40,7 @@ impl SigningKey {
 
 /// The `webhook-signature` header value for one delivery.
 #[must_use]
-pub fn sign(keys: &[SigningKey], id: &str, timestamp: i64, body: &[u8]) -> String {
+pub(crate) fn sign(keys: &[SigningKey], id: &str, timestamp: i64, body: &[u8]) -> String {
     let mut header = String::new();
     for key in keys {
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&key.0).expect("HMAC takes any key length");

@@ -256,7 +256,7 @@ fn check_timing(cfg: &SubscriptionConfig, problems: &mut Problems) {
 /// `scheme://host[:port]/path`, with `?…` standing for a query. Userinfo, query and fragment
 /// routinely carry secrets (`https://user:pw@host/hook?code=…`) and never appear.
 #[must_use]
-pub fn redacted(url: &reqwest::Url) -> String {
+pub(crate) fn redacted(url: &reqwest::Url) -> String {
     let mut out = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
     if let Some(port) = url.port() {
         out.push_str(&format!(":{port}"));
@@ -271,7 +271,7 @@ pub fn redacted(url: &reqwest::Url) -> String {
 /// `text` with every spelling of `url` in it replaced by its redacted form; for error
 /// messages from HTTP clients and resolvers, which quote the URL they were given.
 #[must_use]
-pub fn scrub(text: &str, url: &reqwest::Url) -> String {
+pub(crate) fn scrub(text: &str, url: &reqwest::Url) -> String {
     let mut out = text.replace(url.as_str(), &redacted(url));
     // Pieces that may be quoted on their own.
     for secret in [url.password(), url.query(), Some(url.username()).filter(|u| !u.is_empty())].into_iter().flatten() {
@@ -305,7 +305,7 @@ impl std::fmt::Debug for HttpTarget {
 ///
 /// # Errors
 /// `(field, message)` for every problem.
-pub fn resolve_target(
+pub(crate) fn resolve_target(
     config: &Config,
     endpoint: &str,
     method: DeliveryMethod,
@@ -377,17 +377,17 @@ fn spans_streams(subjects: &[String], streams: &[StreamDef]) -> usize {
 }
 
 /// Every durable consumer the gateway creates is named `magistral-<subscription>`.
-pub const CONSUMER_PREFIX: &str = "magistral-";
+pub(crate) const CONSUMER_PREFIX: &str = "magistral-";
 
 /// The durable consumer name of a subscription.
 #[must_use]
-pub fn consumer_name(subscription: &str) -> String {
+pub(crate) fn consumer_name(subscription: &str) -> String {
     format!("{CONSUMER_PREFIX}{subscription}")
 }
 
 /// The subscription a gateway consumer belongs to; `None` for other consumers.
 #[must_use]
-pub fn subscription_of(consumer: &str) -> Option<&str> {
+pub(crate) fn subscription_of(consumer: &str) -> Option<&str> {
     consumer.strip_prefix(CONSUMER_PREFIX)
 }
 
@@ -395,7 +395,7 @@ pub fn subscription_of(consumer: &str) -> Option<&str> {
 ///
 /// # Errors
 /// The variable is unset or the file unreadable.
-pub fn read_secret(config: &Config, value: &SecretValue) -> Result<String, DeliveryError> {
+pub(crate) fn read_secret(config: &Config, value: &SecretValue) -> Result<String, DeliveryError> {
     let unreadable = |detail: String| DeliveryError::new(DeliveryKind::Secret, detail);
     match value {
         SecretValue::Literal(s) => Ok(s.clone()),

@@ -10,34 +10,34 @@ use serde_json::json;
 use crate::config::SystemConfig;
 use crate::streams::StreamDef;
 
-pub const DLQ_STREAM: &str = "MAGISTRAL_DLQ";
-pub const EVENTS_STREAM: &str = "MAGISTRAL_EVENTS";
-pub const REPLAY_STREAM: &str = "MAGISTRAL_REPLAY";
+pub(crate) const DLQ_STREAM: &str = "MAGISTRAL_DLQ";
+pub(crate) const EVENTS_STREAM: &str = "MAGISTRAL_EVENTS";
+pub(crate) const REPLAY_STREAM: &str = "MAGISTRAL_REPLAY";
 /// KV bucket with each subscription's operator-visible status (pause reason, last error).
-pub const STATUS_BUCKET: &str = "magistral_subscriptions";
+pub(crate) const STATUS_BUCKET: &str = "magistral_subscriptions";
 
 /// Subjects under this prefix belong to the gateway; participants cannot publish there.
-pub const RESERVED_PREFIX: &str = "magistral.";
+pub(crate) const RESERVED_PREFIX: &str = "magistral.";
 
 #[must_use]
-pub fn dlq_subject(subscription: &str) -> String {
+pub(crate) fn dlq_subject(subscription: &str) -> String {
     format!("magistral.dlq.{subscription}")
 }
 
 #[must_use]
-pub fn replay_subject(subscription: &str) -> String {
+pub(crate) fn replay_subject(subscription: &str) -> String {
     format!("magistral.replay.{subscription}")
 }
 
 /// `magistral.delivery.<event>.<subscription>`, e.g. `magistral.delivery.dead_lettered.nav-orders`.
 #[must_use]
-pub fn event_subject(event: &str, subscription: &str) -> String {
+pub(crate) fn event_subject(event: &str, subscription: &str) -> String {
     format!("magistral.delivery.{event}.{subscription}")
 }
 
 /// The system streams, as stream definitions reconciled like the declared ones.
 #[must_use]
-pub fn streams(cfg: &SystemConfig) -> Vec<StreamDef> {
+pub(crate) fn streams(cfg: &SystemConfig) -> Vec<StreamDef> {
     let def = |name: &str, subject: &str, max_age: Duration, description: &str| {
         let config = StreamConfig {
             name: name.to_owned(),

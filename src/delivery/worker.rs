@@ -52,7 +52,7 @@ enum Settled {
 /// How long one pull request waits for messages.
 const FETCH_EXPIRES: Duration = Duration::from_secs(5);
 
-pub struct Worker {
+pub(crate) struct Worker {
     pub engine: Arc<Engine>,
     pub sub: Arc<Subscription>,
     pub control: Arc<Control>,
@@ -90,7 +90,7 @@ impl Worker {
 
     /// Creates the consumer, or updates it when the subscription changed (keeping its start
     /// position, which JetStream cannot change).
-    pub async fn ensure_consumer(&self) -> Result<Consumer<pull::Config>, DeliveryError> {
+    pub(crate) async fn ensure_consumer(&self) -> Result<Consumer<pull::Config>, DeliveryError> {
         let stream = self.engine.js.get_stream(&self.stream).await.map_err(nats)?;
         let mut wanted = self.consumer_config();
         match stream.get_consumer::<pull::Config>(&self.sub.consumer_name()).await {
@@ -109,7 +109,7 @@ impl Worker {
     }
 
     /// Runs until cancelled; NATS outages are waited out with backoff.
-    pub async fn run(self) {
+    pub(crate) async fn run(self) {
         let mut backoff = Duration::from_millis(200);
         let mut consumer = loop {
             match self.ensure_consumer().await {
@@ -471,13 +471,5 @@ impl Worker {
                 _ = progress.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
             }
         }
-    }
-}
-
-/// Logged, operator-visible summary of an attempt that did not deliver.
-pub fn describe(result: &AttemptResult) -> String {
-    match result.status {
-        Some(s) => format!("{} (HTTP {s})", result.class.slug()),
-        None => format!("{}: {}", result.class.slug(), result.excerpt),
     }
 }

@@ -18,10 +18,10 @@ use crate::config::{Config, DirectoryConfig};
 use crate::problem::Problem;
 use crate::streams::StreamDef;
 
-pub use operations::{
-    Access, Book, Directories, Entry, Page, Paging, Precondition, Trace, Written, delete, get, list, open, put,
+pub(crate) use operations::{
+    Access, Directories, Entry, Paging, Precondition, Trace, Written, delete, get, list, open, put,
 };
-pub use stores::Stores;
+pub(crate) use stores::Stores;
 
 /// What failed in a directory operation; the HTTP edge maps each onto the problem catalogue.
 #[derive(Debug, Clone)]
@@ -45,7 +45,7 @@ pub enum DirectoryKind {
 }
 
 /// A directory operation's error.
-pub type DirectoryError = crate::error::Error<DirectoryKind>;
+pub(crate) type DirectoryError = crate::error::Error<DirectoryKind>;
 
 /// A configured directory, resolved.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,7 +62,7 @@ pub struct Directory {
 }
 
 /// Longest key accepted.
-pub const MAX_KEY_LEN: usize = 256;
+pub(crate) const MAX_KEY_LEN: usize = 256;
 
 impl Directory {
     /// # Errors
@@ -145,18 +145,18 @@ impl Directory {
 
 /// A valid directory key (see [`validate_key`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Key(String);
+pub(crate) struct Key(String);
 
 impl Key {
     /// # Errors
     /// `InvalidKey`, saying why.
-    pub fn new(key: String) -> Result<Self, DirectoryError> {
+    pub(crate) fn new(key: String) -> Result<Self, DirectoryError> {
         validate_key(&key)?;
         Ok(Self(key))
     }
 
     #[must_use]
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -171,7 +171,7 @@ impl std::fmt::Display for Key {
 ///
 /// # Errors
 /// `InvalidKey`, saying why the key is refused.
-pub fn validate_key(key: &str) -> Result<(), DirectoryError> {
+pub(crate) fn validate_key(key: &str) -> Result<(), DirectoryError> {
     let invalid = |detail: String| Err(DirectoryError::new(DirectoryKind::InvalidKey, detail));
     if key.is_empty() {
         return invalid("the key is empty".into());

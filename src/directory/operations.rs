@@ -19,7 +19,7 @@ use crate::participants::Participant;
 use crate::publish::cloudevents::StoredAttributes;
 
 /// What directory operations need from the running gateway.
-pub struct Directories<'a> {
+pub(crate) struct Directories<'a> {
     pub client: &'a async_nats::Client,
     pub js: &'a jetstream::Context,
     pub stores: &'a Stores,
@@ -28,13 +28,13 @@ pub struct Directories<'a> {
 
 /// What the caller means to do with a directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
+pub(crate) enum Access {
     Read,
     Write,
 }
 
 /// A directory its caller may use as asked (see [`open`]).
-pub struct Book<'c> {
+pub(crate) struct Book<'c> {
     catalog: &'c Catalog,
     directory: &'c Directory,
     caller: &'c Participant,
@@ -42,7 +42,7 @@ pub struct Book<'c> {
 
 /// A key's current value.
 #[derive(Debug, Clone)]
-pub struct Entry {
+pub(crate) struct Entry {
     pub value: Bytes,
     pub revision: u64,
     /// When this revision was written.
@@ -51,14 +51,14 @@ pub struct Entry {
 
 /// A stored write or delete.
 #[derive(Debug, Clone, Copy)]
-pub struct Written {
+pub(crate) struct Written {
     /// The key's new revision (the bucket stream's sequence).
     pub revision: u64,
 }
 
 /// When a write may happen.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Precondition {
+pub(crate) struct Precondition {
     /// Only if the key is still at this revision (compare-and-set).
     pub revision: Option<u64>,
     /// Only if the key does not exist (a deleted key may be created again).
@@ -67,14 +67,14 @@ pub struct Precondition {
 
 /// The caller's trace context, carried into the stored change.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Trace<'a> {
+pub(crate) struct Trace<'a> {
     pub traceparent: Option<&'a str>,
     pub tracestate: Option<&'a str>,
 }
 
 /// Which keys to list.
 #[derive(Debug, Clone, Default)]
-pub struct Paging {
+pub(crate) struct Paging {
     pub prefix: String,
     /// Keys per page: 100 unless asked, between 1 and 1000.
     pub limit: Option<usize>,
@@ -84,7 +84,7 @@ pub struct Paging {
 
 /// One page of keys, in order.
 #[derive(Debug, Clone)]
-pub struct Page {
+pub(crate) struct Page {
     pub keys: Vec<String>,
     /// The cursor of the next page; `None` on the last.
     pub next: Option<String>,
@@ -94,7 +94,7 @@ pub struct Page {
 ///
 /// # Errors
 /// `NotFound` for an unknown directory; `Forbidden` without the permission.
-pub fn open<'c>(
+pub(crate) fn open<'c>(
     catalog: &'c Catalog,
     caller: &'c Participant,
     bucket: &str,
@@ -122,7 +122,7 @@ pub fn open<'c>(
 ///
 /// # Errors
 /// `NotFound` when the key holds no value (never written, or deleted); `Unavailable`.
-pub async fn get(ctx: &Directories<'_>, book: &Book<'_>, key: &Key) -> Result<Entry, DirectoryError> {
+pub(crate) async fn get(ctx: &Directories<'_>, book: &Book<'_>, key: &Key) -> Result<Entry, DirectoryError> {
     match current(ctx, book, key).await? {
         Some(entry) if entry.operation == kv::Operation::Put => {
             Ok(Entry { value: entry.value, revision: entry.revision, modified: entry.created.into() })
@@ -137,7 +137,7 @@ pub async fn get(ctx: &Directories<'_>, book: &Book<'_>, key: &Key) -> Result<En
 /// # Errors
 /// `Refused` by the data check; `RevisionMismatch` when the precondition fails; `Timeout`;
 /// `Unavailable`; `Internal` when the directory's contract is not loaded.
-pub async fn put(
+pub(crate) async fn put(
     ctx: &Directories<'_>,
     book: &Book<'_>,
     key: &Key,
@@ -161,7 +161,7 @@ pub async fn put(
 /// # Errors
 /// `NotFound` when the key holds no value; `RevisionMismatch` when `expected` is not its
 /// revision; `Timeout`; `Unavailable`.
-pub async fn delete(
+pub(crate) async fn delete(
     ctx: &Directories<'_>,
     book: &Book<'_>,
     key: &Key,
@@ -181,7 +181,7 @@ pub async fn delete(
 ///
 /// # Errors
 /// `Unavailable`.
-pub async fn list(ctx: &Directories<'_>, book: &Book<'_>, paging: &Paging) -> Result<Page, DirectoryError> {
+pub(crate) async fn list(ctx: &Directories<'_>, book: &Book<'_>, paging: &Paging) -> Result<Page, DirectoryError> {
     let limit = paging.limit.unwrap_or(100).clamp(1, 1000);
     let store = store(ctx, book).await?;
     let unavailable = |err: &dyn std::fmt::Display| unavailable(ctx, book, "listed", err);

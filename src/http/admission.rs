@@ -206,7 +206,7 @@ fn cost(state: &AppState, method: &Method, route: &str, path: &str) -> Cost {
 }
 
 /// The middleware (a `route_layer`, so the matched route is known).
-pub async fn admission(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub(crate) async fn admission(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
     let timed_out = Arc::new(AtomicBool::new(false));
     // Bodyless requests (most GETs) need no timers.
@@ -253,7 +253,7 @@ pub async fn admission(State(state): State<AppState>, request: Request, next: Ne
 /// The error a [`TimedBody`] yields when the client is too slow.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct BodyTimedOut(pub String);
+pub(crate) struct BodyTimedOut(pub String);
 
 /// A request body that fails with [`BodyTimedOut`] when no piece arrives within `idle`, or
 /// the whole has not arrived by the deadline. Data already received is always handed out

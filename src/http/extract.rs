@@ -96,7 +96,7 @@ impl FromRequestParts<AppState> for Caller {
 ///
 /// # Errors
 /// `unsupported-media-type`.
-pub fn require_json(headers: &HeaderMap) -> Result<(), Problem> {
+pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), Problem> {
     match media_type(headers).as_deref() {
         Some(t) if is_json_media_type(t) => Ok(()),
         other => Err(Problem::new(
@@ -136,12 +136,12 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 
 /// The most an operations command (replay, fetch, ack) may send, whatever
 /// `limits.max_body_bytes` says: these bodies carry ids and tokens, not data.
-pub const COMMAND_BODY_BYTES: usize = 1024 * 1024;
+pub(crate) const COMMAND_BODY_BYTES: usize = 1024 * 1024;
 
 /// The body of an operations command: `application/json` (exactly), at most
 /// [`COMMAND_BODY_BYTES`], deserialised as `T`. Checks, in order: content type → size and
 /// arrival → `T` (`malformed-json`).
-pub struct CommandBody<T>(pub T);
+pub(crate) struct CommandBody<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<AppState> for CommandBody<T> {
     type Rejection = Problem;
@@ -156,7 +156,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for CommandBody<T> {
 
 /// A [`CommandBody`] that may be left empty (then `T::default()`). Checks, in order: size and
 /// arrival → content type, only for a body that is not blank → `T`.
-pub struct OptionalCommandBody<T>(pub T);
+pub(crate) struct OptionalCommandBody<T>(pub T);
 
 impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalCommandBody<T> {
     type Rejection = Problem;
@@ -198,7 +198,7 @@ impl<S: Send + Sync> FromRequestParts<S> for SubjectPath {
 }
 
 /// Query parameters as `T`; `invalid-query` (with serde's reason) when they do not fit.
-pub struct Params<T>(pub T);
+pub(crate) struct Params<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
     type Rejection = Problem;
@@ -213,7 +213,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
 
 /// A NATS failure as an answer: the error text goes to the log, the client gets a fixed
 /// detail (`what` failed) and `Retry-After`.
-pub fn nats_unavailable(state: &AppState, what: &str, err: impl std::fmt::Display) -> Problem {
+pub(crate) fn nats_unavailable(state: &AppState, what: &str, err: impl std::fmt::Display) -> Problem {
     tracing::warn!(%err, "{what}: NATS failed");
     Problem::new(ProblemType::NatsUnavailable, format!("{what}: NATS did not answer; retry later"))
         .retry_after(state.limits.retry_after_seconds)

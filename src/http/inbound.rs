@@ -19,14 +19,14 @@ use crate::inbound::{InboundMessage, InboundRoute, Notification};
 use crate::publish::{self, Stored};
 
 #[derive(Deserialize)]
-pub struct InboundQuery {
+pub(crate) struct InboundQuery {
     /// Business Central's subscription handshake.
     #[serde(rename = "validationToken")]
     validation_token: Option<String>,
 }
 
 /// `POST /v1/inbound/{name}`
-pub async fn inbound(
+pub(crate) async fn inbound(
     State(state): State<AppState>,
     Path(name): Path<String>,
     query: Result<Query<InboundQuery>, QueryRejection>,

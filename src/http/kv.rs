@@ -23,7 +23,7 @@ fn directories(state: &AppState) -> Directories<'_> {
 }
 
 /// `GET /v1/kv/{bucket}/{key}`
-pub async fn get(
+pub(crate) async fn get(
     State(state): State<AppState>,
     caller: Caller,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -37,7 +37,7 @@ pub async fn get(
 
 /// `PUT /v1/kv/{bucket}/{key}`: contract-checked; `If-Match` = compare-and-set,
 /// `If-None-Match: *` = create only.
-pub async fn put(
+pub(crate) async fn put(
     State(state): State<AppState>,
     caller: Caller,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -57,7 +57,7 @@ pub async fn put(
 }
 
 /// `DELETE /v1/kv/{bucket}/{key}` (`If-Match` honoured).
-pub async fn delete(
+pub(crate) async fn delete(
     State(state): State<AppState>,
     caller: Caller,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -73,7 +73,7 @@ pub async fn delete(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListQuery {
+pub(crate) struct ListQuery {
     #[serde(default)]
     prefix: String,
     limit: Option<usize>,
@@ -82,7 +82,7 @@ pub struct ListQuery {
 }
 
 /// `GET /v1/kv/{bucket}?prefix=&limit=&cursor=`: keys in order, a page at a time.
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     bucket: Result<Path<String>, PathRejection>,

@@ -17,7 +17,7 @@ use crate::participants::Participant;
 use crate::tracking::{Location, TrackedMessage, TrackingError, Whereabouts};
 
 /// `GET /v1/messages/{id}`
-pub async fn show(
+pub(crate) async fn show(
     State(state): State<AppState>,
     caller: Caller,
     id: Result<Path<String>, PathRejection>,
@@ -36,13 +36,13 @@ pub async fn show(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListQuery {
+pub(crate) struct ListQuery {
     correlation_id: String,
     limit: Option<usize>,
 }
 
 /// `GET /v1/messages?correlation_id=`: one business transaction, oldest first.
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     query: Result<Query<ListQuery>, QueryRejection>,

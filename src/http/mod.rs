@@ -1,18 +1,18 @@
 //! The HTTP surface: routes, shared state, and the extractors every route uses so that bad
 //! input comes back in our problem format before any business check runs.
 
-pub mod admission;
+pub(crate) mod admission;
 pub mod events;
-pub mod extract;
-pub mod inbound;
-pub mod kv;
-pub mod messages;
+pub(crate) mod extract;
+pub(crate) mod inbound;
+pub(crate) mod kv;
+pub(crate) mod messages;
 pub mod ops;
 pub mod problem;
-pub mod publish;
-pub mod pull;
-pub mod request;
-pub mod subscriptions;
+pub(crate) mod publish;
+pub(crate) mod pull;
+pub(crate) mod request;
+pub(crate) mod subscriptions;
 
 use std::sync::Arc;
 

@@ -39,7 +39,7 @@ fn mode_of(headers: &HeaderMap) -> Result<Mode, Problem> {
 }
 
 /// Publishes one message; 202 once JetStream stored it, 200 for a duplicate.
-pub async fn publish_one(
+pub(crate) async fn publish_one(
     State(state): State<AppState>,
     caller: Caller,
     subject: Result<SubjectPath, Problem>,
@@ -126,7 +126,7 @@ fn framing_of(headers: &HeaderMap) -> Result<Framing, Problem> {
 
 /// Publishes a batch: every item is checked first; one bad item refuses the whole batch
 /// (422, nothing published); otherwise all are published pipelined.
-pub async fn publish_batch(
+pub(crate) async fn publish_batch(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,

@@ -24,7 +24,7 @@ use crate::participants::Participant;
 
 /// The subscription, if the caller owns it and it has the mode the route needs; one the
 /// caller may not see is not found, exactly like one that does not exist.
-pub fn owned<'c>(
+pub(crate) fn owned<'c>(
     catalog: &'c Catalog,
     participant: &Participant,
     name: &str,
@@ -57,7 +57,7 @@ fn mode_name(mode: SubscriptionMode) -> &'static str {
 
 /// The `pull` subscription `{name}` of the path, if the [`Caller`] owns it (see [`owned`]).
 /// Checks, in order: token → subscription → owner → mode.
-pub struct Pullable(pub Arc<Subscription>);
+pub(crate) struct Pullable(pub Arc<Subscription>);
 
 impl FromRequestParts<AppState> for Pullable {
     type Rejection = Problem;
@@ -71,7 +71,7 @@ impl FromRequestParts<AppState> for Pullable {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct FetchRequest {
+pub(crate) struct FetchRequest {
     /// Most messages to return (default 10, bounded by `limits.max_fetch`).
     max: Option<usize>,
     /// Long poll: how long to wait for a first message (`0s`..`limits.max_fetch_wait`).
@@ -80,7 +80,7 @@ pub struct FetchRequest {
 }
 
 /// `POST /v1/subscriptions/{name}/fetch` `{"max": 10, "wait": "20s"}`
-pub async fn fetch(
+pub(crate) async fn fetch(
     State(state): State<AppState>,
     Pullable(sub): Pullable,
     OptionalCommandBody(request): OptionalCommandBody<FetchRequest>,
@@ -99,7 +99,7 @@ pub async fn fetch(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AckItem {
+pub(crate) struct AckItem {
     token: String,
     #[serde(default = "default_action")]
     action: Action,
@@ -114,13 +114,13 @@ fn default_action() -> Action {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct AckRequest {
+pub(crate) struct AckRequest {
     acks: Vec<AckItem>,
 }
 
 /// `POST /v1/subscriptions/{name}/ack` `{"acks": [{"token": "...", "action": "ack"}]}`.
 /// Every token is verified first; one bad token refuses the request and nothing is acted on.
-pub async fn ack(
+pub(crate) async fn ack(
     State(state): State<AppState>,
     Pullable(sub): Pullable,
     OptionalCommandBody(request): OptionalCommandBody<AckRequest>,

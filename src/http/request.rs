@@ -19,13 +19,13 @@ use crate::request::{self, Outgoing, Reply};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RequestQuery {
+pub(crate) struct RequestQuery {
     /// `500ms`, `5s`, ...; bounded by `limits.max_request_timeout`.
     timeout: Option<String>,
 }
 
 /// Sends the body as a NATS request and answers with the reply.
-pub async fn request(
+pub(crate) async fn request(
     State(state): State<AppState>,
     caller: Caller,
     subject: Result<Path<String>, PathRejection>,

@@ -52,7 +52,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Name {
 
 /// The subscription `{name}` of the path, if the [`Caller`] may operate it (see [`find`]).
 /// Checks, in order: token → subscription.
-pub struct Visible(pub Arc<Subscription>);
+pub(crate) struct Visible(pub Arc<Subscription>);
 
 impl FromRequestParts<AppState> for Visible {
     type Rejection = Problem;
@@ -119,7 +119,7 @@ async fn describe_unbounded(state: &AppState, sub: &Subscription) -> Value {
 }
 
 /// `GET /v1/subscriptions`
-pub async fn list(State(state): State<AppState>, caller: Caller) -> Response {
+pub(crate) async fn list(State(state): State<AppState>, caller: Caller) -> Response {
     let mut out = Vec::new();
     for sub in caller.catalog().subscriptions.iter().filter(|s| visible(caller.participant(), s)) {
         out.push(describe(&state, sub).await);
@@ -128,12 +128,16 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Response {
 }
 
 /// `GET /v1/subscriptions/{name}`
-pub async fn show(State(state): State<AppState>, Visible(sub): Visible) -> Response {
+pub(crate) async fn show(State(state): State<AppState>, Visible(sub): Visible) -> Response {
     Json(describe(&state, &sub).await).into_response()
 }
 
 /// `POST /v1/subscriptions/{name}/pause`
-pub async fn pause(State(state): State<AppState>, caller: Caller, Visible(sub): Visible) -> Result<Response, Problem> {
+pub(crate) async fn pause(
+    State(state): State<AppState>,
+    caller: Caller,
+    Visible(sub): Visible,
+) -> Result<Response, Problem> {
     state
         .deliveries
         .engine
@@ -144,14 +148,14 @@ pub async fn pause(State(state): State<AppState>, caller: Caller, Visible(sub): 
 }
 
 /// `POST /v1/subscriptions/{name}/resume`
-pub async fn resume(State(state): State<AppState>, Visible(sub): Visible) -> Result<Response, Problem> {
+pub(crate) async fn resume(State(state): State<AppState>, Visible(sub): Visible) -> Result<Response, Problem> {
     state.deliveries.engine.resume(&sub).await.map_err(|e| nats_unavailable(&state, "resuming the subscription", e))?;
     Ok(Json(describe(&state, &sub).await).into_response())
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Page {
+pub(crate) struct Page {
     /// Dead-letter sequence to continue after (the previous page's `next`).
     #[serde(default)]
     after: u64,
@@ -160,7 +164,7 @@ pub struct Page {
 }
 
 /// `GET /v1/subscriptions/{name}/dead-letters?after=&limit=`
-pub async fn dead_letters(
+pub(crate) async fn dead_letters(
     State(state): State<AppState>,
     Visible(sub): Visible,
     Params(page): Params<Page>,
@@ -175,7 +179,7 @@ pub async fn dead_letters(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ReplayRequest {
+pub(crate) struct ReplayRequest {
     /// Message ids (`ce-id`) or dead-letter sequences.
     #[serde(default)]
     ids: Vec<String>,
@@ -195,7 +199,7 @@ impl ReplayRequest {
 }
 
 /// `POST /v1/subscriptions/{name}/dead-letters/replay` with `{"ids": [...]}` or `{"all": true}`.
-pub async fn replay(
+pub(crate) async fn replay(
     State(state): State<AppState>,
     Visible(sub): Visible,
     CommandBody(request): CommandBody<ReplayRequest>,

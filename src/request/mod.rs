@@ -6,7 +6,7 @@
 //!   `POST /v1/request/{subject}`, only parses and answers (`http/request.rs`).
 //! - [`responder`]: serving one configured responder on every replica (queue group).
 
-pub mod responder;
+pub(crate) mod responder;
 mod send;
 
 pub use send::{Outgoing, Reply, RequestError, RequestKind, Route, authorize, send};

@@ -18,7 +18,7 @@ use crate::delivery::outcome::Class;
 use crate::delivery::signature;
 
 /// Serves until cancelled, re-registering after NATS outages.
-pub async fn serve(
+pub(crate) async fn serve(
     client: async_nats::Client,
     http: reqwest::Client,
     responder: Arc<Responder>,
