@@ -6,17 +6,21 @@
 //!   as a whole (`magistral check`).
 //! - [`participants`]: bearer token → participant; permissions.
 //! - [`subject`]: subject rules and wildcard matching.
-//! - [`contracts`]: JSON Schema contracts bound to subjects.
+//! - `contracts`: JSON Schema contracts bound to subjects.
 //! - [`streams`]: stream files and reconciling them with the server (`magistral apply`).
 //! - [`publish`]: the publish path, from checked bytes to PubAck; CloudEvents headers.
 //! - [`delivery`]: push subscriptions: consumers, HTTP attempts, retries, dead letters.
 //! - [`request`]: request/reply and participants' HTTP responders (NATS micro services).
-//! - [`directory`]: reference books in JetStream KV.
+//! - `directory`: reference books in JetStream KV.
 //! - [`inbound`]: adapters for what Bitrix24, Business Central and plain-JSON systems send.
-//! - [`transform`]: jq programs (jaq) reshaping JSON for a system.
+//! - `transform`: jq programs (jaq) reshaping JSON for a system.
 //! - [`tracking`]: "where is my message?"
-//! - [`reload`]: configuration changes picked up without a restart.
-//! - [`http`]: routes, extractors, the RFC 9457 error contract, operations endpoints.
+//! - `reload`: configuration changes picked up without a restart.
+//! - [`problem`]: the one catalogue of refusals and failures; `error`: the `Error<Kind>`
+//!   shape of each area's typed error; `runtime`: what reconciling and reloading work on.
+//! - [`http`]: the edge — extractors in (`Caller`, `JsonBody`, `SubjectPath`), handlers that
+//!   parse, call the domain and answer, and the one conversion of errors to RFC 9457 problems.
+//!   Nothing outside `http` imports it (docs/architecture.md has the rules).
 //! - [`nats`]: the NATS connection; [`telemetry`]: logs and metrics; [`dev`]: `magistral dev`.
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
