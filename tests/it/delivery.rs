@@ -6,6 +6,7 @@ use base64::Engine as _;
 use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
 
+use crate::common::eventually;
 use crate::common::gateway::{BITRIX, Gateway, NAV, OPS, example, slug, subscription};
 use crate::common::nats::NatsServer;
 use crate::common::receiver::{Answer, Receiver};
@@ -77,6 +78,7 @@ async fn delivers_signed_cloudevents_with_the_exact_body() {
         "signature does not verify: {:?}",
         d.header("webhook-signature")
     );
+    // A quiet window: no second delivery may arrive during it.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.received().len(), 1, "delivered once");
 }
@@ -105,6 +107,7 @@ async fn flaky_endpoint_is_retried_on_schedule_until_delivered() {
             "gap {i}: {gap:?}, expected {expected:?}"
         );
     }
+    // A quiet window longer than the retry schedule: nothing may follow the success.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(receiver.received().len(), 4, "nothing after the success");
     let subs = gw.get_json(NAV, "/v1/subscriptions").await;
@@ -155,18 +158,16 @@ async fn rejected_message_is_dead_lettered_and_replayed_to_that_subscription_onl
     let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     erp.wait_for(1, Duration::from_secs(10)).await;
     // The CRM got it once; the bitrix status subscription hears of the first failure and the dead letter.
-    let events = loop {
+    let events = eventually("two status events at the CRM", Duration::from_secs(10), async || {
         let events: Vec<Value> = crm
             .received()
             .iter()
             .filter(|r| r.header("magistral-subject").is_some_and(|s| s.starts_with("magistral.delivery.")))
             .map(|r| serde_json::from_slice(&r.body).unwrap())
             .collect();
-        if events.len() >= 2 {
-            break events;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        (events.len() >= 2).then_some(events)
+    })
+    .await;
     let dead = events.iter().find(|e| e["event"] == "dead_lettered").expect("dead_lettered event");
     assert_eq!(dead["message_id"], id.as_str());
     assert_eq!(dead["correlation_id"], "order-4711");
@@ -203,6 +204,7 @@ async fn rejected_message_is_dead_lettered_and_replayed_to_that_subscription_onl
     assert_eq!(got[1].header("ce-id"), Some(id.as_str()), "a replay keeps the message id");
     assert_eq!(got[1].header("magistral-subject"), Some("orders.created"));
     assert_eq!(got[1].body, got[0].body);
+    // A quiet window: the replay must not reach the CRM's subscription during it.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let crm_orders_after =
         crm.received().iter().filter(|r| r.header("magistral-subject") == Some("orders.created")).count();
@@ -210,17 +212,13 @@ async fn rejected_message_is_dead_lettered_and_replayed_to_that_subscription_onl
     let list = gw.get_json(NAV, "/v1/subscriptions/nav-orders/dead-letters").await;
     assert_eq!(list["total"], 0);
     // "Where is my order?" follows the replay.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    eventually("nav-orders delivered after the replay", Duration::from_secs(5), async || {
         let m = gw.get_json(BITRIX, &format!("/v1/messages/{id}")).await;
         let state =
             m["subscriptions"].as_array().unwrap().iter().find(|s| s["name"] == "nav-orders").unwrap()["state"].clone();
-        if state == "delivered" {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "after the replay: {m}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (state == "delivered").then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -231,15 +229,14 @@ async fn gone_endpoint_pauses_the_subscription_until_resumed() {
     let gw = Gateway::with_subscriptions(&nats.url(), vec![("nav-orders", sub)]).await;
     gw.publish(BITRIX, "orders.created", order()).send().await.unwrap();
     receiver.wait_for(1, Duration::from_secs(10)).await;
-    let state = loop {
+    let state = eventually("nav-orders paused", Duration::from_secs(10), async || {
         let s = gw.get_json(NAV, "/v1/subscriptions/nav-orders").await;
-        if s["state"] == "paused" {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        (s["state"] == "paused").then_some(s)
+    })
+    .await;
     assert!(state["paused_reason"].as_str().unwrap().contains("410"), "{state}");
     gw.publish(BITRIX, "orders.created", order()).send().await.unwrap();
+    // A quiet window: nothing may be delivered while paused.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(receiver.received().len(), 1, "nothing is delivered while paused");
 
@@ -270,8 +267,7 @@ async fn ordered_subscription_delivers_in_publish_order_despite_failures() {
     let items: Vec<Value> = (0..500).map(|i| json!({"subject": "orders.misc", "data": {"n": i}})).collect();
     let r = gw.http.post(gw.url("/v1/publish")).bearer_auth(BITRIX).json(&items).send().await.unwrap();
     assert_eq!(r.status(), 202);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let delivered: Vec<u64> = loop {
+    let delivered: Vec<u64> = eventually("500 of 500 delivered", Duration::from_secs(60), async || {
         // Answers mirror requests one to one, so request k succeeded unless flaky(k).
         let got = receiver.received();
         let ok: Vec<u64> = got
@@ -280,12 +276,9 @@ async fn ordered_subscription_delivers_in_publish_order_despite_failures() {
             .filter(|(k, _)| !flaky(*k))
             .map(|(_, r)| serde_json::from_slice::<Value>(&r.body).unwrap()["n"].as_u64().unwrap())
             .collect();
-        if ok.len() >= 500 {
-            break ok;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "only {} of 500 delivered", ok.len());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        (ok.len() >= 500).then_some(ok)
+    })
+    .await;
     assert_eq!(delivered, (0..500).collect::<Vec<_>>(), "successful deliveries out of publish order");
     let failures = receiver.received().len() - 500;
     assert!(failures > 50, "the test should have injected failures ({failures})");
@@ -329,16 +322,13 @@ async fn breaker_stops_attempts_while_the_endpoint_is_down_and_nothing_is_lost()
         )
     };
     // Wait for the breaker to open.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually("breaker open", Duration::from_secs(10), async || {
         let s = gw.get_json(NAV, "/v1/subscriptions/nav-breaker").await;
-        if s["state"] == "breaker-open" {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "breaker never opened: {s}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (s["state"] == "breaker-open").then_some(())
+    })
+    .await;
     let at_open = attempts().await;
+    // A window inside the 2s cooldown: no attempt may be made during it.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(attempts().await, at_open, "attempts rose while the breaker was open");
     assert!(at_open <= 5.0, "no more than the in-flight messages were tried ({at_open})");
@@ -369,6 +359,7 @@ async fn two_gateways_share_a_subscription_without_duplicates() {
         assert_eq!(r.status(), 202);
     }
     receiver.wait_for(400, Duration::from_secs(20)).await;
+    // A quiet window: no duplicate may arrive after the 400.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let got = receiver.received();
     let ids: std::collections::HashSet<&str> = got.iter().map(|r| r.header("webhook-id").unwrap()).collect();
@@ -384,6 +375,7 @@ async fn slow_endpoint_past_ack_wait_gets_no_duplicate() {
     let gw = Gateway::with_subscriptions(&nats.url(), vec![("nav-slow", sub)]).await;
     gw.publish(BITRIX, "orders.misc", "{}").send().await.unwrap();
     receiver.wait_for(1, Duration::from_secs(10)).await;
+    // Past the 1s ack wait and the 4s answer: a redelivery would have arrived by now.
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(receiver.received().len(), 1, "redelivered while the first request was still running");
 }
@@ -416,17 +408,18 @@ async fn a_subscription_added_to_the_config_file_starts_without_a_restart() {
         ),
     )
     .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while gw.get_json(OPS, "/v1/subscriptions").await["subscriptions"].as_array().unwrap().is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "the new subscription was not picked up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("the new subscription picked up", Duration::from_secs(10), async || {
+        let subs = gw.get_json(OPS, "/v1/subscriptions").await;
+        (!subs["subscriptions"].as_array().unwrap().is_empty()).then_some(())
+    })
+    .await;
     gw.publish(BITRIX, "orders.misc", r#"{"hello":"nav"}"#).send().await.unwrap();
     let got = receiver.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(got[0].body.as_ref(), br#"{"hello":"nav"}"#);
 
     // A broken change is refused and the running configuration stays.
     std::fs::write(&config, format!("{text}\nthis is not toml = = =\n")).unwrap();
+    // Several 200ms reload intervals: the broken file has been seen and must have been refused.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(gw.get_json(OPS, "/v1/subscriptions").await["subscriptions"].as_array().unwrap().len(), 1);
     assert_eq!(gw.publish(BITRIX, "orders.misc", "{}").send().await.unwrap().status(), 202);
@@ -445,17 +438,14 @@ async fn ordered_block_mode_holds_the_line_until_an_operator_resumes() {
     let gw = Gateway::with_subscriptions(&nats.url(), vec![("nav-blocking", sub)]).await;
     gw.publish(BITRIX, "orders.misc", r#"{"n":1}"#).send().await.unwrap();
     gw.publish(BITRIX, "orders.misc", r#"{"n":2}"#).send().await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let state = loop {
+    let state = eventually("nav-blocking blocked", Duration::from_secs(10), async || {
         let s = gw.get_json(NAV, "/v1/subscriptions/nav-blocking").await;
-        if s["state"] == "paused" {
-            break s;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never blocked: {s}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        (s["state"] == "paused").then_some(s)
+    })
+    .await;
     assert!(state["paused_reason"].as_str().unwrap().starts_with("blocked"), "{state}");
     assert_eq!(state["dead_letters"], 0, "block mode does not dead-letter");
+    // A window while blocked: the second message must not overtake during it.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let seen: Vec<Value> = receiver.received().iter().map(|r| serde_json::from_slice(&r.body).unwrap()).collect();
     assert!(seen.iter().all(|v| v["n"] == 1), "the second message overtook the blocked one");
@@ -481,11 +471,10 @@ async fn a_deleted_consumer_is_recreated() {
     js.get_stream("ORDERS").await.unwrap().delete_consumer("magistral-nav-recreate").await.unwrap();
     gw.publish(BITRIX, "orders.misc", r#"{"n":2}"#).send().await.unwrap();
     // Recreated from its configured start (`all`), so the first message may come again.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !receiver.received().iter().any(|r| r.body.as_ref() == br#"{"n":2}"#) {
-        assert!(tokio::time::Instant::now() < deadline, "not delivered after the consumer was deleted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("delivered after the consumer was deleted", Duration::from_secs(20), async || {
+        receiver.received().iter().any(|r| r.body.as_ref() == br#"{"n":2}"#).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -505,15 +494,11 @@ async fn a_message_without_a_cloudevents_id_keeps_its_nats_id_through_dead_lette
     let got = erp.wait_for(1, Duration::from_secs(10)).await;
     let webhook_id = got[0].header("webhook-id").map(str::to_owned);
     assert!(webhook_id.as_deref().is_some_and(|id| id.starts_with("msg_")));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let list = loop {
+    let list = eventually("native-1 dead-lettered", Duration::from_secs(10), async || {
         let list = gw.get_json(NAV, "/v1/subscriptions/nav-native/dead-letters").await;
-        if list["total"] == 1 {
-            break list;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "not dead-lettered: {list}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        (list["total"] == 1).then_some(list)
+    })
+    .await;
     assert_eq!(list["dead_letters"][0]["id"], "native-1");
     let (status, body) =
         gw.post_json(NAV, "/v1/subscriptions/nav-native/dead-letters/replay", json!({"ids": ["native-1"]})).await;
@@ -536,6 +521,7 @@ async fn status_events_about_status_events_are_not_published() {
     )
     .await;
     gw.publish(BITRIX, "orders.misc", "{}").send().await.unwrap();
+    // A window for any feedback loop to show: the event count must stay at two.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let js = crate::common::gateway::jetstream(&nats.url()).await;
     let events = crate::common::gateway::stream_count(&js, "MAGISTRAL_EVENTS").await;

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use crate::common::eventually;
 use crate::common::gateway::{BITRIX, Gateway, NAV, slug};
 use crate::common::nats::NatsServer;
 
@@ -86,6 +87,7 @@ async fn long_poll_returns_as_soon_as_a_message_arrives() {
     let started = Instant::now();
     let poll = fetch(&gw, NAV, json!({"max": 10, "wait": "20s"}));
     let publisher = async {
+        // The late arrival under test: the poll must be waiting when it comes.
         tokio::time::sleep(Duration::from_millis(500)).await;
         gw.publish(BITRIX, "orders.misc", r#"{"late":true}"#).send().await.unwrap();
     };
@@ -258,11 +260,10 @@ async fn sse_resumes_after_last_event_id_without_gaps_and_releases_its_consumer(
     assert_eq!(serde_json::from_str::<Value>(&first[0].1).unwrap(), json!({"n": 0}));
     let last_id = first[99].0;
     // Disconnected (response dropped): the consumer goes away.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while consumer_count(&nats).await != before {
-        assert!(Instant::now() < deadline, "the consumer outlived its client");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the consumer gone with its client", Duration::from_secs(10), async || {
+        (consumer_count(&nats).await == before).then_some(())
+    })
+    .await;
     let r = gw
         .http
         .get(gw.url("/v1/subscriptions/nav-live/events"))

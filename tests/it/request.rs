@@ -7,6 +7,7 @@ use async_nats::service::ServiceExt;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use crate::common::eventually;
 use crate::common::gateway::{BITRIX, Gateway, NAV, slug};
 use crate::common::nats::NatsServer;
 use crate::common::receiver::{Answer, Receiver};
@@ -46,19 +47,13 @@ fn ask(gw: &Gateway, subject: &str, body: &str) -> reqwest::RequestBuilder {
 
 /// Waits until the responder's micro service answers `$SRV.PING`.
 async fn wait_for_service(client: &async_nats::Client, name: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(Ok(reply)) =
-            tokio::time::timeout(Duration::from_millis(500), client.request(format!("$SRV.PING.{name}"), "".into()))
-                .await
-        {
-            let info: Value = serde_json::from_slice(&reply.payload).unwrap();
-            assert_eq!(info["name"], name);
-            return;
-        }
-        assert!(Instant::now() < deadline, "service {name} not discoverable");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let info: Value = eventually(&format!("service {name} discoverable"), Duration::from_secs(10), async || {
+        let ping = client.request(format!("$SRV.PING.{name}"), "".into());
+        let reply = tokio::time::timeout(Duration::from_millis(500), ping).await.ok()?.ok()?;
+        Some(serde_json::from_slice(&reply.payload).unwrap())
+    })
+    .await;
+    assert_eq!(info["name"], name);
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::common::eventually;
 use crate::common::gateway::{BITRIX, Gateway, NAV, example, subscription};
 use crate::common::nats::NatsServer;
 use crate::common::receiver::{Answer, Receiver};
@@ -44,20 +45,16 @@ async fn a_message_shows_where_it_is_for_each_subscription() {
     failing.wait_for(1, Duration::from_secs(10)).await;
 
     // While the failing endpoint is retried.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    let bad = eventually("nav-ok delivered and nav-failing retrying", Duration::from_secs(10), async || {
         let ok = state_of(&gw, &id, "nav-ok").await;
         let bad = state_of(&gw, &id, "nav-failing").await;
-        if ok["state"] == "delivered" && bad["state"] == "retrying" {
-            assert_eq!(bad["last_error"]["class"], "endpoint-error");
-            assert_eq!(bad["last_error"]["status"], 503);
-            assert!(bad["attempts"].as_u64().unwrap() >= 1);
-            assert!(bad["next_attempt"].as_str().is_some());
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "states: {ok} / {bad}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (ok["state"] == "delivered" && bad["state"] == "retrying").then_some(bad)
+    })
+    .await;
+    assert_eq!(bad["last_error"]["class"], "endpoint-error");
+    assert_eq!(bad["last_error"]["status"], 503);
+    assert!(bad["attempts"].as_u64().unwrap() >= 1);
+    assert!(bad["next_attempt"].as_str().is_some());
     let m = gw.get_json(BITRIX, &format!("/v1/messages/{id}")).await;
     assert_eq!(m["subject"], "orders.created");
     assert_eq!(m["stream"], "ORDERS");
@@ -67,30 +64,22 @@ async fn a_message_shows_where_it_is_for_each_subscription() {
     assert!(m["time"].as_str().is_some());
 
     // After its attempts: a dead letter.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
+    let bad = eventually("nav-failing dead-lettered", Duration::from_secs(15), async || {
         let bad = state_of(&gw, &id, "nav-failing").await;
-        if bad["state"] == "dead-letter" {
-            assert_eq!(bad["attempts"], 3);
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "not dead-lettered: {bad}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (bad["state"] == "dead-letter").then_some(bad)
+    })
+    .await;
+    assert_eq!(bad["attempts"], 3);
 
     // NAV answers with a status in the same business transaction.
     let status = r#"{"order_id":"4711","status":"created","nav_document_no":"SO-000123","at":"2026-11-28T10:00:01Z"}"#;
     let r = gw.publish(NAV, "orders.status", status).header("ce-correlationid", "order-4711").send().await.unwrap();
     assert_eq!(r.status(), 202);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let list = loop {
+    let list = eventually("two messages for order-4711", Duration::from_secs(5), async || {
         let list = gw.get_json(BITRIX, "/v1/messages?correlation_id=order-4711").await;
-        if list["messages"].as_array().unwrap().len() == 2 {
-            break list;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{list}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        (list["messages"].as_array().unwrap().len() == 2).then_some(list)
+    })
+    .await;
     let subjects: Vec<&str> =
         list["messages"].as_array().unwrap().iter().map(|m| m["subject"].as_str().unwrap()).collect();
     assert_eq!(subjects, ["orders.created", "orders.status"]);
