@@ -11,12 +11,11 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::extract::Caller;
+use super::extract::{Caller, require_json};
 use super::problem::{Problem, ProblemType};
-use super::{AppState, header_str, media_type, read_body};
+use super::{AppState, header_str, read_body};
 /// Where the gateway's state keeps its open buckets (the cache itself belongs to directories).
 use crate::directory::{self, Access, Directories, Entry, Key, Paging, Precondition, Trace, Written};
-use crate::publish::cloudevents;
 
 fn directories(state: &AppState) -> Directories<'_> {
     Directories { client: &state.client, js: state.publisher.jetstream(), stores: &state.stores, limits: &state.limits }
@@ -105,17 +104,6 @@ fn key_of(path: Result<Path<(String, String)>, PathRejection>) -> Result<(String
         return Err(Problem::new(ProblemType::InvalidKey, "the bucket or key is not valid UTF-8 once percent-decoded"));
     };
     Ok((bucket, Key::new(key)?))
-}
-
-/// Directory values are JSON.
-fn require_json(headers: &HeaderMap) -> Result<(), Problem> {
-    match media_type(headers).as_deref() {
-        Some(t) if cloudevents::is_json_media_type(t) => Ok(()),
-        other => Err(Problem::new(
-            ProblemType::UnsupportedMediaType,
-            format!("{} is not accepted; send application/json", other.unwrap_or("no Content-Type")),
-        )),
-    }
 }
 
 /// `If-Match` (compare-and-set) and `If-None-Match: *` (create only).

@@ -11,9 +11,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::extract::Caller;
+use super::extract::{Caller, require_json};
 use super::problem::{Problem, ProblemType};
-use super::{AppState, header_str, media_type, read_body};
+use super::{AppState, header_str, read_body};
 use crate::publish::cloudevents;
 use crate::request::{self, Outgoing, Reply};
 
@@ -61,17 +61,6 @@ fn timeout(asked: Option<&str>) -> Result<Option<Duration>, Problem> {
     humantime::parse_duration(t)
         .map(Some)
         .map_err(|e| Problem::new(ProblemType::InvalidQuery, format!("timeout {t:?}: {e} (e.g. 500ms, 5s)")))
-}
-
-/// Requests are JSON.
-fn require_json(headers: &HeaderMap) -> Result<(), Problem> {
-    match media_type(headers).as_deref() {
-        Some(t) if cloudevents::is_json_media_type(t) => Ok(()),
-        other => Err(Problem::new(
-            ProblemType::UnsupportedMediaType,
-            format!("{} is not accepted; send application/json", other.unwrap_or("no Content-Type")),
-        )),
-    }
 }
 
 /// The reply as JSON, with its CloudEvents headers.
