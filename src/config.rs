@@ -248,11 +248,14 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A tracing filter, e.g. `info` or `magistral=debug,async_nats=warn`.
     pub level: String,
+    /// One line per HTTP request (target `magistral::access`): method, route, status,
+    /// participant, duration.
+    pub access: bool,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Text, level: "info".into() }
+        Self { format: LogFormat::Text, level: "info".into(), access: false }
     }
 }
 
@@ -528,6 +531,16 @@ pub enum SubscriptionMode {
     Push,
     Pull,
     Stream,
+}
+
+impl fmt::Display for SubscriptionMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Push => "push",
+            Self::Pull => "pull",
+            Self::Stream => "stream",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -264,7 +264,13 @@ pub async fn reconcile_all(state: &Runtime, catalog: &Catalog) -> bool {
     }
     for def in catalog.streams.iter().filter(|s| !s.bucket) {
         match streams::reconcile(state.publisher.jetstream(), def, false).await {
-            Ok(change) => tracing::info!(%change, "stream reconciled"),
+            Ok(streams::StreamChange::Unchanged { name }) => tracing::debug!(stream = %name, "stream unchanged"),
+            Ok(streams::StreamChange::Create { name }) => tracing::info!(stream = %name, "stream created"),
+            Ok(streams::StreamChange::Update { name, fields }) => {
+                let changes: Vec<String> =
+                    fields.iter().map(|c| format!("{}: {} -> {}", c.field, c.server, c.declared)).collect();
+                tracing::info!(stream = %name, changes = %changes.join("; "), "stream updated");
+            }
             Err(err) => {
                 tracing::warn!(%err, "stream reconcile failed; will retry");
                 ok = false;

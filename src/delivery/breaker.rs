@@ -41,6 +41,14 @@ impl Breaker {
         }
     }
 
+    pub(crate) fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures
+    }
+
+    pub(crate) fn cooldown(&self) -> Duration {
+        self.cooldown
+    }
+
     /// Records an attempt's class. Endpoint failures count; anything that shows the endpoint
     /// answering (a 2xx, or a 4xx about one message) closes the breaker.
     pub(crate) fn record(&mut self, class: Class, now: Instant) {

@@ -196,7 +196,7 @@ impl Engine {
     /// Pauses every consumer of a subscription (on all replicas: JetStream consumer pause)
     /// and records why.
     pub async fn pause(&self, sub: &Subscription, reason: &str, result: &AttemptResult) {
-        tracing::warn!(subscription = %sub.name, reason, "pausing subscription");
+        tracing::warn!(subscription = %sub.name, reason, "subscription paused: no deliveries until it is resumed");
         let reason = reason.to_owned();
         let last_error = LastError {
             class: result.class.slug().to_owned(),
@@ -226,7 +226,7 @@ impl Engine {
     ///
     /// # Errors
     /// NATS refused.
-    pub async fn resume(&self, sub: &Subscription) -> Result<(), DeliveryError> {
+    pub async fn resume(&self, sub: &Subscription, by: &str) -> Result<(), DeliveryError> {
         for stream in consumer_streams(sub) {
             let s = self.js.get_stream(&stream).await.map_err(nats)?;
             s.resume_consumer(&sub.consumer_name()).await.map_err(nats)?;
@@ -236,6 +236,7 @@ impl Engine {
             s.paused_at = None;
         })
         .await;
+        tracing::info!(subscription = %sub.name, by, "subscription resumed");
         Ok(())
     }
 
@@ -249,6 +250,7 @@ impl Engine {
             let s = self.js.get_stream(&stream).await.map_err(nats)?;
             s.pause_consumer(&sub.consumer_name(), until).await.map_err(nats)?;
         }
+        tracing::info!(subscription = %sub.name, by, "subscription paused by an operator");
         let reason = format!("paused by {by}");
         self.update_status(&sub.name, |s| {
             s.paused_reason = Some(reason);
@@ -297,6 +299,8 @@ pub struct Control {
     first_failures: Mutex<HashMap<(String, u64), OffsetDateTime>>,
     /// Deliveries of a message handed back unattempted while the breaker was open; bounded.
     skipped: Mutex<HashMap<(String, u64), u32>>,
+    /// The current half-open spell was logged.
+    probe_announced: std::sync::atomic::AtomicBool,
 }
 
 /// Failing messages remembered per subscription; past it the oldest memory is dropped and
@@ -311,6 +315,7 @@ impl Control {
             last_error: Mutex::new(None),
             first_failures: Mutex::new(HashMap::new()),
             skipped: Mutex::new(HashMap::new()),
+            probe_announced: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -355,6 +360,13 @@ impl Control {
         self.breaker.lock().map(|b| b.state(Instant::now())).unwrap_or(BreakerState::Closed)
     }
 
+    /// The breaker's cooldown ended and a probe goes out (said once per half-open spell).
+    fn note_probe(&self) {
+        if !self.probe_announced.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::info!(subscription = %self.name, "circuit breaker half-open: one probe delivery goes out");
+        }
+    }
+
     fn record(&self, result: &AttemptResult, attempt: u32) {
         // No request was made: nothing learnt about the endpoint.
         if matches!(result.class, retry_policy::Class::Skipped | retry_policy::Class::TransformFailed) {
@@ -362,8 +374,26 @@ impl Control {
         }
         if let Ok(mut b) = self.breaker.lock() {
             let now = Instant::now();
+            let before = b.state(now);
             b.record(result.class, now);
             let open = matches!(b.state(now), BreakerState::Open { .. });
+            match (before, open) {
+                (BreakerState::Closed | BreakerState::HalfOpen, true) => {
+                    self.probe_announced.store(false, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(
+                        subscription = %self.name,
+                        consecutive_failures = b.consecutive_failures(),
+                        cooldown = %humantime::format_duration(b.cooldown()),
+                        class = result.class.slug(),
+                        after_probe = matches!(before, BreakerState::HalfOpen),
+                        "circuit breaker opened: no deliveries to this endpoint until the cooldown ends"
+                    );
+                }
+                (BreakerState::Open { .. } | BreakerState::HalfOpen, false) => {
+                    tracing::info!(subscription = %self.name, "circuit breaker closed: the endpoint answers again");
+                }
+                _ => {}
+            }
             metrics::gauge!("magistral_breaker_open", "subscription" => self.name.clone()).set(if open {
                 1.0
             } else {
@@ -428,7 +458,12 @@ impl Deliveries {
         };
         // Stream (SSE) subscriptions have no durable state: each connection reads on its own.
         for sub in to_start.into_iter().filter(|s| s.mode != SubscriptionMode::Stream) {
-            tracing::info!(subscription = %sub.name, mode = ?sub.mode, endpoint = ?sub.endpoint_redacted(), "starting delivery");
+            tracing::info!(
+                subscription = %sub.name,
+                mode = %sub.mode,
+                endpoint = %sub.endpoint_redacted().unwrap_or_default(),
+                "starting delivery"
+            );
             let control = Arc::new(Control::new(&sub));
             let cancel = self.shutdown.child_token();
             let mut spans = sub.spans.clone();

@@ -294,6 +294,9 @@ impl Worker {
 
     /// One attempt, counted (metrics, breaker, last error).
     async fn send(&self, message: &jetstream::Message, attempt: u32) -> AttemptResult {
+        if self.control.breaker_state() == BreakerState::HalfOpen {
+            self.control.note_probe();
+        }
         let result = attempt::send(&self.engine.http, &self.sub, message, attempt, self.sub.ack_wait).await;
         self.control.record(&result, attempt);
         metrics::counter!("magistral_delivery_total", "subscription" => self.sub.name.clone(), "class" => result.class.slug())
@@ -328,8 +331,11 @@ impl Worker {
     /// pause; with the tracking record and status events that go with it.
     async fn settle(&self, message: &jetstream::Message, delivery: &InFlight, verdict: &Verdict) -> Settled {
         let Verdict { result, decision, failure } = verdict;
-        if delivery.attempt == 1 && !matches!(result.class, Class::Delivered | Class::Skipped) {
-            self.announce("failed", delivery, message, failure).await;
+        if !matches!(result.class, Class::Delivered | Class::Skipped) {
+            self.log_failure(message, delivery, verdict);
+            if delivery.attempt == 1 {
+                self.announce("failed", delivery, message, failure).await;
+            }
         }
         if !matches!(decision, Decision::Retry(_)) {
             self.control.forget(&delivery.key);
@@ -348,6 +354,12 @@ impl Worker {
             }
             Decision::DeadLetter => self.dead_letter(message, delivery, failure).await,
             Decision::PauseSubscription => {
+                tracing::error!(
+                    subscription = %self.sub.name,
+                    endpoint = %self.sub.endpoint_redacted().unwrap_or_default(),
+                    message_id = %attempt::message_id(message),
+                    "endpoint gone (410): the subscription is paused until an operator resumes it"
+                );
                 self.track(&delivery.track_key, DeliveryState::Paused, delivery.attempt, result, None).await;
                 self.engine.pause(&self.sub, "endpoint answered 410 Gone", result).await;
                 self.announce("paused", delivery, message, failure).await;
@@ -355,6 +367,37 @@ impl Worker {
             }
         }
         Settled::Done
+    }
+
+    /// One log event per failed attempt, saying what happens next.
+    fn log_failure(&self, message: &jetstream::Message, delivery: &InFlight, verdict: &Verdict) {
+        let result = &verdict.result;
+        let next = match verdict.decision {
+            Decision::Retry(delay) => {
+                let at = OffsetDateTime::now_utc() + delay;
+                format!(
+                    "retry at {} (in {})",
+                    at.format(&Rfc3339).unwrap_or_default(),
+                    humantime::format_duration(delay)
+                )
+            }
+            Decision::DeadLetter if self.sub.ordered && self.sub.on_exhausted == OnExhausted::Block => {
+                "attempts exhausted: block the subscription".to_owned()
+            }
+            Decision::DeadLetter => "attempts exhausted: dead letter".to_owned(),
+            Decision::PauseSubscription => "pause the subscription".to_owned(),
+            Decision::Ack => "give up (acknowledged)".to_owned(),
+        };
+        tracing::warn!(
+            subscription = %self.sub.name,
+            message_id = %attempt::message_id(message),
+            attempt = delivery.attempt,
+            class = result.class.slug(),
+            status = result.status.unwrap_or(0),
+            detail = %result.excerpt.chars().take(200).collect::<String>(),
+            next = %next,
+            "delivery failed"
+        );
     }
 
     async fn acknowledge(&self, message: &jetstream::Message, delivery: &InFlight, result: &AttemptResult) {
@@ -411,6 +454,15 @@ impl Worker {
             let _ = message.ack_with(AckKind::Nak(Some(self.sub.policy.delay_after(delivery.attempt)))).await;
             return;
         }
+        tracing::warn!(
+            subscription = %self.sub.name,
+            message_id = %attempt::message_id(message),
+            attempts = delivery.attempt,
+            class = failure.result.class.slug(),
+            status = failure.result.status.unwrap_or(0),
+            failing_since = %failure.first_attempt.format(&Rfc3339).unwrap_or_default(),
+            "message dead-lettered"
+        );
         self.track(&delivery.track_key, DeliveryState::DeadLetter, delivery.attempt, &failure.result, None).await;
         metrics::counter!("magistral_dead_letters_total", "subscription" => self.sub.name.clone()).increment(1);
         if let Ok(depth) = dead_letter::count(&self.engine.js, &self.sub.name).await {

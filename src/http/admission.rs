@@ -224,6 +224,7 @@ pub(crate) async fn admission(State(state): State<AppState>, request: Request, n
     let route = parts.extensions.get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_default();
     let cost = cost(&state, &parts.method, &route, parts.uri.path());
     let mut slot = None;
+    let mut participant = None;
     if !matches!(cost, Cost::Free)
         && let Ok(caller) = Caller::from_headers(state.catalog.load_full(), &parts.headers)
     {
@@ -237,12 +238,18 @@ pub(crate) async fn admission(State(state): State<AppState>, request: Request, n
             Ok(guard) => slot = Some(guard),
             Err(problem) => return problem.into_response(),
         }
+        if super::access::enabled() {
+            participant = Some(super::access::Participant(caller.name().to_owned()));
+        }
         // The handler's `Caller` extractor takes it from here: one authentication per request.
         parts.extensions.insert(caller);
     }
 
     let mut response = next.run(Request::from_parts(parts, body)).await;
     drop(slot);
+    if let Some(participant) = participant {
+        response.extensions_mut().insert(participant);
+    }
     if timed_out.load(Ordering::Relaxed) {
         // The rest of the body may still be on its way: the connection cannot be reused.
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));

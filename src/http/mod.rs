@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, shared state, and the extractors every route uses so that bad
 //! input comes back in our problem format before any business check runs.
 
+pub(crate) mod access;
 pub(crate) mod admission;
 pub mod events;
 pub(crate) mod extract;
@@ -165,6 +166,7 @@ pub fn router(state: AppState) -> Router {
         // Before any handler reads a body: body timeouts and per-participant admission.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), admission::admission))
         .with_state(state)
+        .layer(axum::middleware::from_fn(access::log))
         // A bug must answer 500 in our format, not drop the connection; the detail stays in
         // the log.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|panic: Box<dyn std::any::Any + Send>| {

@@ -1,5 +1,7 @@
 //! `POST /v1/publish/{subject}` and `POST /v1/publish` (batch): HTTP in, checks, JetStream.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
@@ -14,6 +16,7 @@ use super::{AppState, header_str, media_type, read_body};
 use crate::publish::batch::{self, Framing};
 use crate::publish::cloudevents::{self, StructuredEvent};
 use crate::publish::{self, Draft, Stored, check_strict, check_utf8};
+use crate::telemetry::{LogThrottle, REFUSALS};
 
 /// How the request carries its event.
 enum Mode {
@@ -57,7 +60,7 @@ pub(crate) async fn publish_one(
     }
     .await;
     if let Err(problem) = &result {
-        count_refusal(caller.name(), problem);
+        note_refusal(caller.name(), problem);
     }
     let stored = result?;
     Ok((stored_status(&stored), Json(stored)).into_response())
@@ -67,17 +70,33 @@ fn stored_status(stored: &Stored) -> StatusCode {
     if stored.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED }
 }
 
-/// Refusals count in `magistral_publish_total` too, so a misbehaving participant shows.
-/// (Failures after a stream was chosen are counted by the publisher.)
-fn count_refusal(participant: &str, problem: &Problem) {
-    if !problem.counted && (problem.kind.status().is_client_error() || problem.kind == ProblemType::Overloaded) {
-        metrics::counter!(
-            "magistral_publish_total",
-            "stream" => "",
-            "participant" => participant.to_owned(),
-            "outcome" => problem.kind.slug()
-        )
-        .increment(1);
+/// Refusals count in `magistral_publish_total` too, so a misbehaving participant shows, and
+/// are logged at DEBUG under `magistral::refusals` (a few per participant every 10 s: a flood
+/// of bad requests must not flood the log). Failures after a stream was chosen are counted
+/// and logged by the publisher.
+fn note_refusal(participant: &str, problem: &Problem) {
+    static THROTTLE: LogThrottle = LogThrottle::new(Duration::from_secs(10), 5);
+    if problem.counted || !(problem.kind.status().is_client_error() || problem.kind == ProblemType::Overloaded) {
+        return;
+    }
+    metrics::counter!(
+        "magistral_publish_total",
+        "stream" => "",
+        "participant" => participant.to_owned(),
+        "outcome" => problem.kind.slug()
+    )
+    .increment(1);
+    if tracing::enabled!(target: REFUSALS, tracing::Level::DEBUG)
+        && let Some(left_out) = THROTTLE.admit(participant)
+    {
+        tracing::debug!(
+            target: REFUSALS,
+            participant,
+            problem = problem.kind.slug(),
+            detail = %problem.detail,
+            left_out,
+            "publish refused"
+        );
     }
 }
 
@@ -132,17 +151,21 @@ pub(crate) async fn publish_batch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let framing = framing_of(&headers)?;
     let limits = &state.limits;
-    let body = read_body(body, &headers, limits.max_batch_bytes).await?;
-    check_utf8(&body)?;
-    let items = batch::items(&body, framing, limits.max_batch_items, limits.max_json_depth)?;
-    state.admission.charge_batch_items(caller.name(), items.len());
-    let trace = batch::Trace {
-        traceparent: header_str(&headers, "traceparent"),
-        tracestate: header_str(&headers, "tracestate"),
-    };
-    let ready = batch::prepare(caller.catalog(), limits, caller.participant(), &body, items, trace)?;
+    let checked = async {
+        let framing = framing_of(&headers)?;
+        let body = read_body(body, &headers, limits.max_batch_bytes).await?;
+        check_utf8(&body)?;
+        let items = batch::items(&body, framing, limits.max_batch_items, limits.max_json_depth)?;
+        state.admission.charge_batch_items(caller.name(), items.len());
+        let trace = batch::Trace {
+            traceparent: header_str(&headers, "traceparent"),
+            tracestate: header_str(&headers, "tracestate"),
+        };
+        batch::prepare(caller.catalog(), limits, caller.participant(), &body, items, trace)
+    }
+    .await;
+    let ready = checked.inspect_err(|problem| note_refusal(caller.name(), problem))?;
     drop(caller);
     let ids: Vec<String> = ready.iter().map(|o| o.id.clone()).collect();
     let results = state.publisher.publish_batch(ready).await?;

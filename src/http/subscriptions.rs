@@ -148,8 +148,17 @@ pub(crate) async fn pause(
 }
 
 /// `POST /v1/subscriptions/{name}/resume`
-pub(crate) async fn resume(State(state): State<AppState>, Visible(sub): Visible) -> Result<Response, Problem> {
-    state.deliveries.engine.resume(&sub).await.map_err(|e| nats_unavailable(&state, "resuming the subscription", e))?;
+pub(crate) async fn resume(
+    State(state): State<AppState>,
+    caller: Caller,
+    Visible(sub): Visible,
+) -> Result<Response, Problem> {
+    state
+        .deliveries
+        .engine
+        .resume(&sub, caller.name())
+        .await
+        .map_err(|e| nats_unavailable(&state, "resuming the subscription", e))?;
     Ok(Json(describe(&state, &sub).await).into_response())
 }
 
@@ -201,6 +210,7 @@ impl ReplayRequest {
 /// `POST /v1/subscriptions/{name}/dead-letters/replay` with `{"ids": [...]}` or `{"all": true}`.
 pub(crate) async fn replay(
     State(state): State<AppState>,
+    caller: Caller,
     Visible(sub): Visible,
     CommandBody(request): CommandBody<ReplayRequest>,
 ) -> Result<Response, Problem> {
@@ -208,6 +218,7 @@ pub(crate) async fn replay(
     let replayed = dead_letter::replay(&state.deliveries.engine.js, &sub.name, &selection, 10_000)
         .await
         .map_err(|e| nats_unavailable(&state, "replaying dead letters", e))?;
+    tracing::info!(subscription = %sub.name, by = caller.name(), replayed = replayed.len(), "dead letters replayed");
     if let Ok(depth) = dead_letter::count(&state.deliveries.engine.js, &sub.name).await {
         metrics::gauge!("magistral_dead_letters", "subscription" => sub.name.clone()).set(depth as f64);
     }

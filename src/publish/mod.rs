@@ -461,7 +461,10 @@ fn record((stream, participant): &(String, String), started: Instant, outcome: R
     let outcome = match outcome {
         Ok(false) => "stored",
         Ok(true) => "duplicate",
-        Err(p) => p.kind.slug(),
+        Err(p) => {
+            log_failure(stream, participant, p);
+            p.kind.slug()
+        }
     };
     metrics::histogram!("magistral_publish_duration_seconds", "stream" => stream.clone())
         .record(started.elapsed().as_secs_f64());
@@ -472,4 +475,20 @@ fn record((stream, participant): &(String, String), started: Instant, outcome: R
         "outcome" => outcome
     )
     .increment(1);
+}
+
+/// A publish that passed every check but was not stored: the participant got a 5xx. Logged
+/// at WARN, a few per participant and class every 10 s (an outage fails every publish).
+fn log_failure(stream: &str, participant: &str, problem: &Problem) {
+    static THROTTLE: crate::telemetry::LogThrottle = crate::telemetry::LogThrottle::new(Duration::from_secs(10), 5);
+    if let Some(left_out) = THROTTLE.admit(&format!("{participant}\0{}", problem.kind.slug())) {
+        tracing::warn!(
+            stream,
+            participant,
+            problem = problem.kind.slug(),
+            detail = %problem.detail,
+            left_out,
+            "publish failed"
+        );
+    }
 }

@@ -51,7 +51,7 @@ pub(crate) async fn serve(
                 Err(err) => tracing::warn!(responder = %responder.name, %subject, %err, "endpoint not added"),
             }
         }
-        tracing::info!(responder = %responder.name, subjects = ?responder.subjects, "responder serving");
+        tracing::info!(responder = %responder.name, subjects = %responder.subjects.join(", "), "responder serving");
         let mut requests = futures::stream::select_all(endpoints);
         loop {
             // A permit first: requests wait in NATS, not in an unbounded queue here.
