@@ -20,7 +20,6 @@ import argparse
 import copy
 import json
 import os
-import random
 import sys
 import time
 import urllib.error
@@ -143,11 +142,22 @@ def serve(args):
 # commands
 
 
+# Milliseconds since 2026-01-01: unique and increasing across runs (a clock that goes back
+# aside), and strictly increasing within one run even for orders placed in the same ms.
+_last_bitrix_id = 0
+
+
+def next_bitrix_id():
+    global _last_bitrix_id
+    _last_bitrix_id = max(_last_bitrix_id + 1, int((time.time() - 1_767_225_600) * 1000))
+    return str(_last_bitrix_id)
+
+
 def fresh_order(args):
     with open(os.path.join(EXAMPLE, "samples", "sales-order.valid.json"), encoding="utf-8") as f:
         order = json.load(f)
     stamp = datetime.now(timezone.utc).astimezone()
-    bitrix_id = args.id or str(int(time.time()) % 1_000_000 * 10 + random.randint(0, 9))
+    bitrix_id = args.id or next_bitrix_id()
     order["order_id"] = f"BX-{stamp.year}-{bitrix_id}"
     order["created_at"] = stamp.isoformat(timespec="seconds")
     if args.customer:

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""A recording stand-in: listens where the example's push subscriptions deliver and prints what
+arrives, the way the `>>>` blocks of the README and the walkthrough show it.
+
+  standin.py                         listen on 7048 (NAV), 7101 (shop), 7201 (CRM), 7401 (iSimple)
+  standin.py --ports 9000            listen on one port of your own
+  standin.py --status 500            answer 500 to everything (watch retries, the breaker,
+                                     dead letters: `magistral subs`)
+  standin.py --secret whsec_...      also check each Standard Webhooks signature
+
+Each delivery prints as
+
+  >>> POST /BC/api/v2.0/companies(demo)/salesOrders (port 7048)
+      content-type: application/json
+      ce-id: BX-2026-118734
+      ...
+      {"externalDocumentNumber": ...}
+
+with the headers a receiver cares about (content type, authorization, CloudEvents `ce-*`,
+Standard Webhooks `webhook-*`, `magistral-*`, `traceparent`). It answers 2xx as the real systems
+do (201 for a new Business Central sales order, 204 for a PATCH, 200 otherwise), so deliveries
+succeed. It does not answer requests meaningfully: for `nav.query.*` run erp.py instead.
+
+Python 3 standard library only.
+"""
+
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+SHOWN = ("content-type", "authorization", "traceparent")
+SHOWN_PREFIXES = ("ce-", "webhook-", "magistral-")
+PRINT_LOCK = threading.Lock()
+
+
+def verify(secret, headers, body):
+    """Standard Webhooks: HMAC-SHA256 over "<id>.<timestamp>.<body>" with the base64 key."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{headers.get('webhook-id', '')}.{headers.get('webhook-timestamp', '')}.".encode() + body
+    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    given = [s.split(",", 1)[1] for s in headers.get("webhook-signature", "").split() if s.startswith("v1,")]
+    return any(hmac.compare_digest(expected, g) for g in given)
+
+
+def handler(port, status, secret):
+    class Recorder(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.record()
+
+        def do_PUT(self):
+            self.record()
+
+        def do_PATCH(self):
+            self.record()
+
+        def record(self):
+            length = int(self.headers.get("content-length") or 0)
+            body = self.rfile.read(length) if length else b""
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            lines = [f">>> {self.command} {self.path} (port {port})"]
+            for name, value in headers.items():
+                if name in SHOWN or name.startswith(SHOWN_PREFIXES):
+                    lines.append(f"    {name}: {value}")
+            if secret:
+                lines.append(f"    (signature {'verified' if verify(secret, headers, body) else 'DOES NOT VERIFY'})")
+            lines.append("    " + body.decode("utf-8", errors="replace"))
+            with PRINT_LOCK:
+                print("\n".join(lines) + "\n", flush=True)
+            code = status or (201 if self.path.endswith("/salesOrders") else 204 if self.command == "PATCH" else 200)
+            answer = b"" if code == 204 else b"{}"
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    return Recorder
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ports", default="7048,7101,7201,7401", help="comma-separated ports (default: the example's)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--status", type=int, default=0, help="answer this status to everything")
+    p.add_argument("--secret", help="a whsec_ signing secret to verify signatures with")
+    args = p.parse_args()
+    servers = []
+    for port in (int(x) for x in args.ports.split(",") if x.strip()):
+        try:
+            servers.append(ThreadingHTTPServer((args.host, port), handler(port, args.status, args.secret)))
+        except OSError as err:
+            sys.exit(f"standin: port {port}: {err} (another stand-in or simulator running?)")
+    for server in servers[1:]:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    print(f"standin: recording on {', '.join(str(s.server_address[1]) for s in servers)}; Ctrl+C stops",
+          flush=True)
+    try:
+        servers[0].serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
