@@ -46,7 +46,8 @@ pub(crate) async fn reload(state: &Runtime, path: Option<&Path>) -> Result<(), C
     state.deliveries.apply(&catalog).await;
     state.responders.apply(&catalog);
     state.catalog.store(catalog.clone());
-    metrics::counter!("magistral_config_reloads_total", "outcome" => "applied").increment(1);
+    crate::telemetry::catalogue::register(&catalog);
+    metrics::counter!(crate::telemetry::catalogue::CONFIG_RELOADS_TOTAL, "outcome" => "applied").increment(1);
     tracing::info!("configuration reloaded");
     Ok(())
 }
@@ -88,7 +89,7 @@ pub(crate) async fn watch(state: Runtime, initial: Config, shutdown: Cancellatio
         }
         last = current;
         if let Err(err) = reload(&state, path.as_deref()).await {
-            metrics::counter!("magistral_config_reloads_total", "outcome" => "refused").increment(1);
+            metrics::counter!(crate::telemetry::catalogue::CONFIG_RELOADS_TOTAL, "outcome" => "refused").increment(1);
             tracing::error!(%err, "new configuration refused; still serving the previous one");
         }
     }

@@ -72,7 +72,7 @@ fn stored_status(stored: &Stored) -> StatusCode {
 fn count_refusal(participant: &str, problem: &Problem) {
     if !problem.counted && (problem.kind.status().is_client_error() || problem.kind == ProblemType::Overloaded) {
         metrics::counter!(
-            "magistral_publish_total",
+            crate::telemetry::catalogue::PUBLISH_TOTAL,
             "stream" => "",
             "participant" => participant.to_owned(),
             "outcome" => problem.kind.slug()

@@ -1,7 +1,9 @@
-//! What operators see: logs (`logs`), metrics (`prometheus`) and, when configured, traces.
+//! What operators see: logs (`logs`), metrics (`prometheus`, named in `catalogue`) and, when
+//! configured, traces.
 
+pub(crate) mod catalogue;
 mod logs;
 mod prometheus;
 
 pub use self::logs::init_logs;
-pub use self::prometheus::metrics_handle;
+pub use self::prometheus::{metrics_handle, observe};
