@@ -75,8 +75,8 @@ pub(crate) const ALL: &[Metric] = &[
         kind: Kind::Counter,
         unit: None,
         labels: &["stream", "participant", "outcome"],
-        help: "Single publishes by outcome: stored, duplicate, the problem slug when JetStream did not confirm \
-               (nats-unavailable, publish-timeout), or, with stream=\"\", the problem slug of a refusal \
+        help: "Single publishes by outcome: stored, duplicate, the problem slug when JetStream did not store it \
+               (nats-unavailable, publish-timeout, payload-too-large), or, with stream=\"\", the problem slug of a refusal \
                (4xx, overloaded).",
     },
     Metric {
