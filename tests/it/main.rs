@@ -1,6 +1,7 @@
 //! Integration tests: one test binary (faster to link than one per file), a module per area.
 mod common;
 
+mod alerts;
 mod cluster;
 mod connections;
 mod delivery;
@@ -11,6 +12,7 @@ mod hostile;
 mod inbound;
 mod inbound_hostile;
 mod kv;
+mod metrics;
 mod nats_harness;
 mod openapi;
 mod process;
