@@ -7,6 +7,9 @@
 
 FROM rust:1-bookworm AS build
 ARG STATIC_TARGET=x86_64-unknown-linux-musl
+# The commit magistral_build_info reports (.git is not in the build context):
+#   docker build --build-arg MAGISTRAL_BUILD_COMMIT=$(git rev-parse --short HEAD) .
+ARG MAGISTRAL_BUILD_COMMIT=unknown
 WORKDIR /src
 COPY . .
 # musl-tools gives ring's few C files a compiler for the musl target.

@@ -116,6 +116,8 @@ pub async fn run(
         admission: Arc::new(http::admission::Admission::new(&limits)),
         shutdown: shutdown.clone(),
     };
+    // Every configured participant's and subscription's series exist at zero from the start.
+    telemetry::catalogue::register(&state.catalog.load());
     tasks.spawn(start_when_reconciled(state.runtime(), config.clone(), shutdown.clone()));
 
     let app = http::router(state.clone());

@@ -48,7 +48,8 @@ pub(crate) async fn reload(state: &Runtime, previous: &Config, path: Option<&Pat
     state.deliveries.apply(&catalog).await;
     state.responders.apply(&catalog);
     state.catalog.store(catalog.clone());
-    metrics::counter!("magistral_config_reloads_total", "outcome" => "applied").increment(1);
+    crate::telemetry::catalogue::register(&catalog);
+    metrics::counter!(crate::telemetry::catalogue::CONFIG_RELOADS_TOTAL, "outcome" => "applied").increment(1);
     if changes.is_empty() {
         tracing::info!("configuration reloaded; nothing that matters changed");
     } else {
@@ -143,7 +144,8 @@ pub(crate) async fn watch(state: Runtime, mut config: Config, shutdown: Cancella
         match reload(&state, &config, path.as_deref()).await {
             Ok(new) => config = new,
             Err(err) => {
-                metrics::counter!("magistral_config_reloads_total", "outcome" => "refused").increment(1);
+                metrics::counter!(crate::telemetry::catalogue::CONFIG_RELOADS_TOTAL, "outcome" => "refused")
+                    .increment(1);
                 tracing::error!(%err, "new configuration refused; still serving the previous one");
             }
         }

@@ -309,6 +309,7 @@ const MAX_REMEMBERED_FAILURES: usize = 10_000;
 
 impl Control {
     fn new(sub: &Subscription) -> Self {
+        crate::telemetry::catalogue::set_breaker(&sub.name, &BreakerState::Closed);
         Self {
             name: sub.name.clone(),
             breaker: Mutex::new(Breaker::new(sub.breaker_failures, sub.breaker_cooldown)),
@@ -394,11 +395,7 @@ impl Control {
                 }
                 _ => {}
             }
-            metrics::gauge!("magistral_breaker_open", "subscription" => self.name.clone()).set(if open {
-                1.0
-            } else {
-                0.0
-            });
+            crate::telemetry::catalogue::set_breaker(&self.name, &b.state(now));
         }
         if result.class != retry_policy::Class::Delivered
             && let Ok(mut last) = self.last_error.lock()
@@ -430,12 +427,20 @@ pub struct Deliveries {
     running: Mutex<HashMap<String, Running>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    /// When the subscription gauges were last refreshed for a scrape (see [`Deliveries::observe`]).
+    observed: tokio::sync::Mutex<Option<Instant>>,
 }
+
+/// Scrapes closer together than this reuse the subscription gauges of the previous one: the
+/// NATS requests per scrape stay bounded however often `/metrics` is fetched.
+const OBSERVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// A slow NATS does not hold a scrape longer than this; gauges not refreshed keep their values.
+const OBSERVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl Deliveries {
     #[must_use]
     pub fn new(engine: Arc<Engine>, tracker: TaskTracker, shutdown: CancellationToken) -> Self {
-        Self { engine, running: Mutex::new(HashMap::new()), tracker, shutdown }
+        Self { engine, running: Mutex::new(HashMap::new()), tracker, shutdown, observed: Default::default() }
     }
 
     /// Brings running workers in line with the catalog: new subscriptions start, changed ones
@@ -490,6 +495,50 @@ impl Deliveries {
             if let Ok(mut running) = self.running.lock() {
                 running.insert(sub.name.clone(), Running { sub: sub.clone(), control, cancel });
             }
+        }
+    }
+
+    /// Refreshes the per-subscription gauges before a scrape: what JetStream says about each
+    /// running subscription's consumers (pending, in flight, paused), its dead letters, and this
+    /// replica's breaker (which turns half-open by time alone). NATS is asked only when
+    /// `connected`, at most once per [`OBSERVE_INTERVAL`], four subscriptions at a time.
+    pub async fn observe(&self, connected: bool) {
+        use futures::StreamExt;
+        let mut last = self.observed.lock().await;
+        if last.is_some_and(|at| at.elapsed() < OBSERVE_INTERVAL) {
+            return;
+        }
+        let subs: Vec<(Arc<Subscription>, Arc<Control>)> = match self.running.lock() {
+            Ok(running) => running.values().map(|r| (r.sub.clone(), r.control.clone())).collect(),
+            Err(_) => return,
+        };
+        for (sub, control) in subs.iter().filter(|(s, _)| s.mode == SubscriptionMode::Push) {
+            crate::telemetry::catalogue::set_breaker(&sub.name, &control.breaker_state());
+        }
+        if !connected {
+            return;
+        }
+        let refresh = futures::stream::iter(subs)
+            .map(|(sub, _)| async move {
+                let facts = self.engine.consumer_facts(&sub).await;
+                let dead_letters = if sub.mode == SubscriptionMode::Push {
+                    dead_letter::count(&self.engine.js, &sub.name).await.ok()
+                } else {
+                    None
+                };
+                (sub, facts, dead_letters)
+            })
+            .buffer_unordered(4)
+            .for_each(|(sub, facts, dead_letters)| async move {
+                if let Some((paused, pending, in_flight)) = facts {
+                    crate::telemetry::catalogue::set_consumer_facts(&sub.name, paused, pending, in_flight);
+                }
+                if let Some(depth) = dead_letters {
+                    crate::telemetry::catalogue::set_dead_letters(&sub.name, depth);
+                }
+            });
+        if tokio::time::timeout(OBSERVE_TIMEOUT, refresh).await.is_ok() {
+            *last = Some(Instant::now());
         }
     }
 

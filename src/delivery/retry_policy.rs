@@ -31,6 +31,21 @@ pub enum Class {
 }
 
 impl Class {
+    /// Every class (`Timeout` and `EndpointTimeout` share a slug: one is listed), for the
+    /// series the metrics create up front.
+    pub const ALL: &'static [Class] = &[
+        Self::Delivered,
+        Self::Throttled,
+        Self::EndpointTimeout,
+        Self::EndpointError,
+        Self::Unreachable,
+        Self::Gone,
+        Self::Rejected,
+        Self::Unexpected,
+        Self::TransformFailed,
+        Self::Skipped,
+    ];
+
     #[must_use]
     pub const fn slug(self) -> &'static str {
         match self {

@@ -22,6 +22,7 @@ use super::retry_policy::{Class, Decision};
 use super::subscription::Subscription;
 use super::{Control, DeliveryError, Engine, nats};
 use crate::config::{OnExhausted, StartPosition};
+use crate::telemetry::catalogue;
 use crate::tracking::{self, DeliveryRecord, DeliveryState};
 
 /// One message's delivery on this worker, across its attempts.
@@ -216,10 +217,6 @@ impl Worker {
                     }
                     next_slot = next_slot.max(now) + Duration::from_secs_f64(1.0 / rate);
                 }
-                if let Ok(info) = message.info() {
-                    metrics::gauge!("magistral_consumer_pending", "subscription" => self.sub.name.clone(), "stream" => self.stream.clone())
-                        .set(info.pending as f64);
-                }
                 if ordered_or_probe {
                     // In line: the next fetch waits for this message's decision.
                     self.deliver(message).await;
@@ -299,9 +296,9 @@ impl Worker {
         }
         let result = attempt::send(&self.engine.http, &self.sub, message, attempt, self.sub.ack_wait).await;
         self.control.record(&result, attempt);
-        metrics::counter!("magistral_delivery_total", "subscription" => self.sub.name.clone(), "class" => result.class.slug())
+        metrics::counter!(catalogue::DELIVERY_TOTAL, "subscription" => self.sub.name.clone(), "class" => result.class.slug())
             .increment(1);
-        metrics::histogram!("magistral_delivery_duration_seconds", "subscription" => self.sub.name.clone())
+        metrics::histogram!(catalogue::DELIVERY_DURATION, "subscription" => self.sub.name.clone())
             .record(result.elapsed.as_secs_f64());
         result
     }
@@ -408,7 +405,7 @@ impl Worker {
             self.track(&delivery.track_key, DeliveryState::Delivered, delivery.attempt, result, None).await;
         }
         let lag = OffsetDateTime::now_utc() - delivery.published;
-        metrics::histogram!("magistral_delivery_lag_seconds", "subscription" => self.sub.name.clone())
+        metrics::histogram!(catalogue::DELIVERY_LAG, "subscription" => self.sub.name.clone())
             .record(lag.as_seconds_f64().max(0.0));
         let _ = message.ack().await;
     }
@@ -464,9 +461,9 @@ impl Worker {
             "message dead-lettered"
         );
         self.track(&delivery.track_key, DeliveryState::DeadLetter, delivery.attempt, &failure.result, None).await;
-        metrics::counter!("magistral_dead_letters_total", "subscription" => self.sub.name.clone()).increment(1);
+        metrics::counter!(catalogue::DEAD_LETTERS_TOTAL, "subscription" => self.sub.name.clone()).increment(1);
         if let Ok(depth) = dead_letter::count(&self.engine.js, &self.sub.name).await {
-            metrics::gauge!("magistral_dead_letters", "subscription" => self.sub.name.clone()).set(depth as f64);
+            catalogue::set_dead_letters(&self.sub.name, depth);
         }
         self.announce("dead_lettered", delivery, message, failure).await;
         let _ = message.ack_with(AckKind::Term).await;

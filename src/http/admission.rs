@@ -128,7 +128,7 @@ fn retry_after_seconds(wait: Duration) -> u64 {
 }
 
 fn refused(participant: &str, reason: &'static str) {
-    metrics::counter!("magistral_rate_limited_total", "participant" => participant.to_owned(), "reason" => reason)
+    metrics::counter!(crate::telemetry::catalogue::RATE_LIMITED_TOTAL, "participant" => participant.to_owned(), "reason" => reason)
         .increment(1);
 }
 

@@ -133,7 +133,7 @@ pub async fn events(
     let consumer = stream.create_consumer(config).await.map_err(|e| unavailable(e.to_string()))?;
     lease.consumer = Some((stream, consumer_name));
     let messages = consumer.messages().await.map_err(|e| unavailable(e.to_string()))?;
-    metrics::gauge!("magistral_event_streams", "subscription" => sub.name.clone()).increment(1.0);
+    metrics::gauge!(crate::telemetry::catalogue::EVENT_STREAMS, "subscription" => sub.name.clone()).increment(1.0);
     // On shutdown the stream ends (clients resume with Last-Event-ID), so it does not hold
     // the drain open until its timeout.
     let events = to_events(messages, lease, sub.name.clone()).take_until(state.shutdown.clone().cancelled_owned());
@@ -207,7 +207,8 @@ fn to_events(
     }
     impl Drop for Gauge {
         fn drop(&mut self) {
-            metrics::gauge!("magistral_event_streams", "subscription" => self.subscription.clone()).decrement(1.0);
+            metrics::gauge!(crate::telemetry::catalogue::EVENT_STREAMS, "subscription" => self.subscription.clone())
+                .decrement(1.0);
         }
     }
     let guard = Arc::new(Gauge { subscription, _lease: lease });

@@ -52,7 +52,8 @@ pub(crate) async fn inbound(
         Ok(_) => "accepted",
         Err(p) => p.kind.slug(),
     };
-    metrics::counter!("magistral_inbound_total", "route" => route.name.clone(), "outcome" => outcome).increment(1);
+    metrics::counter!(crate::telemetry::catalogue::INBOUND_TOTAL, "route" => route.name.clone(), "outcome" => outcome)
+        .increment(1);
     result
 }
 
@@ -179,7 +180,8 @@ async fn business_central(
         stored.push(publish_one(state, catalog, route, message, None).await.map_err(safe)?);
     }
     if ignored > 0 {
-        metrics::counter!("magistral_inbound_ignored_total", "route" => route.name.clone()).increment(ignored);
+        metrics::counter!(crate::telemetry::catalogue::INBOUND_IGNORED_TOTAL, "route" => route.name.clone())
+            .increment(ignored);
         tracing::warn!(route = %route.name, ignored, "notifications with a wrong clientState were dropped");
     }
     Ok((StatusCode::ACCEPTED, Json(json!({ "stored": stored, "ignored": ignored }))).into_response())

@@ -80,7 +80,7 @@ fn note_refusal(participant: &str, problem: &Problem) {
         return;
     }
     metrics::counter!(
-        "magistral_publish_total",
+        crate::telemetry::catalogue::PUBLISH_TOTAL,
         "stream" => "",
         "participant" => participant.to_owned(),
         "outcome" => problem.kind.slug()

@@ -92,7 +92,7 @@ pub(crate) async fn fetch(
     let key = engine.token_key().await.map_err(|e| nats_unavailable(&state, "reading the ack token key", e))?;
     let messages =
         pull::fetch(&engine.js, key, &sub, max, wait).await.map_err(|e| nats_unavailable(&state, "fetching", e))?;
-    metrics::counter!("magistral_pull_fetched_total", "subscription" => sub.name.clone())
+    metrics::counter!(crate::telemetry::catalogue::PULL_FETCHED_TOTAL, "subscription" => sub.name.clone())
         .increment(messages.len() as u64);
     Ok(Json(json!({ "messages": messages })).into_response())
 }

@@ -97,7 +97,7 @@ async fn describe_unbounded(state: &AppState, sub: &Subscription) -> Value {
     };
     let dead_letters = dead_letter::count(&engine.js, &sub.name).await.ok();
     if let Some(depth) = dead_letters {
-        metrics::gauge!("magistral_dead_letters", "subscription" => sub.name.clone()).set(depth as f64);
+        crate::telemetry::catalogue::set_dead_letters(&sub.name, depth);
     }
     let last_error = control.and_then(|c| c.last_error()).or(stored.last_error);
     json!({
@@ -220,7 +220,7 @@ pub(crate) async fn replay(
         .map_err(|e| nats_unavailable(&state, "replaying dead letters", e))?;
     tracing::info!(subscription = %sub.name, by = caller.name(), replayed = replayed.len(), "dead letters replayed");
     if let Ok(depth) = dead_letter::count(&state.deliveries.engine.js, &sub.name).await {
-        metrics::gauge!("magistral_dead_letters", "subscription" => sub.name.clone()).set(depth as f64);
+        crate::telemetry::catalogue::set_dead_letters(&sub.name, depth);
     }
     Ok(Json(json!({ "replayed": replayed.len(), "ids": replayed })).into_response())
 }

@@ -21,6 +21,7 @@ use crate::config::Limits;
 use crate::participants::Participant;
 use crate::problem::{Problem, ProblemType};
 use crate::subject;
+use crate::telemetry::catalogue;
 use cloudevents::{ClientAttributes, StoredAttributes};
 pub use json::{check_strict, check_utf8, exceeds_depth, parse_strict};
 
@@ -333,7 +334,7 @@ impl Publisher {
         let _permit = self.in_flight.clone().try_acquire_owned().map_err(|_| self.overloaded())?;
         let started = Instant::now();
         let labels = (message.stream.clone(), message.participant.clone());
-        let in_flight = metrics::gauge!("magistral_publish_in_flight");
+        let in_flight = metrics::gauge!(catalogue::PUBLISH_IN_FLIGHT);
         in_flight.increment(1.0);
         // "No responders" for a declared stream is a leader election (seconds): retry within
         // the publish timeout, with the same message id, so JetStream's de-duplication makes
@@ -374,7 +375,7 @@ impl Publisher {
         let n = u32::try_from(messages.len()).unwrap_or(u32::MAX);
         let _permits = self.in_flight.clone().try_acquire_many_owned(n).map_err(|_| self.overloaded())?;
         let started = Instant::now();
-        let in_flight = metrics::gauge!("magistral_publish_in_flight");
+        let in_flight = metrics::gauge!(catalogue::PUBLISH_IN_FLIGHT);
         in_flight.increment(f64::from(n));
         let mut pending = Vec::with_capacity(messages.len());
         for message in messages {
@@ -466,10 +467,10 @@ fn record((stream, participant): &(String, String), started: Instant, outcome: R
             p.kind.slug()
         }
     };
-    metrics::histogram!("magistral_publish_duration_seconds", "stream" => stream.clone())
+    metrics::histogram!(catalogue::PUBLISH_DURATION, "stream" => stream.clone())
         .record(started.elapsed().as_secs_f64());
     metrics::counter!(
-        "magistral_publish_total",
+        catalogue::PUBLISH_TOTAL,
         "stream" => stream.clone(),
         "participant" => participant.clone(),
         "outcome" => outcome

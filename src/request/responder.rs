@@ -176,7 +176,7 @@ async fn answer(http: &reqwest::Client, responder: &Responder, request: service:
         }
     };
     metrics::counter!(
-        "magistral_responder_requests_total",
+        crate::telemetry::catalogue::RESPONDER_REQUESTS_TOTAL,
         "responder" => responder.name.clone(),
         "outcome" => if result.is_ok() { "answered" } else { "error" }
     )

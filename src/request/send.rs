@@ -17,6 +17,7 @@ use crate::participants::Participant;
 use crate::problem::{Problem, ProblemType};
 use crate::publish::cloudevents::{ClientAttributes, StoredAttributes};
 use crate::subject;
+use crate::telemetry::catalogue;
 
 /// What failed in sending a request; the HTTP edge maps each onto the problem catalogue.
 #[derive(Debug, Clone)]
@@ -124,10 +125,13 @@ pub async fn send(
     let timeout = outgoing.timeout.unwrap_or(limits.request_timeout).min(limits.max_request_timeout);
     let timeout = timeout.max(Duration::from_millis(1));
     if client.connection_state() != async_nats::connection::State::Connected {
+        count(route, "nats-unavailable");
         return Err(unavailable(limits, "not connected to NATS"));
     }
     let reply = exchange(client, limits, route, outgoing.payload, headers, timeout).await?;
     check_reply(limits, route, &reply)?;
+    // Counted once the reply is passed on: a reply refused by the checks counts as their outcome.
+    count(route, "answered");
     Ok(Reply { cloudevents: cloudevents_of(&reply), payload: reply.payload })
 }
 
@@ -180,15 +184,12 @@ async fn exchange(
     let started = Instant::now();
     let request = async_nats::Request::new().payload(payload).headers(headers).timeout(Some(timeout));
     let sent = client.send_request(route.subject.clone(), request).await;
-    metrics::histogram!("magistral_request_duration_seconds", "participant" => route.caller.name.clone())
+    metrics::histogram!(catalogue::REQUEST_DURATION, "participant" => route.caller.name.clone())
         .record(started.elapsed().as_secs_f64());
     match sent {
         Ok(reply) => match service_error(&reply) {
             Some((code, detail)) => Err(responder_error(limits, route, &code, &detail)),
-            None => {
-                count(route, "answered");
-                Ok(reply)
-            }
+            None => Ok(reply),
         },
         Err(err) => Err(request_failed(limits, route, &err, timeout)),
     }
@@ -266,6 +267,7 @@ fn honours_reply_contract(limits: &Limits, route: &Route<'_>, payload: &[u8]) ->
     if total == 0 {
         return Ok(());
     }
+    count(route, "reply-contract-violation");
     Err(RequestError::new(
         RequestKind::ReplyContract(violations),
         format!("the reply breaks contract {} v{} in {total} place(s)", contract.name, contract.version),
@@ -286,7 +288,7 @@ fn cloudevents_of(reply: &async_nats::Message) -> Vec<(String, String)> {
 }
 
 fn count(route: &Route<'_>, outcome: &'static str) {
-    metrics::counter!("magistral_request_total", "participant" => route.caller.name.clone(), "outcome" => outcome)
+    metrics::counter!(catalogue::REQUEST_TOTAL, "participant" => route.caller.name.clone(), "outcome" => outcome)
         .increment(1);
 }
 

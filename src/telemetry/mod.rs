@@ -1,10 +1,11 @@
-//! What operators see: logs (`logs`, with `throttle` against floods), metrics (`prometheus`)
-//! and, when configured, traces.
+//! What operators see: logs (`logs`, with `throttle` against floods), metrics (`prometheus`,
+//! named in `catalogue`) and, when configured, traces.
 
+pub(crate) mod catalogue;
 mod logs;
 mod prometheus;
 mod throttle;
 
 pub use self::logs::{ACCESS, REFUSALS, init_logs};
-pub use self::prometheus::metrics_handle;
+pub use self::prometheus::{metrics_handle, observe};
 pub use self::throttle::LogThrottle;

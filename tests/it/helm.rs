@@ -536,3 +536,77 @@ fn stack_chart_wires_the_official_nats_chart() {
     );
     assert_eq!(toml_setting(r.config_toml(), "replicas"), Some("3"));
 }
+
+#[test]
+fn monitoring_opt_ins_render_the_shipped_rules_and_dashboard() {
+    let Some(helm) = helm() else { return };
+    let off = template(&helm, "bus", &[]);
+    assert!(off.all("PrometheusRule").is_empty(), "the PrometheusRule is opt-in");
+    assert!(
+        off.all("ConfigMap").iter().all(|c| c["metadata"]["labels"]["grafana_dashboard"].is_null()),
+        "the dashboard is opt-in"
+    );
+
+    let opt_in = [
+        "--set",
+        "prometheusRule.enabled=true",
+        "--set",
+        "prometheusRule.labels.release=kube-prometheus-stack",
+        "--set",
+        "grafanaDashboard.enabled=true",
+        "--set",
+        "grafanaDashboard.annotations.grafana_folder=Integration",
+    ];
+    let r = template(&helm, "bus", &opt_in);
+    assert_common(&r);
+
+    // The rules are the canonical file's, group for group (tests/it/alerts.rs tests that file).
+    let rule = r.one("PrometheusRule");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["metadata"]["name"], "bus-magistral");
+    assert_eq!(rule["metadata"]["labels"]["release"], "kube-prometheus-stack");
+    let canonical: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(chart().join("files/magistral-rules.yml")).unwrap()).unwrap();
+    let canonical = serde_json::to_value(canonical).unwrap();
+    assert!(canonical["groups"].as_array().is_some_and(|g| !g.is_empty()));
+    assert_eq!(
+        rule["spec"]["groups"], canonical["groups"],
+        "the rendered rule groups differ from files/magistral-rules.yml"
+    );
+
+    // The dashboard: a ConfigMap Grafana's sidecar picks up, holding the JSON unchanged.
+    let dashboard = r.named("ConfigMap", "bus-magistral-dashboard");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(dashboard["metadata"]["annotations"]["grafana_folder"], "Integration");
+    let rendered: Value = serde_json::from_str(dashboard["data"]["magistral.json"].as_str().unwrap()).unwrap();
+    let file: Value =
+        serde_json::from_str(&std::fs::read_to_string(chart().join("files/magistral-dashboard.json")).unwrap())
+            .unwrap();
+    assert_eq!(rendered, file);
+    assert_eq!(rendered["uid"], "magistral-overview");
+
+    // Another sidecar label and Grafana's namespace.
+    let r = template(
+        &helm,
+        "bus",
+        &[
+            "--set",
+            "grafanaDashboard.enabled=true",
+            "--set",
+            "grafanaDashboard.label=dashboards",
+            "--set",
+            "grafanaDashboard.labelValue=magistral",
+            "--set",
+            "grafanaDashboard.namespace=monitoring",
+        ],
+    );
+    let dashboard = r.named("ConfigMap", "bus-magistral-dashboard");
+    assert_eq!(dashboard["metadata"]["labels"]["dashboards"], "magistral");
+    assert_eq!(dashboard["metadata"]["namespace"], "monitoring");
+
+    let chart = chart();
+    let mut lint = vec!["lint", "--strict", chart.to_str().unwrap()];
+    lint.extend_from_slice(&opt_in);
+    let out = run_helm(&helm, &lint);
+    assert!(out.status.success(), "helm {lint:?}:\n{}\n{}", text(&out.stdout), text(&out.stderr));
+}

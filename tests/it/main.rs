@@ -1,6 +1,7 @@
 //! Integration tests: one test binary (faster to link than one per file), a module per area.
 mod common;
 
+mod alerts;
 mod cluster;
 mod connections;
 mod delivery;
@@ -12,6 +13,7 @@ mod inbound;
 mod inbound_hostile;
 mod kv;
 mod logs;
+mod metrics;
 mod nats_harness;
 mod openapi;
 mod process;

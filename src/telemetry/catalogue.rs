@@ -1,0 +1,401 @@
+//! The catalogue of metrics: every name the gateway serves with its type, unit, labels and
+//! help text, described to the recorder once (so `/metrics` has `# HELP` and `# TYPE` for each).
+//! Call sites use the names from here, so a name cannot drift; docs/metrics.md mirrors the
+//! list, and tests/it/metrics.rs checks both against what `/metrics` serves.
+//!
+//! Series that exist from the start at zero ([`register`]) are bounded by configuration: each
+//! configured name times the few label values an alert or a dashboard needs (docs/metrics.md,
+//! "Series that exist from the start").
+
+use metrics::Unit;
+
+use crate::catalog::Catalog;
+use crate::config::{InboundKind, SubscriptionMode};
+use crate::delivery::breaker::BreakerState;
+use crate::delivery::retry_policy::Class;
+use crate::delivery::system::RESERVED_PREFIX;
+use crate::participants::Participant;
+use crate::streams::StreamDef;
+
+/// The Prometheus type a metric is served as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One metric of the catalogue.
+#[derive(Debug)]
+pub(crate) struct Metric {
+    pub(crate) name: &'static str,
+    pub(crate) kind: Kind,
+    pub(crate) unit: Option<Unit>,
+    pub(crate) labels: &'static [&'static str],
+    pub(crate) help: &'static str,
+}
+
+// --- publish ---
+pub(crate) const PUBLISH_TOTAL: &str = "magistral_publish_total";
+pub(crate) const PUBLISH_DURATION: &str = "magistral_publish_duration_seconds";
+pub(crate) const PUBLISH_IN_FLIGHT: &str = "magistral_publish_in_flight";
+pub(crate) const RATE_LIMITED_TOTAL: &str = "magistral_rate_limited_total";
+// --- push delivery ---
+pub(crate) const DELIVERY_TOTAL: &str = "magistral_delivery_total";
+pub(crate) const DELIVERY_DURATION: &str = "magistral_delivery_duration_seconds";
+pub(crate) const DELIVERY_LAG: &str = "magistral_delivery_lag_seconds";
+pub(crate) const DEAD_LETTERS_TOTAL: &str = "magistral_dead_letters_total";
+pub(crate) const DEAD_LETTERS: &str = "magistral_dead_letters";
+pub(crate) const BREAKER_STATE: &str = "magistral_breaker_state";
+// --- subscriptions (push and pull: their durable consumers) ---
+pub(crate) const SUBSCRIPTION_PENDING: &str = "magistral_subscription_pending";
+pub(crate) const SUBSCRIPTION_IN_FLIGHT: &str = "magistral_subscription_in_flight";
+pub(crate) const SUBSCRIPTION_PAUSED: &str = "magistral_subscription_paused";
+// --- pull and event streams ---
+pub(crate) const PULL_FETCHED_TOTAL: &str = "magistral_pull_fetched_total";
+pub(crate) const EVENT_STREAMS: &str = "magistral_event_streams";
+// --- request/reply ---
+pub(crate) const REQUEST_TOTAL: &str = "magistral_request_total";
+pub(crate) const REQUEST_DURATION: &str = "magistral_request_duration_seconds";
+pub(crate) const RESPONDER_REQUESTS_TOTAL: &str = "magistral_responder_requests_total";
+// --- inbound adapters ---
+pub(crate) const INBOUND_TOTAL: &str = "magistral_inbound_total";
+pub(crate) const INBOUND_IGNORED_TOTAL: &str = "magistral_inbound_ignored_total";
+// --- the gateway itself ---
+pub(crate) const CONFIG_RELOADS_TOTAL: &str = "magistral_config_reloads_total";
+pub(crate) const NATS_CONNECTED: &str = "magistral_nats_connected";
+pub(crate) const READY: &str = "magistral_ready";
+pub(crate) const BUILD_INFO: &str = "magistral_build_info";
+
+/// Every metric the gateway serves under `magistral_` (process metrics come from
+/// `metrics-process`, which describes its own).
+pub(crate) const ALL: &[Metric] = &[
+    Metric {
+        name: PUBLISH_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        labels: &["stream", "participant", "outcome"],
+        help: "Single publishes by outcome: stored, duplicate, the problem slug when JetStream did not store it \
+               (nats-unavailable, publish-timeout, payload-too-large), or, with stream=\"\", the problem slug of a refusal \
+               (4xx, overloaded).",
+    },
+    Metric {
+        name: PUBLISH_DURATION,
+        kind: Kind::Histogram,
+        unit: Some(Unit::Seconds),
+        labels: &["stream"],
+        help: "From sending a publish to its PubAck (or failure), retries included.",
+    },
+    Metric {
+        name: PUBLISH_IN_FLIGHT,
+        kind: Kind::Gauge,
+        unit: Some(Unit::Count),
+        labels: &[],
+        help: "Publishes waiting for their PubAck on this replica (limits.max_in_flight_publishes bounds it).",
+    },
+    Metric {
+        name: RATE_LIMITED_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        labels: &["participant", "reason"],
+        help: "Requests refused 429 by a participant's limits: reason in-flight or publish-rate.",
+    },
+    Metric {
+        name: DELIVERY_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        labels: &["subscription", "class"],
+        help: "Push delivery attempts by outcome class (delivered, endpoint-*, transform-failed, skipped).",
+    },
+    Metric {
+        name: DELIVERY_DURATION,
+        kind: Kind::Histogram,
+        unit: Some(Unit::Seconds),
+        labels: &["subscription"],
+        help: "One push delivery attempt, from the request to the endpoint's answer.",
+    },
+    Metric {
+        name: DELIVERY_LAG,
+        kind: Kind::Histogram,
+        unit: Some(Unit::Seconds),
+        labels: &["subscription"],
+        help: "From storage in the stream to the acknowledged delivery, retries included.",
+    },
+    Metric {
+        name: DEAD_LETTERS_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        labels: &["subscription"],
+        help: "Messages dead-lettered by this replica.",
+    },
+    Metric {
+        name: DEAD_LETTERS,
+        kind: Kind::Gauge,
+        unit: Some(Unit::Count),
+        labels: &["subscription"],
+        help: "Dead letters kept for the subscription (MAGISTRAL_DLQ), as of the latest scrape or dead-lettering.",
+    },
+    Metric {
+        name: BREAKER_STATE,
+        kind: Kind::Gauge,
+        unit: None,
+        labels: &["subscription", "state"],
+        help: "This replica's circuit breaker: 1 for the current state (closed, open, half-open), 0 for the others.",
+    },
+    Metric {
+        name: SUBSCRIPTION_PENDING,
+        kind: Kind::Gauge,
+        unit: Some(Unit::Count),
+        labels: &["subscription"],
+        help: "Lag: messages not yet delivered to the subscription (JetStream num_pending over its consumers).",
+    },
+    Metric {
+        name: SUBSCRIPTION_IN_FLIGHT,
+        kind: Kind::Gauge,
+        unit: Some(Unit::Count),
+        labels: &["subscription"],
+        help: "Messages delivered and awaiting their ack (JetStream num_ack_pending over the subscription's consumers).",
+    },
+    Metric {
+        name: SUBSCRIPTION_PAUSED,
+        kind: Kind::Gauge,
+        unit: None,
+        labels: &["subscription"],
+        help: "1 while the subscription is paused (by an operator, or after an endpoint answered 410 Gone), else 0.",
+    },
+    Metric {
+        name: PULL_FETCHED_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        labels: &["subscription"],
+        help: "Messages handed out by pull fetches (repeats included).",
+    },
+    Metric {
+        name: EVENT_STREAMS,
+        kind: Kind::Gauge,
+        unit: Some(Unit::Count),
+        labels: &["subscription"],
+        help: "Server-Sent Event streams open on this replica.",
+    },
+    Metric {
+        name: REQUEST_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        labels: &["participant", "outcome"],
+        help: "Requests by outcome: answered (the reply was passed on), responder-error, reply-contract-violation, \
+               no-responders, request-timeout, nats-unavailable.",
+    },
+    Metric {
+        name: REQUEST_DURATION,
+        kind: Kind::Histogram,
+        unit: Some(Unit::Seconds),
+        labels: &["participant"],
+        help: "A request, from sending it to its reply (or failure).",
+    },
+    Metric {
+        name: RESPONDER_REQUESTS_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        labels: &["responder", "outcome"],
+        help: "Requests passed to HTTP responders: answered (2xx) or error.",
+    },
+    Metric {
+        name: INBOUND_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        labels: &["route", "outcome"],
+        help: "Calls of inbound adapter routes: accepted or the problem slug.",
+    },
+    Metric {
+        name: INBOUND_IGNORED_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        labels: &["route"],
+        help: "Business Central notification entries dropped for a wrong clientState.",
+    },
+    Metric {
+        name: CONFIG_RELOADS_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        labels: &["outcome"],
+        help: "Configuration reloads: applied, or refused (the previous configuration keeps serving).",
+    },
+    Metric {
+        name: NATS_CONNECTED,
+        kind: Kind::Gauge,
+        unit: None,
+        labels: &[],
+        help: "1 while this replica is connected to NATS, else 0.",
+    },
+    Metric {
+        name: READY,
+        kind: Kind::Gauge,
+        unit: None,
+        labels: &[],
+        help: "1 while this replica is ready (what /readyz answers 200 for), else 0.",
+    },
+    Metric {
+        name: BUILD_INFO,
+        kind: Kind::Gauge,
+        unit: None,
+        labels: &["version", "commit"],
+        help: "Always 1; the labels name the running build.",
+    },
+];
+
+/// Outcomes of a stored publish that exist per (stream, participant) from the start.
+const PUBLISH_OUTCOMES: &[&str] = &["stored", "duplicate", "nats-unavailable", "publish-timeout"];
+/// Refusals counted with `stream=""` that exist per participant from the start (the 5xx one).
+const REFUSAL_OUTCOMES: &[&str] = &["overloaded"];
+const RATE_LIMIT_REASONS: &[&str] = &["in-flight", "publish-rate"];
+const REQUEST_OUTCOMES: &[&str] = &[
+    "answered",
+    "responder-error",
+    "reply-contract-violation",
+    "no-responders",
+    "request-timeout",
+    "nats-unavailable",
+];
+const RESPONDER_OUTCOMES: &[&str] = &["answered", "error"];
+const RELOAD_OUTCOMES: &[&str] = &["applied", "refused"];
+const BREAKER_STATES: &[&str] = &["closed", "open", "half-open"];
+
+/// Describes every metric to the installed recorder and sets the series that do not depend on
+/// configuration (build info, reload counters, connection and readiness).
+pub(crate) fn describe() {
+    for m in ALL {
+        match (m.kind, m.unit) {
+            (Kind::Counter, Some(unit)) => metrics::describe_counter!(m.name, unit, m.help),
+            (Kind::Counter, None) => metrics::describe_counter!(m.name, m.help),
+            (Kind::Gauge, Some(unit)) => metrics::describe_gauge!(m.name, unit, m.help),
+            (Kind::Gauge, None) => metrics::describe_gauge!(m.name, m.help),
+            (Kind::Histogram, Some(unit)) => metrics::describe_histogram!(m.name, unit, m.help),
+            (Kind::Histogram, None) => metrics::describe_histogram!(m.name, m.help),
+        }
+        // A gauge without labels has one series: it exists from the start.
+        if m.kind == Kind::Gauge && m.labels.is_empty() {
+            metrics::gauge!(m.name).increment(0.0);
+        }
+    }
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "commit" => env!("MAGISTRAL_COMMIT")).set(1.0);
+    for outcome in RELOAD_OUTCOMES {
+        metrics::counter!(CONFIG_RELOADS_TOTAL, "outcome" => *outcome).absolute(0);
+    }
+}
+
+/// Creates, at zero, the series of everything `catalog` configures (at start and after each
+/// reload; series that already exist keep their values). Series of what a reload removed stay
+/// until the process restarts.
+pub(crate) fn register(catalog: &Catalog) {
+    let publishable: Vec<&StreamDef> = catalog.streams.iter().filter(|s| is_publishable(s)).collect();
+    for p in catalog.participants.iter() {
+        for stream in publishable.iter().filter(|s| may_publish_into(p, s)) {
+            for outcome in PUBLISH_OUTCOMES {
+                touch_counter(metrics::counter!(PUBLISH_TOTAL, "stream" => stream.name().to_owned(),
+                    "participant" => p.name.clone(), "outcome" => *outcome));
+            }
+            let _ = metrics::histogram!(PUBLISH_DURATION, "stream" => stream.name().to_owned());
+        }
+        if !p.publish.patterns().is_empty() {
+            for outcome in REFUSAL_OUTCOMES {
+                touch_counter(metrics::counter!(PUBLISH_TOTAL, "stream" => "",
+                    "participant" => p.name.clone(), "outcome" => *outcome));
+            }
+        }
+        for reason in RATE_LIMIT_REASONS {
+            touch_counter(metrics::counter!(RATE_LIMITED_TOTAL, "participant" => p.name.clone(), "reason" => *reason));
+        }
+        if !p.request.patterns().is_empty() {
+            for outcome in REQUEST_OUTCOMES {
+                touch_counter(metrics::counter!(REQUEST_TOTAL, "participant" => p.name.clone(), "outcome" => *outcome));
+            }
+            let _ = metrics::histogram!(REQUEST_DURATION, "participant" => p.name.clone());
+        }
+    }
+    for sub in &catalog.subscriptions {
+        let name = || sub.name.clone();
+        match sub.mode {
+            SubscriptionMode::Push => {
+                for class in Class::ALL {
+                    touch_counter(metrics::counter!(DELIVERY_TOTAL, "subscription" => name(), "class" => class.slug()));
+                }
+                let _ = metrics::histogram!(DELIVERY_DURATION, "subscription" => name());
+                let _ = metrics::histogram!(DELIVERY_LAG, "subscription" => name());
+                touch_counter(metrics::counter!(DEAD_LETTERS_TOTAL, "subscription" => name()));
+                metrics::gauge!(DEAD_LETTERS, "subscription" => name()).increment(0.0);
+                // All three exist at 0; the breaker sets its state when its worker starts
+                // (`delivery::Control::new`), and a reload keeps a breaker that is open now.
+                for state in BREAKER_STATES {
+                    metrics::gauge!(BREAKER_STATE, "subscription" => name(), "state" => *state).increment(0.0);
+                }
+            }
+            SubscriptionMode::Pull => {
+                touch_counter(metrics::counter!(PULL_FETCHED_TOTAL, "subscription" => name()));
+            }
+            SubscriptionMode::Stream => {
+                metrics::gauge!(EVENT_STREAMS, "subscription" => name()).increment(0.0);
+                continue;
+            }
+        }
+        for gauge in [SUBSCRIPTION_PENDING, SUBSCRIPTION_IN_FLIGHT, SUBSCRIPTION_PAUSED] {
+            metrics::gauge!(gauge, "subscription" => name()).increment(0.0);
+        }
+    }
+    for responder in &catalog.responders {
+        for outcome in RESPONDER_OUTCOMES {
+            touch_counter(metrics::counter!(RESPONDER_REQUESTS_TOTAL, "responder" => responder.name.clone(),
+                "outcome" => *outcome));
+        }
+    }
+    for route in &catalog.inbound {
+        touch_counter(metrics::counter!(INBOUND_TOTAL, "route" => route.name.clone(), "outcome" => "accepted"));
+        if route.kind == InboundKind::BusinessCentral {
+            touch_counter(metrics::counter!(INBOUND_IGNORED_TOTAL, "route" => route.name.clone()));
+        }
+    }
+}
+
+/// A counter handle is enough for the exporter to serve the series at 0.
+fn touch_counter(counter: metrics::Counter) {
+    counter.increment(0);
+}
+
+/// Streams participants publish into: not directory buckets, not the gateway's own streams.
+fn is_publishable(stream: &StreamDef) -> bool {
+    !stream.bucket && !stream.config.subjects.iter().all(|s| s.starts_with(RESERVED_PREFIX))
+}
+
+fn may_publish_into(participant: &Participant, stream: &StreamDef) -> bool {
+    participant.publish.patterns().iter().any(|p| stream.config.subjects.iter().any(|s| crate::subject::overlap(p, s)))
+}
+
+/// The breaker series of a subscription: 1 for `state`, 0 for the others.
+pub(crate) fn set_breaker(subscription: &str, state: &BreakerState) {
+    let current = match state {
+        BreakerState::Closed => "closed",
+        BreakerState::Open { .. } => "open",
+        BreakerState::HalfOpen => "half-open",
+    };
+    for s in BREAKER_STATES {
+        metrics::gauge!(BREAKER_STATE, "subscription" => subscription.to_owned(), "state" => *s)
+            .set(if *s == current { 1.0 } else { 0.0 });
+    }
+}
+
+/// What JetStream says about a subscription's consumers.
+pub(crate) fn set_consumer_facts(subscription: &str, paused: bool, pending: u64, in_flight: u64) {
+    let name = || subscription.to_owned();
+    metrics::gauge!(SUBSCRIPTION_PAUSED, "subscription" => name()).set(if paused { 1.0 } else { 0.0 });
+    metrics::gauge!(SUBSCRIPTION_PENDING, "subscription" => name()).set(pending as f64);
+    metrics::gauge!(SUBSCRIPTION_IN_FLIGHT, "subscription" => name()).set(in_flight as f64);
+}
+
+pub(crate) fn set_dead_letters(subscription: &str, depth: u64) {
+    metrics::gauge!(DEAD_LETTERS, "subscription" => subscription.to_owned()).set(depth as f64);
+}
+
+/// The replica's NATS connection and readiness.
+pub(crate) fn set_connection(connected: bool, ready: bool) {
+    metrics::gauge!(NATS_CONNECTED).set(if connected { 1.0 } else { 0.0 });
+    metrics::gauge!(READY).set(if ready { 1.0 } else { 0.0 });
+}
