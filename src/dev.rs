@@ -63,7 +63,7 @@ pub enum DevError {
     #[error(transparent)]
     Nats(#[from] DevNatsError),
     #[error(
-        "the nats-server magistral dev started (pid {pid}, {addr}) exited ({status}); the gateway stopped with it. Start `magistral dev` again"
+        "the nats-server magistral dev started (pid {pid}, {addr}) exited ({status}); stopping the gateway. Start `magistral dev` again for a new one"
     )]
     NatsDied { pid: u32, addr: String, status: ExitStatus },
     #[error(transparent)]

@@ -516,9 +516,9 @@ fn status_table(subs: &[Subscription]) -> String {
         }
         if let Some(e) = &s.last_error {
             let status = e.status.map(|s| format!(" {s}")).unwrap_or_default();
-            let attempt = if e.attempt > 0 { format!(", attempt {}", e.attempt) } else { String::new() };
+            let attempt = if e.attempt > 0 { format!(" (attempt {})", e.attempt) } else { String::new() };
             notes.push_str(&format!(
-                "{}: last failed attempt {}{attempt}: {}{status}: {}\n",
+                "{}: last failed attempt at {}{attempt}: {}{status}: {}\n",
                 s.name,
                 e.at,
                 e.class,
