@@ -58,7 +58,7 @@ impl Drop for DevNats {
 /// Why `magistral dev` stopped or could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {
-    #[error("cannot listen on {addr} ({source}); choose another address with --listen, e.g. --listen 127.0.0.1:{next}", next = .addr.port().wrapping_add(1))]
+    #[error("cannot listen on {addr} ({source}); choose another address with --listen, e.g. --listen {ip}:{next}", ip = .addr.ip(), next = .addr.port().wrapping_add(1))]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Nats(#[from] DevNatsError),

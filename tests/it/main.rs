@@ -1,6 +1,7 @@
 //! Integration tests: one test binary (faster to link than one per file), a module per area.
 mod common;
 
+mod cli;
 mod cluster;
 mod connections;
 mod delivery;
