@@ -228,7 +228,11 @@ impl Api {
                 .map_err(|_| Failure::Usage(format!("{id:?} is not an event id (it must be visible ASCII)")))?;
             request = request.header("last-event-id", value);
         }
-        let response = request.send().await.map_err(|e| Failure::of_reqwest(&e, &url))?;
+        // The answer's head must come in time; its body never ends.
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, request.send())
+            .await
+            .map_err(|_| Failure::Timeout { url: url.as_str().to_owned(), seconds: REQUEST_TIMEOUT.as_secs() })?
+            .map_err(|e| Failure::of_reqwest(&e, &url))?;
         if response.status().is_success() {
             return Ok(response);
         }
