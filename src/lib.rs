@@ -22,10 +22,13 @@
 //!   parse, call the domain and answer, and the one conversion of errors to RFC 9457 problems.
 //!   Nothing outside `http` imports it (docs/architecture.md has the rules).
 //! - [`nats`]: the NATS connection; [`telemetry`]: logs and metrics; [`dev`]: `magistral dev`.
+//! - [`client`]: the `magistral` client commands (publish, where, tail, subs, dead-letters,
+//!   pause, resume) over the HTTP API.
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
 pub mod catalog;
+pub mod client;
 pub mod config;
 pub(crate) mod contracts;
 pub mod delivery;

@@ -1,5 +1,7 @@
-//! The `magistral` command: argument parsing and wiring only; the gateway is the library.
+//! The `magistral` command: argument parsing and wiring only; the gateway and the client
+//! are the library.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -13,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// sysexits: configuration error.
+/// sysexits: configuration error, or a command line that does not parse (EX_USAGE).
 const EX_CONFIG: u8 = 64;
 /// sysexits: a service (NATS) unavailable.
 const EX_UNAVAILABLE: u8 = 69;
@@ -33,8 +35,16 @@ enum Command {
     /// Run the gateway.
     Serve,
     /// Run the gateway for local development: start nats-server if none is reachable,
-    /// serve the bundled example unless --config says otherwise.
-    Dev,
+    /// serve the bundled example unless --config says otherwise. Stops when the nats-server
+    /// it started dies.
+    Dev {
+        /// Address to serve on, instead of the configuration's `listen`.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// Port for NATS (used, or started there), instead of the one in `nats.url`.
+        #[arg(long, value_name = "PORT")]
+        nats_port: Option<u16>,
+    },
     /// Validate the whole configuration offline: config, streams, contracts, bindings.
     Check,
     /// Create missing streams and update changed ones; never deletes.
@@ -46,23 +56,36 @@ enum Command {
         #[arg(long)]
         prune: bool,
     },
+    #[command(flatten)]
+    Client(magistral::client::ClientCommand),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let config_path = cli.config.clone().or_else(|| match cli.command {
-        Command::Dev => Some(PathBuf::from("examples/wine-retail/magistral.toml")),
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() { ExitCode::from(EX_CONFIG) } else { ExitCode::SUCCESS };
+        }
+    };
+    // The client needs no configuration: it talks to a gateway that has one.
+    let command = match cli.command {
+        Command::Client(command) => return client(command),
+        command => command,
+    };
+    let config_path = cli.config.clone().or_else(|| match command {
+        Command::Dev { .. } => Some(PathBuf::from("examples/wine-retail/magistral.toml")),
         _ => Some(PathBuf::from("magistral.toml")).filter(|p| p.is_file()),
     });
     // Everything is parsed and checked before the runtime starts (exit 64 on error).
-    let (config, catalog) = match load(config_path.as_deref()) {
+    let (mut config, catalog) = match load(config_path.as_deref()) {
         Ok(loaded) => loaded,
         Err(problems) => {
             eprintln!("{problems}");
             return ExitCode::from(EX_CONFIG);
         }
     };
-    if let Command::Check = cli.command {
+    if let Command::Check = command {
         println!(
             "configuration OK: {} participant(s), {} stream(s), {} contract(s), {} subscription(s), {} responder(s), {} directory(ies), {} inbound route(s)",
             catalog.participants.iter().count(),
@@ -83,23 +106,70 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli.command {
-        Command::Check => unreachable!("handled above"),
+    match command {
+        Command::Check | Command::Client(_) => unreachable!("handled above"),
         Command::Apply { dry_run, prune } => runtime.block_on(apply(config, catalog, dry_run, prune)),
         Command::Serve => runtime.block_on(serve(config, catalog)),
-        Command::Dev => {
+        Command::Dev { listen, nats_port } => {
+            if let Some(listen) = listen {
+                config.listen = listen;
+            }
+            if let Some(port) = nats_port {
+                match magistral::dev::with_port(&config.nats.url, port) {
+                    Some(url) => config.nats.url = url,
+                    None => {
+                        eprintln!("magistral dev: cannot read host:port from nats.url {}", config.nats.url);
+                        return ExitCode::from(EX_CONFIG);
+                    }
+                }
+            }
+            // The listen port first: a busy one is reported before anything starts.
+            let listener = match magistral::dev::bind_listen(config.listen) {
+                Ok(listener) => listener,
+                Err(error) => {
+                    eprintln!("magistral dev: {error}");
+                    return ExitCode::from(EX_CONFIG);
+                }
+            };
             let store = PathBuf::from(".magistral/dev/jetstream");
-            let _nats = match magistral::dev::ensure_nats(&config.nats.url, &store) {
+            let nats = match magistral::dev::ensure_nats(&config.nats.url, &store) {
                 Ok(nats) => nats,
                 Err(error) => {
                     eprintln!("magistral dev: {error}");
                     return ExitCode::from(EX_UNAVAILABLE);
                 }
             };
-            print_dev_hints(&config);
-            runtime.block_on(serve(config, catalog))
+            print_dev_hints(listener.local_addr().unwrap_or(config.listen));
+            let shutdown = CancellationToken::new();
+            let code = runtime.block_on(async {
+                tokio::spawn(cancel_on_signal(shutdown.clone()));
+                match magistral::dev::serve(config, catalog, listener, nats.as_ref(), shutdown).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    // Already said when it happened.
+                    Err(magistral::dev::DevError::NatsDied { .. }) => ExitCode::from(EX_UNAVAILABLE),
+                    Err(error) => {
+                        eprintln!("magistral dev: {error}");
+                        ExitCode::FAILURE
+                    }
+                }
+            });
+            // Tasks still waiting on the dead NATS connection must not hold the exit.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            code
         }
     }
+}
+
+/// A client command: a small runtime, no configuration.
+fn client(command: magistral::client::ClientCommand) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    ExitCode::from(runtime.block_on(magistral::client::run(command)).code())
 }
 
 fn load(path: Option<&Path>) -> Result<(Config, Catalog), ConfigError> {
@@ -214,8 +284,8 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-fn print_dev_hints(config: &Config) {
-    let base = format!("http://{}", config.listen);
+fn print_dev_hints(listen: SocketAddr) {
+    let base = format!("http://{listen}");
     eprintln!(
         "\nmagistral dev: serving {base}\n\
          Try:\n  curl -i {base}/readyz\n  \
@@ -224,6 +294,8 @@ fn print_dev_hints(config: &Config) {
          --data-binary @examples/wine-retail/samples/sales-order.valid.json\n  \
          curl -i -X POST {base}/v1/publish/orders.created \\\n    \
          -H 'Authorization: Bearer bitrix-demo-token' -H 'Content-Type: application/json' \\\n    \
-         --data-binary @examples/wine-retail/samples/sales-order.invalid.json\n"
+         --data-binary @examples/wine-retail/samples/sales-order.invalid.json\n  \
+         export MAGISTRAL_URL={base} MAGISTRAL_TOKEN=nav-demo-token\n  \
+         magistral subs\n"
     );
 }

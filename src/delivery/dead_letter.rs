@@ -308,6 +308,15 @@ pub(crate) enum Selection {
     Ids(Vec<String>),
 }
 
+/// What to do with the dead letters a [`Selection`] picks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    /// Deliver again: store on the subscription's replay subject, then remove.
+    Replay,
+    /// Drop for good: remove only.
+    Discard,
+}
+
 /// Moves selected dead letters to the subscription's replay subject (stored first, then
 /// removed from the dead-letter stream: a crash in between replays twice, never loses).
 ///
@@ -319,8 +328,35 @@ pub(crate) async fn replay(
     selection: &Selection,
     max: usize,
 ) -> Result<Vec<String>, DeliveryError> {
+    settle(js, subscription, selection, max, Settle::Replay).await
+}
+
+/// Removes selected dead letters for good: an operator decided they need no delivery (the
+/// receiver will never accept them, or they were handled by hand).
+///
+/// # Errors
+/// NATS refused a step; what was discarded before it stays discarded.
+pub(crate) async fn discard(
+    js: &jetstream::Context,
+    subscription: &str,
+    selection: &Selection,
+    max: usize,
+) -> Result<Vec<String>, DeliveryError> {
+    settle(js, subscription, selection, max, Settle::Discard).await
+}
+
+/// Walks the subscription's dead letters oldest first, a page at a time (so a large backlog
+/// is never held in memory at once), and settles the selected ones: up to `max`, returning
+/// their ids.
+async fn settle(
+    js: &jetstream::Context,
+    subscription: &str,
+    selection: &Selection,
+    max: usize,
+    how: Settle,
+) -> Result<Vec<String>, DeliveryError> {
     let stream = js.get_stream(DLQ_STREAM).await.map_err(nats)?;
-    let mut replayed = Vec::new();
+    let mut settled = Vec::new();
     let mut after = 0;
     loop {
         let page = read(js, subscription, after, 500).await?;
@@ -338,34 +374,43 @@ pub(crate) async fn replay(
             if !wanted {
                 continue;
             }
-            let mut headers = HeaderMap::new();
-            for (name, values) in raw.headers.iter() {
-                let n = name.to_string();
-                let keep = !n.starts_with("Magistral-")
-                    || n == ORIGINAL_SUBJECT
-                    || n == ORIGINAL_STREAM
-                    || n == ORIGINAL_SEQ
-                    || n == ORIGINAL_MSG_ID;
-                if keep {
-                    for v in values {
-                        headers.append(n.as_str(), v.as_str());
-                    }
-                }
+            if how == Settle::Replay {
+                republish(js, subscription, raw).await?;
             }
-            js.publish_with_headers(replay_subject(subscription), headers, raw.payload.clone())
-                .await
-                .map_err(nats)?
-                .await
-                .map_err(nats)?;
             stream.delete_message(raw.seq).await.map_err(nats)?;
-            replayed.push(id);
-            if replayed.len() >= max {
-                return Ok(replayed);
+            settled.push(id);
+            if settled.len() >= max {
+                return Ok(settled);
             }
         }
         if page.len() < 500 {
             break;
         }
     }
-    Ok(replayed)
+    Ok(settled)
+}
+
+/// Stores a dead letter on the subscription's replay subject with the headers it was
+/// published with (its failure headers dropped, where it came from kept).
+async fn republish(js: &jetstream::Context, subscription: &str, raw: &RawDeadLetter) -> Result<(), DeliveryError> {
+    let mut headers = HeaderMap::new();
+    for (name, values) in raw.headers.iter() {
+        let n = name.to_string();
+        let keep = !n.starts_with("Magistral-")
+            || n == ORIGINAL_SUBJECT
+            || n == ORIGINAL_STREAM
+            || n == ORIGINAL_SEQ
+            || n == ORIGINAL_MSG_ID;
+        if keep {
+            for v in values {
+                headers.append(n.as_str(), v.as_str());
+            }
+        }
+    }
+    js.publish_with_headers(replay_subject(subscription), headers, raw.payload.clone())
+        .await
+        .map_err(nats)?
+        .await
+        .map_err(nats)?;
+    Ok(())
 }

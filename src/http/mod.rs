@@ -129,6 +129,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/subscriptions/{name}/events"),
     ("get", "/v1/subscriptions/{name}/dead-letters"),
     ("post", "/v1/subscriptions/{name}/dead-letters/replay"),
+    ("post", "/v1/subscriptions/{name}/dead-letters/discard"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -155,6 +156,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/subscriptions/{name}/events", get(events::events))
         .route("/v1/subscriptions/{name}/dead-letters", get(subscriptions::dead_letters))
         .route("/v1/subscriptions/{name}/dead-letters/replay", post(subscriptions::replay))
+        .route("/v1/subscriptions/{name}/dead-letters/discard", post(subscriptions::discard))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

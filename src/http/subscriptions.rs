@@ -1,4 +1,4 @@
-//! Operating subscriptions: list with state, pause/resume, dead letters and replay.
+//! Operating subscriptions: list with state, pause/resume, dead letters, replay and discard.
 //! A participant sees and operates its own subscriptions; an `admin` participant all.
 
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use super::AppState;
 use super::extract::{Caller, CommandBody, Params, nats_unavailable};
 use super::problem::{Problem, ProblemType};
 use crate::catalog::Catalog;
+use crate::config::SubscriptionMode;
 use crate::delivery::breaker::BreakerState;
 use crate::delivery::dead_letter::{self, Selection};
 use crate::delivery::subscription::Subscription;
@@ -88,6 +89,12 @@ async fn describe_unbounded(state: &AppState, sub: &Subscription) -> Value {
     let control = state.deliveries.control(&sub.name);
     let breaker_open = control.as_ref().is_some_and(|c| matches!(c.breaker_state(), BreakerState::Open { .. }));
     let paused = facts.is_some_and(|(p, _, _)| p);
+    // Only a push subscription running on this replica has a breaker to show.
+    let breaker = control.as_ref().filter(|_| sub.mode == SubscriptionMode::Push).map(|c| match c.breaker_state() {
+        BreakerState::Closed => "closed",
+        BreakerState::Open { .. } => "open",
+        BreakerState::HalfOpen => "half-open",
+    });
     let state_name = if paused {
         "paused"
     } else if breaker_open {
@@ -111,8 +118,10 @@ async fn describe_unbounded(state: &AppState, sub: &Subscription) -> Value {
         "max_in_flight": sub.max_in_flight,
         "state": state_name,
         "paused_reason": if paused { stored.paused_reason } else { None },
+        "paused_at": if paused { stored.paused_at } else { None },
         "pending": facts.map(|(_, p, _)| p),
         "in_flight": facts.map(|(_, _, f)| f),
+        "breaker": breaker,
         "dead_letters": dead_letters,
         "last_error": last_error,
     })
@@ -188,16 +197,16 @@ pub(crate) async fn dead_letters(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct ReplayRequest {
+pub(crate) struct SelectionRequest {
     /// Message ids (`ce-id`) or dead-letter sequences.
     #[serde(default)]
     ids: Vec<String>,
-    /// Replay every dead letter of the subscription.
+    /// Every dead letter of the subscription.
     #[serde(default)]
     all: bool,
 }
 
-impl ReplayRequest {
+impl SelectionRequest {
     fn selection(self) -> Result<Selection, Problem> {
         match (self.all, self.ids.is_empty()) {
             (true, true) => Ok(Selection::All),
@@ -212,7 +221,7 @@ pub(crate) async fn replay(
     State(state): State<AppState>,
     caller: Caller,
     Visible(sub): Visible,
-    CommandBody(request): CommandBody<ReplayRequest>,
+    CommandBody(request): CommandBody<SelectionRequest>,
 ) -> Result<Response, Problem> {
     let selection = request.selection()?;
     let replayed = dead_letter::replay(&state.deliveries.engine.js, &sub.name, &selection, 10_000)
@@ -223,4 +232,26 @@ pub(crate) async fn replay(
         crate::telemetry::catalogue::set_dead_letters(&sub.name, depth);
     }
     Ok(Json(json!({ "replayed": replayed.len(), "ids": replayed })).into_response())
+}
+
+/// `POST /v1/subscriptions/{name}/dead-letters/discard` with `{"ids": [...]}` or `{"all": true}`:
+/// removes dead letters for good. Allowed to whoever may replay them.
+pub(crate) async fn discard(
+    State(state): State<AppState>,
+    caller: Caller,
+    Visible(sub): Visible,
+    CommandBody(request): CommandBody<SelectionRequest>,
+) -> Result<Response, Problem> {
+    let selection = request.selection()?;
+    let discarded = dead_letter::discard(&state.deliveries.engine.js, &sub.name, &selection, 10_000)
+        .await
+        .map_err(|e| nats_unavailable(&state, "discarding dead letters", e))?;
+    if !discarded.is_empty() {
+        // Data was dropped on purpose: say who did it.
+        tracing::info!(subscription = %sub.name, by = caller.name(), discarded = discarded.len(), "dead letters discarded");
+    }
+    if let Ok(depth) = dead_letter::count(&state.deliveries.engine.js, &sub.name).await {
+        crate::telemetry::catalogue::set_dead_letters(&sub.name, depth);
+    }
+    Ok(Json(json!({ "discarded": discarded.len(), "ids": discarded })).into_response())
 }

@@ -222,6 +222,43 @@ async fn rejected_message_is_dead_lettered_and_replayed_to_that_subscription_onl
 }
 
 #[tokio::test]
+async fn discarded_dead_letters_are_gone_for_good_and_only_their_operators_may_discard() {
+    let nats = NatsServer::start();
+    let erp = Receiver::scripted(|_, _| Answer::status(422).body(r#"{"error":"unknown-sku"}"#)).await;
+    let sub = subscription("nav", &["orders.created"], &erp.url(), json!({}));
+    let gw = Gateway::with_subscriptions(&nats.url(), vec![("nav-orders", sub)]).await;
+    for id in ["dl-a", "dl-b", "dl-c"] {
+        gw.publish(BITRIX, "orders.created", order()).header("idempotency-key", id).send().await.unwrap();
+    }
+    eventually("three dead letters", Duration::from_secs(10), async || {
+        (gw.get_json(NAV, "/v1/subscriptions/nav-orders/dead-letters").await["total"] == 3).then_some(())
+    })
+    .await;
+    let discard = "/v1/subscriptions/nav-orders/dead-letters/discard";
+    // Authorised exactly like replay: another participant cannot tell the subscription exists.
+    let (status, body) = gw.post_json(BITRIX, discard, json!({"all": true})).await;
+    assert_eq!((status, slug(&body)), (404, "not-found"), "{body}");
+    let (status, body) = gw.post_json(NAV, discard, json!({})).await;
+    assert_eq!((status, body["detail"].as_str()), (400, Some("send either {\"ids\": [...]} or {\"all\": true}")));
+    let (status, body) = gw.post_json(NAV, discard, json!({"ids": ["dl-b", "nope"]})).await;
+    assert_eq!((status, body), (200, json!({"discarded": 1, "ids": ["dl-b"]})));
+    let list = gw.get_json(NAV, "/v1/subscriptions/nav-orders/dead-letters").await;
+    let left: Vec<&str> = list["dead_letters"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(left, ["dl-a", "dl-c"]);
+    // An admin may, too; nothing is delivered: the endpoint saw each message once.
+    let (status, body) = gw.post_json(OPS, discard, json!({"all": true})).await;
+    assert_eq!((status, body), (200, json!({"discarded": 2, "ids": ["dl-a", "dl-c"]})));
+    assert_eq!(gw.get_json(NAV, "/v1/subscriptions/nav-orders").await["dead_letters"], 0);
+    let (_, body) = gw.post_json(NAV, "/v1/subscriptions/nav-orders/dead-letters/replay", json!({"all": true})).await;
+    assert_eq!(body["replayed"], 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(erp.received().len(), 3, "a discarded message is never delivered again");
+    // The message itself stays in its stream; tracking still says where it ended.
+    let m = gw.get_json(BITRIX, "/v1/messages/dl-b").await;
+    assert_eq!(m["subscriptions"][0]["state"], "dead-letter", "{m}");
+}
+
+#[tokio::test]
 async fn gone_endpoint_pauses_the_subscription_until_resumed() {
     let nats = NatsServer::start();
     let receiver = Receiver::scripted(|_, _| Answer::status(410)).await;

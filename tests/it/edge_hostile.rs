@@ -248,7 +248,7 @@ async fn another_participants_subscription_is_not_found() {
         let mut r = gw.http.request(method.clone(), gw.url(path)).bearer_auth(token);
         if method == reqwest::Method::POST {
             r = r.header("content-type", "application/json").body(match path {
-                p if p.ends_with("/replay") => r#"{"all":true}"#,
+                p if p.ends_with("/replay") || p.ends_with("/discard") => r#"{"all":true}"#,
                 p if p.ends_with("/ack") => r#"{"acks":[]}"#,
                 _ => "{}",
             });
@@ -262,6 +262,7 @@ async fn another_participants_subscription_is_not_found() {
         (Method::POST, "/v1/subscriptions/{}/resume"),
         (Method::GET, "/v1/subscriptions/{}/dead-letters"),
         (Method::POST, "/v1/subscriptions/{}/dead-letters/replay"),
+        (Method::POST, "/v1/subscriptions/{}/dead-letters/discard"),
     ];
     let per_mode = [
         ("nav-push", &routes[..]),

@@ -2,6 +2,7 @@
 mod common;
 
 mod alerts;
+mod cli;
 mod cluster;
 mod connections;
 mod delivery;

@@ -27,6 +27,7 @@ const PAUSE: Route = ("post", "/v1/subscriptions/{name}/pause");
 const RESUME: Route = ("post", "/v1/subscriptions/{name}/resume");
 const DEAD_LETTERS: Route = ("get", "/v1/subscriptions/{name}/dead-letters");
 const REPLAY: Route = ("post", "/v1/subscriptions/{name}/dead-letters/replay");
+const DISCARD: Route = ("post", "/v1/subscriptions/{name}/dead-letters/discard");
 const FETCH: Route = ("post", "/v1/subscriptions/{name}/fetch");
 const ACK: Route = ("post", "/v1/subscriptions/{name}/ack");
 const EVENTS: Route = ("get", "/v1/subscriptions/{name}/events");
@@ -58,6 +59,7 @@ const API: &[Route] = &[
     RESUME,
     DEAD_LETTERS,
     REPLAY,
+    DISCARD,
     FETCH,
     ACK,
     EVENTS,
@@ -82,11 +84,11 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
         // Body checks: the routes that take a body (replay, fetch, ack: small JSON commands;
         // fetch and ack take an empty body too; an inbound route the body its kind expects).
         P::MalformedJson | P::PayloadTooLarge | P::UnsupportedMediaType => {
-            &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, REPLAY, FETCH, ACK, INBOUND]
+            &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, REPLAY, DISCARD, FETCH, ACK, INBOUND]
         }
         P::InvalidUtf8 | P::JsonTooDeep => &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, INBOUND],
         // Any body may be too slow; the connection is then closed.
-        P::BodyTimeout => &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, REPLAY, FETCH, ACK, INBOUND],
+        P::BodyTimeout => &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, REPLAY, DISCARD, FETCH, ACK, INBOUND],
         // I-JSON on every path whose JSON the gateway validates and passes on (a batch item's
         // comes back as an item of `batch-rejected`; the JSON commands of replay, fetch and ack
         // are `malformed-json`).
@@ -113,6 +115,7 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             RESUME,
             DEAD_LETTERS,
             REPLAY,
+            DISCARD,
             FETCH,
             ACK,
         ],
@@ -152,6 +155,7 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             RESUME,
             DEAD_LETTERS,
             REPLAY,
+            DISCARD,
             FETCH,
             ACK,
             EVENTS,
@@ -169,6 +173,7 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             RESUME,
             DEAD_LETTERS,
             REPLAY,
+            DISCARD,
             FETCH,
             ACK,
             EVENTS,
@@ -512,11 +517,17 @@ fn subscription_routes_document_their_answers() {
     }
     assert_eq!(ok_schema(DEAD_LETTERS), "#/components/schemas/DeadLetterPage");
     assert_eq!(ok_schema(REPLAY), "#/components/schemas/ReplayResult");
-    // The request and query shapes the handlers take.
-    assert_eq!(
-        operation(&spec, REPLAY)["requestBody"]["content"]["application/json"]["schema"]["$ref"],
-        "#/components/schemas/ReplayRequest"
-    );
+    assert_eq!(ok_schema(DISCARD), "#/components/schemas/DiscardResult");
+    // The request and query shapes the handlers take: replay and discard select alike.
+    for route in [REPLAY, DISCARD] {
+        assert_eq!(
+            operation(&spec, route)["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/ReplayRequest",
+            "{route:?}"
+        );
+    }
+    let subscription = &schemas["Subscription"]["properties"];
+    assert!(subscription.get("breaker").is_some() && subscription.get("paused_at").is_some());
     let replay = &schemas["ReplayRequest"]["properties"];
     assert!(replay.get("ids").is_some() && replay.get("all").is_some());
     let params: BTreeSet<&str> = operation(&spec, DEAD_LETTERS)["parameters"]

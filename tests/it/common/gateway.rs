@@ -40,11 +40,22 @@ impl Gateway {
 
     /// Starts a scenario, letting the test adjust the loaded config first.
     pub async fn start_with(path: PathBuf, nats_url: &str, adjust: impl FnOnce(&mut Config)) -> Gateway {
+        Self::start_at("127.0.0.1:0".parse().unwrap(), path, nats_url, adjust).await
+    }
+
+    /// Starts a scenario on a given address (a restart on the same address, as a client sees
+    /// a rolling restart).
+    pub async fn start_at(
+        addr: SocketAddr,
+        path: PathBuf,
+        nats_url: &str,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Gateway {
         let mut config = Config::load(Some(&path)).expect("scenario config loads");
         config.nats.url = nats_url.to_owned();
         adjust(&mut config);
         let catalog = Catalog::load(&config).expect("scenario catalog loads");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(magistral::run(config, catalog, listener, shutdown.clone()));

@@ -189,7 +189,8 @@ const INSTALL_HINT: &str = "run scripts/install-nats-server.sh (installs .tools/
      or set NATS_SERVER_BIN to a nats-server >= 2.10 binary";
 
 /// Finds the `nats-server` binary (see the module docs for the order).
-fn server_bin() -> PathBuf {
+/// The `nats-server` binary the tests run (also handed to `magistral dev` by its tests).
+pub fn server_bin() -> PathBuf {
     if let Some(bin) = env::var_os("NATS_SERVER_BIN").filter(|v| !v.is_empty()) {
         let bin = PathBuf::from(bin);
         assert!(bin.is_file(), "NATS_SERVER_BIN={} does not exist; {INSTALL_HINT}", bin.display());
