@@ -157,11 +157,24 @@ pub(crate) fn propagate(span: &Span) -> Option<TraceHeaders> {
     (!headers.traceparent.is_empty()).then_some(headers)
 }
 
-/// Records that the span's operation failed: `error.type` (our class or problem slug) and an
+/// Records that the span's operation failed: `error.type` (a delivery class or problem slug)
+/// and, when the failure is the gateway's or a downstream's (not a caller's refusal), an
 /// error status.
-pub(crate) fn failed(span: &Span, error_type: &str) {
+pub(crate) fn failed(span: &Span, error_type: &str, error_status: bool) {
     span.record("error.type", error_type);
-    span.record("otel.status_code", "error");
+    if error_status {
+        span.record("otel.status_code", "error");
+    }
+}
+
+/// Puts `trace` on an outgoing HTTP request in place of any context copied from the message.
+pub(crate) fn set_http_headers(headers: &mut reqwest::header::HeaderMap, trace: &TraceHeaders) {
+    headers.remove("tracestate");
+    for (name, value) in [("traceparent", Some(&trace.traceparent)), ("tracestate", trace.tracestate.as_ref())] {
+        if let Some(value) = value.and_then(|v| reqwest::header::HeaderValue::from_str(v).ok()) {
+            headers.insert(name, value);
+        }
+    }
 }
 
 /// `traceparent` and `tracestate` to send.
