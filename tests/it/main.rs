@@ -20,3 +20,4 @@ mod request;
 mod router;
 mod story;
 mod tracking;
+mod traces;
