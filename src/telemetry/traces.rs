@@ -86,10 +86,8 @@ pub(super) fn tracer(cfg: &TracesConfig) -> Option<SdkTracer> {
             return None;
         }
     };
-    let mut resource = Resource::builder().with_attribute(opentelemetry::KeyValue::new(
-        "service.version",
-        env!("CARGO_PKG_VERSION"),
-    ));
+    let mut resource =
+        Resource::builder().with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
     let from_env = std::env::var("OTEL_SERVICE_NAME").ok().filter(|s| !s.is_empty());
     match (&cfg.service_name, from_env) {
         (Some(name), _) => resource = resource.with_service_name(name.clone()),

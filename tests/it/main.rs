@@ -19,5 +19,5 @@ mod pull;
 mod request;
 mod router;
 mod story;
-mod tracking;
 mod traces;
+mod tracking;

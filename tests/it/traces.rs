@@ -13,8 +13,8 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message as _;
 
 use crate::common::eventually;
-use crate::common::process::GatewayProcess;
 use crate::common::nats::NatsServer;
+use crate::common::process::GatewayProcess;
 use crate::common::receiver::{Answer, Receiver};
 
 const SHOP: &str = "shop-traces-token-01";
@@ -293,7 +293,8 @@ async fn spans_continue_the_callers_trace_and_link_deliveries_requests_and_inbou
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    let refused = span_where(&collector, "the refused publish's span", |s| s.parent_span_id == "1111111111111111").await;
+    let refused =
+        span_where(&collector, "the refused publish's span", |s| s.parent_span_id == "1111111111111111").await;
     assert_eq!(refused.attr("error.type"), Some("malformed-json"));
     assert_eq!(refused.attr("http.response.status_code"), Some("400"));
 }
