@@ -35,7 +35,7 @@ fn traceparent(trace: &str, parent: &str) -> String {
 
 /// A configuration of its own: a shop publishing and requesting, an ERP receiving pushes and
 /// answering requests, a plain-JSON inbound route; `traces` is the `[traces]` table, if any.
-fn config(dir: &Path, hooks: &Receiver, answers: &Receiver, traces: &str) -> std::path::PathBuf {
+fn config(dir: &Path, hooks: &str, answers: &str, traces: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(dir.join("streams")).unwrap();
     std::fs::create_dir_all(dir.join("contracts")).unwrap();
     std::fs::write(
@@ -74,8 +74,6 @@ kind = "json"
 participant = "shop"
 subject = "orders.calls"
 "#,
-        hooks = hooks.base(),
-        answers = answers.base(),
     );
     let path = dir.join("magistral.toml");
     std::fs::write(&path, toml).unwrap();
@@ -170,7 +168,7 @@ async fn spans_continue_the_callers_trace_and_link_deliveries_requests_and_inbou
     .await;
     let dir = tempfile::tempdir().unwrap();
     let traces = format!("[traces]\notlp_endpoint = \"{}\"\n", collector.base());
-    let config = config(dir.path(), &hooks, &answers, &traces);
+    let config = config(dir.path(), &hooks.base(), &answers.base(), &traces);
     let envs = [TOKENS[0], TOKENS[1], ("OTEL_BSP_SCHEDULE_DELAY", "100")];
     let gw = GatewayProcess::start(&config, &nats.url(), &envs).await;
 
@@ -309,7 +307,7 @@ async fn with_traces_off_nothing_is_exported_and_the_callers_context_travels_unc
     collector.set_nonblocking(true).unwrap();
     let endpoint = format!("http://{}", collector.local_addr().unwrap());
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), &hooks, &answers, "");
+    let config = config(dir.path(), &hooks.base(), &answers.base(), "");
     // The standard variables name the collector, and the standard switch turns the SDK off.
     let envs = [
         TOKENS[0],
@@ -344,4 +342,21 @@ async fn with_traces_off_nothing_is_exported_and_the_callers_context_travels_unc
         other => panic!("the gateway connected to the collector: {other:?}"),
     }
     assert!(!std::fs::read_to_string(gw.stderr_path()).unwrap().contains("OTLP"));
+}
+
+#[test]
+fn check_refuses_bad_trace_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let traces = "[traces]\notlp_endpoint = \"collector:4318\"\nsampling_ratio = 1.5\n";
+    let config = config(dir.path(), "http://127.0.0.1:9", "http://127.0.0.1:9", traces);
+    let out = std::process::Command::new(crate::common::process::BIN)
+        .args(["check", "--config", config.to_str().unwrap()])
+        .envs(TOKENS)
+        .env_remove("MAGISTRAL_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("traces.sampling_ratio: 1.5 is not between 0.0 and 1.0"), "{stderr}");
+    assert!(stderr.contains("traces.otlp_endpoint: \"collector:4318\" is not an http(s) URL"), "{stderr}");
 }
