@@ -86,19 +86,25 @@ pub(super) fn tracer(cfg: &TracesConfig) -> Option<SdkTracer> {
             return None;
         }
     };
-    let mut resource =
-        Resource::builder().with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
-    let from_env = std::env::var("OTEL_SERVICE_NAME").ok().filter(|s| !s.is_empty());
-    match (&cfg.service_name, from_env) {
-        (Some(name), _) => resource = resource.with_service_name(name.clone()),
-        (None, Some(_)) => {} // the resource's environment detector reads it
-        (None, None) => resource = resource.with_service_name("magistral"),
-    }
+    // The setting, else what the environment says (`OTEL_SERVICE_NAME`,
+    // `OTEL_RESOURCE_ATTRIBUTES`), else ours rather than the SDK's `unknown_service`.
+    let service = cfg.service_name.clone().unwrap_or_else(|| {
+        Resource::builder()
+            .build()
+            .get(&opentelemetry::Key::new("service.name"))
+            .map(|name| name.to_string())
+            .filter(|name| !name.starts_with("unknown_service"))
+            .unwrap_or_else(|| "magistral".to_owned())
+    });
+    let resource = Resource::builder()
+        .with_service_name(service)
+        .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build();
     let provider = SdkTracerProvider::builder()
         // Batched on the SDK's own thread (interval and sizes from OTEL_BSP_*).
         .with_batch_exporter(exporter)
         .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(cfg.sampling_ratio))))
-        .with_resource(resource.build())
+        .with_resource(resource)
         .build();
     let tracer = provider.tracer("magistral");
     PROVIDER.set(provider).ok()?;
