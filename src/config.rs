@@ -29,6 +29,8 @@ pub struct Config {
     pub nats: NatsConfig,
     pub limits: Limits,
     pub log: LogConfig,
+    /// OpenTelemetry traces, exported over OTLP/HTTP; off unless an endpoint is given.
+    pub traces: TracesConfig,
     /// Contract bindings: which schema file governs which subjects.
     pub contracts: Vec<ContractBinding>,
     /// Connected systems, by name.
@@ -64,6 +66,7 @@ impl Default for Config {
             nats: NatsConfig::default(),
             limits: Limits::default(),
             log: LogConfig::default(),
+            traces: TracesConfig::default(),
             contracts: Vec::new(),
             participants: BTreeMap::new(),
             subscriptions: BTreeMap::new(),
@@ -264,6 +267,57 @@ impl Default for LogConfig {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// Traces: spans of publishes, delivery attempts, requests and inbound calls, sent to an
+/// OpenTelemetry collector over OTLP/HTTP (protobuf). Read at start (a reload does not change
+/// them).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracesConfig {
+    /// Base URL of the collector's OTLP/HTTP receiver, e.g. `http://otel-collector:4318`;
+    /// spans are POSTed to `<url>/v1/traces`. Unset: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` when set, else no traces at all.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the spans. Unset: `OTEL_SERVICE_NAME`, else `magistral`.
+    pub service_name: Option<String>,
+    /// Share of traces started here that are recorded, 0.0-1.0; a caller's `traceparent`
+    /// decides for its own trace (parent-based sampling).
+    pub sampling_ratio: f64,
+}
+
+impl Default for TracesConfig {
+    fn default() -> Self {
+        Self {
+            // Off: exporting is a deliberate act, and an unset collector costs nothing.
+            otlp_endpoint: None,
+            service_name: None,
+            // Every trace once an operator turns traces on: a bus carries business messages,
+            // not clicks, and a missing trace is the one asked about; lower it for volume.
+            sampling_ratio: 1.0,
+        }
+    }
+}
+
+impl TracesConfig {
+    /// What is wrong with these settings (checked at load, so `magistral check` names it).
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if !(0.0..=1.0).contains(&self.sampling_ratio) {
+            problems.push(("traces.sampling_ratio", format!("{} is not between 0.0 and 1.0", self.sampling_ratio)));
+        }
+        if let Some(url) = &self.otlp_endpoint {
+            match reqwest::Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
+                Ok(_) => problems.push(("traces.otlp_endpoint", format!("{url:?} is not an http(s) URL"))),
+                Err(e) => problems.push(("traces.otlp_endpoint", format!("{url:?}: {e}"))),
+            }
+        }
+        if self.service_name.as_deref().is_some_and(str::is_empty) {
+            problems.push(("traces.service_name", "must not be empty".to_owned()));
+        }
+        problems
+    }
 }
 
 /// One schema file bound to subject patterns.
@@ -695,6 +749,7 @@ const TABLE_KEYS: &[&str] = &[
     "nats",
     "limits",
     "log",
+    "traces",
     "contracts",
     "participants",
     "subscriptions",
@@ -762,6 +817,19 @@ impl Config {
                 .collect(),
         })?;
         config.source = path.map(Path::to_path_buf);
+        let problems = config.traces.problems();
+        if !problems.is_empty() {
+            return Err(ConfigError {
+                problems: problems
+                    .into_iter()
+                    .map(|(field, message)| ConfigProblem {
+                        file: path.map(Path::to_path_buf),
+                        field: field.into(),
+                        message,
+                    })
+                    .collect(),
+            });
+        }
         // NATS credential and TLS files resolve against the config file, like every path.
         let base = config.base_dir();
         for file in [

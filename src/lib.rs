@@ -21,7 +21,7 @@
 //! - [`http`]: the edge — extractors in (`Caller`, `JsonBody`, `SubjectPath`), handlers that
 //!   parse, call the domain and answer, and the one conversion of errors to RFC 9457 problems.
 //!   Nothing outside `http` imports it (docs/architecture.md has the rules).
-//! - [`nats`]: the NATS connection; [`telemetry`]: logs and metrics; [`dev`]: `magistral dev`.
+//! - [`nats`]: the NATS connection; [`telemetry`]: logs, metrics and traces; [`dev`]: `magistral dev`.
 //! - [`client`]: the `magistral` client commands (publish, where, tail, subs, dead-letters,
 //!   pause, resume) over the HTTP API.
 #![forbid(unsafe_code)]

@@ -98,7 +98,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    magistral::telemetry::init_logs(&config.log);
+    magistral::telemetry::init_logs(&config.log, &config.traces);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {
@@ -188,7 +188,10 @@ async fn serve(config: Config, catalog: Catalog) -> ExitCode {
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    match magistral::run(config, catalog, listener, shutdown).await {
+    let result = magistral::run(config, catalog, listener, shutdown).await;
+    // The spans of the drain, too; blocking (the exporter has its own thread), so off the runtime's workers.
+    let _ = tokio::task::spawn_blocking(magistral::telemetry::shutdown_traces).await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(
             err @ magistral::RunError::Nats(

@@ -7,9 +7,13 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, AckKind};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
+use tracing::Instrument;
+use tracing::field::Empty;
+
 use super::retry_policy::{Class, parse_retry_after};
 use super::signature;
 use super::subscription::Subscription;
+use crate::telemetry::traces::{self, TARGET, TraceHeaders};
 
 /// Longest part of an endpoint's answer kept for operators (dead letters, status).
 pub(crate) const EXCERPT_BYTES: usize = 512;
@@ -84,12 +88,53 @@ pub(crate) async fn send(
     ack_wait: Duration,
 ) -> AttemptResult {
     let started = Instant::now();
-    let mut result = match prepare(sub, message, attempt) {
-        Ok(request) => transmit(http, sub, message, request, ack_wait).await,
+    let span = span(sub, message, attempt);
+    // A child of the publish (its context is in the message's headers); the webhook carries
+    // the attempt's own, so the receiver continues the same trace.
+    let header = |name: &str| message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str());
+    traces::continue_from(&span, header("traceparent"), header("tracestate"));
+    let trace = traces::propagate(&span);
+    let mut result = match prepare(sub, message, attempt, trace.as_ref()) {
+        Ok(request) => transmit(http, sub, message, request, ack_wait).instrument(span.clone()).await,
         Err(unsent) => unsent,
     };
     result.elapsed = started.elapsed();
+    if !span.is_disabled() {
+        span.record("magistral.delivery.class", result.class.slug());
+        span.record("http.response.status_code", result.status);
+        if !matches!(result.class, Class::Delivered | Class::Skipped) {
+            traces::failed(&span, result.class.slug(), true);
+        }
+    }
     result
+}
+
+/// The attempt's span: an HTTP client call (OpenTelemetry HTTP and messaging conventions),
+/// named after the subscription. Nothing is evaluated unless traces are on.
+fn span(sub: &Subscription, message: &jetstream::Message, attempt: u32) -> tracing::Span {
+    tracing::trace_span!(
+        target: TARGET,
+        "deliver",
+        otel.name = format!("deliver {}", sub.name),
+        otel.kind = "client",
+        messaging.system = "nats",
+        messaging.operation.type = "process",
+        messaging.operation.name = "deliver",
+        messaging.destination.name = original_subject(message),
+        messaging.message.id = message_id(message),
+        messaging.consumer.group.name = sub.consumer_name(),
+        magistral.subscription = sub.name.as_str(),
+        magistral.delivery.attempt = attempt,
+        magistral.delivery.class = Empty,
+        http.request.method = sub.method.as_str(),
+        http.request.resend_count = attempt.checked_sub(1).filter(|n| *n > 0),
+        url.full = super::subscription::redacted(&sub.endpoint),
+        server.address = sub.endpoint.host_str().unwrap_or_default(),
+        server.port = sub.endpoint.port_or_known_default(),
+        http.response.status_code = Empty,
+        error.type = Empty,
+        otel.status_code = Empty,
+    )
 }
 
 /// A request ready to go: the body as sent (after any transform) and its headers.
@@ -100,7 +145,12 @@ struct Prepared {
 
 /// The transform, then the headers (the signature covers the body as sent). `Err` when the
 /// attempt ends here without a request: the transform filtered the message out or failed.
-fn prepare(sub: &Subscription, message: &jetstream::Message, attempt: u32) -> Result<Prepared, AttemptResult> {
+fn prepare(
+    sub: &Subscription,
+    message: &jetstream::Message,
+    attempt: u32,
+    trace: Option<&TraceHeaders>,
+) -> Result<Prepared, AttemptResult> {
     let unsent = |class: Class, excerpt: String| AttemptResult {
         class,
         status: None,
@@ -117,7 +167,7 @@ fn prepare(sub: &Subscription, message: &jetstream::Message, attempt: u32) -> Re
             Err(err) => return Err(unsent(Class::TransformFailed, err.to_string())),
         },
     };
-    let headers = request_headers(sub, message, attempt, &body);
+    let headers = request_headers(sub, message, attempt, &body, trace);
     Ok(Prepared { body, headers })
 }
 
@@ -206,8 +256,15 @@ fn truncate_at_char(text: &mut String, max: usize) {
 }
 
 /// CloudEvents HTTP binary mode: every `ce-*` NATS header as is (both bindings use the same
-/// percent-encoding), `content-type`, trace context; then Standard Webhooks headers.
-fn request_headers(sub: &Subscription, message: &jetstream::Message, attempt: u32, body: &[u8]) -> HeaderMap {
+/// percent-encoding), `content-type`, trace context (the attempt's when traced, else the
+/// stored one); then Standard Webhooks headers.
+fn request_headers(
+    sub: &Subscription,
+    message: &jetstream::Message,
+    attempt: u32,
+    body: &[u8],
+    trace: Option<&TraceHeaders>,
+) -> HeaderMap {
     let mut headers = HeaderMap::new();
     if let Some(nats) = &message.headers {
         for (name, values) in nats.iter() {
@@ -223,6 +280,9 @@ fn request_headers(sub: &Subscription, message: &jetstream::Message, attempt: u3
         }
     }
     headers.entry(CONTENT_TYPE).or_insert(HeaderValue::from_static("application/json"));
+    if let Some(trace) = trace {
+        traces::set_http_headers(&mut headers, trace);
+    }
     let id = webhook_id(message);
     let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
     if let Ok(v) = HeaderValue::from_str(&id) {

@@ -10,13 +10,17 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
+use tracing::Instrument;
+use tracing::field::Empty;
+
 use super::extract::Caller;
 use super::problem::{Problem, ProblemType};
-use super::{AppState, header_str, media_type, read_body};
+use super::{AppState, header_str, media_type, read_body, trace_answer};
 use crate::catalog::Catalog;
 use crate::config::InboundKind;
 use crate::inbound::{InboundMessage, InboundRoute, Notification};
 use crate::publish::{self, Stored};
+use crate::telemetry::traces::{self, TARGET};
 
 #[derive(Deserialize)]
 pub(crate) struct InboundQuery {
@@ -33,27 +37,53 @@ pub(crate) async fn inbound(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
+    // The messages published carry this span's context (no publish span of their own).
+    let span = tracing::trace_span!(
+        target: TARGET,
+        "inbound",
+        otel.name = Empty,
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = "/v1/inbound/{name}",
+        http.response.status_code = Empty,
+        error.type = Empty,
+        otel.status_code = Empty,
+        messaging.system = "nats",
+        messaging.destination.name = Empty,
+        magistral.inbound.route = Empty,
+    );
+    traces::continue_from(&span, header_str(&headers, "traceparent"), header_str(&headers, "tracestate"));
     let catalog = state.catalog.load_full();
-    let route = catalog
-        .inbound
-        .iter()
-        .find(|r| r.name == name)
-        .ok_or_else(|| Problem::new(ProblemType::NotFound, format!("no inbound route {name}")))?
-        .clone();
-    let result = match route.kind {
-        InboundKind::Json => json_route(&state, catalog, &route, &headers, body).await,
-        InboundKind::Bitrix24 => bitrix24(&state, &catalog, &route, &headers, body).await,
-        InboundKind::BusinessCentral => {
-            let token = query.ok().and_then(|Query(q)| q.validation_token);
-            business_central(&state, &catalog, &route, token, &headers, body).await
-        }
+    let found = catalog.inbound.iter().find(|r| r.name == name).cloned();
+    let Some(route) = found else {
+        let answer = Err(Problem::new(ProblemType::NotFound, format!("no inbound route {name}")));
+        trace_answer(&span, &answer);
+        return answer;
     };
+    if !span.is_disabled() {
+        span.record("otel.name", format!("inbound {}", route.name));
+        span.record("magistral.inbound.route", route.name.as_str());
+        span.record("messaging.destination.name", route.subject.as_str());
+    }
+    let result = async {
+        match route.kind {
+            InboundKind::Json => json_route(&state, catalog, &route, &headers, body).await,
+            InboundKind::Bitrix24 => bitrix24(&state, &catalog, &route, &headers, body).await,
+            InboundKind::BusinessCentral => {
+                let token = query.ok().and_then(|Query(q)| q.validation_token);
+                business_central(&state, &catalog, &route, token, &headers, body).await
+            }
+        }
+    }
+    .instrument(span.clone())
+    .await;
     let outcome = match &result {
         Ok(_) => "accepted",
         Err(p) => p.kind.slug(),
     };
     metrics::counter!(crate::telemetry::catalogue::INBOUND_TOTAL, "route" => route.name.clone(), "outcome" => outcome)
         .increment(1);
+    trace_answer(&span, &result);
     result
 }
 

@@ -257,6 +257,25 @@ pub fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// Records an answer on a traced span: `http.response.status_code`; for a failure its
+/// `error.type` (the problem's slug, else the status), an error status when it is a 5xx (a
+/// caller's refusal is not the gateway's error).
+pub(crate) fn trace_answer(span: &tracing::Span, answer: &Result<axum::response::Response, Problem>) {
+    if span.is_disabled() {
+        return;
+    }
+    let (status, slug) = match answer {
+        Ok(response) => (response.status(), None),
+        Err(problem) => (problem.status(), Some(problem.kind.slug())),
+    };
+    span.record("http.response.status_code", status.as_u16());
+    match slug {
+        Some(slug) => crate::telemetry::traces::failed(span, slug, status.is_server_error()),
+        None if status.is_server_error() => crate::telemetry::traces::failed(span, status.as_str(), true),
+        None => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::bearer_token;

@@ -9,13 +9,16 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use super::extract::{Caller, SubjectPath};
 use super::problem::{Problem, ProblemType};
-use super::{AppState, header_str, media_type, read_body};
+use super::{AppState, header_str, media_type, read_body, trace_answer};
 use crate::publish::batch::{self, Framing};
 use crate::publish::cloudevents::{self, StructuredEvent};
 use crate::publish::{self, Draft, Stored, check_strict, check_utf8};
+use crate::telemetry::traces::{self, TARGET};
 use crate::telemetry::{LogThrottle, REFUSALS};
 
 /// How the request carries its event.
@@ -49,21 +52,42 @@ pub(crate) async fn publish_one(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
+    let span = tracing::trace_span!(
+        target: TARGET,
+        "publish",
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        messaging.destination.name = Empty,
+        messaging.message.id = Empty,
+        http.request.method = "POST",
+        http.response.status_code = Empty,
+        error.type = Empty,
+        otel.status_code = Empty,
+        magistral.participant = caller.name(),
+    );
+    traces::continue_from(&span, header_str(&headers, "traceparent"), header_str(&headers, "tracestate"));
     let result = async {
         let SubjectPath(subject) = subject?;
+        span.record("messaging.destination.name", subject.as_str());
         let mode = mode_of(&headers)?;
         let body = read_body(body, &headers, state.limits.max_body_bytes).await?;
         check_utf8(&body)?;
         let draft = draft_of(&state, subject, mode, &headers, body)?;
+        // Inside the span: the stored message carries its trace context.
         let outgoing = publish::prepare(caller.catalog(), &state.limits, caller.participant(), draft)?;
+        span.record("messaging.message.id", outgoing.id.as_str());
         state.publisher.publish(outgoing).await
     }
+    .instrument(span.clone())
     .await;
     if let Err(problem) = &result {
         note_refusal(caller.name(), problem);
     }
-    let stored = result?;
-    Ok((stored_status(&stored), Json(stored)).into_response())
+    let answer = result.map(|stored| (stored_status(&stored), Json(stored)).into_response());
+    trace_answer(&span, &answer);
+    answer
 }
 
 fn stored_status(stored: &Stored) -> StatusCode {
@@ -151,12 +175,29 @@ pub(crate) async fn publish_batch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
+    // One span for the batch; every message carries its context.
+    let span = tracing::trace_span!(
+        target: TARGET,
+        "publish batch",
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        messaging.batch.message_count = Empty,
+        http.request.method = "POST",
+        http.response.status_code = Empty,
+        error.type = Empty,
+        otel.status_code = Empty,
+        magistral.participant = caller.name(),
+    );
+    traces::continue_from(&span, header_str(&headers, "traceparent"), header_str(&headers, "tracestate"));
     let limits = &state.limits;
     let checked = async {
         let framing = framing_of(&headers)?;
         let body = read_body(body, &headers, limits.max_batch_bytes).await?;
         check_utf8(&body)?;
         let items = batch::items(&body, framing, limits.max_batch_items, limits.max_json_depth)?;
+        span.record("messaging.batch.message_count", items.len());
         state.admission.charge_batch_items(caller.name(), items.len());
         let trace = batch::Trace {
             traceparent: header_str(&headers, "traceparent"),
@@ -164,12 +205,19 @@ pub(crate) async fn publish_batch(
         };
         batch::prepare(caller.catalog(), limits, caller.participant(), &body, items, trace)
     }
+    .instrument(span.clone())
     .await;
-    let ready = checked.inspect_err(|problem| note_refusal(caller.name(), problem))?;
-    drop(caller);
-    let ids: Vec<String> = ready.iter().map(|o| o.id.clone()).collect();
-    let results = state.publisher.publish_batch(ready).await?;
-    Ok(batch_answer(results, ids))
+    let answer = async {
+        let ready = checked.inspect_err(|problem| note_refusal(caller.name(), problem))?;
+        drop(caller);
+        let ids: Vec<String> = ready.iter().map(|o| o.id.clone()).collect();
+        let results = state.publisher.publish_batch(ready).await?;
+        Ok(batch_answer(results, ids))
+    }
+    .instrument(span.clone())
+    .await;
+    trace_answer(&span, &answer);
+    answer
 }
 
 /// All stored: 202. Some: 207, each failed item says why (retry those with their id).

@@ -10,12 +10,15 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use super::extract::{Caller, require_json};
 use super::problem::{Problem, ProblemType};
-use super::{AppState, header_str, read_body};
+use super::{AppState, header_str, read_body, trace_answer};
 use crate::publish::cloudevents;
 use crate::request::{self, Outgoing, Reply};
+use crate::telemetry::traces::{self, TARGET};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,26 +36,52 @@ pub(crate) async fn request(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let (catalog, participant) = (caller.catalog(), caller.participant());
-    let Ok(Path(subject)) = subject else {
-        return Err(Problem::new(ProblemType::InvalidSubject, "the subject is not valid UTF-8 once percent-decoded"));
-    };
-    let Query(query) = query.map_err(|e| Problem::new(ProblemType::InvalidQuery, e.body_text()))?;
-    let timeout = timeout(query.timeout.as_deref())?;
-    let limits = &state.limits;
-    let route = request::authorize(catalog, participant, subject, limits)?;
-    require_json(&headers)?;
-    let payload = read_body(body, &headers, limits.max_body_bytes).await?;
-    let attributes = cloudevents::from_http_headers(&headers)?;
-    let outgoing = Outgoing {
-        payload,
-        attributes: &attributes,
-        traceparent: header_str(&headers, "traceparent"),
-        tracestate: header_str(&headers, "tracestate"),
-        timeout,
-    };
-    let reply = request::send(&state.client, limits, &route, outgoing).await?;
-    Ok(reply_answer(reply))
+    let span = tracing::trace_span!(
+        target: TARGET,
+        "request",
+        otel.kind = "client",
+        messaging.system = "nats",
+        messaging.operation.type = "send",
+        messaging.operation.name = "request",
+        messaging.destination.name = Empty,
+        http.request.method = "POST",
+        http.response.status_code = Empty,
+        error.type = Empty,
+        otel.status_code = Empty,
+        magistral.participant = caller.name(),
+    );
+    traces::continue_from(&span, header_str(&headers, "traceparent"), header_str(&headers, "tracestate"));
+    let answer = async {
+        let (catalog, participant) = (caller.catalog(), caller.participant());
+        let Ok(Path(subject)) = subject else {
+            return Err(Problem::new(
+                ProblemType::InvalidSubject,
+                "the subject is not valid UTF-8 once percent-decoded",
+            ));
+        };
+        span.record("messaging.destination.name", subject.as_str());
+        let Query(query) = query.map_err(|e| Problem::new(ProblemType::InvalidQuery, e.body_text()))?;
+        let timeout = timeout(query.timeout.as_deref())?;
+        let limits = &state.limits;
+        let route = request::authorize(catalog, participant, subject, limits)?;
+        require_json(&headers)?;
+        let payload = read_body(body, &headers, limits.max_body_bytes).await?;
+        let attributes = cloudevents::from_http_headers(&headers)?;
+        let outgoing = Outgoing {
+            payload,
+            attributes: &attributes,
+            traceparent: header_str(&headers, "traceparent"),
+            tracestate: header_str(&headers, "tracestate"),
+            timeout,
+        };
+        // Inside the span: the NATS request carries its trace context.
+        let reply = request::send(&state.client, limits, &route, outgoing).await?;
+        Ok(reply_answer(reply))
+    }
+    .instrument(span.clone())
+    .await;
+    trace_answer(&span, &answer);
+    answer
 }
 
 /// `?timeout=500ms`; `None` when not asked.

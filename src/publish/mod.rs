@@ -162,6 +162,13 @@ pub fn prepare(
     }
 
     let type_ = attributes.type_.as_deref().unwrap_or(&subject);
+    // Traced, the message carries the publish span's context (its deliveries join the trace);
+    // otherwise the caller's, as it came.
+    let ours = crate::telemetry::traces::propagate(&tracing::Span::current());
+    let (traceparent, tracestate) = match &ours {
+        Some(t) => (Some(t.traceparent.as_str()), t.tracestate.as_deref()),
+        None => (traceparent.as_deref(), tracestate.as_deref()),
+    };
     let headers = StoredAttributes {
         id: &id,
         source: &participant.source,
@@ -170,8 +177,8 @@ pub fn prepare(
         dataschema: contract.map(|c| c.dataschema.as_str()),
         time: attributes.time.as_deref(),
         extensions: &attributes.extensions,
-        traceparent: traceparent.as_deref(),
-        tracestate: tracestate.as_deref(),
+        traceparent,
+        tracestate,
     }
     .to_nats_headers();
     let correlation_id = attributes.extensions.get("correlationid").cloned();

@@ -13,9 +13,13 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use tracing::Instrument;
+use tracing::field::Empty;
+
 use super::Responder;
 use crate::delivery::outcome::Class;
 use crate::delivery::signature;
+use crate::telemetry::traces::{self, TARGET};
 
 /// Serves until cancelled, re-registering after NATS outages.
 pub(crate) async fn serve(
@@ -81,7 +85,33 @@ pub(crate) async fn serve(
     }
 }
 
+/// Answers one request, in a span that continues the requester's trace (its `traceparent`
+/// travels in the NATS request) and hands it on to the endpoint.
 async fn answer(http: &reqwest::Client, responder: &Responder, request: service::Request) {
+    let span = tracing::trace_span!(
+        target: TARGET,
+        "respond",
+        otel.name = format!("respond {}", responder.name),
+        otel.kind = "server",
+        messaging.system = "nats",
+        messaging.operation.type = "process",
+        messaging.operation.name = "respond",
+        messaging.destination.name = request.message.subject.as_str(),
+        magistral.responder = responder.name.as_str(),
+        http.request.method = responder.target.method.as_str(),
+        url.full = crate::delivery::subscription::redacted(&responder.target.endpoint),
+        server.address = responder.target.endpoint.host_str().unwrap_or_default(),
+        server.port = responder.target.endpoint.port_or_known_default(),
+        http.response.status_code = Empty,
+        error.type = Empty,
+        otel.status_code = Empty,
+    );
+    let header = |name: &str| request.message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str());
+    traces::continue_from(&span, header("traceparent"), header("tracestate"));
+    forward(http, responder, request, &span).instrument(span.clone()).await;
+}
+
+async fn forward(http: &reqwest::Client, responder: &Responder, request: service::Request, span: &tracing::Span) {
     let message = &request.message;
     let body = match &responder.request_transform {
         None => message.payload.clone(),
@@ -89,12 +119,16 @@ async fn answer(http: &reqwest::Client, responder: &Responder, request: service:
             Ok(b) => bytes::Bytes::from(b),
             Err(err) => {
                 let error = service::error::Error { status: format!("transform-failed: request: {err}"), code: 400 };
+                traces::failed(span, "transform-failed", true);
                 let _ = request.respond(Err(error)).await;
                 return;
             }
         },
     };
-    let headers = forward_headers(responder, message, &body);
+    let mut headers = forward_headers(responder, message, &body);
+    if let Some(trace) = traces::propagate(span) {
+        traces::set_http_headers(&mut headers, &trace);
+    }
     let timeout = responder.timeout;
     let sent = http
         .request(responder.target.method.clone(), responder.target.endpoint.clone())
@@ -106,6 +140,7 @@ async fn answer(http: &reqwest::Client, responder: &Responder, request: service:
     let (result, reply_headers) = match sent {
         Ok(response) => {
             let status = response.status().as_u16();
+            span.record("http.response.status_code", status);
             let content_type =
                 response.headers().get(CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
             let body = read_limited(response, responder.max_reply_bytes).await;
@@ -175,6 +210,10 @@ async fn answer(http: &reqwest::Client, responder: &Responder, request: service:
             )
         }
     };
+    if let Err(error) = &result {
+        // The class leads the micro error's text ("endpoint-error: HTTP 500 ...").
+        traces::failed(span, error.status.split(':').next().unwrap_or_default(), true);
+    }
     metrics::counter!(
         crate::telemetry::catalogue::RESPONDER_REQUESTS_TOTAL,
         "responder" => responder.name.clone(),

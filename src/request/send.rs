@@ -158,6 +158,13 @@ fn check<'c>(
 fn nats_headers(route: &Route<'_>, outgoing: &Outgoing<'_>, contract: Option<&Contract>) -> async_nats::HeaderMap {
     let attributes = outgoing.attributes;
     let id = attributes.id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    // Traced, the request carries the request span's context (the responder continues it);
+    // otherwise the caller's, as it came.
+    let ours = crate::telemetry::traces::propagate(&tracing::Span::current());
+    let (traceparent, tracestate) = match &ours {
+        Some(t) => (Some(t.traceparent.as_str()), t.tracestate.as_deref()),
+        None => (outgoing.traceparent, outgoing.tracestate),
+    };
     StoredAttributes {
         id: &id,
         source: &route.caller.source,
@@ -166,8 +173,8 @@ fn nats_headers(route: &Route<'_>, outgoing: &Outgoing<'_>, contract: Option<&Co
         dataschema: contract.map(|c| c.dataschema.as_str()),
         time: attributes.time.as_deref(),
         extensions: &attributes.extensions,
-        traceparent: outgoing.traceparent,
-        tracestate: outgoing.tracestate,
+        traceparent,
+        tracestate,
     }
     .to_nats_headers()
 }

@@ -5,7 +5,9 @@ pub(crate) mod catalogue;
 mod logs;
 mod prometheus;
 mod throttle;
+pub(crate) mod traces;
 
 pub use self::logs::{ACCESS, REFUSALS, init_logs};
 pub use self::prometheus::{metrics_handle, observe};
 pub use self::throttle::LogThrottle;
+pub use self::traces::shutdown_traces;

@@ -23,4 +23,5 @@ mod pull;
 mod request;
 mod router;
 mod story;
+mod traces;
 mod tracking;
