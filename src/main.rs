@@ -46,10 +46,36 @@ enum Command {
         #[arg(long)]
         prune: bool,
     },
+    /// Post a CSV, XLSX or ZIP to an import route of a gateway and print the report.
+    Import {
+        file: PathBuf,
+        /// The import route (`[imports.<route>]` of the gateway's configuration).
+        #[arg(long)]
+        route: String,
+        /// The gateway's address.
+        #[arg(long, env = "MAGISTRAL_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// The participant's bearer token.
+        #[arg(long, env = "MAGISTRAL_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Also write the refused rows as CSV to this file.
+        #[arg(long)]
+        csv_report: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A client of a gateway: no configuration of its own.
+    if let Command::Import { file, route, url, token, csv_report } = &cli.command {
+        return match tokio::runtime::Runtime::new() {
+            Ok(rt) => rt.block_on(magistral::import::cli::run(url, token, file, route, csv_report.as_deref())),
+            Err(err) => {
+                eprintln!("cannot start the async runtime: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config_path = cli.config.clone().or_else(|| match cli.command {
         Command::Dev => Some(PathBuf::from("examples/wine-retail/magistral.toml")),
         _ => Some(PathBuf::from("magistral.toml")).filter(|p| p.is_file()),
@@ -84,7 +110,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Check => unreachable!("handled above"),
+        Command::Check | Command::Import { .. } => unreachable!("handled above"),
         Command::Apply { dry_run, prune } => runtime.block_on(apply(config, catalog, dry_run, prune)),
         Command::Serve => runtime.block_on(serve(config, catalog)),
         Command::Dev => {

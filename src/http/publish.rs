@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 
 use super::extract::{Caller, SubjectPath};
 use super::problem::{Problem, ProblemType};
-use super::{AppState, header_str, media_type, read_body};
+use super::{AppState, header_str, media_type, read_body, request_charset};
+use crate::charset;
 use crate::publish::batch::{self, Framing};
 use crate::publish::cloudevents::{self, StructuredEvent};
 use crate::publish::{self, Draft, Stored, check_strict, check_utf8};
@@ -52,7 +53,9 @@ pub(crate) async fn publish_one(
     let result = async {
         let SubjectPath(subject) = subject?;
         let mode = mode_of(&headers)?;
-        let body = read_body(body, &headers, state.limits.max_body_bytes).await?;
+        let charset = request_charset(&headers)?;
+        // The size limit is on the bytes received; decoding comes before any other check.
+        let body = charset::to_utf8(read_body(body, &headers, state.limits.max_body_bytes).await?, charset)?;
         check_utf8(&body)?;
         let draft = draft_of(&state, subject, mode, &headers, body)?;
         let outgoing = publish::prepare(caller.catalog(), &state.limits, caller.participant(), draft)?;
@@ -154,7 +157,8 @@ pub(crate) async fn publish_batch(
     let limits = &state.limits;
     let checked = async {
         let framing = framing_of(&headers)?;
-        let body = read_body(body, &headers, limits.max_batch_bytes).await?;
+        let charset = request_charset(&headers)?;
+        let body = charset::to_utf8(read_body(body, &headers, limits.max_batch_bytes).await?, charset)?;
         check_utf8(&body)?;
         let items = batch::items(&body, framing, limits.max_batch_items, limits.max_json_depth)?;
         state.admission.charge_batch_items(caller.name(), items.len());

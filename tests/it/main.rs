@@ -11,6 +11,7 @@ mod hostile;
 mod inbound;
 mod inbound_hostile;
 mod kv;
+mod legacy;
 mod logs;
 mod nats_harness;
 mod openapi;
