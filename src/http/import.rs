@@ -59,30 +59,43 @@ pub(crate) async fn import(
     let Checked { ready, mut report } = checked;
     state.admission.charge_batch_items(caller.name(), ready.len());
     drop(caller);
-    publish(&state, ready, &mut report).await;
-    Ok(answer(&headers, report, state.limits.retry_after_seconds))
+    let first_failure = publish(&state, ready, &mut report).await;
+    answer(&headers, report, first_failure)
 }
 
-/// Publishes the checked rows batch by batch, counting each result in the report.
-async fn publish(state: &AppState, ready: Vec<(RowRef, Outgoing)>, report: &mut Report) {
+/// Publishes the checked rows batch by batch, counting each result in the report; the first
+/// failure, if any.
+async fn publish(state: &AppState, ready: Vec<(RowRef, Outgoing)>, report: &mut Report) -> Option<Problem> {
+    let mut first_failure = None;
+    let mut note = |at: &RowRef, result: Result<crate::publish::Stored, Problem>, report: &mut Report| {
+        if let (Err(p), None) = (&result, &first_failure) {
+            first_failure = Some(p.clone());
+        }
+        report.published(at, result);
+    };
     let mut rows = ready.into_iter().peekable();
     while rows.peek().is_some() {
         let (places, batch): (Vec<RowRef>, Vec<Outgoing>) = rows.by_ref().take(CHUNK).unzip();
         match state.publisher.publish_batch(batch).await {
-            Ok(results) => places.iter().zip(results).for_each(|(at, result)| report.published(at, result)),
-            Err(problem) => places.iter().for_each(|at| report.published(at, Err(problem.clone()))),
+            Ok(results) => places.iter().zip(results).for_each(|(at, result)| note(at, result, report)),
+            Err(problem) => places.iter().for_each(|at| note(at, Err(problem.clone()), report)),
         }
     }
+    first_failure
 }
 
 /// 200 when every checked row is in JetStream (refused rows are in the report, not an error:
-/// the file was taken); 207 when some were not stored; 503 when none could be. The counts
-/// are in headers too, for the CSV form.
-fn answer(headers: &HeaderMap, report: Report, retry_after: u64) -> Response {
+/// the file was taken); 207 when some were not stored. When none of the checked rows could
+/// be stored the answer is that failure as a problem (`nats-unavailable`, `overloaded`,
+/// `publish-timeout`): post the same file again. The counts are in headers too, for the CSV
+/// form.
+fn answer(headers: &HeaderMap, report: Report, first_failure: Option<Problem>) -> Result<Response, Problem> {
     let checked = report.stored + report.duplicates + report.failed;
     let status = match report.failed {
         0 => StatusCode::OK,
-        n if n == checked => StatusCode::SERVICE_UNAVAILABLE,
+        n if n == checked => {
+            return Err(first_failure.unwrap_or_else(|| Problem::new(ProblemType::Internal, "internal error")));
+        }
         _ => StatusCode::MULTI_STATUS,
     };
     let counts = [
@@ -92,7 +105,7 @@ fn answer(headers: &HeaderMap, report: Report, retry_after: u64) -> Response {
         ("magistral-import-refused", report.refused),
         ("magistral-import-failed", report.failed),
     ];
-    let failed = report.failed;
+    let retry_after = first_failure.and_then(|p| p.retry_after);
     let mut response = if wants_csv(header_str(headers, header::ACCEPT.as_str())) {
         // A BOM, so that Excel opens the Cyrillic of the messages as UTF-8.
         let mut body = b"\xEF\xBB\xBF".to_vec();
@@ -104,10 +117,10 @@ fn answer(headers: &HeaderMap, report: Report, retry_after: u64) -> Response {
     for (name, value) in counts {
         response.headers_mut().insert(name, HeaderValue::from(value));
     }
-    if failed > 0 {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    if let Some(seconds) = retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
-    response
+    Ok(response)
 }
 
 /// Whether `Accept` asks for CSV before JSON (the first of the two named wins; no `q`

@@ -352,17 +352,23 @@ impl Sink for Rows<'_> {
             Mapping::Columns(map) => {
                 let mut columns: Vec<(String, Option<String>)> = headers.iter().map(|h| (h.clone(), None)).collect();
                 for (pointer, header) in map {
-                    let index = headers.iter().position(|h| h == header).ok_or_else(|| {
-                        ImportError::new(
-                            ImportErrorKind::Unreadable,
-                            format!(
-                                "the header row{} has no column {header:?} (route {} maps it to {pointer})",
-                                file.map(|f| format!(" of {f}")).unwrap_or_default(),
-                                self.route.name
-                            ),
-                        )
-                    })?;
-                    columns[index].1 = Some(pointer.clone());
+                    match headers.iter().position(|h| h == header) {
+                        Some(index) => columns[index].1 = Some(pointer.clone()),
+                        // A member the contract does not require may have no column (a report
+                        // without descriptions); without a contract nothing tells a typo
+                        // from an optional column.
+                        None if self.schema.is_some_and(|s| !is_required(s, pointer)) => {}
+                        None => {
+                            return Err(ImportError::new(
+                                ImportErrorKind::Unreadable,
+                                format!(
+                                    "the header row{} has no column {header:?} (route {} maps it to {pointer})",
+                                    file.map(|f| format!(" of {f}")).unwrap_or_default(),
+                                    self.route.name
+                                ),
+                            ));
+                        }
+                    }
                 }
                 columns
             }
@@ -379,9 +385,10 @@ impl Sink for Rows<'_> {
                 return Ok(());
             }
         };
+        let data = bytes::Bytes::from(data);
         let draft = Draft {
             subject: self.route.subject.clone(),
-            data: data.into(),
+            data: data.clone(),
             data_well_formed: false,
             attributes: ClientAttributes::default(),
             idempotency_key: Some(format!("{}-{}-{}", self.id_prefix, at.entry, at.row)),
@@ -392,8 +399,9 @@ impl Sink for Rows<'_> {
             Ok(outgoing) => self.ready.push((at, outgoing)),
             Err(problem) if !problem.errors.is_empty() => {
                 self.report.refused += 1;
+                let value: Value = serde_json::from_slice(&data).unwrap_or_default();
                 for v in &problem.errors {
-                    let column = self.column_of(&v.instance_path, &v.schema_path);
+                    let column = self.column_of(&value, &v.instance_path, &v.schema_path);
                     self.report.note(Refusal {
                         file: at.file.clone(),
                         row: at.row,
@@ -451,7 +459,7 @@ impl Rows<'_> {
 
     /// The column a violation is about: the member at its pointer (or its nearest mapped
     /// parent); for a missing required member, that member's column.
-    fn column_of(&self, instance_path: &str, schema_path: &str) -> Option<String> {
+    fn column_of(&self, data: &Value, instance_path: &str, schema_path: &str) -> Option<String> {
         let header_of =
             |pointer: &str| self.columns.iter().find(|(_, p)| p.as_deref() == Some(pointer)).map(|(h, _)| h.clone());
         if schema_path.ends_with("/required") {
@@ -462,7 +470,9 @@ impl Rows<'_> {
                 .into_iter()
                 .flatten()
                 .filter_map(Value::as_str)
-                .filter_map(|member| header_of(&format!("{instance_path}/{}", escape_pointer(member))))
+                .map(|member| format!("{instance_path}/{}", escape_pointer(member)))
+                .filter(|pointer| data.pointer(pointer).is_none())
+                .filter_map(|pointer| header_of(&pointer))
                 .collect();
             return (!missing.is_empty()).then(|| missing.join(", "));
         }
@@ -510,6 +520,15 @@ fn schema_at<'s>(schema: &'s Value, pointer: &str) -> Option<&'s Value> {
         current = current.get("properties")?.get(unescape_pointer(token))?;
     }
     Some(current)
+}
+
+/// Whether the contract requires the member at `pointer` (its parent lists it).
+fn is_required(schema: &Value, pointer: &str) -> bool {
+    let Some((parent, member)) = pointer.rsplit_once('/') else { return false };
+    schema_at(schema, parent)
+        .and_then(|s| s.get("required"))
+        .and_then(Value::as_array)
+        .is_some_and(|r| r.iter().any(|m| m.as_str() == Some(unescape_pointer(member).as_str())))
 }
 
 /// The JSON type the contract gives the member at `pointer` (the first non-null of a list).
