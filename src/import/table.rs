@@ -380,10 +380,10 @@ fn read_xlsx(
             cells_reader.next_cell().map_err(|e| unreadable(format!("sheet {sheet:?}{}: {e}", in_file(file))))?;
         let Some(cell) = cell else { break };
         let (row, col) = cell.get_position();
-        if current.as_ref().is_some_and(|(r, _)| *r != row) {
-            if let Some((r, cells)) = current.take() {
-                xlsx_row(place(r), cells, &mut headers, file, budget, sink)?;
-            }
+        if current.as_ref().is_some_and(|(r, _)| *r != row)
+            && let Some((r, cells)) = current.take()
+        {
+            xlsx_row(place(r), cells, &mut headers, file, budget, sink)?;
         }
         let at = place(row);
         let col = col as usize;
