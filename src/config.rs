@@ -43,6 +43,8 @@ pub struct Config {
     pub directories: BTreeMap<String, DirectoryConfig>,
     /// Inbound adapters for what systems really send (`POST /v1/inbound/<name>`).
     pub inbound: BTreeMap<String, InboundConfig>,
+    /// Spreadsheet imports (`POST /v1/import/<name>`): CSV/XLSX rows as messages.
+    pub imports: BTreeMap<String, ImportConfig>,
     /// The gateway's own streams: dead letters, delivery status events, replays.
     pub system: SystemConfig,
     /// How often configuration files are checked for changes (0 = only on SIGHUP).
@@ -73,6 +75,7 @@ impl Default for Config {
             responders: BTreeMap::new(),
             directories: BTreeMap::new(),
             inbound: BTreeMap::new(),
+            imports: BTreeMap::new(),
             system: SystemConfig::default(),
             // Cheap (a few small files hashed) and quick enough for a ConfigMap update.
             reload_interval: Duration::from_secs(5),
@@ -198,6 +201,23 @@ pub struct Limits {
     pub max_event_attributes: usize,
     /// Largest reply a responder's HTTP endpoint may answer with.
     pub max_reply_bytes: usize,
+    /// Largest file `POST /v1/import/{route}` takes (CSV, XLSX or ZIP), as received.
+    pub max_import_bytes: usize,
+    /// Most data rows one import may hold, all files of a ZIP together (`too-many-items`);
+    /// counted while reading, so a larger file is refused at the row past it.
+    pub max_import_rows: usize,
+    /// Most columns of one row.
+    pub max_import_columns: usize,
+    /// Longest cell, in bytes of UTF-8.
+    pub max_import_cell_bytes: usize,
+    /// Most entries of a ZIP (an XLSX is a ZIP too).
+    pub max_import_zip_entries: usize,
+    /// Most bytes a ZIP (or XLSX) may expand to, all entries together; measured while
+    /// inflating, never taken from the archive's own claims.
+    pub max_import_expanded_bytes: usize,
+    /// Most a ZIP may expand, as a multiple of its size: a zip bomb is refused long before
+    /// `max_import_expanded_bytes`.
+    pub max_import_expansion_ratio: usize,
 }
 
 impl Default for Limits {
@@ -239,6 +259,19 @@ impl Default for Limits {
             max_violations_reported: 100,
             max_event_attributes: 64,
             max_reply_bytes: 1024 * 1024,
+            // A NAV or 1C report of a few thousand lines is well under a megabyte as XLSX.
+            max_import_bytes: 16 * 1024 * 1024,
+            // Ten batches' worth: a day's orders or a whole price list, not a data warehouse.
+            max_import_rows: 10_000,
+            // Reports rarely pass 50 columns; 256 is Excel 2003's own limit.
+            max_import_columns: 256,
+            // Generous for a comment cell; a cell is one field of one message.
+            max_import_cell_bytes: 32 * 1024,
+            // An XLSX holds a dozen parts; a ZIP of a few reports.
+            max_import_zip_entries: 64,
+            max_import_expanded_bytes: 128 * 1024 * 1024,
+            // XLSX sheet XML compresses 10-20 times; 100 leaves room and stops bombs (1000+).
+            max_import_expansion_ratio: 100,
         }
     }
 }
@@ -425,6 +458,38 @@ pub struct InboundConfig {
     pub client_state: Option<SecretValue>,
 }
 
+/// A spreadsheet import route: each data row of a CSV or XLSX (or of the files of a ZIP)
+/// becomes one message on `subject`, published as the caller.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportConfig {
+    /// The participant whose files these are; it (or an admin with publish permission)
+    /// may post them.
+    pub participant: String,
+    /// Where each row is published; its contract checks every row.
+    pub subject: String,
+    /// Message member ← column header: `{ sku = "Item No.", available = "Qty. Available" }`;
+    /// a member may be a JSON pointer (`/customer/name`). Cells are typed as the contract
+    /// types the member (CSV text `"12"` becomes `12` for an integer).
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+    /// Or a jq program from the row (an object of header → cell) to the message.
+    #[serde(default)]
+    pub transform: Option<String>,
+    #[serde(default)]
+    pub transform_file: Option<PathBuf>,
+    /// XLSX: the sheet to read; the first one by default.
+    #[serde(default)]
+    pub sheet: Option<String>,
+    /// CSV: the charset when neither the content type nor a byte-order mark names one
+    /// (1C and Excel write windows-1251 on Russian systems); UTF-8 by default.
+    #[serde(default)]
+    pub charset: Option<String>,
+    /// CSV: the field separator; by default guessed from the header line (`,`, `;` or tab).
+    #[serde(default)]
+    pub delimiter: Option<char>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum InboundKind {
@@ -480,6 +545,14 @@ pub struct SubscriptionConfig {
     /// The same, from a file (relative to the config file).
     #[serde(default)]
     pub transform_file: Option<PathBuf>,
+    /// Pull only: the columns of `GET .../export.xlsx` and `.csv`, in order, each a header and
+    /// a JSON pointer into the data; by default the contract's top-level properties.
+    #[serde(default)]
+    pub export_columns: Vec<ExportColumn>,
+    /// Push only: deliver bodies in this charset (a WHATWG label: `windows-1251`, `koi8-r`, …)
+    /// instead of UTF-8, for receivers that cannot read UTF-8; none = UTF-8.
+    #[serde(default)]
+    pub charset: Option<String>,
     #[serde(default)]
     pub method: DeliveryMethod,
     /// Extra request headers, e.g. `Authorization` for an ERP web service.
@@ -562,6 +635,17 @@ mod defaults {
     pub(super) fn breaker_cooldown() -> Duration {
         Duration::from_secs(30)
     }
+}
+
+/// One column of a spreadsheet export.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportColumn {
+    /// The header written in the first row.
+    pub header: String,
+    /// A JSON pointer into the message data (`/customer/name`); objects and arrays are
+    /// written as JSON text.
+    pub pointer: String,
 }
 
 /// A duration written as `"30s"`, `"2m"`, `"1h"`.
@@ -756,6 +840,7 @@ const TABLE_KEYS: &[&str] = &[
     "responders",
     "directories",
     "inbound",
+    "imports",
     "system",
 ];
 

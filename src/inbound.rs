@@ -27,6 +27,7 @@ use subtle::ConstantTimeEq;
 use bytes::Bytes;
 
 use crate::catalog::Catalog;
+use crate::charset::Charset;
 use crate::config::{Config, InboundConfig, InboundKind, Limits};
 use crate::delivery::subscription::read_secret;
 use crate::participants::Participant;
@@ -46,6 +47,8 @@ pub enum InboundErrorKind {
     TooManyEntries,
     /// The route's transform failed on this input.
     TransformFailed,
+    /// A form whose percent-decoded bytes are not valid in the charset its content type names.
+    Undecodable,
     /// The route's participant is not in the catalog (the catalog check makes this a bug).
     NoParticipant,
 }
@@ -194,16 +197,36 @@ impl InboundRoute {
     /// form, within its field and depth limits. The `auth` part carries the portal's access
     /// and refresh tokens: never published (its `domain` becomes `portal`).
     ///
+    /// The token is compared as the form's charset decodes it; the id derives from the bytes
+    /// received, so a retry of the same post is the same message.
+    ///
     /// # Errors
-    /// `Unauthorized`, `FormTooComplex`.
-    pub fn bitrix24_event(&self, body: &[u8], limits: &Limits) -> Result<InboundMessage, InboundError> {
-        if !application_token(body).is_some_and(|token| self.secret_matches(&token)) {
+    /// `Unauthorized`, `Undecodable`, `FormTooComplex`.
+    pub fn bitrix24_event(
+        &self,
+        body: &[u8],
+        charset: Option<Charset>,
+        limits: &Limits,
+    ) -> Result<InboundMessage, InboundError> {
+        let token = match charset {
+            None => application_token(body).map(Cow::into_owned),
+            Some(charset) => crate::charset::form_field(body, APPLICATION_TOKEN_KEY, Some(charset)),
+        };
+        if !token.is_some_and(|token| self.secret_matches(&token)) {
             return Err(InboundError::new(
                 InboundErrorKind::Unauthorized,
                 "auth[application_token] is missing or does not match this route's application token",
             ));
         }
-        let mut form = parse_bracketed_form(body, limits.max_form_fields, limits.max_form_depth)
+        // A windows-1251 site's form: its percent-decoded bytes are windows-1251.
+        let utf8 = match charset {
+            None => Cow::Borrowed(body),
+            Some(charset) => Cow::Owned(
+                crate::charset::form_to_utf8(body, charset)
+                    .map_err(|p| InboundError::new(InboundErrorKind::Undecodable, p.detail))?,
+            ),
+        };
+        let mut form = parse_bracketed_form(&utf8, limits.max_form_fields, limits.max_form_depth)
             .map_err(|e| InboundError::new(InboundErrorKind::FormTooComplex, e.to_string()))?;
         let portal = form["auth"]["domain"].as_str().map(str::to_owned);
         if let Some(obj) = form.as_object_mut() {

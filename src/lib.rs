@@ -8,10 +8,14 @@
 //! - [`subject`]: subject rules and wildcard matching.
 //! - `contracts`: JSON Schema contracts bound to subjects.
 //! - [`streams`]: stream files and reconciling them with the server (`magistral apply`).
+//! - [`charset`]: legacy charsets (windows-1251, KOI8-R, …) decoded at the edge, re-encoded
+//!   for subscriptions that ask.
 //! - [`publish`]: the publish path, from checked bytes to PubAck; CloudEvents headers.
 //! - [`delivery`]: push subscriptions: consumers, HTTP attempts, retries, dead letters.
 //! - [`request`]: request/reply and participants' HTTP responders (NATS micro services).
 //! - `directory`: reference books in JetStream KV.
+//! - [`export`]: pull subscriptions fetched as XLSX/CSV, acked on confirmation.
+//! - [`import`]: CSV/XLSX files (and ZIPs of them) posted as rows of messages, with a report.
 //! - [`inbound`]: adapters for what Bitrix24, Business Central and plain-JSON systems send.
 //! - `transform`: jq programs (jaq) reshaping JSON for a system.
 //! - [`tracking`]: "where is my message?"
@@ -28,6 +32,7 @@
 #![warn(unreachable_pub)]
 
 pub mod catalog;
+pub mod charset;
 pub mod client;
 pub mod config;
 pub(crate) mod contracts;
@@ -35,7 +40,9 @@ pub mod delivery;
 pub mod dev;
 pub(crate) mod directory;
 pub(crate) mod error;
+pub mod export;
 pub mod http;
+pub mod import;
 pub mod inbound;
 pub mod nats;
 pub mod participants;

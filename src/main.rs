@@ -58,6 +58,22 @@ enum Command {
     },
     #[command(flatten)]
     Client(magistral::client::ClientCommand),
+    /// Post a CSV, XLSX or ZIP to an import route of a gateway and print the report.
+    Import {
+        file: PathBuf,
+        /// The import route (`[imports.<route>]` of the gateway's configuration).
+        #[arg(long)]
+        route: String,
+        /// The gateway's address.
+        #[arg(long, env = "MAGISTRAL_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// The participant's bearer token.
+        #[arg(long, env = "MAGISTRAL_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Also write the refused rows as CSV to this file.
+        #[arg(long)]
+        csv_report: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,6 +87,15 @@ fn main() -> ExitCode {
     // The client needs no configuration: it talks to a gateway that has one.
     let command = match cli.command {
         Command::Client(command) => return client(command),
+        Command::Import { file, route, url, token, csv_report } => {
+            return match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt.block_on(magistral::import::cli::run(&url, &token, &file, &route, csv_report.as_deref())),
+                Err(err) => {
+                    eprintln!("cannot start the async runtime: {err}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         command => command,
     };
     let config_path = cli.config.clone().or_else(|| match command {
@@ -107,7 +132,7 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        Command::Check | Command::Client(_) => unreachable!("handled above"),
+        Command::Check | Command::Client(_) | Command::Import { .. } => unreachable!("handled above"),
         Command::Apply { dry_run, prune } => runtime.block_on(apply(config, catalog, dry_run, prune)),
         Command::Serve => runtime.block_on(serve(config, catalog)),
         Command::Dev { listen, nats_port } => {

@@ -51,6 +51,8 @@ pub enum ProblemType {
     FormTooComplex,
     RateLimited,
     BodyTimeout,
+    UndecodableBody,
+    UnreadableFile,
 }
 
 impl ProblemType {
@@ -95,6 +97,8 @@ impl ProblemType {
         Self::FormTooComplex,
         Self::RateLimited,
         Self::BodyTimeout,
+        Self::UndecodableBody,
+        Self::UnreadableFile,
     ];
 
     /// The stable identifier clients match on.
@@ -140,6 +144,8 @@ impl ProblemType {
             Self::FormTooComplex => "form-too-complex",
             Self::RateLimited => "rate-limited",
             Self::BodyTimeout => "body-timeout",
+            Self::UndecodableBody => "undecodable-body",
+            Self::UnreadableFile => "unreadable-file",
         }
     }
 
@@ -177,7 +183,9 @@ impl ProblemType {
             Self::ResponderError => StatusCode::BAD_GATEWAY,
             Self::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::NoResponders => StatusCode::SERVICE_UNAVAILABLE,
-            Self::DuplicateKey | Self::FormTooComplex => StatusCode::BAD_REQUEST,
+            Self::DuplicateKey | Self::FormTooComplex | Self::UndecodableBody | Self::UnreadableFile => {
+                StatusCode::BAD_REQUEST
+            }
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
@@ -225,6 +233,8 @@ impl ProblemType {
             Self::FormTooComplex => "The form has more fields or deeper keys than the limit",
             Self::RateLimited => "The participant is over its rate or in-flight limit",
             Self::BodyTimeout => "The request body did not arrive in time",
+            Self::UndecodableBody => "The body is not valid in the charset its Content-Type names",
+            Self::UnreadableFile => "The file is not a readable spreadsheet for this import",
         }
     }
 

@@ -7,6 +7,7 @@ use super::problems::Problems;
 use crate::config::Config;
 use crate::delivery::subscription::Subscription;
 use crate::directory::Directory;
+use crate::import::ImportRoute;
 use crate::inbound::InboundRoute;
 use crate::request::Responder;
 use crate::streams::StreamDef;
@@ -29,6 +30,17 @@ pub(super) fn inbound_routes(config: &Config, problems: &mut Problems) -> Vec<In
         .iter()
         .filter_map(|(name, cfg)| {
             problems.resolved(&format!("inbound.{name}"), InboundRoute::resolve(name, cfg, config))
+        })
+        .collect()
+}
+
+/// Spreadsheet import routes.
+pub(super) fn imports(config: &Config, problems: &mut Problems) -> Vec<ImportRoute> {
+    config
+        .imports
+        .iter()
+        .filter_map(|(name, cfg)| {
+            problems.resolved(&format!("imports.{name}"), ImportRoute::resolve(name, cfg, config))
         })
         .collect()
 }

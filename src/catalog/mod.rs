@@ -14,6 +14,7 @@ use crate::contracts::Contracts;
 use crate::delivery::subscription::Subscription;
 use crate::delivery::system;
 use crate::directory::Directory;
+use crate::import::ImportRoute;
 use crate::inbound::InboundRoute;
 use crate::participants::Participants;
 use crate::request::Responder;
@@ -31,6 +32,8 @@ pub struct Catalog {
     pub responders: Vec<Arc<Responder>>,
     pub directories: Vec<Directory>,
     pub inbound: Vec<InboundRoute>,
+    /// Spreadsheet import routes (`POST /v1/import/<name>`).
+    pub imports: Vec<ImportRoute>,
     pub require_contract: bool,
 }
 
@@ -51,6 +54,7 @@ impl Catalog {
         let contracts = contracts::contracts(config, &streams, &mut problems);
         let directories = bindings::directories(config, &mut problems);
         let inbound = bindings::inbound_routes(config, &mut problems);
+        let imports = bindings::imports(config, &mut problems);
         let responders = bindings::responders(config, &mut problems);
         // Subscriptions, over the declared, system and directory streams.
         let declared = streams.len();
@@ -63,6 +67,7 @@ impl Catalog {
             responders,
             directories,
             inbound,
+            imports,
             participants: Participants::new(participants),
             contracts: Contracts::new(contracts),
             streams,
@@ -79,6 +84,11 @@ impl Catalog {
     #[must_use]
     pub fn directory(&self, bucket: &str) -> Option<&Directory> {
         self.directories.iter().find(|d| d.bucket == bucket)
+    }
+
+    #[must_use]
+    pub fn import(&self, name: &str) -> Option<&ImportRoute> {
+        self.imports.iter().find(|r| r.name == name)
     }
 
     #[must_use]

@@ -74,7 +74,9 @@ impl Exit {
             | P::RevisionMismatch
             | P::InvalidKey
             | P::DuplicateKey
-            | P::FormTooComplex => Exit::DataErr,
+            | P::FormTooComplex
+            | P::UndecodableBody
+            | P::UnreadableFile => Exit::DataErr,
             P::NotFound | P::NoStream => Exit::NoInput,
             P::NatsUnavailable | P::NoResponders => Exit::Unavailable,
             P::PublishTimeout

@@ -1,4 +1,5 @@
-//! One delivery attempt: the HTTP request (body as stored, CloudEvents binary-mode headers,
+//! One delivery attempt: the HTTP request (body as stored, or re-encoded in the
+//! subscription's charset; CloudEvents binary-mode headers,
 //! Standard Webhooks signature, trace context, the subscription's own headers), in-progress
 //! acks while it runs, and the endpoint's answer classified.
 
@@ -167,6 +168,14 @@ fn prepare(
             Err(err) => return Err(unsent(Class::TransformFailed, err.to_string())),
         },
     };
+    // Re-encoded before signing: the signature covers the bytes sent.
+    let body = match sub.charset {
+        None => body,
+        Some(charset) => match crate::charset::encode(&body, charset) {
+            Ok(encoded) => bytes::Bytes::from(encoded),
+            Err(err) => return Err(unsent(Class::Unencodable, err.to_string())),
+        },
+    };
     let headers = request_headers(sub, message, attempt, &body, trace);
     Ok(Prepared { body, headers })
 }
@@ -282,6 +291,14 @@ fn request_headers(
     headers.entry(CONTENT_TYPE).or_insert(HeaderValue::from_static("application/json"));
     if let Some(trace) = trace {
         traces::set_http_headers(&mut headers, trace);
+    }
+    if let Some(charset) = sub.charset {
+        // The stored media type (its parameters dropped), saying what the body now is.
+        let essence = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+        let essence = essence.split(';').next().unwrap_or("application/json").trim();
+        if let Ok(v) = HeaderValue::from_str(&format!("{essence}; charset={}", charset.name().to_ascii_lowercase())) {
+            headers.insert(CONTENT_TYPE, v);
+        }
     }
     let id = webhook_id(message);
     let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();

@@ -370,7 +370,7 @@ impl Control {
 
     fn record(&self, result: &AttemptResult, attempt: u32) {
         // No request was made: nothing learnt about the endpoint.
-        if matches!(result.class, retry_policy::Class::Skipped | retry_policy::Class::TransformFailed) {
+        if result.class.unsent() {
             return;
         }
         if let Ok(mut b) = self.breaker.lock() {

@@ -130,6 +130,45 @@ impl TokenKey {
     }
 }
 
+/// The prefix of a spreadsheet export's confirmation token; its MAC covers a different
+/// message than an ack token's, so neither can pass for the other.
+const EXPORT_TOKEN: &str = "x1";
+
+impl TokenKey {
+    /// Signs the confirmation of a spreadsheet export: `x1.<subscription>.<export id>.<mac>`.
+    #[must_use]
+    pub fn sign_export(&self, subscription: &str, export: &str) -> String {
+        let mac = self.mac(format!("export\0{subscription}\0{export}").as_bytes());
+        format!("{EXPORT_TOKEN}.{subscription}.{export}.{}", URL_SAFE_NO_PAD.encode(mac))
+    }
+
+    /// `(subscription, export id)` of a confirmation token this key signed.
+    ///
+    /// # Errors
+    /// Malformed, forged or altered.
+    pub fn verify_export(&self, text: &str) -> Result<(String, String), &'static str> {
+        let mut parts = text.split('.');
+        let (Some(EXPORT_TOKEN), Some(sub), Some(export), Some(mac), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err("not an export confirmation token");
+        };
+        let mac = URL_SAFE_NO_PAD.decode(mac).map_err(|_| "not an export confirmation token")?;
+        let want = self.mac(format!("export\0{sub}\0{export}").as_bytes());
+        if !bool::from(want.ct_eq(&mac)) {
+            return Err("the token's signature does not match: forged or altered");
+        }
+        Ok((sub.to_owned(), export.to_owned()))
+    }
+}
+
+/// The ack ledger's key of an export's tokens: `<subscription>.export.x<id>` (a stream's
+/// sequence is all digits, so no message's key can be one).
+#[must_use]
+pub fn export_key(subscription: &str, export: &str) -> String {
+    format!("{subscription}.export.x{export}")
+}
+
 /// Fetches up to `max` messages, waiting up to `wait` for the first one and returning as
 /// soon as one arrives (then taking whatever else is already there).
 ///
@@ -360,6 +399,18 @@ mod tests {
         #[test]
         fn arbitrary_text_never_panics(text in ".{0,200}") {
             let _ = TokenKey::from_bytes([1; 32]).verify(&text);
+            let _ = TokenKey::from_bytes([1; 32]).verify_export(&text);
+        }
+
+        #[test]
+        fn export_tokens_verify_and_are_not_ack_tokens(sub in "[a-z-]{1,12}", id in "[0-9a-f]{32}") {
+            let key = TokenKey::from_bytes([7; 32]);
+            let token = key.sign_export(&sub, &id);
+            prop_assert_eq!(key.verify_export(&token), Ok((sub.clone(), id.clone())));
+            prop_assert!(key.verify(&token).is_err());
+            prop_assert!(TokenKey::from_bytes([8; 32]).verify_export(&token).is_err());
+            let other = key.sign_export(&format!("{sub}x"), &id);
+            prop_assert!(key.verify_export(&other).is_ok_and(|(s, _)| s != sub));
         }
     }
 }

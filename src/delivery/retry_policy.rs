@@ -28,6 +28,9 @@ pub enum Class {
     TransformFailed,
     /// The subscription's transform produced nothing: the message is not for this endpoint.
     Skipped,
+    /// The body holds a character the subscription's `charset` cannot represent (no request
+    /// was sent; a `?` in its place would change the data silently).
+    Unencodable,
 }
 
 impl Class {
@@ -59,6 +62,7 @@ impl Class {
             Self::Unexpected => "endpoint-unexpected",
             Self::TransformFailed => "transform-failed",
             Self::Skipped => "skipped",
+            Self::Unencodable => "unencodable",
         }
     }
 
@@ -75,6 +79,13 @@ impl Class {
             500..=599 => Self::EndpointError,
             _ => Self::Unexpected,
         }
+    }
+
+    /// Whether the attempt ended before any request was sent (nothing was learnt about the
+    /// endpoint).
+    #[must_use]
+    pub const fn unsent(self) -> bool {
+        matches!(self, Self::Skipped | Self::TransformFailed | Self::Unencodable)
     }
 
     /// Whether the failure says something about the endpoint (counts toward the breaker)
@@ -125,8 +136,9 @@ impl RetryPolicy {
         match class {
             Class::Delivered | Class::Skipped => Decision::Ack,
             Class::Gone => Decision::PauseSubscription,
-            // The same program on the same data fails the same way: no point retrying.
-            Class::TransformFailed => Decision::DeadLetter,
+            // The same program on the same data fails the same way: no point retrying. So does
+            // encoding the same data in the same charset.
+            Class::TransformFailed | Class::Unencodable => Decision::DeadLetter,
             Class::Rejected | Class::Unexpected if !self.retry_client_errors => Decision::DeadLetter,
             Class::Throttled => retry(retry_after.unwrap_or_else(|| self.delay_after(attempt))),
             _ => retry(self.delay_after(attempt)),
@@ -192,6 +204,8 @@ mod tests {
         );
         assert_eq!(p.decide(Class::Gone, 1, None), Decision::PauseSubscription);
         assert_eq!(p.decide(Class::Rejected, 1, None), Decision::DeadLetter);
+        assert_eq!(p.decide(Class::Unencodable, 1, None), Decision::DeadLetter);
+        assert!(Class::Unencodable.unsent() && !Class::Unencodable.is_endpoint_failure());
         let lenient = RetryPolicy { retry_client_errors: true, ..policy() };
         assert_eq!(lenient.decide(Class::Rejected, 1, None), Decision::Retry(Duration::from_secs(1)));
     }

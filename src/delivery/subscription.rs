@@ -39,6 +39,10 @@ pub struct Subscription {
     pub ack_wait: Duration,
     /// Reshapes the data before delivery.
     pub transform: Option<crate::transform::Transform>,
+    /// Bodies are re-encoded in this charset before they are signed and sent; none = UTF-8.
+    pub charset: Option<crate::charset::Charset>,
+    /// Pull only: the columns of a spreadsheet export (none: the contract's properties).
+    pub export_columns: Vec<crate::config::ExportColumn>,
     /// `(stream, filter subjects)` for every stream the subjects span: one consumer each.
     pub spans: Vec<(String, Vec<String>)>,
 }
@@ -99,10 +103,14 @@ impl Subscription {
                 }
             };
         check_timing(cfg, &mut problems);
+        let charset = charset(cfg, &mut problems);
+        check_export_columns(cfg, &mut problems);
         let (Some(target), true) = (target, problems.is_empty()) else {
             return Err(problems);
         };
-        Ok(Self::build(name, cfg, target, transform, spans))
+        let mut sub = Self::build(name, cfg, target, transform, spans);
+        sub.charset = charset;
+        Ok(sub)
     }
 
     fn build(
@@ -136,6 +144,8 @@ impl Subscription {
             start: cfg.start,
             ack_wait: cfg.ack_wait,
             transform,
+            charset: None,
+            export_columns: cfg.export_columns.clone(),
             spans,
         }
     }
@@ -241,6 +251,42 @@ fn check_delivery_knobs(cfg: &SubscriptionConfig, problems: &mut Problems) {
     if cfg.rate_limit.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         problems.push(("rate_limit".into(), "a positive number of messages per second".into()));
     }
+}
+
+/// Export columns: pull mode only, each a header and a JSON pointer.
+fn check_export_columns(cfg: &SubscriptionConfig, problems: &mut Problems) {
+    if !cfg.export_columns.is_empty() && cfg.mode != SubscriptionMode::Pull {
+        problems.push(("export_columns".into(), "only pull subscriptions are exported as spreadsheets".into()));
+    }
+    for (i, column) in cfg.export_columns.iter().enumerate() {
+        if !column.pointer.starts_with('/') {
+            problems.push((format!("export_columns[{i}].pointer"), "a JSON pointer, e.g. /sku".into()));
+        }
+        if column.header.trim().is_empty() {
+            problems.push((format!("export_columns[{i}].header"), "must not be empty".into()));
+        }
+    }
+}
+
+/// The charset bodies are delivered in: a WHATWG label the gateway can write, push mode only.
+fn charset(cfg: &SubscriptionConfig, problems: &mut Problems) -> Option<crate::charset::Charset> {
+    let label = cfg.charset.as_deref()?;
+    let encoding = match crate::charset::label_to_encoding(label) {
+        Ok(encoding) => encoding,
+        Err(problem) => {
+            problems.push(("charset".into(), problem.detail));
+            return None;
+        }
+    };
+    if cfg.mode != SubscriptionMode::Push {
+        problems.push(("charset".into(), "only push subscriptions deliver bodies in a charset".into()));
+    }
+    if encoding.output_encoding() != encoding {
+        // The Encoding Standard writes UTF-16 as UTF-8: the label would lie.
+        problems.push(("charset".into(), format!("{} can be read but not written; use UTF-8", encoding.name())));
+        return None;
+    }
+    (encoding != encoding_rs::UTF_8).then_some(encoding)
 }
 
 fn check_timing(cfg: &SubscriptionConfig, problems: &mut Problems) {

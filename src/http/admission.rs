@@ -191,7 +191,7 @@ fn cost(state: &AppState, method: &Method, route: &str, path: &str) -> Cost {
     match (method, route) {
         (&Method::GET, "/v1/subscriptions/{name}/events") => Cost::Free,
         (_, "/healthz" | "/readyz" | "/metrics" | "/openapi.json") => Cost::Free,
-        (&Method::POST, "/v1/publish/{subject}" | "/v1/publish") => Cost::Publish,
+        (&Method::POST, "/v1/publish/{subject}" | "/v1/publish" | "/v1/import/{route}") => Cost::Publish,
         (&Method::POST, "/v1/inbound/{name}") => {
             let name = path.strip_prefix("/v1/inbound/").unwrap_or_default();
             let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();

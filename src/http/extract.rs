@@ -21,8 +21,9 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 use super::problem::{Problem, ProblemType};
-use super::{AppState, authenticate, media_type, read_body};
+use super::{AppState, authenticate, media_type, read_body, request_charset};
 use crate::catalog::Catalog;
+use crate::charset::{Charset, to_utf8};
 use crate::participants::Participant;
 use crate::publish::cloudevents::is_json_media_type;
 
@@ -92,13 +93,15 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// Refuses a request whose `Content-Type` is not `application/json` or a `+json` type.
+/// Refuses a request whose `Content-Type` is not `application/json` or a `+json` type, or
+/// names a charset the Encoding Standard does not know; the charset to decode the body from
+/// when it is not UTF-8 ([`crate::charset::to_utf8`]).
 ///
 /// # Errors
 /// `unsupported-media-type`.
-pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), Problem> {
+pub(crate) fn require_json(headers: &HeaderMap) -> Result<Option<Charset>, Problem> {
     match media_type(headers).as_deref() {
-        Some(t) if is_json_media_type(t) => Ok(()),
+        Some(t) if is_json_media_type(t) => request_charset(headers),
         other => Err(Problem::new(
             ProblemType::UnsupportedMediaType,
             format!("{} is not accepted; send application/json", other.unwrap_or("no Content-Type")),
@@ -107,8 +110,9 @@ pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), Problem> {
 }
 
 /// A body of a JSON media type, at most `limits.max_body_bytes`, not yet parsed. Checks, in
-/// order: content type (`unsupported-media-type`) → size and arrival (`payload-too-large`,
-/// `body-timeout`).
+/// order: content type and charset (`unsupported-media-type`) → size and arrival
+/// (`payload-too-large`, `body-timeout`) → decoding from a charset other than UTF-8
+/// (`undecodable-body`).
 pub struct JsonBytes(pub Bytes);
 
 impl FromRequest<AppState> for JsonBytes {
@@ -116,8 +120,8 @@ impl FromRequest<AppState> for JsonBytes {
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Problem> {
         let (parts, body) = request.into_parts();
-        require_json(&parts.headers)?;
-        Ok(Self(read_body(body, &parts.headers, state.limits.max_body_bytes).await?))
+        let charset = require_json(&parts.headers)?;
+        Ok(Self(to_utf8(read_body(body, &parts.headers, state.limits.max_body_bytes).await?, charset)?))
     }
 }
 

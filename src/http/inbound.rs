@@ -15,7 +15,7 @@ use tracing::field::Empty;
 
 use super::extract::Caller;
 use super::problem::{Problem, ProblemType};
-use super::{AppState, header_str, media_type, read_body, trace_answer};
+use super::{AppState, header_str, media_type, read_body, request_charset, trace_answer};
 use crate::catalog::Catalog;
 use crate::config::InboundKind;
 use crate::inbound::{InboundMessage, InboundRoute, Notification};
@@ -119,7 +119,8 @@ async fn json_route(
     if !media_type(headers).as_deref().is_some_and(crate::publish::cloudevents::is_json_media_type) {
         return Err(Problem::new(ProblemType::UnsupportedMediaType, "send application/json"));
     }
-    let body = read_body(body, headers, state.limits.max_body_bytes).await?;
+    let charset = request_charset(headers)?;
+    let body = crate::charset::to_utf8(read_body(body, headers, state.limits.max_body_bytes).await?, charset)?;
     // Checked as sent (a transform's parser would silently keep one of two repeated members).
     publish::check_data(&state.limits, None, &body)?;
     let message = InboundMessage {
@@ -147,8 +148,10 @@ async fn bitrix24(
             "Bitrix24 event handlers send application/x-www-form-urlencoded",
         ));
     }
+    // 1C-Bitrix sites in windows-1251 say so here; the form is decoded after its token is checked.
+    let charset = request_charset(headers)?;
     let body = read_body(body, headers, state.limits.max_body_bytes).await?;
-    let message = route.bitrix24_event(&body, &state.limits)?;
+    let message = route.bitrix24_event(&body, charset, &state.limits)?;
     let stored = publish_one(state, catalog, route, message, None).await?;
     Ok((StatusCode::OK, Json(stored)).into_response())
 }

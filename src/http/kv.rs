@@ -46,9 +46,9 @@ pub(crate) async fn put(
     let (catalog, participant) = (caller.catalog(), caller.participant());
     let (bucket, key) = key_of(path)?;
     let book = directory::open(catalog, participant, &bucket, Access::Write)?;
-    require_json(&headers)?;
+    let charset = require_json(&headers)?;
     let precondition = precondition(&headers)?;
-    let value = read_body(body, &headers, state.limits.max_body_bytes).await?;
+    let value = crate::charset::to_utf8(read_body(body, &headers, state.limits.max_body_bytes).await?, charset)?;
     let written = directory::put(&directories(&state), &book, &key, value, precondition, trace(&headers)).await?;
     let status = if precondition.create_only { StatusCode::CREATED } else { StatusCode::OK };
     let body = Json(json!({ "bucket": bucket, "key": key.as_str(), "revision": written.revision }));

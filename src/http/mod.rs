@@ -4,7 +4,9 @@
 pub(crate) mod access;
 pub(crate) mod admission;
 pub mod events;
+pub(crate) mod export;
 pub(crate) mod extract;
+pub(crate) mod import;
 pub(crate) mod inbound;
 pub(crate) mod kv;
 pub(crate) mod messages;
@@ -118,6 +120,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("put", "/v1/kv/{bucket}/{key}"),
     ("delete", "/v1/kv/{bucket}/{key}"),
     ("post", "/v1/inbound/{name}"),
+    ("post", "/v1/import/{route}"),
     ("get", "/v1/messages"),
     ("get", "/v1/messages/{id}"),
     ("get", "/v1/subscriptions"),
@@ -126,6 +129,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/subscriptions/{name}/resume"),
     ("post", "/v1/subscriptions/{name}/fetch"),
     ("post", "/v1/subscriptions/{name}/ack"),
+    ("get", "/v1/subscriptions/{name}/export.xlsx"),
+    ("get", "/v1/subscriptions/{name}/export.csv"),
+    ("post", "/v1/subscriptions/{name}/export/confirm"),
     ("get", "/v1/subscriptions/{name}/events"),
     ("get", "/v1/subscriptions/{name}/dead-letters"),
     ("post", "/v1/subscriptions/{name}/dead-letters/replay"),
@@ -145,6 +151,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/kv/{bucket}", get(kv::list))
         .route("/v1/kv/{bucket}/{*key}", get(kv::get).put(kv::put).delete(kv::delete))
         .route("/v1/inbound/{name}", post(inbound::inbound))
+        .route("/v1/import/{route}", post(import::import))
         .route("/v1/messages", get(messages::list))
         .route("/v1/messages/{id}", get(messages::show))
         .route("/v1/subscriptions", get(subscriptions::list))
@@ -153,6 +160,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/subscriptions/{name}/resume", post(subscriptions::resume))
         .route("/v1/subscriptions/{name}/fetch", post(pull::fetch))
         .route("/v1/subscriptions/{name}/ack", post(pull::ack))
+        .route("/v1/subscriptions/{name}/export.xlsx", get(export::xlsx))
+        .route("/v1/subscriptions/{name}/export.csv", get(export::csv))
+        .route("/v1/subscriptions/{name}/export/confirm", post(export::confirm))
         .route("/v1/subscriptions/{name}/events", get(events::events))
         .route("/v1/subscriptions/{name}/dead-letters", get(subscriptions::dead_letters))
         .route("/v1/subscriptions/{name}/dead-letters/replay", post(subscriptions::replay))
@@ -249,6 +259,15 @@ pub fn media_type(headers: &HeaderMap) -> Option<String> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+}
+
+/// The charset a request's `Content-Type` names, when it is not UTF-8 (see
+/// [`crate::charset`]); checked with the content type, before the body is read.
+///
+/// # Errors
+/// `unsupported-media-type` for a label the WHATWG Encoding Standard does not know.
+pub fn request_charset(headers: &HeaderMap) -> Result<Option<crate::charset::Charset>, Problem> {
+    crate::charset::of_content_type(header_str(headers, header::CONTENT_TYPE.as_str()))
 }
 
 /// A header's value as text, when present and ASCII.

@@ -122,6 +122,7 @@ impl From<crate::inbound::InboundError> for Problem {
         match err.kind() {
             Kind::Unauthorized => Problem::new(ProblemType::Unauthorized, err.detail()),
             Kind::FormTooComplex => Problem::new(ProblemType::FormTooComplex, err.detail()),
+            Kind::Undecodable => Problem::new(ProblemType::UndecodableBody, err.detail()),
             Kind::TooManyEntries => Problem::new(ProblemType::TooManyItems, err.detail()),
             Kind::TransformFailed => Problem::new(ProblemType::TransformFailed, err.detail()),
             Kind::NoParticipant => {
@@ -129,5 +130,20 @@ impl From<crate::inbound::InboundError> for Problem {
                 Problem::new(ProblemType::Internal, "internal error")
             }
         }
+    }
+}
+
+// --- import ---
+
+impl From<crate::import::ImportError> for Problem {
+    fn from(err: crate::import::ImportError) -> Self {
+        use crate::import::ImportErrorKind as Kind;
+        let class = match err.kind() {
+            Kind::TooLarge => ProblemType::PayloadTooLarge,
+            Kind::TooManyRows => ProblemType::TooManyItems,
+            Kind::Unreadable => ProblemType::UnreadableFile,
+            Kind::Undecodable => ProblemType::UndecodableBody,
+        };
+        Problem::new(class, err.detail())
     }
 }

@@ -14,7 +14,8 @@ use tracing::field::Empty;
 
 use super::extract::{Caller, SubjectPath};
 use super::problem::{Problem, ProblemType};
-use super::{AppState, header_str, media_type, read_body, trace_answer};
+use super::{AppState, header_str, media_type, read_body, request_charset, trace_answer};
+use crate::charset;
 use crate::publish::batch::{self, Framing};
 use crate::publish::cloudevents::{self, StructuredEvent};
 use crate::publish::{self, Draft, Stored, check_strict, check_utf8};
@@ -72,7 +73,9 @@ pub(crate) async fn publish_one(
         let SubjectPath(subject) = subject?;
         span.record("messaging.destination.name", subject.as_str());
         let mode = mode_of(&headers)?;
-        let body = read_body(body, &headers, state.limits.max_body_bytes).await?;
+        let charset = request_charset(&headers)?;
+        // The size limit is on the bytes received; decoding comes before any other check.
+        let body = charset::to_utf8(read_body(body, &headers, state.limits.max_body_bytes).await?, charset)?;
         check_utf8(&body)?;
         let draft = draft_of(&state, subject, mode, &headers, body)?;
         // Inside the span: the stored message carries its trace context.
@@ -194,7 +197,8 @@ pub(crate) async fn publish_batch(
     let limits = &state.limits;
     let checked = async {
         let framing = framing_of(&headers)?;
-        let body = read_body(body, &headers, limits.max_batch_bytes).await?;
+        let charset = request_charset(&headers)?;
+        let body = charset::to_utf8(read_body(body, &headers, limits.max_batch_bytes).await?, charset)?;
         check_utf8(&body)?;
         let items = batch::items(&body, framing, limits.max_batch_items, limits.max_json_depth)?;
         span.record("messaging.batch.message_count", items.len());

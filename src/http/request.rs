@@ -64,8 +64,8 @@ pub(crate) async fn request(
         let timeout = timeout(query.timeout.as_deref())?;
         let limits = &state.limits;
         let route = request::authorize(catalog, participant, subject, limits)?;
-        require_json(&headers)?;
-        let payload = read_body(body, &headers, limits.max_body_bytes).await?;
+        let charset = require_json(&headers)?;
+        let payload = crate::charset::to_utf8(read_body(body, &headers, limits.max_body_bytes).await?, charset)?;
         let attributes = cloudevents::from_http_headers(&headers)?;
         let outgoing = Outgoing {
             payload,

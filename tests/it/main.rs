@@ -13,6 +13,7 @@ mod hostile;
 mod inbound;
 mod inbound_hostile;
 mod kv;
+mod legacy;
 mod logs;
 mod metrics;
 mod nats_harness;

@@ -39,6 +39,10 @@ const KV_DELETE: Route = ("delete", "/v1/kv/{bucket}/{key}");
 const INBOUND: Route = ("post", "/v1/inbound/{name}");
 const MESSAGES: Route = ("get", "/v1/messages");
 const MESSAGE: Route = ("get", "/v1/messages/{id}");
+const IMPORT: Route = ("post", "/v1/import/{route}");
+const EXPORT_XLSX: Route = ("get", "/v1/subscriptions/{name}/export.xlsx");
+const EXPORT_CSV: Route = ("get", "/v1/subscriptions/{name}/export.csv");
+const EXPORT_CONFIRM: Route = ("post", "/v1/subscriptions/{name}/export/confirm");
 /// The authenticated API; the operations routes (`/healthz`, ...) answer no problem of their own.
 /// An inbound route authenticates by its kind: a bearer token (`json`), the application token
 /// in the form (`bitrix24`), or per entry (`business-central`, which never answers 401).
@@ -63,9 +67,13 @@ const API: &[Route] = &[
     FETCH,
     ACK,
     EVENTS,
+    IMPORT,
+    EXPORT_XLSX,
+    EXPORT_CSV,
+    EXPORT_CONFIRM,
 ];
 /// The routes only a subscription's owner may use (no `admin` exception), each for one mode.
-const OWNER_ONLY: &[Route] = &[FETCH, ACK, EVENTS];
+const OWNER_ONLY: &[Route] = &[FETCH, ACK, EVENTS, EXPORT_XLSX, EXPORT_CSV, EXPORT_CONFIRM];
 /// Routes that name a key.
 const KEY: &[Route] = &[KV_GET, KV_PUT, KV_DELETE];
 /// Directory routes that write (and may wait for JetStream's confirmation).
@@ -83,12 +91,21 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
     Some(match kind {
         // Body checks: the routes that take a body (replay, fetch, ack: small JSON commands;
         // fetch and ack take an empty body too; an inbound route the body its kind expects).
-        P::MalformedJson | P::PayloadTooLarge | P::UnsupportedMediaType => {
-            &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, REPLAY, DISCARD, FETCH, ACK, INBOUND]
+        P::MalformedJson => {
+            &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, REPLAY, DISCARD, FETCH, ACK, INBOUND, EXPORT_CONFIRM]
         }
+        // An import's file too (its size, and what it inflates to).
+        P::PayloadTooLarge | P::UnsupportedMediaType => {
+            &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, REPLAY, DISCARD, FETCH, ACK, INBOUND, IMPORT, EXPORT_CONFIRM]
+        }
+        // A body (or an imported CSV) not valid in the charset its content type names.
+        P::UndecodableBody => &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, INBOUND, IMPORT],
+        P::UnreadableFile => &[IMPORT],
         P::InvalidUtf8 | P::JsonTooDeep => &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, INBOUND],
         // Any body may be too slow; the connection is then closed.
-        P::BodyTimeout => &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, REPLAY, DISCARD, FETCH, ACK, INBOUND],
+        P::BodyTimeout => {
+            &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, REPLAY, DISCARD, FETCH, ACK, INBOUND, IMPORT, EXPORT_CONFIRM]
+        }
         // I-JSON on every path whose JSON the gateway validates and passes on (a batch item's
         // comes back as an item of `batch-rejected`; the JSON commands of replay, fetch and ack
         // are `malformed-json`).
@@ -118,6 +135,10 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             DISCARD,
             FETCH,
             ACK,
+            IMPORT,
+            EXPORT_XLSX,
+            EXPORT_CSV,
+            EXPORT_CONFIRM,
         ],
         // Every API route authenticates first; any handler can fail unexpectedly.
         P::Unauthorized | P::Internal => API,
@@ -126,7 +147,22 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
         // inbound route, or (fetch, ack, events) a subscription an admin sees but does not own
         // is `forbidden` too. Another participant's subscription, or a message the participant
         // may not see, is `not-found` instead.
-        P::Forbidden => &[PUBLISH_ONE, REQUEST, INBOUND, KV_LIST, KV_GET, KV_PUT, KV_DELETE, FETCH, ACK, EVENTS],
+        P::Forbidden => &[
+            PUBLISH_ONE,
+            REQUEST,
+            INBOUND,
+            KV_LIST,
+            KV_GET,
+            KV_PUT,
+            KV_DELETE,
+            FETCH,
+            ACK,
+            EVENTS,
+            IMPORT,
+            EXPORT_XLSX,
+            EXPORT_CSV,
+            EXPORT_CONFIRM,
+        ],
         // A request is checked like a publish, but goes to no stream and carries no
         // message id of its own to validate.
         P::InvalidSubject | P::UnknownDataschema => &[PUBLISH_ONE, REQUEST],
@@ -143,6 +179,7 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
         // The tracking routes read the index bucket (missing too when tracking is off).
         P::NatsUnavailable => &[
             PUBLISH_ONE,
+            IMPORT,
             REQUEST,
             INBOUND,
             MESSAGES,
@@ -159,10 +196,16 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             FETCH,
             ACK,
             EVENTS,
+            EXPORT_XLSX,
+            EXPORT_CSV,
+            EXPORT_CONFIRM,
         ],
-        P::PublishTimeout => &[PUBLISH_ONE, KV_PUT, KV_DELETE, INBOUND],
-        P::Overloaded => &[PUBLISH_ONE, PUBLISH_BATCH, INBOUND],
-        P::BatchRejected | P::TooManyItems => &[PUBLISH_BATCH],
+        // An import none of whose checked rows could be stored answers that failure.
+        P::PublishTimeout => &[PUBLISH_ONE, KV_PUT, KV_DELETE, INBOUND, IMPORT],
+        P::Overloaded => &[PUBLISH_ONE, PUBLISH_BATCH, INBOUND, IMPORT],
+        P::BatchRejected => &[PUBLISH_BATCH],
+        // An import's rows are counted like a batch's items.
+        P::TooManyItems => &[PUBLISH_BATCH, IMPORT],
         // An unknown subscription, directory, key, inbound route, or a message unknown or not
         // visible to the caller (and, router-level, an unknown path).
         P::NotFound => &[
@@ -177,6 +220,10 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             FETCH,
             ACK,
             EVENTS,
+            IMPORT,
+            EXPORT_XLSX,
+            EXPORT_CSV,
+            EXPORT_CONFIRM,
             KV_LIST,
             KV_GET,
             KV_PUT,
@@ -185,7 +232,7 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
         // Query parameters (`?timeout=`, `?limit=`, `?correlation_id=`); the event stream's
         // `?last_event_id=` when it is not a resume point. (An inbound route ignores its query but
         // `?validationToken=`.)
-        P::InvalidQuery => &[DEAD_LETTERS, REQUEST, KV_LIST, EVENTS, MESSAGES],
+        P::InvalidQuery => &[DEAD_LETTERS, REQUEST, KV_LIST, EVENTS, MESSAGES, EXPORT_XLSX, EXPORT_CSV],
         // An `If-Match` that is not a revision; a `Last-Event-ID` header that is not a resume
         // point; a `traceparent` / `tracestate` that is not W3C Trace Context (on a batch, an
         // item of `batch-rejected`).
@@ -195,10 +242,10 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
         P::TransformFailed => &[INBOUND],
         // Fetch, ack and events each need one mode of subscription.
         P::WrongMode => OWNER_ONLY,
-        P::InvalidAckToken => &[ACK],
-        // A per-item `error` of a 207 ack answer only (`x-item-problem-types`), never the
-        // answer's own problem.
-        P::AlreadyAcked => &[],
+        P::InvalidAckToken => &[ACK, EXPORT_CONFIRM],
+        // A per-item `error` of a 207 ack answer (`x-item-problem-types`); the answer's own
+        // problem only for an export confirmed twice.
+        P::AlreadyAcked => &[EXPORT_CONFIRM],
         P::TooManyStreams => &[EVENTS],
         P::InvalidKey => KEY,
         P::RevisionMismatch => KV_WRITE,
@@ -228,6 +275,7 @@ const CLASSES: &[Class] = &[
     Class::Unexpected,
     Class::TransformFailed,
     Class::Skipped,
+    Class::Unencodable,
 ];
 
 #[test]
@@ -629,7 +677,7 @@ fn delivery_webhook_classifies_answers_like_the_code() {
     let mut documented: BTreeSet<String> = responses.keys().flat_map(|k| classes_of(k)).collect();
     for (member, classes) in [
         ("x-no-answer", &[Class::Timeout, Class::Unreachable][..]),
-        ("x-no-request", &[Class::TransformFailed, Class::Skipped][..]),
+        ("x-no-request", &[Class::TransformFailed, Class::Skipped, Class::Unencodable][..]),
     ] {
         let listed: BTreeMap<String, String> = op[member]
             .as_object()
