@@ -105,6 +105,9 @@ fn diff(kind: &str, old: &BTreeMap<String, String>, new: &BTreeMap<String, Strin
     out.extend(old.keys().filter(|name| !new.contains_key(*name)).map(|name| format!("-{kind} {name}")));
 }
 
+/// How long a changed configuration must stay the same before it is applied.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Watches for changes until shutdown.
 pub(crate) async fn watch(state: Runtime, mut config: Config, shutdown: CancellationToken) {
     let path = config.source.clone();
@@ -138,6 +141,12 @@ pub(crate) async fn watch(state: Runtime, mut config: Config, shutdown: Cancella
         };
         let current = Config::load(path.as_deref()).map(|c| fingerprint(&c)).unwrap_or(0);
         if !forced && current == last {
+            continue;
+        }
+        // A file being saved in place may be read half written (and a truncated participant
+        // list is still valid TOML): apply only what reads the same twice in a row.
+        tokio::time::sleep(SETTLE).await;
+        if Config::load(path.as_deref()).map(|c| fingerprint(&c)).unwrap_or(0) != current {
             continue;
         }
         last = current;

@@ -451,6 +451,8 @@ impl Worker {
             let _ = message.ack_with(AckKind::Nak(Some(self.sub.policy.delay_after(delivery.attempt)))).await;
             return;
         }
+        // Counted as soon as it is stored (a scrape may already see it in the stream).
+        metrics::counter!(catalogue::DEAD_LETTERS_TOTAL, "subscription" => self.sub.name.clone()).increment(1);
         tracing::warn!(
             subscription = %self.sub.name,
             message_id = %attempt::message_id(message),
@@ -461,7 +463,6 @@ impl Worker {
             "message dead-lettered"
         );
         self.track(&delivery.track_key, DeliveryState::DeadLetter, delivery.attempt, &failure.result, None).await;
-        metrics::counter!(catalogue::DEAD_LETTERS_TOTAL, "subscription" => self.sub.name.clone()).increment(1);
         if let Ok(depth) = dead_letter::count(&self.engine.js, &self.sub.name).await {
             catalogue::set_dead_letters(&self.sub.name, depth);
         }

@@ -437,14 +437,13 @@ async fn a_subscription_added_to_the_config_file_starts_without_a_restart() {
 
     // A new participant (the CRM) and its subscription, by configuration alone.
     let crm_hash = "9e5ee3ac2ba84e6bb2b86d8e0e5b3e1c2c5a1e63f8b0d4a47e5b1f3c3d2a1b0c";
-    std::fs::write(
+    crate::common::write_atomically(
         &config,
         format!(
             "{text}\n[participants.crm]\ntokens = [{{ sha256 = \"{crm_hash}\" }}]\nsubscribe = [\"orders.misc\"]\n\n[subscriptions.nav-new]\nparticipant = \"crm\"\nsubjects = [\"orders.misc\"]\nendpoint = \"{}\"\n",
             receiver.url()
         ),
-    )
-    .unwrap();
+    );
     eventually("the new subscription picked up", Duration::from_secs(10), async || {
         let subs = gw.get_json(OPS, "/v1/subscriptions").await;
         (!subs["subscriptions"].as_array().unwrap().is_empty()).then_some(())
@@ -455,7 +454,7 @@ async fn a_subscription_added_to_the_config_file_starts_without_a_restart() {
     assert_eq!(got[0].body.as_ref(), br#"{"hello":"nav"}"#);
 
     // A broken change is refused and the running configuration stays.
-    std::fs::write(&config, format!("{text}\nthis is not toml = = =\n")).unwrap();
+    crate::common::write_atomically(&config, format!("{text}\nthis is not toml = = =\n"));
     // Several 200ms reload intervals: the broken file has been seen and must have been refused.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(gw.get_json(OPS, "/v1/subscriptions").await["subscriptions"].as_array().unwrap().len(), 1);

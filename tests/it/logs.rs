@@ -28,7 +28,7 @@ fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     // Top-level keys must come before the first table.
     let text = format!("reload_interval = \"200ms\"\n{text}\n{extra}\n");
     let path = dir.join("magistral.toml");
-    std::fs::write(&path, text).unwrap();
+    crate::common::write_atomically(&path, text);
     path
 }
 

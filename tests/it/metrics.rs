@@ -285,7 +285,10 @@ async fn metrics_are_served_as_documented_and_exist_from_the_start() {
     );
     let m = eventually("the dead letter counted", Duration::from_secs(20), async || {
         let m = scrape(&gw).await;
-        (m.expect("magistral_dead_letters", &[("subscription", "nav-orders")]) == 1.0).then_some(m)
+        // The gauge is read from JetStream on a scrape and can show the stored dead letter
+        // before the worker has counted it: wait for both.
+        let counted = m.expect("magistral_dead_letters_total", &[("subscription", "nav-orders")]) == 1.0;
+        (m.expect("magistral_dead_letters", &[("subscription", "nav-orders")]) == 1.0 && counted).then_some(m)
     })
     .await;
     let stored = [("stream", "ORDERS"), ("participant", "bitrix"), ("outcome", "stored")];
@@ -308,13 +311,12 @@ async fn metrics_are_served_as_documented_and_exist_from_the_start() {
 
     // --- A reload adds a subscription: its series are there at zero -------------------------
     let toml = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
+    crate::common::write_atomically(
         &config,
         format!(
             "{toml}\n[subscriptions.metrics-added]\nparticipant = \"docsinbox\"\nsubjects = [\"edi.outbound.*\"]\nmode = \"pull\"\n"
         ),
-    )
-    .unwrap();
+    );
     let m = eventually("the reload applied", Duration::from_secs(20), async || {
         let m = scrape(&gw).await;
         (m.value("magistral_config_reloads_total", &[("outcome", "applied")]) == Some(1.0)).then_some(m)

@@ -37,7 +37,7 @@ fn example_copy() -> (tempfile::TempDir, PathBuf) {
 fn edit(path: &Path, from: &str, to: &str) {
     let text = std::fs::read_to_string(path).unwrap();
     assert!(text.contains(from), "{from:?} not in {}", path.display());
-    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+    crate::common::write_atomically(path, text.replacen(from, to, 1));
 }
 
 #[tokio::test]

@@ -566,7 +566,7 @@ pub fn example_copy() -> (TempDir, PathBuf) {
 pub fn edit(path: &Path, from: &str, to: &str) {
     let text = fs::read_to_string(path).unwrap();
     assert!(text.contains(from), "{from:?} not in {}", path.display());
-    fs::write(path, text.replacen(from, to, 1)).unwrap();
+    crate::common::write_atomically(path, text.replacen(from, to, 1));
 }
 
 /// Makes the example's ORDERS stream R3.

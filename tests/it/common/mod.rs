@@ -26,6 +26,14 @@ pub fn point_nav_orders_at(example_dir: &std::path::Path, endpoint: &str) {
     std::fs::write(toml, text).unwrap();
 }
 
+/// Replaces a file the way editors and Kubernetes do (a new file renamed over the old), so a
+/// gateway polling it never reads it half written.
+pub fn write_atomically(path: &std::path::Path, contents: impl AsRef<[u8]>) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
 /// Copies a folder tree (the example, into a temp dir a test may change).
 pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
