@@ -36,6 +36,8 @@ pub mod charset;
 pub mod client;
 pub mod config;
 pub(crate) mod contracts;
+/// The breaking-change check between contract versions (`magistral check`, `magistral contracts diff`).
+pub use contracts::compat;
 pub mod delivery;
 pub mod dev;
 pub(crate) mod directory;
