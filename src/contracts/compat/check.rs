@@ -68,13 +68,14 @@ pub fn check(config: &Config, against: Option<&Path>) -> Result<Outcome, ConfigE
     for v in by_name.values().flatten() {
         let old_same = before.iter().flatten().find(|o| o.name == v.name && o.version == v.version);
         if let Some(old) = old_same {
-            compare(old, v, "the same version in the other checkout", &mut outcome);
+            compare(old, v, " of the other checkout", &mut outcome);
         }
         let previous = by_name[v.name.as_str()].iter().rev().find(|p| p.version < v.version).copied().or_else(|| {
             before.iter().flatten().filter(|o| o.name == v.name && o.version < v.version).max_by_key(|o| o.version)
         });
         if let Some(previous) = previous {
-            compare(previous, v, "the previous version", &mut outcome);
+            let mine = by_name[v.name.as_str()].iter().any(|p| std::ptr::eq(*p, previous));
+            compare(previous, v, if mine { "" } else { " of the other checkout" }, &mut outcome);
         }
     }
     for old in before.iter().flatten() {
@@ -112,8 +113,9 @@ fn versions(config: &Config) -> Vec<Version> {
         .collect()
 }
 
-/// `old` against `new` under `new`'s mode: the report block, and a problem per violation.
-fn compare(old: &Version, new: &Version, what: &str, outcome: &mut Outcome) {
+/// `old` (from `origin`: this checkout, or " of the other checkout") against `new` under
+/// `new`'s mode: the report block, and a problem per violation.
+fn compare(old: &Version, new: &Version, origin: &str, outcome: &mut Outcome) {
     let report = diff(&old.schema, &new.schema);
     let mode = new.mode;
     let same_version = old.version == new.version;
@@ -122,7 +124,7 @@ fn compare(old: &Version, new: &Version, what: &str, outcome: &mut Outcome) {
     }
     let _ = writeln!(
         outcome.report,
-        "{} v{} against {what} (v{}), compatibility = {mode:?}: producers {}, consumers {}",
+        "{} v{} against v{}{origin}, compatibility = {mode:?}: producers {}, consumers {}",
         new.name,
         new.version,
         old.version,
@@ -144,7 +146,7 @@ fn compare(old: &Version, new: &Version, what: &str, outcome: &mut Outcome) {
             file: Some(new.file.clone()),
             field: if change.pointer.is_empty() { "(root)".into() } else { change.pointer.clone() },
             message: format!(
-                "{} v{} {verdict} {side} of v{} (compatibility = \"{mode}\"){via}: {}",
+                "{} v{} {verdict} {side} of v{}{origin} (compatibility = \"{mode}\"){via}: {}",
                 new.name, new.version, old.version, change.reason
             ),
         });
