@@ -6,7 +6,8 @@
 //!   as a whole (`magistral check`).
 //! - [`participants`]: bearer token → participant; permissions.
 //! - [`subject`]: subject rules and wildcard matching.
-//! - `contracts`: JSON Schema contracts bound to subjects.
+//! - `contracts`: JSON Schema contracts bound to subjects; [`compat`]: the breaking-change
+//!   check between two versions (`magistral check`, `magistral contracts diff`).
 //! - [`streams`]: stream files and reconciling them with the server (`magistral apply`).
 //! - [`charset`]: legacy charsets (windows-1251, KOI8-R, …) decoded at the edge, re-encoded
 //!   for subscriptions that ask.
