@@ -369,6 +369,10 @@ pub struct ContractBinding {
     /// Request subject patterns whose replies must honour the schema.
     #[serde(default)]
     pub replies: Vec<String>,
+    /// How this version must relate to the previous one (`magistral check`); `backward` by
+    /// default, so publishers of the previous version are never refused by a new one.
+    #[serde(default)]
+    pub compatibility: crate::contracts::compat::Compatibility,
 }
 
 /// A connected system.

@@ -8,6 +8,8 @@ use serde_json::Value;
 
 use crate::subject;
 
+pub mod compat;
+
 /// A compiled contract version.
 #[derive(Debug)]
 pub struct Contract {

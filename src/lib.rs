@@ -6,7 +6,8 @@
 //!   as a whole (`magistral check`).
 //! - [`participants`]: bearer token → participant; permissions.
 //! - [`subject`]: subject rules and wildcard matching.
-//! - `contracts`: JSON Schema contracts bound to subjects.
+//! - `contracts`: JSON Schema contracts bound to subjects; [`compat`]: the breaking-change
+//!   check between two versions (`magistral check`, `magistral contracts diff`).
 //! - [`streams`]: stream files and reconciling them with the server (`magistral apply`).
 //! - [`charset`]: legacy charsets (windows-1251, KOI8-R, …) decoded at the edge, re-encoded
 //!   for subscriptions that ask.
@@ -36,6 +37,8 @@ pub mod charset;
 pub mod client;
 pub mod config;
 pub(crate) mod contracts;
+/// The breaking-change check between contract versions (`magistral check`, `magistral contracts diff`).
+pub use contracts::compat;
 pub mod delivery;
 pub mod dev;
 pub(crate) mod directory;

@@ -45,8 +45,20 @@ enum Command {
         #[arg(long, value_name = "PORT")]
         nats_port: Option<u16>,
     },
-    /// Validate the whole configuration offline: config, streams, contracts, bindings.
-    Check,
+    /// Validate the whole configuration offline: config, streams, contracts, bindings, and
+    /// each contract version against the one before it (its `compatibility`).
+    Check {
+        /// Also compare the contracts with those of another checkout of the configuration
+        /// (a directory holding magistral.toml, or the file): same versions unchanged or
+        /// compatible, new versions compatible with the previous ones there.
+        #[arg(long, value_name = "DIR")]
+        against: Option<PathBuf>,
+    },
+    /// Contract tools.
+    Contracts {
+        #[command(subcommand)]
+        command: ContractsCommand,
+    },
     /// Create missing streams and update changed ones; never deletes.
     Apply {
         /// Print the differences without changing anything.
@@ -76,6 +88,20 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ContractsCommand {
+    /// Compare two versions of a JSON Schema: each change with its pointer and verdicts for
+    /// producers and consumers. Exit 0 compatible for the mode, 1 breaking, 2 may break,
+    /// 65 unreadable input.
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        /// Which sides must not break: backward (producers), forward (consumers), full, none.
+        #[arg(long, default_value = "backward")]
+        compatibility: magistral::compat::Compatibility,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -87,6 +113,9 @@ fn main() -> ExitCode {
     // The client needs no configuration: it talks to a gateway that has one.
     let command = match cli.command {
         Command::Client(command) => return client(command),
+        Command::Contracts { command: ContractsCommand::Diff { old, new, compatibility } } => {
+            return ExitCode::from(magistral::compat::diff_files(&old, &new, compatibility));
+        }
         Command::Import { file, route, url, token, csv_report } => {
             return match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt.block_on(magistral::import::cli::run(&url, &token, &file, &route, csv_report.as_deref())),
@@ -110,7 +139,20 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
-    if let Command::Check = command {
+    if let Command::Check { against } = &command {
+        match magistral::compat::check(&config, against.as_deref()) {
+            Ok(outcome) => {
+                print!("{}", outcome.report);
+                if let Err(problems) = outcome.result() {
+                    eprintln!("{problems}");
+                    return ExitCode::from(EX_CONFIG);
+                }
+            }
+            Err(problems) => {
+                eprintln!("--against: {problems}");
+                return ExitCode::from(EX_CONFIG);
+            }
+        }
         println!(
             "configuration OK: {} participant(s), {} stream(s), {} contract(s), {} subscription(s), {} responder(s), {} directory(ies), {} inbound route(s)",
             catalog.participants.iter().count(),
@@ -132,7 +174,9 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        Command::Check | Command::Client(_) | Command::Import { .. } => unreachable!("handled above"),
+        Command::Check { .. } | Command::Client(_) | Command::Contracts { .. } | Command::Import { .. } => {
+            unreachable!("handled above")
+        }
         Command::Apply { dry_run, prune } => runtime.block_on(apply(config, catalog, dry_run, prune)),
         Command::Serve => runtime.block_on(serve(config, catalog)),
         Command::Dev { listen, nats_port } => {

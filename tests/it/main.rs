@@ -4,6 +4,7 @@ mod common;
 mod alerts;
 mod cli;
 mod cluster;
+mod compat;
 mod connections;
 mod delivery;
 mod edge_hostile;
