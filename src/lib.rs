@@ -19,6 +19,8 @@
 //! - [`inbound`]: adapters for what Bitrix24, Business Central and plain-JSON systems send.
 //! - `transform`: jq programs (jaq) reshaping JSON for a system.
 //! - [`tracking`]: "where is my message?"
+//! - [`describe`]: what a participant is told about the bus: its contracts (with who publishes
+//!   and receives each subject), the schemas as served, the AsyncAPI 3.0 document.
 //! - `reload`: configuration changes picked up without a restart.
 //! - [`problem`]: the one catalogue of refusals and failures; `error`: the `Error<Kind>`
 //!   shape of each area's typed error; `runtime`: what reconciling and reloading work on.
@@ -37,6 +39,7 @@ pub mod client;
 pub mod config;
 pub(crate) mod contracts;
 pub mod delivery;
+pub mod describe;
 pub mod dev;
 pub(crate) mod directory;
 pub(crate) mod error;

@@ -47,6 +47,19 @@ enum Command {
     },
     /// Validate the whole configuration offline: config, streams, contracts, bindings.
     Check,
+    /// Write the AsyncAPI 3.0 document of the bus (as GET /v1/asyncapi.json serves it) from
+    /// the configuration, offline: the whole bus, or what one participant sees.
+    Asyncapi {
+        /// Describe the bus as this participant sees it (an admin sees the whole bus).
+        #[arg(long, value_name = "NAME")]
+        participant: Option<String>,
+        /// The gateway's host[:port] as participants reach it, instead of `listen`.
+        #[arg(long, value_name = "HOST")]
+        gateway: Option<String>,
+        /// The gateway is reached over HTTPS.
+        #[arg(long)]
+        https: bool,
+    },
     /// Create missing streams and update changed ones; never deletes.
     Apply {
         /// Print the differences without changing anything.
@@ -123,6 +136,9 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    if let Command::Asyncapi { participant, gateway, https } = command {
+        return asyncapi(&config, &catalog, participant.as_deref(), gateway, https);
+    }
     magistral::telemetry::init_logs(&config.log, &config.traces);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -132,7 +148,9 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        Command::Check | Command::Client(_) | Command::Import { .. } => unreachable!("handled above"),
+        Command::Check | Command::Client(_) | Command::Import { .. } | Command::Asyncapi { .. } => {
+            unreachable!("handled above")
+        }
         Command::Apply { dry_run, prune } => runtime.block_on(apply(config, catalog, dry_run, prune)),
         Command::Serve => runtime.block_on(serve(config, catalog)),
         Command::Dev { listen, nats_port } => {
@@ -181,6 +199,45 @@ fn main() -> ExitCode {
             // Tasks still waiting on the dead NATS connection must not hold the exit.
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
             code
+        }
+    }
+}
+
+/// `magistral asyncapi`: the document on standard output.
+fn asyncapi(
+    config: &Config,
+    catalog: &Catalog,
+    participant: Option<&str>,
+    gateway: Option<String>,
+    https: bool,
+) -> ExitCode {
+    use magistral::describe::asyncapi::{Servers, document};
+    let viewer = match participant {
+        None => None,
+        Some(name) => match catalog.participants.iter().find(|p| p.name == name) {
+            Some(p) => Some(p),
+            None => {
+                eprintln!("magistral asyncapi: no participant {name:?} in the configuration");
+                return ExitCode::from(EX_CONFIG);
+            }
+        },
+    };
+    // An unspecified listen address (0.0.0.0) is no address to reach the gateway at.
+    let listen = if config.listen.ip().is_unspecified() {
+        format!("localhost:{}", config.listen.port())
+    } else {
+        config.listen.to_string()
+    };
+    let servers =
+        Servers { gateway: gateway.unwrap_or(listen), gateway_tls: https, nats: catalog.nats_servers.clone() };
+    match serde_json::to_string_pretty(&document(catalog, &servers, viewer)) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("magistral asyncapi: {err}");
+            ExitCode::FAILURE
         }
     }
 }
