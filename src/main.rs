@@ -116,7 +116,7 @@ fn main() -> ExitCode {
         _ => Some(PathBuf::from("magistral.toml")).filter(|p| p.is_file()),
     });
     // Everything is parsed and checked before the runtime starts (exit 64 on error).
-    let (mut config, catalog) = match load(config_path.as_deref()) {
+    let (mut config, mut catalog) = match load(config_path.as_deref()) {
         Ok(loaded) => loaded,
         Err(problems) => {
             eprintln!("{problems}");
@@ -159,7 +159,12 @@ fn main() -> ExitCode {
             }
             if let Some(port) = nats_port {
                 match magistral::dev::with_port(&config.nats.url, port) {
-                    Some(url) => config.nats.url = url,
+                    Some(url) => {
+                        // The AsyncAPI document names the NATS server actually used.
+                        catalog.nats_servers =
+                            magistral::describe::asyncapi::NatsServer::from_urls(&url, config.nats.tls_required);
+                        config.nats.url = url;
+                    }
                     None => {
                         eprintln!("magistral dev: cannot read host:port from nats.url {}", config.nats.url);
                         return ExitCode::from(EX_CONFIG);
