@@ -333,3 +333,37 @@ async fn the_asyncapi_document_is_the_callers() {
     let (status, _, _) = get("/v1/asyncapi.json", None, &[]).await;
     assert_eq!(status, 401);
 }
+
+// --- the command ------------------------------------------------------------------------
+
+#[test]
+fn the_command_writes_the_document_the_route_serves() {
+    let config = example("magistral.toml");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_magistral"))
+            .arg("-c")
+            .arg(&config)
+            .args(args)
+            .env_remove("MAGISTRAL_CONFIG")
+            .output()
+            .expect("run magistral asyncapi")
+    };
+    let out = run(&["asyncapi", "--participant", "bitrix", "--gateway", "bus.example.com", "--https"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let written: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let catalog = load(&config);
+    let bitrix = catalog.participants.iter().find(|p| p.name == "bitrix").unwrap();
+    let servers = Servers { gateway: "bus.example.com".into(), gateway_tls: true, nats: catalog.nats_servers.clone() };
+    assert_eq!(written, document(&catalog, &servers, Some(bitrix)));
+
+    // Without --participant: the whole bus, the gateway at `listen`.
+    let out = run(&["asyncapi"]);
+    assert!(out.status.success());
+    let whole: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(whole["id"], "urn:magistral:bus");
+    assert_eq!(whole["servers"]["gateway"]["host"], "127.0.0.1:8080");
+
+    let out = run(&["asyncapi", "--participant", "nobody"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no participant \"nobody\""));
+}
