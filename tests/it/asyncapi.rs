@@ -54,9 +54,10 @@ fn validator() -> Option<PathBuf> {
     );
 }
 
-/// The parser's diagnostics for `doc`; panics on any error or warning.
-fn assert_parses_clean(what: &str, doc: &Value) {
-    let Some(script) = validator() else { return };
+/// The parser's errors and warnings for `doc`, and whether the validator exited 0; `None`
+/// when skipping was asked for.
+fn problems(what: &str, doc: &Value) -> Option<(Vec<Value>, bool)> {
+    let script = validator()?;
     let mut child = Command::new("node")
         .arg(&script)
         .arg("-")
@@ -71,13 +72,33 @@ fn assert_parses_clean(what: &str, doc: &Value) {
     let diagnostics: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
         panic!("{what}: the validator printed no JSON ({e}): {stdout}{}", String::from_utf8_lossy(&out.stderr))
     });
-    let bad: Vec<&Value> = diagnostics
+    let bad = diagnostics
         .as_array()
         .unwrap()
         .iter()
         .filter(|d| d["severity"] == "error" || d["severity"] == "warning")
+        .cloned()
         .collect();
-    assert!(bad.is_empty() && out.status.success(), "{what}: the AsyncAPI parser found {bad:#?}");
+    Some((bad, out.status.success()))
+}
+
+/// Panics on any error or warning of the parser.
+fn assert_parses_clean(what: &str, doc: &Value) {
+    let Some((bad, success)) = problems(what, doc) else { return };
+    assert!(bad.is_empty() && success, "{what}: the AsyncAPI parser found {bad:#?}");
+}
+
+#[test]
+fn the_parser_refuses_a_broken_document() {
+    // The check above is only worth something if the parser does refuse: a message reference
+    // outside the operation's channel is an error of the AsyncAPI 3 ruleset.
+    let catalog = load(&scenario("basic"));
+    let mut doc = document(&catalog, &servers(), None);
+    let op = doc["operations"].as_object_mut().unwrap().values_mut().next().unwrap();
+    op["messages"] = serde_json::json!([{"$ref": "#/channels/nowhere/messages/nothing"}]);
+    let Some((bad, success)) = problems("broken", &doc) else { return };
+    assert!(!success, "the validator exits non-zero");
+    assert!(bad.iter().any(|d| d["severity"] == "error"), "{bad:#?}");
 }
 
 fn servers() -> Servers {
