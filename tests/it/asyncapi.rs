@@ -201,6 +201,9 @@ fn test_config_documents_parse_clean() {
         let p = catalog.participants.iter().find(|p| p.name == name).unwrap();
         assert_parses_clean(&format!("basic, {name}"), &document(&catalog, &servers(), Some(p)));
     }
+    for config in ["hostile", "legacy"] {
+        assert_parses_clean(&format!("{config}, whole bus"), &document(&load(&scenario(config)), &servers(), None));
+    }
 }
 
 #[test]
