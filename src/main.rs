@@ -136,9 +136,6 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    if let Command::Asyncapi { participant, gateway, https } = command {
-        return asyncapi(&config, &catalog, participant.as_deref(), gateway, https);
-    }
     magistral::telemetry::init_logs(&config.log, &config.traces);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -148,11 +145,12 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        Command::Check | Command::Client(_) | Command::Import { .. } | Command::Asyncapi { .. } => {
-            unreachable!("handled above")
-        }
+        Command::Check | Command::Client(_) | Command::Import { .. } => unreachable!("handled above"),
         Command::Apply { dry_run, prune } => runtime.block_on(apply(config, catalog, dry_run, prune)),
         Command::Serve => runtime.block_on(serve(config, catalog)),
+        Command::Asyncapi { participant, gateway, https } => {
+            asyncapi(&config, &catalog, participant.as_deref(), gateway, https)
+        }
         Command::Dev { listen, nats_port } => {
             if let Some(listen) = listen {
                 config.listen = listen;
