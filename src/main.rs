@@ -34,19 +34,6 @@ struct Cli {
 enum Command {
     /// Run the gateway.
     Serve,
-    /// Run the gateway for local development: start nats-server if none is reachable,
-    /// serve the bundled example unless --config says otherwise. Stops when the nats-server
-    /// it started dies.
-    Dev {
-        /// Address to serve on, instead of the configuration's `listen`.
-        #[arg(long, value_name = "ADDR")]
-        listen: Option<SocketAddr>,
-        /// Port for NATS (used, or started there), instead of the one in `nats.url`.
-        #[arg(long, value_name = "PORT")]
-        nats_port: Option<u16>,
-    },
-    /// Validate the whole configuration offline: config, streams, contracts, bindings.
-    Check,
     /// Write the AsyncAPI 3.0 document of the bus (as GET /v1/asyncapi.json serves it) from
     /// the configuration, offline: the whole bus, or what one participant sees.
     Asyncapi {
@@ -60,6 +47,19 @@ enum Command {
         #[arg(long)]
         https: bool,
     },
+    /// Run the gateway for local development: start nats-server if none is reachable,
+    /// serve the bundled example unless --config says otherwise. Stops when the nats-server
+    /// it started dies.
+    Dev {
+        /// Address to serve on, instead of the configuration's `listen`.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// Port for NATS (used, or started there), instead of the one in `nats.url`.
+        #[arg(long, value_name = "PORT")]
+        nats_port: Option<u16>,
+    },
+    /// Validate the whole configuration offline: config, streams, contracts, bindings.
+    Check,
     /// Create missing streams and update changed ones; never deletes.
     Apply {
         /// Print the differences without changing anything.
