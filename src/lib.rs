@@ -20,6 +20,8 @@
 //! - [`inbound`]: adapters for what Bitrix24, Business Central and plain-JSON systems send.
 //! - `transform`: jq programs (jaq) reshaping JSON for a system.
 //! - [`tracking`]: "where is my message?"
+//! - [`describe`]: what a participant is told about the bus: its contracts (with who publishes
+//!   and receives each subject), the schemas as served, the AsyncAPI 3.0 document.
 //! - `reload`: configuration changes picked up without a restart.
 //! - [`problem`]: the one catalogue of refusals and failures; `error`: the `Error<Kind>`
 //!   shape of each area's typed error; `runtime`: what reconciling and reloading work on.
@@ -40,6 +42,7 @@ pub(crate) mod contracts;
 /// The breaking-change check between contract versions (`magistral check`, `magistral contracts diff`).
 pub use contracts::compat;
 pub mod delivery;
+pub mod describe;
 pub mod dev;
 pub(crate) mod directory;
 pub(crate) mod error;

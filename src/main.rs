@@ -34,6 +34,19 @@ struct Cli {
 enum Command {
     /// Run the gateway.
     Serve,
+    /// Write the AsyncAPI 3.0 document of the bus (as GET /v1/asyncapi.json serves it) from
+    /// the configuration, offline: the whole bus, or what one participant sees.
+    Asyncapi {
+        /// Describe the bus as this participant sees it (an admin sees the whole bus).
+        #[arg(long, value_name = "NAME")]
+        participant: Option<String>,
+        /// The gateway's host[:port] as participants reach it, instead of `listen`.
+        #[arg(long, value_name = "HOST")]
+        gateway: Option<String>,
+        /// The gateway is reached over HTTPS.
+        #[arg(long)]
+        https: bool,
+    },
     /// Run the gateway for local development: start nats-server if none is reachable,
     /// serve the bundled example unless --config says otherwise. Stops when the nats-server
     /// it started dies.
@@ -132,7 +145,7 @@ fn main() -> ExitCode {
         _ => Some(PathBuf::from("magistral.toml")).filter(|p| p.is_file()),
     });
     // Everything is parsed and checked before the runtime starts (exit 64 on error).
-    let (mut config, catalog) = match load(config_path.as_deref()) {
+    let (mut config, mut catalog) = match load(config_path.as_deref()) {
         Ok(loaded) => loaded,
         Err(problems) => {
             eprintln!("{problems}");
@@ -179,13 +192,21 @@ fn main() -> ExitCode {
         }
         Command::Apply { dry_run, prune } => runtime.block_on(apply(config, catalog, dry_run, prune)),
         Command::Serve => runtime.block_on(serve(config, catalog)),
+        Command::Asyncapi { participant, gateway, https } => {
+            asyncapi(&config, &catalog, participant.as_deref(), gateway, https)
+        }
         Command::Dev { listen, nats_port } => {
             if let Some(listen) = listen {
                 config.listen = listen;
             }
             if let Some(port) = nats_port {
                 match magistral::dev::with_port(&config.nats.url, port) {
-                    Some(url) => config.nats.url = url,
+                    Some(url) => {
+                        // The AsyncAPI document names the NATS server actually used.
+                        catalog.nats_servers =
+                            magistral::describe::asyncapi::NatsServer::from_urls(&url, config.nats.tls_required);
+                        config.nats.url = url;
+                    }
                     None => {
                         eprintln!("magistral dev: cannot read host:port from nats.url {}", config.nats.url);
                         return ExitCode::from(EX_CONFIG);
@@ -225,6 +246,45 @@ fn main() -> ExitCode {
             // Tasks still waiting on the dead NATS connection must not hold the exit.
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
             code
+        }
+    }
+}
+
+/// `magistral asyncapi`: the document on standard output.
+fn asyncapi(
+    config: &Config,
+    catalog: &Catalog,
+    participant: Option<&str>,
+    gateway: Option<String>,
+    https: bool,
+) -> ExitCode {
+    use magistral::describe::asyncapi::{Servers, document};
+    let viewer = match participant {
+        None => None,
+        Some(name) => match catalog.participants.iter().find(|p| p.name == name) {
+            Some(p) => Some(p),
+            None => {
+                eprintln!("magistral asyncapi: no participant {name:?} in the configuration");
+                return ExitCode::from(EX_CONFIG);
+            }
+        },
+    };
+    // An unspecified listen address (0.0.0.0) is no address to reach the gateway at.
+    let listen = if config.listen.ip().is_unspecified() {
+        format!("localhost:{}", config.listen.port())
+    } else {
+        config.listen.to_string()
+    };
+    let servers =
+        Servers { gateway: gateway.unwrap_or(listen), gateway_tls: https, nats: catalog.nats_servers.clone() };
+    match serde_json::to_string_pretty(&document(catalog, &servers, viewer)) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("magistral asyncapi: {err}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -35,6 +35,8 @@ pub struct Catalog {
     /// Spreadsheet import routes (`POST /v1/import/<name>`).
     pub imports: Vec<ImportRoute>,
     pub require_contract: bool,
+    /// The NATS servers of `nats.url`, for the AsyncAPI document's `servers`.
+    pub nats_servers: Vec<crate::describe::asyncapi::NatsServer>,
 }
 
 impl Catalog {
@@ -72,6 +74,7 @@ impl Catalog {
             contracts: Contracts::new(contracts),
             streams,
             require_contract: config.require_contract,
+            nats_servers: crate::describe::asyncapi::NatsServer::from_urls(&config.nats.url, config.nats.tls_required),
         })
     }
 

@@ -3,6 +3,7 @@
 
 pub(crate) mod access;
 pub(crate) mod admission;
+pub(crate) mod describe;
 pub mod events;
 pub(crate) mod export;
 pub(crate) mod extract;
@@ -136,6 +137,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/subscriptions/{name}/dead-letters"),
     ("post", "/v1/subscriptions/{name}/dead-letters/replay"),
     ("post", "/v1/subscriptions/{name}/dead-letters/discard"),
+    ("get", "/v1/contracts"),
+    ("get", "/v1/contracts/{name}/{version}"),
+    ("get", "/v1/asyncapi.json"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -167,6 +171,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/subscriptions/{name}/dead-letters", get(subscriptions::dead_letters))
         .route("/v1/subscriptions/{name}/dead-letters/replay", post(subscriptions::replay))
         .route("/v1/subscriptions/{name}/dead-letters/discard", post(subscriptions::discard))
+        .route("/v1/contracts", get(describe::list))
+        .route("/v1/contracts/{name}/{version}", get(describe::schema))
+        .route("/v1/asyncapi.json", get(describe::asyncapi))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

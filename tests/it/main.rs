@@ -2,6 +2,7 @@
 mod common;
 
 mod alerts;
+mod asyncapi;
 mod cli;
 mod cluster;
 mod compat;

@@ -43,6 +43,9 @@ const IMPORT: Route = ("post", "/v1/import/{route}");
 const EXPORT_XLSX: Route = ("get", "/v1/subscriptions/{name}/export.xlsx");
 const EXPORT_CSV: Route = ("get", "/v1/subscriptions/{name}/export.csv");
 const EXPORT_CONFIRM: Route = ("post", "/v1/subscriptions/{name}/export/confirm");
+const CONTRACTS: Route = ("get", "/v1/contracts");
+const CONTRACT: Route = ("get", "/v1/contracts/{name}/{version}");
+const ASYNCAPI: Route = ("get", "/v1/asyncapi.json");
 /// The authenticated API; the operations routes (`/healthz`, ...) answer no problem of their own.
 /// An inbound route authenticates by its kind: a bearer token (`json`), the application token
 /// in the form (`bitrix24`), or per entry (`business-central`, which never answers 401).
@@ -71,6 +74,9 @@ const API: &[Route] = &[
     EXPORT_XLSX,
     EXPORT_CSV,
     EXPORT_CONFIRM,
+    CONTRACTS,
+    CONTRACT,
+    ASYNCAPI,
 ];
 /// The routes only a subscription's owner may use (no `admin` exception), each for one mode.
 const OWNER_ONLY: &[Route] = &[FETCH, ACK, EVENTS, EXPORT_XLSX, EXPORT_CSV, EXPORT_CONFIRM];
@@ -139,6 +145,9 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             EXPORT_XLSX,
             EXPORT_CSV,
             EXPORT_CONFIRM,
+            CONTRACTS,
+            CONTRACT,
+            ASYNCAPI,
         ],
         // Every API route authenticates first; any handler can fail unexpectedly.
         P::Unauthorized | P::Internal => API,
@@ -206,8 +215,8 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
         P::BatchRejected => &[PUBLISH_BATCH],
         // An import's rows are counted like a batch's items.
         P::TooManyItems => &[PUBLISH_BATCH, IMPORT],
-        // An unknown subscription, directory, key, inbound route, or a message unknown or not
-        // visible to the caller (and, router-level, an unknown path).
+        // An unknown subscription, directory, key, inbound route, or a message (or contract
+        // version) unknown or not visible to the caller (and, router-level, an unknown path).
         P::NotFound => &[
             INBOUND,
             MESSAGE,
@@ -228,6 +237,7 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             KV_GET,
             KV_PUT,
             KV_DELETE,
+            CONTRACT,
         ],
         // Query parameters (`?timeout=`, `?limit=`, `?correlation_id=`); the event stream's
         // `?last_event_id=` when it is not a resume point. (An inbound route ignores its query but
