@@ -84,8 +84,10 @@ async fn describe(state: &AppState, sub: &Subscription) -> Value {
 
 async fn describe_unbounded(state: &AppState, sub: &Subscription) -> Value {
     let engine = &state.deliveries.engine;
-    let stored = engine.stored_status(&sub.name).await;
+    // Consumer first: a pause stores its reason before it pauses the consumers, so a paused
+    // consumer seen here always has its reason stored by the time it is read.
     let facts = engine.consumer_facts(sub).await;
+    let stored = engine.stored_status(&sub.name).await;
     let control = state.deliveries.control(&sub.name);
     let breaker_open = control.as_ref().is_some_and(|c| matches!(c.breaker_state(), BreakerState::Open { .. }));
     let paused = facts.is_some_and(|(p, _, _)| p);

@@ -109,9 +109,18 @@ async fn http_requester_reaches_a_nats_native_micro_service() {
             request.respond(result).await.unwrap();
         }
     });
-    let r = ask(&gw, "svc.price", r#"{"sku":"WR-0042"}"#).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<Value>().await.unwrap()["amount"], 1590);
+    // The service's interest reaches the gateway's connection through the server; under load
+    // the first request can still find no responder (503 no-responders, retryable): retry.
+    let answer = eventually("the NATS-native service answers", Duration::from_secs(10), async || {
+        let r = ask(&gw, "svc.price", r#"{"sku":"WR-0042"}"#).send().await.unwrap();
+        match r.status().as_u16() {
+            200 => Some(r.json::<Value>().await.unwrap()),
+            503 => None,
+            other => panic!("{other}: {}", r.text().await.unwrap()),
+        }
+    })
+    .await;
+    assert_eq!(answer["amount"], 1590);
     // Micro error headers become the mapped status with a problem body.
     let r = ask(&gw, "svc.price", r#"{"sku":"NOPE"}"#).send().await.unwrap();
     assert_eq!(r.status(), 404);
