@@ -4,15 +4,13 @@
 use std::io::{Cursor, Write};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use calamine::Reader;
-use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
 
 use crate::common::eventually;
 use crate::common::gateway::{BITRIX, Gateway, NAV, OPS, jetstream, scenario, slug, stream_count};
 use crate::common::nats::NatsServer;
-use crate::common::receiver::Receiver;
+use crate::common::receiver::{Receiver, verify_signature};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const XLSX: &str = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
@@ -51,15 +49,6 @@ fn cp1251(text: &str) -> Vec<u8> {
 /// A form value percent-encoded byte by byte, as a windows-1251 site's PHP `urlencode` does.
 fn form_escape(bytes: &[u8]) -> String {
     percent_encoding::percent_encode(bytes, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-fn verify_signature(secret: &str, id: &str, timestamp: &str, body: &[u8], header: &str) -> bool {
-    let key = base64::engine::general_purpose::STANDARD.decode(secret.trim_start_matches("whsec_")).unwrap();
-    let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&key).unwrap();
-    mac.update(format!("{id}.{timestamp}.").as_bytes());
-    mac.update(body);
-    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    header.split(' ').any(|s| s == format!("v1,{expected}"))
 }
 
 #[tokio::test]
