@@ -38,8 +38,8 @@ fn the_outline_reader_sees_what_a_markdown_renderer_sees() {
     let doc = "# Title\n\nText # not a heading\n\n## Part `a`\n\n  ```sh\n  # a comment, not a heading\n  \
                scripts/dev   # starts it\n  ```\n\n| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |\n\n````console\n\
                $ curl -i http://x/ \\\n    -H 'A: b'\n```\nstill inside\n$ echo done   # a comment\n````\n\n#### Deep\n";
-    let outline = outline(doc);
-    let shapes: Vec<String> = outline.iter().map(|i| i.shape()).collect();
+    let items = outline(doc);
+    let shapes: Vec<String> = items.iter().map(|i| i.shape()).collect();
     assert_eq!(
         shapes,
         [
@@ -50,9 +50,15 @@ fn the_outline_reader_sees_what_a_markdown_renderer_sees() {
             "```console $ curl -i http://x/ \\ -H 'A: b' ; $ echo done",
             "####",
         ],
-        "{outline:#?}"
+        "{items:#?}"
     );
-    assert_eq!(slug("Binary mode: body = data, attributes in `ce-*` headers"), "binary-mode-body--data-attributes-in-ce--headers");
+    let (en, ru) = (outline("# A\n```sh\nx\n```\n## B\n"), outline("# Б\n## В\n"));
+    let gaps: Vec<(bool, bool)> = align(&en, &ru).iter().map(|(a, b)| (a.is_some(), b.is_some())).collect();
+    assert_eq!(gaps, [(true, true), (true, false), (true, true)], "a missing code block is a gap, not a shift");
+    assert_eq!(
+        slug("Binary mode: body = data, attributes in `ce-*` headers"),
+        "binary-mode-body--data-attributes-in-ce--headers"
+    );
     assert_eq!(slug("Где моё сообщение?"), "где-моё-сообщение");
 }
 
@@ -106,7 +112,7 @@ fn outline(doc: &str) -> Vec<Item> {
             let mut body = Vec::new();
             for inner in lines.by_ref() {
                 let t = inner.trim();
-                if t.starts_with(&fence) && t.chars().all(|c| Some(c) == fence.chars().next()) {
+                if t.starts_with(&fence) && t.chars().all(|c| fence.starts_with(c)) {
                     break;
                 }
                 body.push(inner.trim_start().to_owned());
@@ -116,7 +122,7 @@ fn outline(doc: &str) -> Vec<Item> {
             let text = line[level..].trim().trim_end_matches('#').trim().to_owned();
             items.push(Item::Heading { level, text });
         } else if trimmed.starts_with('|') {
-            let mut rows = 0;
+            let mut rows: usize = 0;
             while lines.peek().is_some_and(|l| l.trim_start().starts_with('|')) {
                 lines.next();
                 rows += 1;
@@ -200,22 +206,49 @@ fn assert_same_structure(english: &str, russian: &str) {
     };
     let mut report = format!(
         "{russian} does not follow the structure of {english}.\n  {english}: {}\n  {russian}: {}\n\
-         Side by side (`!` marks a row whose shape differs; commands and table sizes must match, heading \
-         texts need not):\n",
+         Side by side, aligned where the shapes agree (`!` marks what one side has and the other lacks; \
+         levels, commands and table sizes must match, heading texts need not):\n",
         count(&en),
         count(&ru)
     );
     let width = 70;
-    for row in 0..en.len().max(ru.len()) {
-        let (a, b) = (en.get(row), ru.get(row));
-        let mark = if a.map(Item::shape) == b.map(Item::shape) { ' ' } else { '!' };
-        let cell = |i: Option<&Item>| {
-            let s = i.map(Item::show).unwrap_or_default();
-            if s.chars().count() > width { s.chars().take(width - 1).chain(['…']).collect() } else { s }
-        };
+    let cell = |i: Option<&Item>| {
+        let s = i.map(Item::show).unwrap_or_default();
+        if s.chars().count() > width { s.chars().take(width - 1).chain(['…']).collect() } else { s }
+    };
+    for (a, b) in align(&en, &ru) {
+        let mark = if a.is_some() && b.is_some() { ' ' } else { '!' };
         let _ = writeln!(report, "{mark} {:<width$} | {}", cell(a), cell(b));
     }
     panic!("{report}");
+}
+
+/// Both outlines aligned on their longest common subsequence of shapes, so a section missing on one
+/// side shows as a gap there instead of shifting every row after it.
+fn align<'a>(en: &'a [Item], ru: &'a [Item]) -> Vec<(Option<&'a Item>, Option<&'a Item>)> {
+    let (n, m) = (en.len(), ru.len());
+    // lcs[i][j]: the longest common subsequence of en[i..] and ru[j..].
+    let mut lcs = vec![vec![0usize; m + 1]; n + 1];
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            lcs[i][j] =
+                if en[i].shape() == ru[j].shape() { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
+        }
+    }
+    let (mut i, mut j, mut rows) = (0, 0, Vec::new());
+    while i < n || j < m {
+        if i < n && j < m && en[i].shape() == ru[j].shape() {
+            rows.push((Some(&en[i]), Some(&ru[j])));
+            (i, j) = (i + 1, j + 1);
+        } else if j == m || (i < n && lcs[i + 1][j] >= lcs[i][j + 1]) {
+            rows.push((Some(&en[i]), None));
+            i += 1;
+        } else {
+            rows.push((None, Some(&ru[j])));
+            j += 1;
+        }
+    }
+    rows
 }
 
 /// The GitHub anchor of a heading: lower case, spaces to `-`, punctuation other than `-` and `_`
