@@ -6,6 +6,11 @@
 //! document order. A section added in English, a command changed, or a configuration key added to a
 //! table fails here until the Russian follows; the failure prints both outlines side by side. Links
 //! in the Russian documents must resolve inside the repository (files and `#anchors`).
+//!
+//! When it fails after an English change: the rows marked `!` say what to do. Copy a changed code
+//! block into the Russian verbatim (comments in it may be translated: they are not compared),
+//! translate a new section or table row, and fix the `#anchors` the link check names (Russian
+//! headings have Cyrillic anchors, e.g. `#где-моё-сообщение`).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
