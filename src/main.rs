@@ -141,7 +141,8 @@ fn main() -> ExitCode {
         command => command,
     };
     let config_path = cli.config.clone().or_else(|| match command {
-        Command::Dev { .. } => Some(PathBuf::from("examples/wine-retail/magistral.toml")),
+        // dev needs one; ./magistral.toml is the bus at the repository root.
+        Command::Dev { .. } => Some(PathBuf::from("magistral.toml")),
         _ => Some(PathBuf::from("magistral.toml")).filter(|p| p.is_file()),
     });
     // Everything is parsed and checked before the runtime starts (exit 64 on error).
@@ -423,10 +424,10 @@ fn print_dev_hints(listen: SocketAddr) {
          Try:\n  curl -i {base}/readyz\n  \
          curl -i -X POST {base}/v1/publish/orders.created \\\n    \
          -H 'Authorization: Bearer bitrix-demo-token' -H 'Content-Type: application/json' \\\n    \
-         --data-binary @examples/wine-retail/samples/sales-order.valid.json\n  \
+         --data-binary @samples/sales-order.valid.json\n  \
          curl -i -X POST {base}/v1/publish/orders.created \\\n    \
          -H 'Authorization: Bearer bitrix-demo-token' -H 'Content-Type: application/json' \\\n    \
-         --data-binary @examples/wine-retail/samples/sales-order.invalid.json\n  \
+         --data-binary @samples/sales-order.invalid.json\n  \
          export MAGISTRAL_URL={base} MAGISTRAL_TOKEN=nav-demo-token\n  \
          magistral subs\n"
     );
