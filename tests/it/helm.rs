@@ -491,6 +491,27 @@ fn chart_refuses_inlined_secrets_and_unsafe_timing() {
     assert_eq!(r.pod()["terminationGracePeriodSeconds"], 30, "drain 20 s + 10 s");
 }
 
+/// `helm dependency build` on a copy of the stack chart (beside a copy of the magistral chart):
+/// helm compares Chart.lock's digest with Chart.yaml before it fetches anything, so "out of
+/// sync" is its verdict whether or not the chart repository can be reached. With `bump`, the
+/// copy's NATS version is changed first and helm must find the lock out of sync.
+fn assert_lock_in_sync(helm: &Path, stack: &Path, bump: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("magistral-stack");
+    std::fs::create_dir_all(&copy).unwrap();
+    for file in ["Chart.yaml", "Chart.lock", "values.yaml"] {
+        std::fs::copy(stack.join(file), copy.join(file)).unwrap();
+    }
+    crate::common::copy_dir(&chart(), &dir.path().join("magistral"));
+    if let Some(version) = bump {
+        let text = std::fs::read_to_string(copy.join("Chart.yaml")).unwrap();
+        std::fs::write(copy.join("Chart.yaml"), text.replace(&format!("\"{version}\""), "\"0.0.1\"")).unwrap();
+    }
+    let out = run_helm(helm, &["dependency", "build", copy.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.contains("out of sync"), bump.is_some(), "helm dependency build (bump {bump:?}):\n{stderr}");
+}
+
 /// The umbrella chart that adds the official NATS chart: its declaration, and the magistral
 /// part rendered with the NATS part left out (fetching the NATS chart needs the network).
 #[test]
@@ -503,6 +524,19 @@ fn stack_chart_wires_the_official_nats_chart() {
     let nats = deps.iter().find(|d| d["name"].as_str() == Some("nats")).expect("nats dependency");
     assert_eq!(nats["condition"].as_str(), Some("nats.enabled"));
     assert_eq!(nats["repository"].as_str(), Some("https://nats-io.github.io/k8s/helm/charts/"));
+    // Pinned to one exact version, recorded in Chart.lock with the digest helm checks.
+    let version = nats["version"].as_str().unwrap();
+    assert!(
+        version.split('.').count() == 3
+            && version.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())),
+        "the NATS chart is pinned to an exact version, not {version:?}"
+    );
+    let lock: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(stack.join("Chart.lock")).unwrap()).unwrap();
+    let locked = lock["dependencies"].as_sequence().unwrap();
+    assert!(locked.iter().any(|d| d["name"].as_str() == Some("nats") && d["version"].as_str() == Some(version)));
+    assert_lock_in_sync(&helm, &stack, None);
+    assert_lock_in_sync(&helm, &stack, Some(version));
     let magistral = deps.iter().find(|d| d["name"].as_str() == Some("magistral")).expect("magistral dependency");
     assert_eq!(magistral["repository"].as_str(), Some("file://../magistral"));
     let values: serde_norway::Value =
@@ -609,4 +643,53 @@ fn monitoring_opt_ins_render_the_shipped_rules_and_dashboard() {
     lint.extend_from_slice(&opt_in);
     let out = run_helm(&helm, &lint);
     assert!(out.status.success(), "helm {lint:?}:\n{}\n{}", text(&out.stdout), text(&out.stderr));
+}
+
+/// The documented path from the root configuration to the chart (helm/magistral/README.md):
+/// `scripts/helm-values` turns magistral.toml, streams/, contracts/ and transforms/ into
+/// values; `scripts/helm-check` renders the chart with them and runs `magistral check` on what
+/// the pods read. Exactly those commands, as a user runs them.
+#[test]
+fn the_root_configuration_goes_through_helm_values_and_helm_check() {
+    let Some(helm) = helm() else { return };
+    let scripts = Path::new(REPO).join("scripts");
+    let out = Command::new(scripts.join("helm-values")).current_dir(REPO).output().expect("run scripts/helm-values");
+    assert!(out.status.success(), "scripts/helm-values:\n{}", text(&out.stderr));
+    let mut values: Value = serde_json::from_slice(&out.stdout).expect("the values are JSON");
+    assert!(values["transforms"]["files"]["nav-sales-order.jq"].is_string());
+    assert_eq!(values["subscriptions"]["nav-orders"]["transform_file"], "../transforms/nav-sales-order.jq");
+    let schema = values["contracts"]["files"]["sales-order.v1.json"].as_str().unwrap().to_owned();
+    serde_json::from_str::<Value>(&schema).expect("contracts stay JSON, byte for byte");
+
+    let dir = tempfile::tempdir().unwrap();
+    let check = |values: &Value| {
+        let file = dir.path().join("bus-values.json");
+        std::fs::write(&file, serde_json::to_vec_pretty(values).unwrap()).unwrap();
+        let secrets = Path::new(REPO).join("secrets");
+        Command::new(scripts.join("helm-check"))
+            .args(["-f", file.to_str().unwrap(), "--secrets", secrets.to_str().unwrap()])
+            .current_dir(REPO)
+            .env("HELM_BIN", &helm)
+            .env("MAGISTRAL_BIN", BIN)
+            .env("HELM_CONFIG_HOME", std::env::temp_dir().join("magistral-helm-test/config"))
+            .env("HELM_CACHE_HOME", std::env::temp_dir().join("magistral-helm-test/cache"))
+            .env("HELM_DATA_HOME", std::env::temp_dir().join("magistral-helm-test/data"))
+            .output()
+            .expect("run scripts/helm-check")
+    };
+    let out = check(&values);
+    assert!(out.status.success(), "scripts/helm-check:\n{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(
+            "configuration OK: 8 participant(s), 6 stream(s), 13 contract(s), 11 subscription(s), 1 responder(s), 4 directory(ies), 3 inbound route(s)"
+        ),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // And it fails when what the pods would read is broken: a schema that is not JSON.
+    values["contracts"]["files"]["sales-order.v1.json"] = Value::String(schema.replacen('{', "{ broken", 1));
+    let out = check(&values);
+    assert_eq!(out.status.code(), Some(64), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stderr).contains("sales-order.v1.json"), "{}", text(&out.stderr));
 }
