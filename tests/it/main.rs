@@ -8,6 +8,7 @@ mod cluster;
 mod compat;
 mod connections;
 mod delivery;
+mod doctest;
 mod edge_hostile;
 mod faults;
 mod helm;
