@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-
 const BIN: &str = env!("CARGO_BIN_EXE_magistral");
 
 fn magistral(args: &[&str]) -> (i32, String, String) {

@@ -20,11 +20,9 @@ fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     let basic = std::fs::canonicalize("tests/configs/basic").unwrap();
     let contracts = std::fs::canonicalize("contracts").unwrap();
     let text = std::fs::read_to_string(basic.join("magistral.toml")).unwrap();
-    let text =
-        text.replace("streams_dir = \"streams\"", &format!("streams_dir = {:?}", basic.join("streams"))).replace(
-            "contracts_dir = \"../../../contracts\"",
-            &format!("contracts_dir = {contracts:?}"),
-        );
+    let text = text
+        .replace("streams_dir = \"streams\"", &format!("streams_dir = {:?}", basic.join("streams")))
+        .replace("contracts_dir = \"../../../contracts\"", &format!("contracts_dir = {contracts:?}"));
     // Top-level keys must come before the first table.
     let text = format!("reload_interval = \"200ms\"\n{text}\n{extra}\n");
     let path = dir.join("magistral.toml");
