@@ -339,6 +339,11 @@ impl Dev {
 
     /// `edit` may change the copied configuration first (the test's own endpoint ports).
     fn start_with(edit: impl FnOnce(&Path)) -> Dev {
+        // What the README's commands use, besides the built binary.
+        for tool in ["bash", "curl", "jq", "python3"] {
+            let found = Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+            assert!(found.is_ok(), "the README's commands need {tool} on PATH (Debian: apt-get install {tool})");
+        }
         let dir = tempfile::Builder::new().prefix("magistral-doctest-").tempdir().unwrap();
         crate::common::gateway::copy_example(dir.path());
         edit(dir.path());
