@@ -145,6 +145,13 @@ fn main() -> ExitCode {
         Command::Dev { .. } => Some(PathBuf::from("magistral.toml")),
         _ => Some(PathBuf::from("magistral.toml")).filter(|p| p.is_file()),
     });
+    if matches!(command, Command::Dev { .. }) && cli.config.is_none() && !Path::new("magistral.toml").is_file() {
+        eprintln!(
+            "magistral dev: no magistral.toml here; run it at the repository root (the bus's configuration is \
+             there, as scripts/dev does) or name one with --config FILE"
+        );
+        return ExitCode::from(EX_CONFIG);
+    }
     // Everything is parsed and checked before the runtime starts (exit 64 on error).
     let (mut config, mut catalog) = match load(config_path.as_deref()) {
         Ok(loaded) => loaded,

@@ -118,6 +118,21 @@ fn check_passes_at_the_repository_root_with_no_flags() {
     );
 }
 
+/// `magistral dev` takes ./magistral.toml; elsewhere it says where to run it.
+#[test]
+fn dev_outside_the_repository_root_says_where_to_run_it() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["dev", "--listen", "127.0.0.1:0"])
+        .current_dir(empty.path())
+        .env_remove("MAGISTRAL_CONFIG")
+        .output()
+        .expect("run magistral");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no magistral.toml here; run it at the repository root"), "{stderr}");
+}
+
 /// Each broken configuration: what to break, and what the message must name.
 #[test]
 fn check_names_file_and_field_of_every_problem() {
