@@ -437,11 +437,14 @@ impl Drop for Dev {
 /// Runs every block of `doc` (a path under the repository) in order; returns how many
 /// commands ran. Panics with every mismatch listed.
 fn run_doc(doc: &str) -> usize {
+    run_doc_on(doc, &Dev::start())
+}
+
+fn run_doc_on(doc: &str, dev: &Dev) -> usize {
     let text = std::fs::read_to_string(PathBuf::from(REPO).join(doc)).unwrap();
     let blocks = console_blocks(&text);
     assert!(!blocks.is_empty(), "{doc} has no console blocks");
     let show = std::env::var_os("DOC_TEST_SHOW").is_some();
-    let dev = Dev::start();
     let mut prelude = String::new();
     let mut failures = Vec::new();
     let mut ran = 0;
@@ -481,6 +484,59 @@ fn run_doc(doc: &str) -> usize {
 fn readme_console_blocks_answer_as_shown() {
     let ran = run_doc("README.md");
     println!("README.md: {ran} command(s) answered as shown");
+}
+
+/// The example's endpoint ports: NAV, the shop, the CRM, iSimple.
+const ENDPOINT_PORTS: [u16; 4] = [7048, 7101, 7201, 7401];
+
+/// `sim/standin.py` on the test's own stand-ins for the example's endpoint ports, answering
+/// 2xx as those systems do; killed when dropped.
+struct Standin {
+    child: Child,
+    ports: Vec<u16>,
+}
+
+impl Standin {
+    fn start() -> Standin {
+        let ports: Vec<u16> = ENDPOINT_PORTS.iter().map(|_| free_port()).collect();
+        let list = ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+        let child = Command::new("python3")
+            .args(["examples/wine-retail/sim/standin.py", "--ports", &list])
+            .current_dir(REPO)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start standin.py");
+        Standin { child, ports }
+    }
+
+    /// Points the copied configuration's endpoints at the stand-in.
+    fn rewrite(&self, dir: &Path) {
+        let toml = dir.join("magistral.toml");
+        let mut text = std::fs::read_to_string(&toml).unwrap();
+        for (from, to) in ENDPOINT_PORTS.iter().zip(&self.ports) {
+            text = text.replace(&format!("127.0.0.1:{from}"), &format!("127.0.0.1:{to}"));
+        }
+        crate::common::write_atomically(&toml, text);
+    }
+}
+
+impl Drop for Standin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// examples/wine-retail/README.md's console blocks, in order, on a fresh bus whose endpoints
+/// answer (the recording stand-in): the step-by-step with curl; the simulators' walkthrough
+/// (five terminals) is marked as not run.
+#[test]
+fn example_walkthrough_console_blocks_answer_as_shown() {
+    let standin = Standin::start();
+    let dev = Dev::start_with(|dir| standin.rewrite(dir));
+    let ran = run_doc_on("examples/wine-retail/README.md", &dev);
+    println!("examples/wine-retail/README.md: {ran} command(s) answered as shown");
 }
 
 /// The README's first delivered webhook (the `>>>` block after the quick start's publish) is
