@@ -494,6 +494,8 @@ const ENDPOINT_PORTS: [u16; 4] = [7048, 7101, 7201, 7401];
 struct Standin {
     child: Child,
     ports: Vec<u16>,
+    /// What it printed so far.
+    printed: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Standin {
@@ -503,11 +505,41 @@ impl Standin {
         let child = Command::new("python3")
             .args(["examples/wine-retail/sim/standin.py", "--ports", &list])
             .current_dir(REPO)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start standin.py");
-        Standin { child, ports }
+        let mut child = child;
+        let stdout = child.stdout.take().unwrap();
+        let printed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = printed.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+                let mut all = sink.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
+        Standin { child, ports, printed }
+    }
+
+    /// The deliveries printed so far, each `>>>` block as its lines, with the example's ports.
+    fn deliveries(&self) -> Vec<String> {
+        let mut text = self.printed.lock().unwrap().clone();
+        for (port, test_port) in ENDPOINT_PORTS.iter().zip(&self.ports) {
+            text = text.replace(&format!("(port {test_port})"), &format!("(port {port})"));
+        }
+        // A delivery is its `>>> ` line and the indented lines after it.
+        let mut blocks: Vec<String> = Vec::new();
+        for line in text.lines() {
+            if line.starts_with(">>> ") {
+                blocks.push(line.to_owned());
+            } else if let Some(last) = blocks.last_mut().filter(|_| line.starts_with(' ')) {
+                last.push('\n');
+                last.push_str(line);
+            }
+        }
+        blocks
     }
 
     /// Points the copied configuration's endpoints at the stand-in.
@@ -535,8 +567,105 @@ impl Drop for Standin {
 fn example_walkthrough_console_blocks_answer_as_shown() {
     let standin = Standin::start();
     let dev = Dev::start_with(|dir| standin.rewrite(dir));
-    let ran = run_doc_on("examples/wine-retail/README.md", &dev);
-    println!("examples/wine-retail/README.md: {ran} command(s) answered as shown");
+    let doc = "examples/wine-retail/README.md";
+    let ran = run_doc_on(doc, &dev);
+    println!("{doc}: {ran} command(s) answered as shown");
+
+    // Each `>>>` block shown (not marked as not run) is one the stand-in printed: the same
+    // request line, the headers shown with their values, the body.
+    let text = std::fs::read_to_string(PathBuf::from(REPO).join(doc)).unwrap();
+    let shown = delivery_blocks(&text);
+    assert!(!shown.is_empty(), "{doc} shows no delivery");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let missing = loop {
+        let printed = standin.deliveries();
+        let missing = shown
+            .iter()
+            .filter(|(_, block)| !printed.iter().any(|p| shown_in(block, p).is_ok()))
+            .map(|(line, block)| {
+                let why: Vec<String> = printed
+                    .iter()
+                    .filter(|p| p.lines().next() == block.lines().next())
+                    .map(|p| shown_in(block, p).unwrap_err())
+                    .collect();
+                let requests: Vec<&str> = printed.iter().filter_map(|p| p.lines().next()).collect();
+                format!(
+                    "{doc}:{line}:\n{block}\n  printed with that request line: {why:?}\n  all printed: {requests:?}"
+                )
+            })
+            .collect::<Vec<_>>();
+        if missing.is_empty() || Instant::now() > deadline {
+            break missing;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(missing.is_empty(), "deliveries shown but not printed by standin.py:\n\n{}", missing.join("\n\n"));
+    println!("{doc}: {} delivery block(s) as standin.py printed them", shown.len());
+}
+
+/// The plain ``` blocks starting with `>>> `, after the step-by-step heading, not marked
+/// `<!-- doc-test: skip ... -->`: (line, text).
+fn delivery_blocks(markdown: &str) -> Vec<(usize, String)> {
+    let lines: Vec<&str> = markdown.lines().collect();
+    let start = lines.iter().position(|l| l.starts_with("## Step by step with curl")).unwrap_or(0);
+    let mut blocks = Vec::new();
+    let mut i = start;
+    while i + 1 < lines.len() {
+        let skipped = lines[..i]
+            .iter()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .is_some_and(|l| l.starts_with("<!-- doc-test: skip"));
+        if lines[i] == "```" && lines[i + 1].starts_with(">>> ") {
+            let end = (i + 1..lines.len()).find(|&j| lines[j] == "```").unwrap();
+            if !skipped {
+                blocks.push((i + 2, lines[i + 1..end].join("\n")));
+            }
+            i = end + 1;
+        } else if lines[i].starts_with("```") {
+            i = (i + 1..lines.len()).find(|&j| lines[j] == "```").map_or(lines.len(), |j| j + 1);
+        } else {
+            i += 1;
+        }
+    }
+    blocks
+}
+
+/// A delivery as a doc shows it (request line, some headers, the body, line breaks added)
+/// against one standin.py printed: the same request line, each shown header with its value
+/// (ids and times aside), the same body.
+fn shown_in(shown: &str, printed: &str) -> Result<(), String> {
+    let parse = |block: &str| {
+        let mut lines = block.lines();
+        let first = lines.next().unwrap_or_default().to_owned();
+        let (mut headers, mut body) = (Vec::new(), String::new());
+        for line in lines {
+            let t = line.trim();
+            let is_header = body.is_empty()
+                && t.split_once(": ").is_some_and(|(n, _)| {
+                    !n.is_empty() && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                });
+            if is_header {
+                headers.push(t.to_owned());
+            } else {
+                body.push_str(t);
+            }
+        }
+        (first, headers, body)
+    };
+    let (s_first, s_headers, s_body) = parse(shown);
+    let (p_first, p_headers, p_body) = parse(printed);
+    if s_first != p_first {
+        return Err(format!("request {p_first:?}"));
+    }
+    for h in &s_headers {
+        let name = h.split(':').next().unwrap_or_default();
+        let found = p_headers.iter().find(|p| p.split(':').next() == Some(name)).ok_or(format!("no {name}"))?;
+        if !VARYING_DELIVERY_HEADERS.contains(&name) && mask(found) != mask(h) {
+            return Err(format!("{found:?}"));
+        }
+    }
+    compare_body(&s_body, &p_body)
 }
 
 /// The README's first delivered webhook (the `>>>` block after the quick start's publish) is
