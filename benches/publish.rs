@@ -453,7 +453,7 @@ async fn direct_worker(js: jetstream::Context, payload: Bytes, per_op: usize, wi
 // The servers under test
 
 fn gateway_config(nats_url: &str, tracking: Option<bool>) -> Config {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/wine-retail");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf();
     let mut config = Config::default();
     config.nats.url = nats_url.to_owned();
     config.streams_dir = example.join("streams");
@@ -494,7 +494,7 @@ async fn bare_handler(UrlPath(_subject): UrlPath<String>, body: Bytes) -> impl I
 /// The ~1 KiB order: the example's valid sample, compact, with lines appended until it
 /// reaches `TARGET_PAYLOAD` bytes.
 fn order_payload() -> anyhow::Result<Bytes> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/wine-retail/samples/sales-order.valid.json");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/sales-order.valid.json");
     let mut order: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
     let lines = order["lines"].as_array_mut().ok_or_else(|| anyhow!("sample has no lines"))?;
     let template = lines[0].clone();

@@ -141,9 +141,17 @@ fn main() -> ExitCode {
         command => command,
     };
     let config_path = cli.config.clone().or_else(|| match command {
-        Command::Dev { .. } => Some(PathBuf::from("examples/wine-retail/magistral.toml")),
+        // dev needs one; ./magistral.toml is the bus at the repository root.
+        Command::Dev { .. } => Some(PathBuf::from("magistral.toml")),
         _ => Some(PathBuf::from("magistral.toml")).filter(|p| p.is_file()),
     });
+    if matches!(command, Command::Dev { .. }) && cli.config.is_none() && !Path::new("magistral.toml").is_file() {
+        eprintln!(
+            "magistral dev: no magistral.toml here; run it at the repository root (the bus's configuration is \
+             there, as scripts/dev does) or name one with --config FILE"
+        );
+        return ExitCode::from(EX_CONFIG);
+    }
     // Everything is parsed and checked before the runtime starts (exit 64 on error).
     let (mut config, mut catalog) = match load(config_path.as_deref()) {
         Ok(loaded) => loaded,
@@ -423,10 +431,10 @@ fn print_dev_hints(listen: SocketAddr) {
          Try:\n  curl -i {base}/readyz\n  \
          curl -i -X POST {base}/v1/publish/orders.created \\\n    \
          -H 'Authorization: Bearer bitrix-demo-token' -H 'Content-Type: application/json' \\\n    \
-         --data-binary @examples/wine-retail/samples/sales-order.valid.json\n  \
+         --data-binary @samples/sales-order.valid.json\n  \
          curl -i -X POST {base}/v1/publish/orders.created \\\n    \
          -H 'Authorization: Bearer bitrix-demo-token' -H 'Content-Type: application/json' \\\n    \
-         --data-binary @examples/wine-retail/samples/sales-order.invalid.json\n  \
+         --data-binary @samples/sales-order.invalid.json\n  \
          export MAGISTRAL_URL={base} MAGISTRAL_TOKEN=nav-demo-token\n  \
          magistral subs\n"
     );

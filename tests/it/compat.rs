@@ -4,8 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::common::gateway::example;
-
 const BIN: &str = env!("CARGO_BIN_EXE_magistral");
 
 fn magistral(args: &[&str]) -> (i32, String, String) {
@@ -28,7 +26,7 @@ fn edit(path: &Path, from: &str, to: &str) {
 
 fn example_copy() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    crate::common::copy_dir(&example(""), dir.path());
+    crate::common::gateway::copy_example(dir.path());
     let config = dir.path().join("magistral.toml");
     (dir, config)
 }

@@ -410,9 +410,9 @@ async fn a_subscription_added_to_the_config_file_starts_without_a_restart() {
     let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let basic = crate::common::gateway::scenario("basic");
-    let contracts = basic.parent().unwrap().join("../../../examples/wine-retail/contracts").canonicalize().unwrap();
+    let contracts = basic.parent().unwrap().join("../../../contracts").canonicalize().unwrap();
     let text = std::fs::read_to_string(&basic).unwrap().replace(
-        "contracts_dir = \"../../../examples/wine-retail/contracts\"",
+        "contracts_dir = \"../../../contracts\"",
         &format!("contracts_dir = {:?}", contracts.display().to_string()),
     );
     std::fs::create_dir(dir.path().join("streams")).unwrap();

@@ -1,7 +1,7 @@
 //! The Helm chart (`helm/magistral`): `helm lint --strict` and `helm template` over the values
-//! files in `tests/configs/helm/`, assertions on the rendered objects, and the rendered
-//! `magistral.toml` run through `magistral check` with the pod's environment and mounted
-//! secrets recreated in a temp dir.
+//! files in `tests/configs/helm/`, assertions on the rendered objects, and what the pods would
+//! read run through `magistral check` by `scripts/helm-check`, the documented command (the root
+//! configuration first turned into values by `scripts/helm-values`).
 //!
 //! helm comes from `scripts/install-helm.sh` (`.tools/bin/helm`) or `$HELM_BIN`. Without it
 //! these tests fail, unless `MAGISTRAL_SKIP_HELM=1` asks to skip them.
@@ -9,7 +9,6 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use base64::Engine as _;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_magistral");
@@ -145,79 +144,31 @@ fn template_error(helm: &Path, args: &[&str]) -> String {
     text(&out.stderr)
 }
 
-/// A valid value for any mounted secret: a Standard Webhooks secret also serves as a token
-/// (16+ characters) and as a header value.
-fn secret_value() -> String {
-    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode([42u8; 32]))
+/// `scripts/helm-check` — the documented command (helm/magistral/README.md) — on the chart
+/// rendered with `args`: it lays out what the pod reads (ConfigMaps at their mount paths, a
+/// placeholder for every referenced Secret key, the pod's environment) and runs
+/// `magistral check` on it.
+fn helm_check(helm: &Path, release: &str, args: &[&str]) -> Output {
+    Command::new(Path::new(REPO).join("scripts/helm-check"))
+        .args(["--release", release, "--namespace", "integration"])
+        .args(args)
+        .current_dir(REPO)
+        .env("HELM_BIN", helm)
+        .env("MAGISTRAL_BIN", BIN)
+        // No user helm config or repositories leak into the test.
+        .env("HELM_CONFIG_HOME", std::env::temp_dir().join("magistral-helm-test/config"))
+        .env("HELM_CACHE_HOME", std::env::temp_dir().join("magistral-helm-test/cache"))
+        .env("HELM_DATA_HOME", std::env::temp_dir().join("magistral-helm-test/data"))
+        .output()
+        .expect("run scripts/helm-check")
 }
 
-/// Lays out what the pod sees — /etc/magistral/{config,streams,contracts} and the mounted
-/// secrets — in a temp dir, and runs `magistral check` with the pod's environment.
-fn check_in_pod_layout(r: &Rendered) -> Output {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let secrets_root = root.join("run-secrets");
-    let pod = r.pod();
-    let container = r.container();
-    // ConfigMap volumes at their mount paths, under root.
-    for mount in container["volumeMounts"].as_array().unwrap() {
-        let mount_path = mount["mountPath"].as_str().unwrap();
-        let volume = pod["volumes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"] == mount["name"])
-            .expect("every mount has a volume");
-        if let Some(cm) = volume["configMap"]["name"].as_str() {
-            let target = root.join(mount_path.trim_start_matches('/'));
-            std::fs::create_dir_all(&target).unwrap();
-            let map = r.named("ConfigMap", cm);
-            for (file, content) in map["data"].as_object().into_iter().flatten() {
-                std::fs::write(target.join(file), content.as_str().unwrap()).unwrap();
-            }
-        } else if let Some(items) = volume["secret"]["items"].as_array() {
-            let rest = mount_path.strip_prefix("/run/secrets/").expect("secrets are mounted under /run/secrets");
-            let target = secrets_root.join(rest);
-            std::fs::create_dir_all(&target).unwrap();
-            for item in items {
-                std::fs::write(target.join(item["path"].as_str().unwrap()), secret_value()).unwrap();
-            }
-        }
-    }
-    let config_dir = root.join("etc/magistral/config");
-    let toml = std::fs::read_to_string(config_dir.join("magistral.toml")).unwrap();
-    std::fs::write(
-        config_dir.join("magistral.toml"),
-        toml.replace("/run/secrets/", &format!("{}/", secrets_root.display())),
-    )
-    .unwrap();
-
-    let mut cmd = Command::new(BIN);
-    cmd.arg("check");
-    for (key, _) in std::env::vars() {
-        if key.starts_with("MAGISTRAL_") || key.starts_with("SECRET_") {
-            cmd.env_remove(key);
-        }
-    }
-    for env in container["env"].as_array().unwrap() {
-        let name = env["name"].as_str().unwrap();
-        if let Some(value) = env["value"].as_str() {
-            cmd.env(name, value);
-        } else if env["valueFrom"]["secretKeyRef"].is_object() {
-            cmd.env(name, secret_value());
-        }
-    }
-    cmd.env("MAGISTRAL_CONFIG", config_dir.join("magistral.toml"));
-    let out = cmd.output().expect("run magistral check");
-    drop(dir);
-    out
-}
-
-fn assert_checks(r: &Rendered, what: &str) {
-    let out = check_in_pod_layout(r);
+fn assert_checks(helm: &Path, release: &str, args: &[&str], r: &Rendered, what: &str) {
+    let out = helm_check(helm, release, args);
     assert!(
         out.status.success(),
-        "{what}: the rendered configuration fails `magistral check`:\n{}\n--- magistral.toml ---\n{}",
+        "{what}: the rendered configuration fails `magistral check`:\n{}{}\n--- magistral.toml ---\n{}",
+        text(&out.stdout),
         text(&out.stderr),
         r.config_toml()
     );
@@ -312,7 +263,8 @@ fn minimal_values_render_one_checked_replica() {
     // The stream JSON string is kept byte for byte.
     let streams = r.named("ConfigMap", "bus-magistral-streams");
     assert!(streams["data"]["EVENTS.json"].as_str().unwrap().contains("\"duplicate_window\": 120000000000"));
-    assert_checks(&r, "minimal");
+    let file = values("minimal");
+    assert_checks(&helm, "bus", &["-f", file.to_str().unwrap()], &r, "minimal");
 }
 
 #[test]
@@ -373,7 +325,8 @@ fn external_nats_values_reference_every_secret() {
     let orders: Value = serde_json::from_str(streams["data"]["ORDERS.json"].as_str().unwrap()).unwrap();
     assert_eq!(orders["max_age"], 2_592_000_000_000_000u64);
     assert_eq!(orders["num_replicas"], 3);
-    assert_checks(&r, "external-nats");
+    let file = values("external-nats");
+    assert_checks(&helm, "bus", &["-f", file.to_str().unwrap()], &r, "external-nats");
 }
 
 #[test]
@@ -413,7 +366,8 @@ fn ha_values_render_hpa_pdb_and_service_monitor() {
     assert!(toml.contains(r#"{ file = "/run/secrets/magistral/bus-webhooks/erp-queries" }"#));
     assert!(toml.contains("[directories.items]"));
     assert!(r.env("SECRET_BUS_TOKENS_CRM").is_some());
-    assert_checks(&r, "ha");
+    let file = values("ha");
+    assert_checks(&helm, "bus", &["-f", file.to_str().unwrap()], &r, "ha");
 }
 
 #[test]
@@ -428,7 +382,7 @@ fn default_values_render_and_check() {
     // A release whose name contains "nats" is the NATS chart's full name as is.
     let r2 = template(&helm, "nats-bus", &[]);
     assert_eq!(r2.env_value("MAGISTRAL_NATS__URL"), Some("nats://nats-bus:4222"));
-    assert_checks(&r, "default values");
+    assert_checks(&helm, "magistral", &[], &r, "default values");
 }
 
 /// Settings the gateway reads only at start roll the pods; what it reloads by itself does not.
@@ -491,6 +445,27 @@ fn chart_refuses_inlined_secrets_and_unsafe_timing() {
     assert_eq!(r.pod()["terminationGracePeriodSeconds"], 30, "drain 20 s + 10 s");
 }
 
+/// `helm dependency build` on a copy of the stack chart (beside a copy of the magistral chart):
+/// helm compares Chart.lock's digest with Chart.yaml before it fetches anything, so "out of
+/// sync" is its verdict whether or not the chart repository can be reached. With `bump`, the
+/// copy's NATS version is changed first and helm must find the lock out of sync.
+fn assert_lock_in_sync(helm: &Path, stack: &Path, bump: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("magistral-stack");
+    std::fs::create_dir_all(&copy).unwrap();
+    for file in ["Chart.yaml", "Chart.lock", "values.yaml"] {
+        std::fs::copy(stack.join(file), copy.join(file)).unwrap();
+    }
+    crate::common::copy_dir(&chart(), &dir.path().join("magistral"));
+    if let Some(version) = bump {
+        let text = std::fs::read_to_string(copy.join("Chart.yaml")).unwrap();
+        std::fs::write(copy.join("Chart.yaml"), text.replace(&format!("\"{version}\""), "\"0.0.1\"")).unwrap();
+    }
+    let out = run_helm(helm, &["dependency", "build", copy.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.contains("out of sync"), bump.is_some(), "helm dependency build (bump {bump:?}):\n{stderr}");
+}
+
 /// The umbrella chart that adds the official NATS chart: its declaration, and the magistral
 /// part rendered with the NATS part left out (fetching the NATS chart needs the network).
 #[test]
@@ -503,6 +478,19 @@ fn stack_chart_wires_the_official_nats_chart() {
     let nats = deps.iter().find(|d| d["name"].as_str() == Some("nats")).expect("nats dependency");
     assert_eq!(nats["condition"].as_str(), Some("nats.enabled"));
     assert_eq!(nats["repository"].as_str(), Some("https://nats-io.github.io/k8s/helm/charts/"));
+    // Pinned to one exact version, recorded in Chart.lock with the digest helm checks.
+    let version = nats["version"].as_str().unwrap();
+    assert!(
+        version.split('.').count() == 3
+            && version.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())),
+        "the NATS chart is pinned to an exact version, not {version:?}"
+    );
+    let lock: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(stack.join("Chart.lock")).unwrap()).unwrap();
+    let locked = lock["dependencies"].as_sequence().unwrap();
+    assert!(locked.iter().any(|d| d["name"].as_str() == Some("nats") && d["version"].as_str() == Some(version)));
+    assert_lock_in_sync(&helm, &stack, None);
+    assert_lock_in_sync(&helm, &stack, Some(version));
     let magistral = deps.iter().find(|d| d["name"].as_str() == Some("magistral")).expect("magistral dependency");
     assert_eq!(magistral["repository"].as_str(), Some("file://../magistral"));
     let values: serde_norway::Value =
@@ -609,4 +597,44 @@ fn monitoring_opt_ins_render_the_shipped_rules_and_dashboard() {
     lint.extend_from_slice(&opt_in);
     let out = run_helm(&helm, &lint);
     assert!(out.status.success(), "helm {lint:?}:\n{}\n{}", text(&out.stdout), text(&out.stderr));
+}
+
+/// The documented path from the root configuration to the chart (helm/magistral/README.md):
+/// `scripts/helm-values` turns magistral.toml, streams/, contracts/ and transforms/ into
+/// values; `scripts/helm-check` renders the chart with them and runs `magistral check` on what
+/// the pods read. Exactly those commands, as a user runs them.
+#[test]
+fn the_root_configuration_goes_through_helm_values_and_helm_check() {
+    let Some(helm) = helm() else { return };
+    let scripts = Path::new(REPO).join("scripts");
+    let out = Command::new(scripts.join("helm-values")).current_dir(REPO).output().expect("run scripts/helm-values");
+    assert!(out.status.success(), "scripts/helm-values:\n{}", text(&out.stderr));
+    let mut values: Value = serde_json::from_slice(&out.stdout).expect("the values are JSON");
+    assert!(values["transforms"]["files"]["nav-sales-order.jq"].is_string());
+    assert_eq!(values["subscriptions"]["nav-orders"]["transform_file"], "../transforms/nav-sales-order.jq");
+    let schema = values["contracts"]["files"]["sales-order.v1.json"].as_str().unwrap().to_owned();
+    serde_json::from_str::<Value>(&schema).expect("contracts stay JSON, byte for byte");
+
+    let dir = tempfile::tempdir().unwrap();
+    let check = |values: &Value| {
+        let file = dir.path().join("bus-values.json");
+        std::fs::write(&file, serde_json::to_vec_pretty(values).unwrap()).unwrap();
+        let secrets = Path::new(REPO).join("secrets");
+        helm_check(&helm, "magistral", &["-f", file.to_str().unwrap(), "--secrets", secrets.to_str().unwrap()])
+    };
+    let out = check(&values);
+    assert!(out.status.success(), "scripts/helm-check:\n{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(
+            "configuration OK: 8 participant(s), 6 stream(s), 13 contract(s), 11 subscription(s), 1 responder(s), 4 directory(ies), 3 inbound route(s)"
+        ),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // And it fails when what the pods would read is broken: a schema that is not JSON.
+    values["contracts"]["files"]["sales-order.v1.json"] = Value::String(schema.replacen('{', "{ broken", 1));
+    let out = check(&values);
+    assert_eq!(out.status.code(), Some(64), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stderr).contains("sales-order.v1.json"), "{}", text(&out.stderr));
 }

@@ -18,13 +18,11 @@ const OPS: &str = "ops-test-token-000001";
 /// The basic scenario's config with absolute paths, plus `extra` TOML.
 fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     let basic = std::fs::canonicalize("tests/configs/basic").unwrap();
-    let contracts = std::fs::canonicalize("examples/wine-retail/contracts").unwrap();
+    let contracts = std::fs::canonicalize("contracts").unwrap();
     let text = std::fs::read_to_string(basic.join("magistral.toml")).unwrap();
-    let text =
-        text.replace("streams_dir = \"streams\"", &format!("streams_dir = {:?}", basic.join("streams"))).replace(
-            "contracts_dir = \"../../../examples/wine-retail/contracts\"",
-            &format!("contracts_dir = {contracts:?}"),
-        );
+    let text = text
+        .replace("streams_dir = \"streams\"", &format!("streams_dir = {:?}", basic.join("streams")))
+        .replace("contracts_dir = \"../../../contracts\"", &format!("contracts_dir = {contracts:?}"));
     // Top-level keys must come before the first table.
     let text = format!("reload_interval = \"200ms\"\n{text}\n{extra}\n");
     let path = dir.join("magistral.toml");
@@ -136,7 +134,7 @@ async fn every_event_an_operator_acts_on_is_one_structured_line() {
         .post(gw.url("/v1/publish/orders.status"))
         .bearer_auth("nav-test-token-00001")
         .header("content-type", "application/json")
-        .body(std::fs::read("examples/wine-retail/samples/order-status.valid.json").unwrap())
+        .body(std::fs::read("samples/order-status.valid.json").unwrap())
         .send()
         .await
         .unwrap();

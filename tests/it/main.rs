@@ -9,6 +9,7 @@ mod compat;
 mod connections;
 mod delivery;
 mod docs_ru;
+mod doctest;
 mod edge_hostile;
 mod faults;
 mod helm;

@@ -29,7 +29,7 @@ fn free_port() -> u16 {
 /// A copy of the example in a temp dir, for tests that break or change it.
 fn example_copy() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    crate::common::copy_dir(&example(""), dir.path());
+    crate::common::gateway::copy_example(dir.path());
     let config = dir.path().join("magistral.toml");
     (dir, config)
 }
@@ -98,6 +98,39 @@ fn check_accepts_the_example() {
     let out = magistral(&["check", "--config", example("magistral.toml").to_str().unwrap()], &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
+}
+
+/// The bus lives at the repository root: `magistral check` there, with no flags, finds
+/// ./magistral.toml and its streams, contracts, transforms and secrets (issue 13's layout).
+#[test]
+fn check_passes_at_the_repository_root_with_no_flags() {
+    let out = Command::new(BIN)
+        .arg("check")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("MAGISTRAL_CONFIG")
+        .output()
+        .expect("run magistral");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("configuration OK: 8 participant(s), 6 stream(s), 13 contract(s)"),
+        "not the root configuration: {stdout}"
+    );
+}
+
+/// `magistral dev` takes ./magistral.toml; elsewhere it says where to run it.
+#[test]
+fn dev_outside_the_repository_root_says_where_to_run_it() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["dev", "--listen", "127.0.0.1:0"])
+        .current_dir(empty.path())
+        .env_remove("MAGISTRAL_CONFIG")
+        .output()
+        .expect("run magistral");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no magistral.toml here; run it at the repository root"), "{stderr}");
 }
 
 /// Each broken configuration: what to break, and what the message must name.

@@ -41,7 +41,7 @@ async fn the_wine_retailer_story_runs_end_to_end() {
     let isimple = Receiver::start().await;
 
     let dir = tempfile::tempdir().unwrap();
-    crate::common::copy_dir(&example(""), dir.path());
+    crate::common::gateway::copy_example(dir.path());
     let toml = dir.path().join("magistral.toml");
     let text = std::fs::read_to_string(&toml)
         .unwrap()

@@ -35,7 +35,8 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-EXAMPLE = os.path.dirname(HERE)
+# The bus configuration (samples/, secrets/) is at the repository root, two levels up.
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 DEFAULT_BUS = os.environ.get("MAGISTRAL_BUS", "http://127.0.0.1:8080")
 STOCK = 120  # bottles of any one SKU in the warehouse
 
@@ -301,7 +302,7 @@ def write_price(bus, token, document):
 def serve(args):
     Erp.bus, Erp.token = args.bus, args.token
     if not args.no_auth:
-        with open(os.path.join(EXAMPLE, "secrets", "nav-basic-auth"), encoding="utf-8") as f:
+        with open(os.path.join(ROOT, "secrets", "nav-basic-auth"), encoding="utf-8") as f:
             Erp.basic_auth = f.read().strip()
     host, port = args.listen.rsplit(":", 1)
     server = ThreadingHTTPServer((host, int(port)), Erp)

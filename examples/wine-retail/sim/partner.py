@@ -29,7 +29,8 @@ from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-EXAMPLE = os.path.dirname(HERE)
+# The bus configuration (samples/, secrets/) is at the repository root, two levels up.
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 DEFAULT_BUS = os.environ.get("MAGISTRAL_BUS", "http://127.0.0.1:8080")
 TOLERANCE = 300  # seconds
 
@@ -114,7 +115,7 @@ def main():
     parser.add_argument("--bus", default=DEFAULT_BUS, help="the gateway's base URL (unused; default %(default)s)")
     parser.add_argument("--listen", default="127.0.0.1:7401", help="address to listen on (default %(default)s)")
     parser.add_argument("--path", default="/magistral/prices", help="webhook path (default %(default)s)")
-    parser.add_argument("--secret-file", default=os.path.join(EXAMPLE, "secrets", "isimple-webhook-secret"),
+    parser.add_argument("--secret-file", default=os.path.join(ROOT, "secrets", "isimple-webhook-secret"),
                         help="the whsec_ secret (default: the example's secrets/isimple-webhook-secret)")
     args = parser.parse_args()
     with open(args.secret_file, encoding="utf-8") as f:

@@ -29,7 +29,8 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-EXAMPLE = os.path.dirname(HERE)
+# The bus configuration (samples/, secrets/) is at the repository root, two levels up.
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 DEFAULT_BUS = os.environ.get("MAGISTRAL_BUS", "http://127.0.0.1:8080")
 
 # Statuses the shop defines (sale.status.add): RN "registered in NAV", ER "NAV refused it".
@@ -154,7 +155,7 @@ def next_bitrix_id():
 
 
 def fresh_order(args):
-    with open(os.path.join(EXAMPLE, "samples", "sales-order.valid.json"), encoding="utf-8") as f:
+    with open(os.path.join(ROOT, "samples", "sales-order.valid.json"), encoding="utf-8") as f:
         order = json.load(f)
     stamp = datetime.now(timezone.utc).astimezone()
     bitrix_id = args.id or next_bitrix_id()

@@ -16,7 +16,7 @@ Each delivery prints as
       ...
       {"externalDocumentNumber": ...}
 
-with the headers a receiver cares about (content type, authorization, CloudEvents `ce-*`,
+with the headers a receiver cares about (content type, authorization, if-match, CloudEvents `ce-*`,
 Standard Webhooks `webhook-*`, `magistral-*`, `traceparent`). It answers 2xx as the real systems
 do (201 for a new Business Central sales order, 204 for a PATCH, 200 otherwise), so deliveries
 succeed. It does not answer requests meaningfully: for `nav.query.*` run erp.py instead.
@@ -33,7 +33,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-SHOWN = ("content-type", "authorization", "traceparent")
+SHOWN = ("content-type", "authorization", "if-match", "traceparent")
 SHOWN_PREFIXES = ("ce-", "webhook-", "magistral-")
 PRINT_LOCK = threading.Lock()
 

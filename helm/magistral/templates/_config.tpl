@@ -4,9 +4,9 @@ magistral.toml, rendered from values. The chart owns listen (MAGISTRAL_LISTEN), 
 */}}
 {{- define "magistral.toml" -}}
 {{- $cfg := .Values.config | default dict }}
-{{- range $key := list "listen" "streams_dir" "contracts_dir" "nats" "contracts" "participants" "subscriptions" "responders" "directories" }}
+{{- range $key := list "listen" "streams_dir" "contracts_dir" "nats" "contracts" "participants" "subscriptions" "responders" "directories" "inbound" "imports" }}
 {{- if hasKey $cfg $key }}
-{{- fail (printf "config.%s is set by the chart; use %s instead" $key (get (dict "listen" "listenAddress/containerPort" "streams_dir" "streams.files" "contracts_dir" "contracts.files" "nats" "natsConnection" "contracts" "contracts.bindings" "participants" "participants" "subscriptions" "subscriptions" "responders" "responders" "directories" "directories") $key)) }}
+{{- fail (printf "config.%s is set by the chart; use %s instead" $key (get (dict "listen" "listenAddress/containerPort" "streams_dir" "streams.files" "contracts_dir" "contracts.files" "nats" "natsConnection" "contracts" "contracts.bindings" "participants" "participants" "subscriptions" "subscriptions" "responders" "responders" "directories" "directories" "inbound" "inbound" "imports" "imports") $key)) }}
 {{- end }}
 {{- end }}
 {{- $limits := deepCopy (get $cfg "limits" | default dict) }}
@@ -19,7 +19,8 @@ magistral.toml, rendered from values. The chart owns listen (MAGISTRAL_LISTEN), 
 # magistral.toml rendered by the {{ .Chart.Name }} chart {{ .Chart.Version }} for release {{ .Release.Name }}.
 # Set by the chart in the pod's environment: MAGISTRAL_LISTEN, MAGISTRAL_NATS__URL (and
 # MAGISTRAL_NATS__PASSWORD / MAGISTRAL_NATS__TOKEN from Secrets when configured).
-# Folders are relative to this file: /etc/magistral/{config,streams,contracts}.
+# Folders are relative to this file: /etc/magistral/{config,streams,contracts,transforms}
+# (a transform_file is "../transforms/<file>").
 streams_dir = "../streams"
 contracts_dir = "../contracts"
 {{- range $k, $v := $cfg }}
@@ -66,11 +67,11 @@ tls_required = {{ ternary "true" "false" (.required | default false) }}
 {{ include "magistral.tomlKey" $k }} = {{ include "magistral.tomlValue" $v }}
 {{- end }}
 {{- end }}
-{{- range $section := list "participants" "subscriptions" "responders" "directories" }}
+{{- range $section := list "participants" "subscriptions" "responders" "directories" "inbound" "imports" }}
 {{- range $name, $entry := (get $.Values $section | default dict) }}
 
 [{{ $section }}.{{ include "magistral.tomlKey" $name }}]
-{{- range $k, $v := omit $entry "tokens" "signing_secrets" "headers" }}
+{{- range $k, $v := omit $entry "tokens" "signing_secrets" "headers" "application_token" "client_state" }}
 {{ include "magistral.tomlKey" $k }} = {{ include "magistral.tomlValue" $v }}
 {{- end }}
 {{- if hasKey $entry "tokens" }}
@@ -79,6 +80,11 @@ tokens = [
   {{ include "magistral.secretSource" (dict "entry" $t "where" (printf "%s.%s.tokens[%d]" $section $name $i) "token" true "literal" false) }},
 {{- end }}
 ]
+{{- end }}
+{{- range $field := list "application_token" "client_state" }}
+{{- if hasKey $entry $field }}
+{{ $field }} = {{ include "magistral.secretSource" (dict "entry" (get $entry $field) "where" (printf "%s.%s.%s" $section $name $field) "token" false "literal" false) }}
+{{- end }}
 {{- end }}
 {{- if hasKey $entry "signing_secrets" }}
 signing_secrets = [

@@ -44,6 +44,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "magistral.streamsConfigMapName" -}}
 {{- default (printf "%s-streams" (include "magistral.fullname" .)) .Values.streams.existingConfigMap }}
 {{- end }}
+{{- define "magistral.transformsConfigMapName" -}}
+{{- default (printf "%s-transforms" (include "magistral.fullname" .)) .Values.transforms.existingConfigMap }}
+{{- end }}
+{{/* Whether the pod mounts /etc/magistral/transforms. */}}
+{{- define "magistral.hasTransforms" -}}
+{{- if or .Values.transforms.files .Values.transforms.existingConfigMap }}true{{ end }}
+{{- end }}
 {{- define "magistral.contractsConfigMapName" -}}
 {{- default (printf "%s-contracts" (include "magistral.fullname" .)) .Values.contracts.existingConfigMap }}
 {{- end }}
@@ -174,6 +181,11 @@ Every secretKeyRef the configuration uses, as JSON {"files": {secret: {key: true
 {{- range $name, $s := $section }}
 {{- range $t := $s.signing_secrets }}{{ $entries = append $entries $t }}{{ end }}
 {{- range $h, $v := $s.headers }}{{ $entries = append $entries $v }}{{ end }}
+{{- end }}
+{{- end }}
+{{- range $name, $r := .Values.inbound }}
+{{- range $field := list "application_token" "client_state" }}
+{{- if hasKey $r $field }}{{ $entries = append $entries (get $r $field) }}{{ end }}
 {{- end }}
 {{- end }}
 {{- range $e := $entries }}

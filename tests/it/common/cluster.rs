@@ -553,11 +553,11 @@ impl Drop for GatewayProcess {
 // ---------------------------------------------------------------------------------------
 // Fixtures
 
-/// A copy of the wine-retail example in a temp dir, with `edit` applied; returns the dir
+/// A copy of the root configuration (the wine-retail example) in a temp dir, with `edit` applied; returns the dir
 /// and the path of its `magistral.toml`.
 pub fn example_copy() -> (TempDir, PathBuf) {
     let dir = tempfile::Builder::new().prefix("magistral-example-").tempdir().unwrap();
-    crate::common::copy_dir(&crate::common::gateway::example(""), dir.path());
+    crate::common::gateway::copy_example(dir.path());
     let config = dir.path().join("magistral.toml");
     (dir, config)
 }

@@ -20,9 +20,25 @@ pub fn scenario(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/configs").join(name).join("magistral.toml")
 }
 
-/// A file of the bundled example.
+/// A file of the bus configuration at the repository root (the wine-retail example's).
 pub fn example(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/wine-retail").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// What the root configuration is made of: its file and the folders it names.
+pub const EXAMPLE_PARTS: [&str; 6] = ["magistral.toml", "streams", "contracts", "transforms", "secrets", "samples"];
+
+/// Copies the root configuration (not the rest of the repository) into `to`.
+pub fn copy_example(to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for part in EXAMPLE_PARTS {
+        let from = example(part);
+        if from.is_dir() {
+            crate::common::copy_dir(&from, &to.join(part));
+        } else {
+            std::fs::copy(&from, to.join(part)).unwrap();
+        }
+    }
 }
 
 pub struct Gateway {
