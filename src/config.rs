@@ -47,7 +47,8 @@ pub struct Config {
     pub imports: BTreeMap<String, ImportConfig>,
     /// The gateway's own streams: dead letters, delivery status events, replays.
     pub system: SystemConfig,
-    /// How often configuration files are checked for changes (0 = only on SIGHUP).
+    /// How often configuration files are checked for changes, a fallback for file systems
+    /// that send no change events (0 = no poll: file events and SIGHUP only).
     #[serde(with = "humantime_serde")]
     pub reload_interval: Duration,
     /// The file these settings came from; relative paths resolve against its folder.
@@ -77,7 +78,8 @@ impl Default for Config {
             inbound: BTreeMap::new(),
             imports: BTreeMap::new(),
             system: SystemConfig::default(),
-            // Cheap (a few small files hashed) and quick enough for a ConfigMap update.
+            // Changes are seen at once through file events; the poll only backs them up (network
+            // file systems send none), and hashing a few small files is cheap.
             reload_interval: Duration::from_secs(5),
             source: None,
         }
@@ -405,6 +407,10 @@ pub struct ParticipantConfig {
     /// Directories (bucket names, or `*`) the participant may write.
     #[serde(default)]
     pub kv_write: Vec<String>,
+    /// Contract names the participant may register over the API
+    /// (`PUT /v1/contracts/{name}/{version}`): a name, or a prefix ending in `*` (`crm.*`).
+    #[serde(default)]
+    pub contracts: Vec<String>,
 }
 
 /// An HTTP endpoint of a participant that answers requests on subjects.

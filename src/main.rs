@@ -113,6 +113,10 @@ enum ContractsCommand {
         #[arg(long, default_value = "backward")]
         compatibility: magistral::compat::Compatibility,
     },
+    /// Write the contracts participants registered over the API (read from the NATS of the
+    /// configuration) to DIR in the contracts/ layout: one schema file per version and
+    /// registered.toml with their [[contracts]] bindings, for the operators' repository.
+    Export { dir: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -187,7 +191,11 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        Command::Check { .. } | Command::Client(_) | Command::Contracts { .. } | Command::Import { .. } => {
+        Command::Contracts { command: ContractsCommand::Export { dir } } => runtime.block_on(export(&config, &dir)),
+        Command::Check { .. }
+        | Command::Client(_)
+        | Command::Contracts { command: ContractsCommand::Diff { .. } }
+        | Command::Import { .. } => {
             unreachable!("handled above")
         }
         Command::Apply { dry_run, prune } => runtime.block_on(apply(config, catalog, dry_run, prune)),
@@ -337,12 +345,13 @@ async fn serve(config: Config, catalog: Catalog) -> ExitCode {
     }
 }
 
-async fn apply(config: Config, catalog: Catalog, dry_run: bool, prune: bool) -> ExitCode {
+/// JetStream over the configuration's NATS, once connected; the exit code when it is not.
+async fn jetstream(config: &Config) -> Result<async_nats::jetstream::Context, ExitCode> {
     let client = match magistral::nats::connect(&config.nats).await {
         Ok(c) => c,
         Err(err) => {
             eprintln!("{err}");
-            return ExitCode::from(EX_CONFIG);
+            return Err(ExitCode::from(EX_CONFIG));
         }
     };
     // The client retries in the background; give it the connect timeout to succeed.
@@ -350,11 +359,35 @@ async fn apply(config: Config, catalog: Catalog, dry_run: bool, prune: bool) -> 
     while client.connection_state() != async_nats::connection::State::Connected {
         if tokio::time::Instant::now() > deadline {
             eprintln!("NATS at {} is not reachable", config.nats.url);
-            return ExitCode::from(EX_UNAVAILABLE);
+            return Err(ExitCode::from(EX_UNAVAILABLE));
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let js = async_nats::jetstream::new(client);
+    Ok(async_nats::jetstream::new(client))
+}
+
+async fn export(config: &Config, dir: &std::path::Path) -> ExitCode {
+    let js = match jetstream(config).await {
+        Ok(js) => js,
+        Err(code) => return code,
+    };
+    match magistral::registry::export(&js, dir).await {
+        Ok(n) => {
+            println!("{n} registered contract version(s) written to {}", dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("magistral contracts export: {err}");
+            ExitCode::from(EX_UNAVAILABLE)
+        }
+    }
+}
+
+async fn apply(config: Config, catalog: Catalog, dry_run: bool, prune: bool) -> ExitCode {
+    let js = match jetstream(&config).await {
+        Ok(js) => js,
+        Err(code) => return code,
+    };
     let mut failed = false;
     for directory in &catalog.directories {
         if dry_run {

@@ -22,7 +22,7 @@ use crate::streams::StreamDef;
 use problems::Problems;
 
 /// Everything loaded from configuration that requests consult.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Catalog {
     pub participants: Participants,
     pub contracts: Contracts,
@@ -92,6 +92,14 @@ impl Catalog {
     #[must_use]
     pub fn import(&self, name: &str) -> Option<&ImportRoute> {
         self.imports.iter().find(|r| r.name == name)
+    }
+
+    /// This catalog with the contracts registered over the API in place of those it held.
+    #[must_use]
+    pub fn with_api_contracts(&self, api: &[Arc<crate::contracts::Contract>]) -> Self {
+        let mut catalog = self.clone();
+        catalog.contracts = self.contracts.with_api(api);
+        catalog
     }
 
     #[must_use]

@@ -43,6 +43,19 @@ fn participant(config: &Config, name: &str, p: &ParticipantConfig, problems: &mu
     participant.kv_read = p.kv_read.clone();
     participant.kv_write = p.kv_write.clone();
     participant.admin = p.admin;
+    for (i, grant) in p.contracts.iter().enumerate() {
+        let name = grant.strip_suffix('*').unwrap_or(grant);
+        if grant.is_empty()
+            || name.contains('*')
+            || !(name.is_empty() || crate::contracts::registry::valid_name_part(name))
+        {
+            problems.in_config(
+                format!("participants.{}.contracts[{i}]", participant.name),
+                "a contract name (a-z, 0-9, '.', '_', '-'), or a prefix of one ending in '*' (crm.*)",
+            );
+        }
+    }
+    participant.contracts = p.contracts.clone();
     participant
 }
 
