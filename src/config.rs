@@ -605,6 +605,18 @@ pub struct SubscriptionConfig {
     /// Where a new subscription starts: `new` messages only, or `all` the stream holds.
     #[serde(default)]
     pub start: StartPosition,
+    /// Pin the subscription to this version of its subjects' contract: messages of a newer
+    /// version are converted by `down_conversion` and checked against it before delivery.
+    #[serde(default)]
+    pub contract_version: Option<u32>,
+    /// The contract pinned, when the subjects are governed by several.
+    #[serde(default)]
+    pub contract: Option<String>,
+    /// jq from a newer version's data to the pinned version's (inline or from a file).
+    #[serde(default)]
+    pub down_conversion: Option<String>,
+    #[serde(default)]
+    pub down_conversion_file: Option<PathBuf>,
     /// How long a delivery may go silent before JetStream gives the message to another
     /// replica (a crashed one's). In-progress acks every third of it keep slow endpoints
     /// from causing duplicates.

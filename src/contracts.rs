@@ -140,10 +140,10 @@ impl Contracts {
     /// Sorted so that, among versions of one contract, the newest comes first.
     #[must_use]
     pub fn new(list: Vec<Contract>) -> Self {
-        Self::shared(list.into_iter().map(Arc::new).collect())
+        Self::sorted(list.into_iter().map(Arc::new).collect())
     }
 
-    fn shared(mut list: Vec<Arc<Contract>>) -> Self {
+    fn sorted(mut list: Vec<Arc<Contract>>) -> Self {
         list.sort_by(|a, b| a.name.cmp(&b.name).then(b.version.cmp(&a.version)));
         Self(list)
     }
@@ -165,7 +165,13 @@ impl Contracts {
                 list.push(contract.clone());
             }
         }
-        Self::shared(list)
+        Self::sorted(list)
+    }
+
+    /// A version, shared (a pinned subscription holds its own).
+    #[must_use]
+    pub fn shared(&self, name: &str, version: u32) -> Option<Arc<Contract>> {
+        self.0.iter().find(|c| c.name == name && c.version == version).cloned()
     }
 
     /// The contract that governs `subject`.

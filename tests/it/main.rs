@@ -21,6 +21,7 @@ mod logs;
 mod metrics;
 mod nats_harness;
 mod openapi;
+mod pinned;
 mod process;
 mod publish;
 mod pull;

@@ -329,6 +329,8 @@ const CLASSES: &[Class] = &[
     Class::TransformFailed,
     Class::Skipped,
     Class::Unencodable,
+    Class::ConversionFailed,
+    Class::ConversionInvalid,
 ];
 
 #[test]
@@ -730,7 +732,16 @@ fn delivery_webhook_classifies_answers_like_the_code() {
     let mut documented: BTreeSet<String> = responses.keys().flat_map(|k| classes_of(k)).collect();
     for (member, classes) in [
         ("x-no-answer", &[Class::Timeout, Class::Unreachable][..]),
-        ("x-no-request", &[Class::TransformFailed, Class::Skipped, Class::Unencodable][..]),
+        (
+            "x-no-request",
+            &[
+                Class::TransformFailed,
+                Class::Skipped,
+                Class::Unencodable,
+                Class::ConversionFailed,
+                Class::ConversionInvalid,
+            ][..],
+        ),
     ] {
         let listed: BTreeMap<String, String> = op[member]
             .as_object()
