@@ -148,6 +148,9 @@ fn main() -> ExitCode {
         Command::Dev { .. } => Some(PathBuf::from("examples/wine-retail/magistral.toml")),
         _ => Some(PathBuf::from("magistral.toml")).filter(|p| p.is_file()),
     });
+    if let Command::Check { against } = &command {
+        return check(config_path.as_deref(), against.as_deref());
+    }
     // Everything is parsed and checked before the runtime starts (exit 64 on error).
     let (mut config, mut catalog) = match load(config_path.as_deref()) {
         Ok(loaded) => loaded,
@@ -156,32 +159,6 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
-    if let Command::Check { against } = &command {
-        match magistral::compat::check(&config, against.as_deref()) {
-            Ok(outcome) => {
-                print!("{}", outcome.report);
-                if let Err(problems) = outcome.result() {
-                    eprintln!("{problems}");
-                    return ExitCode::from(EX_CONFIG);
-                }
-            }
-            Err(problems) => {
-                eprintln!("--against: {problems}");
-                return ExitCode::from(EX_CONFIG);
-            }
-        }
-        println!(
-            "configuration OK: {} participant(s), {} stream(s), {} contract(s), {} subscription(s), {} responder(s), {} directory(ies), {} inbound route(s)",
-            catalog.participants.iter().count(),
-            catalog.streams.iter().filter(|s| s.file.extension().is_some_and(|e| e == "json")).count(),
-            catalog.contracts.iter().count(),
-            catalog.subscriptions.len(),
-            catalog.responders.len(),
-            catalog.directories.len(),
-            catalog.inbound.len(),
-        );
-        return ExitCode::SUCCESS;
-    }
     magistral::telemetry::init_logs(&config.log, &config.traces);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -307,6 +284,53 @@ fn client(command: magistral::client::ClientCommand) -> ExitCode {
         }
     };
     ExitCode::from(runtime.block_on(magistral::client::run(command)).code())
+}
+
+/// `magistral check`: every problem of the configuration in one run — settings, catalog and
+/// contract versions — each with its file, line and field.
+fn check(path: Option<&Path>, against: Option<&Path>) -> ExitCode {
+    let Some(path) = path else {
+        eprintln!(
+            "no configuration file: there is no magistral.toml in {}; name one with --config FILE (or \
+             MAGISTRAL_CONFIG)",
+            std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_else(|_| ".".into())
+        );
+        return ExitCode::from(EX_CONFIG);
+    };
+    let (config, mut problems) = Config::load_all(Some(path));
+    let mut catalog = None;
+    if let Some(config) = &config {
+        match Catalog::load(config) {
+            Ok(loaded) => catalog = Some(loaded),
+            Err(err) => problems.extend(err.problems),
+        }
+        match magistral::compat::check(config, against) {
+            Ok(outcome) => {
+                print!("{}", outcome.report);
+                problems.extend(outcome.problems);
+            }
+            Err(err) => problems.extend(err.problems.into_iter().map(|mut p| {
+                p.message = format!("{} (the --against checkout)", p.message);
+                p
+            })),
+        }
+    }
+    if !problems.is_empty() {
+        eprintln!("{}", ConfigError { problems }.located());
+        return ExitCode::from(EX_CONFIG);
+    }
+    let Some(catalog) = catalog else { return ExitCode::from(EX_CONFIG) };
+    println!(
+        "configuration OK: {} participant(s), {} stream(s), {} contract(s), {} subscription(s), {} responder(s), {} directory(ies), {} inbound route(s)",
+        catalog.participants.iter().count(),
+        catalog.streams.iter().filter(|s| s.file.extension().is_some_and(|e| e == "json")).count(),
+        catalog.contracts.iter().count(),
+        catalog.subscriptions.len(),
+        catalog.responders.len(),
+        catalog.directories.len(),
+        catalog.inbound.len(),
+    );
+    ExitCode::SUCCESS
 }
 
 fn load(path: Option<&Path>) -> Result<(Config, Catalog), ConfigError> {

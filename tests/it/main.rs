@@ -3,6 +3,7 @@ mod common;
 
 mod alerts;
 mod asyncapi;
+mod check;
 mod cli;
 mod cluster;
 mod compat;
