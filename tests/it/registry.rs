@@ -164,6 +164,20 @@ async fn a_contract_registered_on_one_replica_is_served_and_enforced_by_another(
         serde_json::from_str(&std::fs::read_to_string(out.path().join("crm.lead.v2.json")).unwrap()).unwrap();
     assert_eq!(exported, v2);
     assert!(out.path().join("crm.lead.v1.json").is_file());
+    // The same through the command an operator runs, with the configuration's NATS.
+    let cli_out = tempfile::tempdir().unwrap();
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_magistral"))
+        .args(["contracts", "export", cli_out.path().to_str().unwrap(), "--config", config.to_str().unwrap()])
+        .env("MAGISTRAL_NATS__URL", nats.url())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
+    assert!(stdout.contains("2 registered contract version(s) written"), "{stdout}");
+    assert_eq!(
+        std::fs::read_to_string(cli_out.path().join("registered.toml")).unwrap(),
+        std::fs::read_to_string(out.path().join("registered.toml")).unwrap()
+    );
     let bindings = std::fs::read_to_string(out.path().join("registered.toml")).unwrap();
     assert!(
         bindings.contains(
