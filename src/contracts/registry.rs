@@ -399,6 +399,11 @@ impl Registry {
                 held.remove(&entry.key);
             }
         }
+        // While the history is replayed (a watch reopened), compose once it is caught up: the
+        // catalog never lacks versions it had.
+        if entry.delta > 0 {
+            return;
+        }
         {
             let _guard = self.compose.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let list: Vec<Arc<Contract>> = held.values().cloned().collect();

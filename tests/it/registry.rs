@@ -126,6 +126,30 @@ async fn a_contract_registered_on_one_replica_is_served_and_enforced_by_another(
     })
     .await;
 
+    // A replica started later reads them from the bucket's history.
+    let c = Gateway::start_with(config.clone(), &nats.url(), |_| {}).await;
+    eventually("a late replica enforces crm.lead", Duration::from_secs(5), async || {
+        let answer = c.publish(BITRIX, "orders.crm.lead", r#"{"phone":"1"}"#).send().await.unwrap();
+        (answer.status() == 422).then_some(())
+    })
+    .await;
+    // A configuration reload keeps them: a participant added to the file, then the contract
+    // still enforced.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let ops = hex::encode(Sha256::digest("ops-registry-token-01"));
+    crate::common::write_atomically(
+        &config,
+        format!("{text}\n[participants.ops]\ntokens = [{{ sha256 = \"{ops}\" }}]\nadmin = true\n"),
+    );
+    eventually("the reload applied", Duration::from_secs(5), async || {
+        let answer = a.http.get(a.url("/v1/contracts")).bearer_auth("ops-registry-token-01").send().await.unwrap();
+        (answer.status() == 200).then_some(())
+    })
+    .await;
+    assert_eq!(a.publish(BITRIX, "orders.crm.lead", r#"{"phone":"1"}"#).send().await.unwrap().status(), 422);
+    let listed = a.get_json("ops-registry-token-01", "/v1/contracts").await.to_string();
+    assert!(listed.contains("/v1/contracts/crm.lead/2"), "{listed}");
+
     // Versions never change, and come one after another.
     let other = json!({"type":"object"});
     let (status, problem) = put(&b, BITRIX, "/v1/contracts/crm.lead/2", &other).await;
