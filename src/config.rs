@@ -14,6 +14,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
+mod locate;
+
 /// Every setting of the gateway. Each default sits in [`Default`] with its reason.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -47,7 +49,8 @@ pub struct Config {
     pub imports: BTreeMap<String, ImportConfig>,
     /// The gateway's own streams: dead letters, delivery status events, replays.
     pub system: SystemConfig,
-    /// How often configuration files are checked for changes (0 = only on SIGHUP).
+    /// How often configuration files are checked for changes, a fallback for file systems
+    /// that send no change events (0 = no poll: file events and SIGHUP only).
     #[serde(with = "humantime_serde")]
     pub reload_interval: Duration,
     /// The file these settings came from; relative paths resolve against its folder.
@@ -77,7 +80,8 @@ impl Default for Config {
             inbound: BTreeMap::new(),
             imports: BTreeMap::new(),
             system: SystemConfig::default(),
-            // Cheap (a few small files hashed) and quick enough for a ConfigMap update.
+            // Changes are seen at once through file events; the poll only backs them up (network
+            // file systems send none), and hashing a few small files is cheap.
             reload_interval: Duration::from_secs(5),
             source: None,
         }
@@ -405,6 +409,10 @@ pub struct ParticipantConfig {
     /// Directories (bucket names, or `*`) the participant may write.
     #[serde(default)]
     pub kv_write: Vec<String>,
+    /// Contract names the participant may register over the API
+    /// (`PUT /v1/contracts/{name}/{version}`): a name, or a prefix ending in `*` (`crm.*`).
+    #[serde(default)]
+    pub contracts: Vec<String>,
 }
 
 /// An HTTP endpoint of a participant that answers requests on subjects.
@@ -599,6 +607,18 @@ pub struct SubscriptionConfig {
     /// Where a new subscription starts: `new` messages only, or `all` the stream holds.
     #[serde(default)]
     pub start: StartPosition,
+    /// Pin the subscription to this version of its subjects' contract: messages of a newer
+    /// version are converted by `down_conversion` and checked against it before delivery.
+    #[serde(default)]
+    pub contract_version: Option<u32>,
+    /// The contract pinned, when the subjects are governed by several.
+    #[serde(default)]
+    pub contract: Option<String>,
+    /// jq from a newer version's data to the pinned version's (inline or from a file).
+    #[serde(default)]
+    pub down_conversion: Option<String>,
+    #[serde(default)]
+    pub down_conversion_file: Option<PathBuf>,
     /// How long a delivery may go silent before JetStream gives the message to another
     /// replica (a crashed one's). In-progress acks every third of it keep slow endpoints
     /// from causing duplicates.
@@ -750,8 +770,7 @@ impl Default for SystemConfig {
 }
 
 /// Where a participant's token comes from. The token itself is never in the config file.
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "lowercase")]
+#[derive(Clone)]
 pub enum TokenSource {
     /// Hex SHA-256 of the token (`printf %s "$TOKEN" | sha256sum`).
     Sha256(String),
@@ -759,6 +778,33 @@ pub enum TokenSource {
     Env(String),
     /// Path of a file holding the token (a mounted Kubernetes secret).
     File(PathBuf),
+    /// A bare string where a `{ sha256 = ... }` table belongs: read so that the check can
+    /// answer with how to hash it, never accepted.
+    Plain(Secret),
+}
+
+impl<'de> Deserialize<'de> for TokenSource {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "lowercase")]
+        enum Tagged {
+            Sha256(String),
+            Env(String),
+            File(PathBuf),
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Entry {
+            Tagged(Tagged),
+            Plain(String),
+        }
+        Ok(match Entry::deserialize(deserializer)? {
+            Entry::Tagged(Tagged::Sha256(hash)) => Self::Sha256(hash),
+            Entry::Tagged(Tagged::Env(name)) => Self::Env(name),
+            Entry::Tagged(Tagged::File(path)) => Self::File(path),
+            Entry::Plain(token) => Self::Plain(Secret(token)),
+        })
+    }
 }
 
 impl fmt::Debug for TokenSource {
@@ -767,6 +813,7 @@ impl fmt::Debug for TokenSource {
             Self::Sha256(_) => f.write_str("Sha256(<redacted>)"),
             Self::Env(name) => write!(f, "Env({name})"),
             Self::File(path) => write!(f, "File({})", path.display()),
+            Self::Plain(_) => f.write_str("Plain(<redacted>)"),
         }
     }
 }
@@ -797,13 +844,23 @@ pub struct ConfigProblem {
     /// Dotted path of the field at fault, e.g. `participants.bitrix.publish[0]`.
     pub field: String,
     pub message: String,
+    /// The line of `field` in `file` (1-based), when the file is TOML and holds the field.
+    pub line: Option<usize>,
+}
+
+impl ConfigProblem {
+    #[must_use]
+    pub fn new(file: Option<PathBuf>, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { file, field: field.into(), message: message.into(), line: None }
+    }
 }
 
 impl fmt::Display for ConfigProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.file {
-            Some(file) => write!(f, "{}: {}: {}", file.display(), self.field, self.message),
-            None => write!(f, "{}: {}", self.field, self.message),
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => write!(f, "{}:{line}: {}: {}", file.display(), self.field, self.message),
+            (Some(file), None) => write!(f, "{}: {}: {}", file.display(), self.field, self.message),
+            (None, _) => write!(f, "{}: {}", self.field, self.message),
         }
     }
 }
@@ -821,6 +878,24 @@ impl fmt::Display for ConfigError {
             writeln!(f, "  - {problem}")?;
         }
         Ok(())
+    }
+}
+
+impl ConfigError {
+    /// The same problems, each in a TOML file given the line its field is on.
+    #[must_use]
+    pub fn located(mut self) -> Self {
+        let mut texts: BTreeMap<PathBuf, Option<String>> = BTreeMap::new();
+        for problem in &mut self.problems {
+            let Some(file) = problem.file.as_ref().filter(|f| f.extension().is_some_and(|e| e == "toml")) else {
+                continue;
+            };
+            let text = texts.entry(file.clone()).or_insert_with(|| std::fs::read_to_string(file).ok());
+            if problem.line.is_none() {
+                problem.line = text.as_deref().and_then(|t| locate::line_of(t, &problem.field));
+            }
+        }
+        self
     }
 }
 
@@ -873,59 +948,93 @@ impl Config {
     ///
     /// # Errors
     /// A missing or unreadable file, TOML syntax, an unknown key or a wrongly typed value;
-    /// each figment error names the key and the file or variable it came from.
+    /// each names the key, the file (or variable) it came from, and its line.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match Self::load_all(path) {
+            (Some(config), problems) if problems.is_empty() => Ok(config),
+            (_, problems) => Err(ConfigError { problems }.located()),
+        }
+    }
+
+    /// Reads the configuration and every problem in it. A setting that does not read (a bad
+    /// duration, an unknown key, a wrong type) is reported and left out — its default applies,
+    /// or the item holding it is left out when it cannot do without it — and reading goes on,
+    /// so the catalog's checks still run on the rest: `magistral check` lists everything at
+    /// once. The configuration is `None` only when nothing could be read (no file, TOML syntax).
+    #[must_use]
+    pub fn load_all(path: Option<&Path>) -> (Option<Self>, Vec<ConfigProblem>) {
         if let Some(path) = path
             && !path.is_file()
         {
-            return Err(ConfigProblem {
-                file: Some(path.to_path_buf()),
-                field: "(file)".into(),
-                message: "no such file".into(),
+            let message = if path.exists() { "not a file" } else { "no such file" };
+            return (None, vec![ConfigProblem::new(Some(path.to_path_buf()), "(file)", message)]);
+        }
+        let figment = Self::figment(path);
+        // Everything as plain data first: TOML syntax ends the reading here.
+        let mut data: figment::value::Value = match figment.extract() {
+            Ok(data) => data,
+            Err(err) => return (None, err.into_iter().map(|e| problem_of(&e, path, true)).collect()),
+        };
+        let mut problems = Vec::new();
+        // What was left out so far, so the "missing field" it causes is not reported again.
+        let mut left_out: Vec<Vec<String>> = Vec::new();
+        let mut current = figment;
+        let mut first = true;
+        // Each pass leaves out at least one key; a configuration has far fewer bad ones.
+        for _ in 0..256 {
+            let err =
+                match current.extract::<Config>() {
+                    Ok(mut config) => {
+                        config.source = path.map(Path::to_path_buf);
+                        problems.extend(
+                            config.traces.problems().into_iter().map(|(field, message)| {
+                                ConfigProblem::new(path.map(Path::to_path_buf), field, message)
+                            }),
+                        );
+                        config.resolve_nats_files();
+                        return (Some(config), problems);
+                    }
+                    Err(err) => err,
+                };
+            let mut progressed = false;
+            for e in err {
+                let mut key = e.path.clone();
+                let mut consequence = false;
+                match &e.kind {
+                    figment::error::Kind::UnknownField(name, _) if key.last() != Some(name) => key.push(name.clone()),
+                    figment::error::Kind::MissingField(name) => {
+                        let mut full = key.clone();
+                        full.push(name.to_string());
+                        consequence = left_out.contains(&full);
+                    }
+                    _ => {}
+                }
+                if !consequence {
+                    problems.push(problem_of(&e, path, first));
+                }
+                if !key.is_empty() && remove(&mut data, &key) {
+                    left_out.push(key);
+                    progressed = true;
+                }
             }
-            .into());
+            if !progressed {
+                return (None, problems);
+            }
+            // Later passes read the data left; their problems are reported as the file's.
+            current = Figment::from(figment::providers::Serialized::defaults(&data));
+            first = false;
         }
-        let mut config: Config = Self::figment(path).extract().map_err(|err| ConfigError {
-            problems: err
-                .into_iter()
-                .map(|e| ConfigProblem {
-                    // The file, or the provider's name (e.g. "`MAGISTRAL_` environment variable(s)").
-                    file: e
-                        .metadata
-                        .as_ref()
-                        .map(|m| {
-                            m.source
-                                .as_ref()
-                                .and_then(|s| s.file_path().map(Path::to_path_buf))
-                                .unwrap_or_else(|| PathBuf::from(m.name.to_string()))
-                        })
-                        .or_else(|| path.map(Path::to_path_buf)),
-                    field: if e.path.is_empty() { "(top level)".into() } else { e.path.join(".") },
-                    message: e.kind.to_string(),
-                })
-                .collect(),
-        })?;
-        config.source = path.map(Path::to_path_buf);
-        let problems = config.traces.problems();
-        if !problems.is_empty() {
-            return Err(ConfigError {
-                problems: problems
-                    .into_iter()
-                    .map(|(field, message)| ConfigProblem {
-                        file: path.map(Path::to_path_buf),
-                        field: field.into(),
-                        message,
-                    })
-                    .collect(),
-            });
-        }
-        // NATS credential and TLS files resolve against the config file, like every path.
-        let base = config.base_dir();
+        (None, problems)
+    }
+
+    /// NATS credential and TLS files resolve against the config file, like every path.
+    fn resolve_nats_files(&mut self) {
+        let base = self.base_dir();
         for file in [
-            &mut config.nats.creds_file,
-            &mut config.nats.tls_ca_file,
-            &mut config.nats.tls_cert_file,
-            &mut config.nats.tls_key_file,
+            &mut self.nats.creds_file,
+            &mut self.nats.tls_ca_file,
+            &mut self.nats.tls_cert_file,
+            &mut self.nats.tls_key_file,
         ]
         .into_iter()
         .flatten()
@@ -934,7 +1043,6 @@ impl Config {
                 *file = base.join(&*file);
             }
         }
-        Ok(config)
     }
 
     /// The folder relative paths are resolved against.
@@ -946,5 +1054,72 @@ impl Config {
     #[must_use]
     pub fn resolve(&self, path: &Path) -> PathBuf {
         if path.is_absolute() { path.to_path_buf() } else { self.base_dir().join(path) }
+    }
+}
+
+/// A figment error as a problem: the file (or the provider, e.g. "`MAGISTRAL_` environment
+/// variable(s)") and the field written as everywhere else (`participants.nav.tokens[0]`).
+/// Past the `first` pass the data read again carries no file of its own: the file's it is.
+fn problem_of(e: &figment::Error, path: Option<&Path>, first: bool) -> ConfigProblem {
+    let file = e
+        .metadata
+        .as_ref()
+        .filter(|_| first)
+        .map(|m| {
+            m.source
+                .as_ref()
+                .and_then(|s| s.file_path().map(Path::to_path_buf))
+                .unwrap_or_else(|| PathBuf::from(m.name.to_string()))
+        })
+        .or_else(|| path.map(Path::to_path_buf));
+    let mut field = String::new();
+    for part in &e.path {
+        if part.parse::<usize>().is_ok() {
+            field.push_str(&format!("[{part}]"));
+        } else {
+            if !field.is_empty() {
+                field.push('.');
+            }
+            field.push_str(part);
+        }
+    }
+    if field.is_empty() {
+        field = "(top level)".into();
+    }
+    let mut message = e.kind.to_string();
+    if let figment::error::Kind::MissingField(name) = &e.kind {
+        message = format!("missing field `{name}`");
+    }
+    ConfigProblem::new(file, field, message)
+}
+
+/// Leaves the value at `key` out of `data`; false when there is none.
+fn remove(data: &mut figment::value::Value, key: &[String]) -> bool {
+    use figment::value::Value;
+    let Some((last, parents)) = key.split_last() else { return false };
+    let mut node = data;
+    for part in parents {
+        node = match node {
+            Value::Dict(_, dict) => match dict.get_mut(part) {
+                Some(next) => next,
+                None => return false,
+            },
+            Value::Array(_, items) => match part.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+                Some(next) => next,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match node {
+        Value::Dict(_, dict) => dict.remove(last).is_some(),
+        Value::Array(_, items) => match last.parse::<usize>() {
+            Ok(i) if i < items.len() => {
+                items.remove(i);
+                true
+            }
+            _ => false,
+        },
+        _ => false,
     }
 }

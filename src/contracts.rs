@@ -2,6 +2,7 @@
 //! load and checked against every published message's data.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -9,6 +10,7 @@ use serde_json::Value;
 use crate::subject;
 
 pub mod compat;
+pub mod registry;
 
 /// A compiled contract version.
 #[derive(Debug)]
@@ -24,7 +26,18 @@ pub struct Contract {
     /// URI stamped as `ce-dataschema`: the schema's `$id`, or a URN naming the version.
     pub dataschema: String,
     pub schema: Value,
+    /// Where the version comes from: files are authoritative, the API adds beside them.
+    pub origin: Origin,
     validator: jsonschema::Validator,
+}
+
+/// Where a contract version comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// `[[contracts]]` and a schema file: changed only by operators.
+    File,
+    /// Registered over `PUT /v1/contracts/{name}/{version}` by a participant granted its name.
+    Api { registered_by: String, compatibility: compat::Compatibility },
 }
 
 /// One way data breaks its contract (`errors` member of a `contract-violation` problem).
@@ -64,7 +77,17 @@ impl Contract {
             .get("$id")
             .and_then(Value::as_str)
             .map_or_else(|| format!("urn:magistral:contract:{name}:v{version}"), str::to_owned);
-        Ok(Self { name, version, file, subjects, replies: Vec::new(), dataschema, schema, validator })
+        Ok(Self {
+            name,
+            version,
+            file,
+            subjects,
+            replies: Vec::new(),
+            dataschema,
+            schema,
+            origin: Origin::File,
+            validator,
+        })
     }
 
     /// The first `max` ways `data` breaks this contract, and how many there are in all (0
@@ -109,16 +132,46 @@ fn shortened(mut message: String) -> String {
     message
 }
 
-/// All loaded contracts.
-#[derive(Debug, Default)]
-pub struct Contracts(Vec<Contract>);
+/// All loaded contracts (shared, so a catalog with the API's contracts swapped in is cheap).
+#[derive(Debug, Default, Clone)]
+pub struct Contracts(Vec<Arc<Contract>>);
 
 impl Contracts {
     /// Sorted so that, among versions of one contract, the newest comes first.
     #[must_use]
-    pub fn new(mut list: Vec<Contract>) -> Self {
+    pub fn new(list: Vec<Contract>) -> Self {
+        Self::sorted(list.into_iter().map(Arc::new).collect())
+    }
+
+    fn sorted(mut list: Vec<Arc<Contract>>) -> Self {
         list.sort_by(|a, b| a.name.cmp(&b.name).then(b.version.cmp(&a.version)));
         Self(list)
+    }
+
+    /// These contracts' file versions with `api` beside them (replacing any API versions held
+    /// before). An API version whose name files now declare is left out: files win.
+    #[must_use]
+    pub fn with_api(&self, api: &[Arc<Contract>]) -> Self {
+        let files: Vec<Arc<Contract>> = self.0.iter().filter(|c| c.origin == Origin::File).cloned().collect();
+        let mut list = files.clone();
+        for contract in api {
+            if files.iter().any(|f| f.name == contract.name) {
+                tracing::warn!(
+                    contract = %contract.name,
+                    version = contract.version,
+                    "a registered contract's name is now declared in files; the files' versions apply"
+                );
+            } else {
+                list.push(contract.clone());
+            }
+        }
+        Self::sorted(list)
+    }
+
+    /// A version, shared (a pinned subscription holds its own).
+    #[must_use]
+    pub fn shared(&self, name: &str, version: u32) -> Option<Arc<Contract>> {
+        self.0.iter().find(|c| c.name == name && c.version == version).cloned()
     }
 
     /// The contract that governs `subject`.
@@ -129,7 +182,7 @@ impl Contracts {
     /// # Errors
     /// `requested` names a schema that is not bound to this subject.
     pub fn for_subject(&self, subject: &str, requested: Option<&str>) -> Result<Option<&Contract>, UnknownSchema> {
-        let mut bound = self.0.iter().filter(|c| c.governs(subject));
+        let mut bound = self.iter().filter(|c| c.governs(subject));
         match requested {
             None => Ok(bound.next()),
             Some(uri) => {
@@ -148,16 +201,16 @@ impl Contracts {
     /// The contract replies to requests on `subject` must honour (newest version).
     #[must_use]
     pub fn for_reply(&self, subject: &str) -> Option<&Contract> {
-        self.0.iter().find(|c| c.replies.iter().any(|p| subject::matches(p, subject)))
+        self.iter().find(|c| c.replies.iter().any(|p| subject::matches(p, subject)))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Contract> {
-        self.0.iter()
+        self.0.iter().map(|c| &**c)
     }
 
     #[must_use]
     pub fn get(&self, name: &str, version: Option<u32>) -> Option<&Contract> {
-        self.0.iter().find(|c| c.name == name && version.is_none_or(|v| v == c.version))
+        self.iter().find(|c| c.name == name && version.is_none_or(|v| v == c.version))
     }
 }
 

@@ -7,7 +7,8 @@
 //! - [`participants`]: bearer token → participant; permissions.
 //! - [`subject`]: subject rules and wildcard matching.
 //! - `contracts`: JSON Schema contracts bound to subjects; [`compat`]: the breaking-change
-//!   check between two versions (`magistral check`, `magistral contracts diff`).
+//!   check between two versions (`magistral check`, `magistral contracts diff`); [`registry`]:
+//!   contracts participants register over the API, kept in a KV bucket every replica watches.
 //! - [`streams`]: stream files and reconciling them with the server (`magistral apply`).
 //! - [`charset`]: legacy charsets (windows-1251, KOI8-R, …) decoded at the edge, re-encoded
 //!   for subscriptions that ask.
@@ -41,6 +42,8 @@ pub mod config;
 pub(crate) mod contracts;
 /// The breaking-change check between contract versions (`magistral check`, `magistral contracts diff`).
 pub use contracts::compat;
+/// Contracts registered over the API, kept in NATS (`magistral contracts export`).
+pub use contracts::registry;
 pub mod delivery;
 pub mod describe;
 pub mod dev;
@@ -131,6 +134,7 @@ pub async fn run(
         sse_streams: Arc::new(http::events::StreamCounts::default()),
         admission: Arc::new(http::admission::Admission::new(&limits)),
         shutdown: shutdown.clone(),
+        registry: Arc::new(contracts::registry::Registry::new(config.system.replicas)),
     };
     // Every configured participant's and subscription's series exist at zero from the start.
     telemetry::catalogue::register(&state.catalog.load());
@@ -252,7 +256,12 @@ async fn start_when_reconciled(state: Runtime, config: Config, shutdown: Cancell
         }
         delay = (delay * 2).min(Duration::from_secs(10));
     }
-    reload::watch(state, config, shutdown).await;
+    let registry = state.registry.clone();
+    let js = state.publisher.jetstream().clone();
+    tokio::join!(
+        registry.watch(js, state.catalog.clone(), shutdown.clone()),
+        reload::watch(state, config, shutdown.clone())
+    );
 }
 
 /// Creates or updates every stream of the catalog (never deletes); true when all succeeded.

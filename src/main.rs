@@ -113,6 +113,10 @@ enum ContractsCommand {
         #[arg(long, default_value = "backward")]
         compatibility: magistral::compat::Compatibility,
     },
+    /// Write the contracts participants registered over the API (read from the NATS of the
+    /// configuration) to DIR in the contracts/ layout: one schema file per version and
+    /// registered.toml with their [[contracts]] bindings, for the operators' repository.
+    Export { dir: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -152,6 +156,9 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(EX_CONFIG);
     }
+    if let Command::Check { against } = &command {
+        return check(config_path.as_deref(), against.as_deref());
+    }
     // Everything is parsed and checked before the runtime starts (exit 64 on error).
     let (mut config, mut catalog) = match load(config_path.as_deref()) {
         Ok(loaded) => loaded,
@@ -160,32 +167,6 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
-    if let Command::Check { against } = &command {
-        match magistral::compat::check(&config, against.as_deref()) {
-            Ok(outcome) => {
-                print!("{}", outcome.report);
-                if let Err(problems) = outcome.result() {
-                    eprintln!("{problems}");
-                    return ExitCode::from(EX_CONFIG);
-                }
-            }
-            Err(problems) => {
-                eprintln!("--against: {problems}");
-                return ExitCode::from(EX_CONFIG);
-            }
-        }
-        println!(
-            "configuration OK: {} participant(s), {} stream(s), {} contract(s), {} subscription(s), {} responder(s), {} directory(ies), {} inbound route(s)",
-            catalog.participants.iter().count(),
-            catalog.streams.iter().filter(|s| s.file.extension().is_some_and(|e| e == "json")).count(),
-            catalog.contracts.iter().count(),
-            catalog.subscriptions.len(),
-            catalog.responders.len(),
-            catalog.directories.len(),
-            catalog.inbound.len(),
-        );
-        return ExitCode::SUCCESS;
-    }
     magistral::telemetry::init_logs(&config.log, &config.traces);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -195,7 +176,11 @@ fn main() -> ExitCode {
         }
     };
     match command {
-        Command::Check { .. } | Command::Client(_) | Command::Contracts { .. } | Command::Import { .. } => {
+        Command::Contracts { command: ContractsCommand::Export { dir } } => runtime.block_on(export(&config, &dir)),
+        Command::Check { .. }
+        | Command::Client(_)
+        | Command::Contracts { command: ContractsCommand::Diff { .. } }
+        | Command::Import { .. } => {
             unreachable!("handled above")
         }
         Command::Apply { dry_run, prune } => runtime.block_on(apply(config, catalog, dry_run, prune)),
@@ -309,6 +294,53 @@ fn client(command: magistral::client::ClientCommand) -> ExitCode {
     ExitCode::from(runtime.block_on(magistral::client::run(command)).code())
 }
 
+/// `magistral check`: every problem of the configuration in one run — settings, catalog and
+/// contract versions — each with its file, line and field.
+fn check(path: Option<&Path>, against: Option<&Path>) -> ExitCode {
+    let Some(path) = path else {
+        eprintln!(
+            "no configuration file: there is no magistral.toml in {}; name one with --config FILE (or \
+             MAGISTRAL_CONFIG)",
+            std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_else(|_| ".".into())
+        );
+        return ExitCode::from(EX_CONFIG);
+    };
+    let (config, mut problems) = Config::load_all(Some(path));
+    let mut catalog = None;
+    if let Some(config) = &config {
+        match Catalog::load(config) {
+            Ok(loaded) => catalog = Some(loaded),
+            Err(err) => problems.extend(err.problems),
+        }
+        match magistral::compat::check(config, against) {
+            Ok(outcome) => {
+                print!("{}", outcome.report);
+                problems.extend(outcome.problems);
+            }
+            Err(err) => problems.extend(err.problems.into_iter().map(|mut p| {
+                p.message = format!("{} (the --against checkout)", p.message);
+                p
+            })),
+        }
+    }
+    if !problems.is_empty() {
+        eprintln!("{}", ConfigError { problems }.located());
+        return ExitCode::from(EX_CONFIG);
+    }
+    let Some(catalog) = catalog else { return ExitCode::from(EX_CONFIG) };
+    println!(
+        "configuration OK: {} participant(s), {} stream(s), {} contract(s), {} subscription(s), {} responder(s), {} directory(ies), {} inbound route(s)",
+        catalog.participants.iter().count(),
+        catalog.streams.iter().filter(|s| s.file.extension().is_some_and(|e| e == "json")).count(),
+        catalog.contracts.iter().count(),
+        catalog.subscriptions.len(),
+        catalog.responders.len(),
+        catalog.directories.len(),
+        catalog.inbound.len(),
+    );
+    ExitCode::SUCCESS
+}
+
 fn load(path: Option<&Path>) -> Result<(Config, Catalog), ConfigError> {
     let config = Config::load(path)?;
     let catalog = Catalog::load(&config)?;
@@ -345,12 +377,13 @@ async fn serve(config: Config, catalog: Catalog) -> ExitCode {
     }
 }
 
-async fn apply(config: Config, catalog: Catalog, dry_run: bool, prune: bool) -> ExitCode {
+/// JetStream over the configuration's NATS, once connected; the exit code when it is not.
+async fn jetstream(config: &Config) -> Result<async_nats::jetstream::Context, ExitCode> {
     let client = match magistral::nats::connect(&config.nats).await {
         Ok(c) => c,
         Err(err) => {
             eprintln!("{err}");
-            return ExitCode::from(EX_CONFIG);
+            return Err(ExitCode::from(EX_CONFIG));
         }
     };
     // The client retries in the background; give it the connect timeout to succeed.
@@ -358,11 +391,35 @@ async fn apply(config: Config, catalog: Catalog, dry_run: bool, prune: bool) -> 
     while client.connection_state() != async_nats::connection::State::Connected {
         if tokio::time::Instant::now() > deadline {
             eprintln!("NATS at {} is not reachable", config.nats.url);
-            return ExitCode::from(EX_UNAVAILABLE);
+            return Err(ExitCode::from(EX_UNAVAILABLE));
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let js = async_nats::jetstream::new(client);
+    Ok(async_nats::jetstream::new(client))
+}
+
+async fn export(config: &Config, dir: &std::path::Path) -> ExitCode {
+    let js = match jetstream(config).await {
+        Ok(js) => js,
+        Err(code) => return code,
+    };
+    match magistral::registry::export(&js, dir).await {
+        Ok(n) => {
+            println!("{n} registered contract version(s) written to {}", dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("magistral contracts export: {err}");
+            ExitCode::from(EX_UNAVAILABLE)
+        }
+    }
+}
+
+async fn apply(config: Config, catalog: Catalog, dry_run: bool, prune: bool) -> ExitCode {
+    let js = match jetstream(&config).await {
+        Ok(js) => js,
+        Err(code) => return code,
+    };
     let mut failed = false;
     for directory in &catalog.directories {
         if dry_run {

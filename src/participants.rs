@@ -20,6 +20,8 @@ pub struct Participant {
     pub kv_write: Vec<String>,
     /// May operate every subscription, not only its own.
     pub admin: bool,
+    /// Contract names it may register over the API: a name, or a prefix ending in `*`.
+    pub contracts: Vec<String>,
     /// The CloudEvents `source` stamped on everything this participant publishes.
     pub source: String,
 }
@@ -38,6 +40,7 @@ impl Participant {
             kv_read: Vec::new(),
             kv_write: Vec::new(),
             admin: false,
+            contracts: Vec::new(),
             source,
         }
     }
@@ -45,6 +48,15 @@ impl Participant {
     #[must_use]
     pub fn may_read(&self, bucket: &str) -> bool {
         self.kv_read.iter().chain(&self.kv_write).any(|b| b == "*" || b == bucket)
+    }
+
+    /// Whether it may register versions of the contract `name` over the API.
+    #[must_use]
+    pub fn may_register(&self, name: &str) -> bool {
+        self.contracts.iter().any(|g| match g.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => g == name,
+        })
     }
 
     #[must_use]

@@ -53,6 +53,9 @@ pub enum ProblemType {
     BodyTimeout,
     UndecodableBody,
     UnreadableFile,
+    ContractConflict,
+    InvalidSchema,
+    IncompatibleContract,
 }
 
 impl ProblemType {
@@ -99,6 +102,9 @@ impl ProblemType {
         Self::BodyTimeout,
         Self::UndecodableBody,
         Self::UnreadableFile,
+        Self::ContractConflict,
+        Self::InvalidSchema,
+        Self::IncompatibleContract,
     ];
 
     /// The stable identifier clients match on.
@@ -146,6 +152,9 @@ impl ProblemType {
             Self::BodyTimeout => "body-timeout",
             Self::UndecodableBody => "undecodable-body",
             Self::UnreadableFile => "unreadable-file",
+            Self::ContractConflict => "contract-conflict",
+            Self::InvalidSchema => "invalid-schema",
+            Self::IncompatibleContract => "incompatible-contract",
         }
     }
 
@@ -188,6 +197,8 @@ impl ProblemType {
             }
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::ContractConflict => StatusCode::CONFLICT,
+            Self::InvalidSchema | Self::IncompatibleContract => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
@@ -235,6 +246,9 @@ impl ProblemType {
             Self::BodyTimeout => "The request body did not arrive in time",
             Self::UndecodableBody => "The body is not valid in the charset its Content-Type names",
             Self::UnreadableFile => "The file is not a readable spreadsheet for this import",
+            Self::ContractConflict => "The contract version cannot be registered as asked",
+            Self::InvalidSchema => "The body is not a valid JSON Schema 2020-12",
+            Self::IncompatibleContract => "The new version breaks its compatibility mode",
         }
     }
 

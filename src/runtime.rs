@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arc_swap::ArcSwap;
 
 use crate::catalog::Catalog;
+use crate::contracts::registry::Registry;
 use crate::delivery::Deliveries;
 use crate::publish::Publisher;
 use crate::request::Responders;
@@ -21,6 +22,8 @@ pub struct Runtime {
     pub deliveries: Arc<Deliveries>,
     pub responders: Arc<Responders>,
     pub health: Arc<Health>,
+    /// Contracts registered over the API, composed into every catalog stored.
+    pub registry: Arc<Registry>,
 }
 
 /// Readiness facts the background tasks update.

@@ -60,7 +60,12 @@ pub(super) fn responders(config: &Config, problems: &mut Problems) -> Vec<Arc<Re
 
 /// Subscriptions over `streams` (declared, system and directory streams), each checked
 /// against its participant's `subscribe` patterns.
-pub(super) fn subscriptions(config: &Config, streams: &[StreamDef], problems: &mut Problems) -> Vec<Arc<Subscription>> {
+pub(super) fn subscriptions(
+    config: &Config,
+    streams: &[StreamDef],
+    contracts: &crate::contracts::Contracts,
+    problems: &mut Problems,
+) -> Vec<Arc<Subscription>> {
     config
         .subscriptions
         .iter()
@@ -68,7 +73,7 @@ pub(super) fn subscriptions(config: &Config, streams: &[StreamDef], problems: &m
             let permissions = config.participants.get(&cfg.participant).map(|p| p.subscribe.as_slice());
             problems.resolved(
                 &format!("subscriptions.{name}"),
-                Subscription::resolve(name, cfg, config, streams, permissions),
+                Subscription::resolve(name, cfg, config, streams, permissions, contracts),
             )
         })
         .map(Arc::new)

@@ -22,7 +22,7 @@ use crate::streams::StreamDef;
 use problems::Problems;
 
 /// Everything loaded from configuration that requests consult.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Catalog {
     pub participants: Participants,
     pub contracts: Contracts,
@@ -53,7 +53,7 @@ impl Catalog {
         let participants = participants::participants(config, &mut problems);
         let mut streams = streams::declared(config, &mut problems);
         participants::check_requests_publishable(config, &streams, &mut problems);
-        let contracts = contracts::contracts(config, &streams, &mut problems);
+        let contracts = Contracts::new(contracts::contracts(config, &streams, &mut problems));
         let directories = bindings::directories(config, &mut problems);
         let inbound = bindings::inbound_routes(config, &mut problems);
         let imports = bindings::imports(config, &mut problems);
@@ -62,7 +62,7 @@ impl Catalog {
         let declared = streams.len();
         streams.extend(system::streams(&config.system));
         streams.extend(directories.iter().map(Directory::stream));
-        let subscriptions = bindings::subscriptions(config, &streams, &mut problems);
+        let subscriptions = bindings::subscriptions(config, &streams, &contracts, &mut problems);
         streams::check_reserved(&streams[..declared], &mut problems);
         problems.finish(|| Self {
             subscriptions,
@@ -71,7 +71,7 @@ impl Catalog {
             inbound,
             imports,
             participants: Participants::new(participants),
-            contracts: Contracts::new(contracts),
+            contracts,
             streams,
             require_contract: config.require_contract,
             nats_servers: crate::describe::asyncapi::NatsServer::from_urls(&config.nats.url, config.nats.tls_required),
@@ -92,6 +92,14 @@ impl Catalog {
     #[must_use]
     pub fn import(&self, name: &str) -> Option<&ImportRoute> {
         self.imports.iter().find(|r| r.name == name)
+    }
+
+    /// This catalog with the contracts registered over the API in place of those it held.
+    #[must_use]
+    pub fn with_api_contracts(&self, api: &[Arc<crate::contracts::Contract>]) -> Self {
+        let mut catalog = self.clone();
+        catalog.contracts = self.contracts.with_api(api);
+        catalog
     }
 
     #[must_use]

@@ -43,6 +43,19 @@ fn participant(config: &Config, name: &str, p: &ParticipantConfig, problems: &mu
     participant.kv_read = p.kv_read.clone();
     participant.kv_write = p.kv_write.clone();
     participant.admin = p.admin;
+    for (i, grant) in p.contracts.iter().enumerate() {
+        let name = grant.strip_suffix('*').unwrap_or(grant);
+        if grant.is_empty()
+            || name.contains('*')
+            || !(name.is_empty() || crate::contracts::registry::valid_name_part(name))
+        {
+            problems.in_config(
+                format!("participants.{}.contracts[{i}]", participant.name),
+                "a contract name (a-z, 0-9, '.', '_', '-'), or a prefix of one ending in '*' (crm.*)",
+            );
+        }
+    }
+    participant.contracts = p.contracts.clone();
     participant
 }
 
@@ -73,8 +86,18 @@ pub(super) fn check_requests_publishable(config: &Config, streams: &[StreamDef],
 /// Why a configured token cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum TokenError {
-    #[error("sha256 must be 64 hexadecimal characters")]
-    Digest,
+    #[error(
+        "sha256 must be 64 hexadecimal characters (the token's SHA-256, not the token); if this is the token itself, \
+         write {{ sha256 = \"{hash}\" }} instead (printf %s \"$TOKEN\" | sha256sum), or read it from \
+         {{ env = \"VAR\" }} or {{ file = \"path\" }}"
+    )]
+    Digest { hash: String },
+    #[error(
+        "a token is never written in the configuration: write its SHA-256, {{ sha256 = \"{hash}\" }} for this one \
+         (printf %s \"$TOKEN\" | sha256sum), or read it from {{ env = \"VAR\" }} or {{ file = \"path\" }}; \
+         and replace the token, which has been in a file"
+    )]
+    Plain { hash: String },
     #[error("environment variable {0} is not set")]
     Env(String),
     #[error("{path}: {source}", path = .path.display())]
@@ -87,7 +110,12 @@ fn resolve_token(config: &Config, source: &TokenSource) -> Result<[u8; 32], Toke
     let token = match source {
         TokenSource::Sha256(hex_digest) => {
             let mut hash = [0u8; 32];
-            return hex::decode_to_slice(hex_digest.trim(), &mut hash).map(|()| hash).map_err(|_| TokenError::Digest);
+            return hex::decode_to_slice(hex_digest.trim(), &mut hash)
+                .map(|()| hash)
+                .map_err(|_| TokenError::Digest { hash: hex::encode(hash_token(hex_digest.trim())) });
+        }
+        TokenSource::Plain(token) => {
+            return Err(TokenError::Plain { hash: hex::encode(hash_token(token.expose().trim())) });
         }
         TokenSource::Env(var) => std::env::var(var).map_err(|_| TokenError::Env(var.clone()))?,
         TokenSource::File(path) => {

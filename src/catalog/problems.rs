@@ -20,7 +20,7 @@ impl Problems {
 
     /// A problem in `file` (a stream or schema file, or the config file).
     pub(super) fn push(&mut self, file: Option<PathBuf>, field: impl Into<String>, message: impl Into<String>) {
-        self.list.push(ConfigProblem { file, field: field.into(), message: message.into() });
+        self.list.push(ConfigProblem::new(file, field, message));
     }
 
     /// A problem in the configuration file.
@@ -46,6 +46,6 @@ impl Problems {
 
     /// `value` when nothing was found, or everything found.
     pub(super) fn finish<T>(self, value: impl FnOnce() -> T) -> Result<T, ConfigError> {
-        if self.list.is_empty() { Ok(value()) } else { Err(ConfigError { problems: self.list }) }
+        if self.list.is_empty() { Ok(value()) } else { Err(ConfigError { problems: self.list }.located()) }
     }
 }

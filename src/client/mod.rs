@@ -76,7 +76,10 @@ impl Exit {
             | P::DuplicateKey
             | P::FormTooComplex
             | P::UndecodableBody
-            | P::UnreadableFile => Exit::DataErr,
+            | P::UnreadableFile
+            | P::ContractConflict
+            | P::InvalidSchema
+            | P::IncompatibleContract => Exit::DataErr,
             P::NotFound | P::NoStream => Exit::NoInput,
             P::NatsUnavailable | P::NoResponders => Exit::Unavailable,
             P::PublishTimeout

@@ -159,9 +159,20 @@ fn prepare(
         excerpt,
         elapsed: Duration::ZERO,
     };
-    let body = match &sub.transform {
+    // A pinned subscriber gets its version's data first; its transform then works on that.
+    let payload = match &sub.pin {
         None => message.payload.clone(),
-        Some(t) => match t.apply(&message.payload) {
+        Some(pin) => {
+            let dataschema = message.headers.as_ref().and_then(|h| h.get("ce-dataschema")).map(|v| v.as_str());
+            match pin.convert(dataschema, &message.payload) {
+                Ok(body) => body,
+                Err((class, detail)) => return Err(unsent(class, detail)),
+            }
+        }
+    };
+    let body = match &sub.transform {
+        None => payload,
+        Some(t) => match t.apply(&payload) {
             Ok(body) => bytes::Bytes::from(body),
             // A program that yields nothing (`select(...)`) filters the message out.
             Err(crate::transform::TransformError::Empty) => return Err(unsent(Class::Skipped, String::new())),

@@ -14,6 +14,7 @@
 pub(crate) mod attempt;
 pub(crate) mod breaker;
 pub(crate) mod dead_letter;
+pub mod pin;
 pub mod pull;
 pub mod retry_policy;
 pub(crate) mod signature;

@@ -31,6 +31,12 @@ pub enum Class {
     /// The body holds a character the subscription's `charset` cannot represent (no request
     /// was sent; a `?` in its place would change the data silently).
     Unencodable,
+    /// A pinned subscription's `down_conversion` failed on a newer version's message (no
+    /// request was sent).
+    ConversionFailed,
+    /// A pinned subscription got data (converted from a newer version) that its pinned
+    /// version refuses (no request was sent).
+    ConversionInvalid,
 }
 
 impl Class {
@@ -63,6 +69,8 @@ impl Class {
             Self::TransformFailed => "transform-failed",
             Self::Skipped => "skipped",
             Self::Unencodable => "unencodable",
+            Self::ConversionFailed => "conversion-failed",
+            Self::ConversionInvalid => "conversion-invalid",
         }
     }
 
@@ -85,7 +93,14 @@ impl Class {
     /// endpoint).
     #[must_use]
     pub const fn unsent(self) -> bool {
-        matches!(self, Self::Skipped | Self::TransformFailed | Self::Unencodable)
+        matches!(
+            self,
+            Self::Skipped
+                | Self::TransformFailed
+                | Self::Unencodable
+                | Self::ConversionFailed
+                | Self::ConversionInvalid
+        )
     }
 
     /// Whether the failure says something about the endpoint (counts toward the breaker)
@@ -138,7 +153,9 @@ impl RetryPolicy {
             Class::Gone => Decision::PauseSubscription,
             // The same program on the same data fails the same way: no point retrying. So does
             // encoding the same data in the same charset.
-            Class::TransformFailed | Class::Unencodable => Decision::DeadLetter,
+            Class::TransformFailed | Class::Unencodable | Class::ConversionFailed | Class::ConversionInvalid => {
+                Decision::DeadLetter
+            }
             Class::Rejected | Class::Unexpected if !self.retry_client_errors => Decision::DeadLetter,
             Class::Throttled => retry(retry_after.unwrap_or_else(|| self.delay_after(attempt))),
             _ => retry(self.delay_after(attempt)),

@@ -39,6 +39,8 @@ pub struct Subscription {
     pub ack_wait: Duration,
     /// Reshapes the data before delivery.
     pub transform: Option<crate::transform::Transform>,
+    /// The contract version deliveries are converted to and checked against.
+    pub pin: Option<super::pin::Pin>,
     /// Bodies are re-encoded in this charset before they are signed and sent; none = UTF-8.
     pub charset: Option<crate::charset::Charset>,
     /// Pull only: the columns of a spreadsheet export (none: the contract's properties).
@@ -84,6 +86,7 @@ impl Subscription {
         config: &Config,
         streams: &[StreamDef],
         subscribe_permissions: Option<&[String]>,
+        contracts: &crate::contracts::Contracts,
     ) -> Result<Self, Problems> {
         // Every check runs, in this order, so one answer lists every problem.
         let mut problems = Vec::new();
@@ -105,11 +108,13 @@ impl Subscription {
         check_timing(cfg, &mut problems);
         let charset = charset(cfg, &mut problems);
         check_export_columns(cfg, &mut problems);
+        let pin = super::pin::resolve(cfg, config, contracts).map_err(|list| problems.extend(list)).ok().flatten();
         let (Some(target), true) = (target, problems.is_empty()) else {
             return Err(problems);
         };
         let mut sub = Self::build(name, cfg, target, transform, spans);
         sub.charset = charset;
+        sub.pin = pin;
         Ok(sub)
     }
 
@@ -145,6 +150,7 @@ impl Subscription {
             ack_wait: cfg.ack_wait,
             transform,
             charset: None,
+            pin: None,
             export_columns: cfg.export_columns.clone(),
             spans,
         }

@@ -1,15 +1,20 @@
 //! `GET /v1/contracts`, `GET /v1/contracts/{name}/{version}` and `GET /v1/asyncapi.json`: what
-//! the bus tells the caller about itself (the domain is [`crate::describe`]).
+//! the bus tells the caller about itself (the domain is [`crate::describe`]); and
+//! `PUT /v1/contracts/{name}/{version}`, a participant registering a contract version
+//! ([`crate::contracts::registry`]).
 
 use axum::Json;
-use axum::extract::Path;
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::extract::Caller;
+use super::AppState;
+use super::extract::{Caller, JsonBody};
 use super::header_str;
 use super::problem::{Problem, ProblemType};
+use crate::contracts::compat::Compatibility;
+use crate::contracts::registry::{RegisterOutcome, Registration};
 use crate::describe::{self, asyncapi};
 
 /// Schemas change only when configuration does: a client may keep one, but asks each time.
@@ -72,4 +77,57 @@ fn gateway_host(headers: &HeaderMap) -> String {
         .map(|v| v.split(',').next().unwrap_or("").trim())
         .find(|v| v.parse::<axum::http::uri::Authority>().is_ok_and(|a| a.as_str() == *v && !v.contains('@')))
         .map_or_else(|| "localhost".to_owned(), str::to_owned)
+}
+
+/// `PUT /v1/contracts/{name}/{version}`: registers a version (the body is its JSON Schema;
+/// `?subject=` binds it, repeatable; `?compatibility=` sets its mode). 201 when stored, 200
+/// when the same version with the same content already was (a retried request).
+pub(crate) async fn register(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((name, version)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    JsonBody(schema): JsonBody<serde_json::Value>,
+) -> Result<Response, Problem> {
+    let number = version.strip_prefix('v').unwrap_or(&version).parse::<u32>().map_err(|_| {
+        Problem::new(ProblemType::InvalidQuery, format!("{version:?} is not a version number (1, 2, … or v1, v2, …)"))
+    })?;
+    let mut subjects = Vec::new();
+    let mut compatibility = None;
+    for (key, value) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        match key.as_ref() {
+            "subject" => subjects.push(value.into_owned()),
+            "compatibility" => {
+                compatibility =
+                    Some(value.parse::<Compatibility>().map_err(|e| Problem::new(ProblemType::InvalidQuery, e))?);
+            }
+            other => {
+                return Err(Problem::new(
+                    ProblemType::InvalidQuery,
+                    format!("unknown parameter {other:?}: subject and compatibility are"),
+                ));
+            }
+        }
+    }
+    let registration = Registration { name, version: number, schema, subjects, compatibility };
+    let outcome = state
+        .registry
+        .register(state.publisher.jetstream(), caller.catalog(), caller.participant(), registration)
+        .await?;
+    let (status, record) = match outcome {
+        RegisterOutcome::Created(r) => (StatusCode::CREATED, r),
+        RegisterOutcome::Unchanged(r) => (StatusCode::OK, r),
+    };
+    let location = format!("/v1/contracts/{}/{}", record.name, record.version);
+    let location =
+        HeaderValue::from_str(&location).map_err(|_| Problem::new(ProblemType::Internal, "internal error"))?;
+    let body = json!({
+        "name": record.name,
+        "version": record.version,
+        "subjects": record.subjects,
+        "compatibility": record.compatibility,
+        "registeredBy": record.registered_by,
+        "schema": location.to_str().unwrap_or_default(),
+    });
+    Ok((status, [(header::LOCATION, location)], Json(body)).into_response())
 }

@@ -57,6 +57,8 @@ pub struct AppState {
     pub admission: Arc<admission::Admission>,
     /// Cancelled when the gateway starts shutting down (ends endless responses: event streams).
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Contracts registered over the API (`PUT /v1/contracts/{name}/{version}`).
+    pub registry: Arc<crate::contracts::registry::Registry>,
 }
 
 impl AppState {
@@ -69,6 +71,7 @@ impl AppState {
             deliveries: self.deliveries.clone(),
             responders: self.responders.clone(),
             health: self.health.clone(),
+            registry: self.registry.clone(),
         }
     }
 
@@ -106,6 +109,7 @@ impl AppState {
             stores: Arc::new(crate::directory::Stores::default()),
             sse_streams: Arc::new(events::StreamCounts::default()),
             shutdown,
+            registry: Arc::new(crate::contracts::registry::Registry::new(1)),
         }
     }
 }
@@ -139,6 +143,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/subscriptions/{name}/dead-letters/discard"),
     ("get", "/v1/contracts"),
     ("get", "/v1/contracts/{name}/{version}"),
+    ("put", "/v1/contracts/{name}/{version}"),
     ("get", "/v1/asyncapi.json"),
     ("get", "/healthz"),
     ("get", "/readyz"),
@@ -172,7 +177,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/subscriptions/{name}/dead-letters/replay", post(subscriptions::replay))
         .route("/v1/subscriptions/{name}/dead-letters/discard", post(subscriptions::discard))
         .route("/v1/contracts", get(describe::list))
-        .route("/v1/contracts/{name}/{version}", get(describe::schema))
+        .route("/v1/contracts/{name}/{version}", get(describe::schema).put(describe::register))
         .route("/v1/asyncapi.json", get(describe::asyncapi))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

@@ -45,6 +45,7 @@ const EXPORT_CSV: Route = ("get", "/v1/subscriptions/{name}/export.csv");
 const EXPORT_CONFIRM: Route = ("post", "/v1/subscriptions/{name}/export/confirm");
 const CONTRACTS: Route = ("get", "/v1/contracts");
 const CONTRACT: Route = ("get", "/v1/contracts/{name}/{version}");
+const REGISTER: Route = ("put", "/v1/contracts/{name}/{version}");
 const ASYNCAPI: Route = ("get", "/v1/asyncapi.json");
 /// The authenticated API; the operations routes (`/healthz`, ...) answer no problem of their own.
 /// An inbound route authenticates by its kind: a bearer token (`json`), the application token
@@ -76,6 +77,7 @@ const API: &[Route] = &[
     EXPORT_CONFIRM,
     CONTRACTS,
     CONTRACT,
+    REGISTER,
     ASYNCAPI,
 ];
 /// The routes only a subscription's owner may use (no `admin` exception), each for one mode.
@@ -97,21 +99,53 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
     Some(match kind {
         // Body checks: the routes that take a body (replay, fetch, ack: small JSON commands;
         // fetch and ack take an empty body too; an inbound route the body its kind expects).
-        P::MalformedJson => {
-            &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, REPLAY, DISCARD, FETCH, ACK, INBOUND, EXPORT_CONFIRM]
-        }
+        P::MalformedJson => &[
+            PUBLISH_ONE,
+            PUBLISH_BATCH,
+            REQUEST,
+            KV_PUT,
+            REPLAY,
+            DISCARD,
+            FETCH,
+            ACK,
+            INBOUND,
+            EXPORT_CONFIRM,
+            REGISTER,
+        ],
         // An import's file too (its size, and what it inflates to).
-        P::PayloadTooLarge | P::UnsupportedMediaType => {
-            &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, REPLAY, DISCARD, FETCH, ACK, INBOUND, IMPORT, EXPORT_CONFIRM]
-        }
+        P::PayloadTooLarge | P::UnsupportedMediaType => &[
+            PUBLISH_ONE,
+            PUBLISH_BATCH,
+            REQUEST,
+            KV_PUT,
+            REPLAY,
+            DISCARD,
+            FETCH,
+            ACK,
+            INBOUND,
+            IMPORT,
+            EXPORT_CONFIRM,
+            REGISTER,
+        ],
         // A body (or an imported CSV) not valid in the charset its content type names.
-        P::UndecodableBody => &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, INBOUND, IMPORT],
+        P::UndecodableBody => &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, INBOUND, IMPORT, REGISTER],
         P::UnreadableFile => &[IMPORT],
         P::InvalidUtf8 | P::JsonTooDeep => &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, INBOUND],
         // Any body may be too slow; the connection is then closed.
-        P::BodyTimeout => {
-            &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, REPLAY, DISCARD, FETCH, ACK, INBOUND, IMPORT, EXPORT_CONFIRM]
-        }
+        P::BodyTimeout => &[
+            PUBLISH_ONE,
+            PUBLISH_BATCH,
+            REQUEST,
+            KV_PUT,
+            REPLAY,
+            DISCARD,
+            FETCH,
+            ACK,
+            INBOUND,
+            IMPORT,
+            EXPORT_CONFIRM,
+            REGISTER,
+        ],
         // I-JSON on every path whose JSON the gateway validates and passes on (a batch item's
         // comes back as an item of `batch-rejected`; the JSON commands of replay, fetch and ack
         // are `malformed-json`).
@@ -147,6 +181,7 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             EXPORT_CONFIRM,
             CONTRACTS,
             CONTRACT,
+            REGISTER,
             ASYNCAPI,
         ],
         // Every API route authenticates first; any handler can fail unexpectedly.
@@ -171,6 +206,8 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             EXPORT_XLSX,
             EXPORT_CSV,
             EXPORT_CONFIRM,
+            // A contract name not granted, or a subject the registrant may not publish to.
+            REGISTER,
         ],
         // A request is checked like a publish, but goes to no stream and carries no
         // message id of its own to validate.
@@ -179,7 +216,9 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
         P::InvalidCloudEvent => &[PUBLISH_ONE, REQUEST, INBOUND],
         // An inbound route publishes with every check of a publish to its configured subject
         // (`Idempotency-Key` on a `json` route), after its transform.
-        P::InvalidId | P::NoStream | P::ContractRequired => &[PUBLISH_ONE, INBOUND],
+        P::InvalidId | P::ContractRequired => &[PUBLISH_ONE, INBOUND],
+        // A registered contract's subject must be stored too.
+        P::NoStream => &[PUBLISH_ONE, INBOUND, REGISTER],
         // A directory value is checked against the directory's contract.
         P::ContractViolation => &[PUBLISH_ONE, REQUEST, KV_PUT, INBOUND],
         // On a batch `nats-unavailable` is a per-item `error` of a 207/503 answer; the
@@ -208,6 +247,7 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             EXPORT_XLSX,
             EXPORT_CSV,
             EXPORT_CONFIRM,
+            REGISTER,
         ],
         // An import none of whose checked rows could be stored answers that failure.
         P::PublishTimeout => &[PUBLISH_ONE, KV_PUT, KV_DELETE, INBOUND, IMPORT],
@@ -242,7 +282,8 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
         // Query parameters (`?timeout=`, `?limit=`, `?correlation_id=`); the event stream's
         // `?last_event_id=` when it is not a resume point. (An inbound route ignores its query but
         // `?validationToken=`.)
-        P::InvalidQuery => &[DEAD_LETTERS, REQUEST, KV_LIST, EVENTS, MESSAGES, EXPORT_XLSX, EXPORT_CSV],
+        // A registration's `?subject=` / `?compatibility=` (and its name and version).
+        P::InvalidQuery => &[DEAD_LETTERS, REQUEST, KV_LIST, EVENTS, MESSAGES, EXPORT_XLSX, EXPORT_CSV, REGISTER],
         // An `If-Match` that is not a revision; a `Last-Event-ID` header that is not a resume
         // point; a `traceparent` / `tracestate` that is not W3C Trace Context (on a batch, an
         // item of `batch-rejected`).
@@ -262,6 +303,8 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
         // Request/reply only.
         P::NoResponders | P::RequestTimeout | P::ResponderError | P::ReplyContractViolation => &[REQUEST],
         P::MethodNotAllowed => &[],
+        // Self-service contracts only.
+        P::ContractConflict | P::InvalidSchema | P::IncompatibleContract => &[REGISTER],
         #[allow(unreachable_patterns)]
         _ => return None,
     })
@@ -286,6 +329,8 @@ const CLASSES: &[Class] = &[
     Class::TransformFailed,
     Class::Skipped,
     Class::Unencodable,
+    Class::ConversionFailed,
+    Class::ConversionInvalid,
 ];
 
 #[test]
@@ -687,7 +732,16 @@ fn delivery_webhook_classifies_answers_like_the_code() {
     let mut documented: BTreeSet<String> = responses.keys().flat_map(|k| classes_of(k)).collect();
     for (member, classes) in [
         ("x-no-answer", &[Class::Timeout, Class::Unreachable][..]),
-        ("x-no-request", &[Class::TransformFailed, Class::Skipped, Class::Unencodable][..]),
+        (
+            "x-no-request",
+            &[
+                Class::TransformFailed,
+                Class::Skipped,
+                Class::Unencodable,
+                Class::ConversionFailed,
+                Class::ConversionInvalid,
+            ][..],
+        ),
     ] {
         let listed: BTreeMap<String, String> = op[member]
             .as_object()

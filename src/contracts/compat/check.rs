@@ -149,6 +149,7 @@ fn compare(old: &Version, new: &Version, origin: &str, outcome: &mut Outcome) {
                 "{} v{} {verdict} {side} of v{}{origin} (compatibility = \"{mode}\"){via}: {}",
                 new.name, new.version, old.version, change.reason
             ),
+            line: None,
         });
     }
     // The old version's samples, validated by the new schema: evidence beside the verdict.
@@ -191,6 +192,7 @@ fn compare(old: &Version, new: &Version, origin: &str, outcome: &mut Outcome) {
                         new.version,
                         errors.join("; ")
                     ),
+                    line: None,
                 });
             }
         }
