@@ -131,6 +131,7 @@ pub async fn run(
         sse_streams: Arc::new(http::events::StreamCounts::default()),
         admission: Arc::new(http::admission::Admission::new(&limits)),
         shutdown: shutdown.clone(),
+        console: Arc::new(http::console::Console::new(&config.console)),
     };
     // Every configured participant's and subscription's series exist at zero from the start.
     telemetry::catalogue::register(&state.catalog.load());

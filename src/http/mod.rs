@@ -3,6 +3,7 @@
 
 pub(crate) mod access;
 pub(crate) mod admission;
+pub mod console;
 pub(crate) mod describe;
 pub mod events;
 pub(crate) mod export;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub admission: Arc<admission::Admission>,
     /// Cancelled when the gateway starts shutting down (ends endless responses: event streams).
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The operator console's sessions and live tails.
+    pub console: Arc<console::Console>,
 }
 
 impl AppState {
@@ -106,6 +109,7 @@ impl AppState {
             stores: Arc::new(crate::directory::Stores::default()),
             sse_streams: Arc::new(events::StreamCounts::default()),
             shutdown,
+            console: Arc::new(console::Console::new(&crate::config::ConsoleConfig::default())),
         }
     }
 }
@@ -144,6 +148,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/readyz"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
+    ("get", "/v1/overview"),
+    ("get", "/v1/tail"),
+    ("get", "/console"),
+    ("get", "/console/{asset}"),
+    ("get", "/console/session"),
+    ("post", "/console/session"),
+    ("delete", "/console/session"),
 ];
 
 /// Builds the router.
@@ -178,12 +189,19 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
+        .route("/v1/overview", get(console::overview))
+        .route("/v1/tail", get(console::tail))
+        .route("/console", get(console::page))
+        .route("/console/{asset}", get(console::asset))
+        .route("/console/session", get(console::current).post(console::sign_in).delete(console::sign_out))
         .fallback(|| async { Problem::new(ProblemType::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
             Problem::new(ProblemType::MethodNotAllowed, "see /openapi.json for the methods of this route")
         })
         // Before any handler reads a body: body timeouts and per-participant admission.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), admission::admission))
+        // Before admission: a console session is a caller like a bearer token.
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), console::session_layer))
         .with_state(state)
         .layer(axum::middleware::from_fn(access::log))
         // A bug must answer 500 in our format, not drop the connection; the detail stays in
