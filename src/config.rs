@@ -806,7 +806,8 @@ impl ConsoleConfig {
         let mut problems = Vec::new();
         // HMAC-SHA256 is as strong as its key: a short one could be guessed offline from a cookie.
         if self.session_key.as_ref().is_some_and(|k| k.expose().len() < 32) {
-            problems.push(("console.session_key", "must be at least 32 bytes (e.g. `openssl rand -hex 32`)".to_owned()));
+            problems
+                .push(("console.session_key", "must be at least 32 bytes (e.g. `openssl rand -hex 32`)".to_owned()));
         }
         if self.session_ttl.is_zero() {
             problems.push(("console.session_ttl", "must be longer than 0 s".to_owned()));

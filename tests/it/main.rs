@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod compat;
 mod connections;
+mod console;
 mod delivery;
 mod edge_hostile;
 mod faults;

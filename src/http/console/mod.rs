@@ -86,8 +86,8 @@ pub(crate) async fn session_layer(State(state): State<AppState>, mut request: Re
         let catalog = state.catalog.load_full();
         if let Some(session) = state.console.sessions.verify(cookie, &catalog.participants) {
             let safe = matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-            let csrf_ok = safe
-                || header_str(request.headers(), CSRF_HEADER).is_some_and(|t| Sessions::csrf_matches(&session, t));
+            let csrf_ok =
+                safe || header_str(request.headers(), CSRF_HEADER).is_some_and(|t| Sessions::csrf_matches(&session, t));
             if csrf_ok && let Some(caller) = Caller::of(catalog, &session.participant) {
                 request.extensions_mut().insert(caller);
             }
@@ -193,8 +193,7 @@ pub(crate) async fn sign_in(
         tracing::info!(participant = %participant.name, "console sign-in refused: not an admin");
         return Err(Problem::new(ProblemType::Forbidden, "the console is for admin participants"));
     }
-    let (cookie, session) =
-        state.console.sessions.issue(participant, &crate::participants::hash_token(&request.token));
+    let (cookie, session) = state.console.sessions.issue(participant, &crate::participants::hash_token(&request.token));
     tracing::info!(participant = %participant.name, "console sign-in");
     let cookie = set_cookie(&cookie, state.console.sessions.ttl().as_secs(), over_tls(&state, &headers))?;
     let response = (StatusCode::OK, [(header::SET_COOKIE, cookie)], Json(session_body(&session))).into_response();
@@ -261,7 +260,9 @@ pub(crate) async fn overview(State(state): State<AppState>, caller: Caller) -> R
                 "first_seq": s.first_sequence, "last_seq": s.last_sequence,
             }),
             Ok(Err(e)) => json!({ "name": name, "subjects": def.config.subjects, "error": e }),
-            Err(_) => json!({ "name": name, "subjects": def.config.subjects, "error": "NATS did not answer within 2 s" }),
+            Err(_) => {
+                json!({ "name": name, "subjects": def.config.subjects, "error": "NATS did not answer within 2 s" })
+            }
         });
     }
     let participants: Vec<Value> = catalog
@@ -334,12 +335,10 @@ pub(crate) async fn tail(
     if query.subject.starts_with('$') || query.subject.starts_with("_INBOX") || query.subject.starts_with('>') {
         return Err(Problem::new(ProblemType::InvalidQuery, "subject: tail the bus's subjects, e.g. orders.>"));
     }
-    let permit = state
-        .console
-        .tails
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| Problem::new(ProblemType::TooManyStreams, format!("at most {MAX_TAILS} live tails at once")))?;
+    let permit =
+        state.console.tails.clone().try_acquire_owned().map_err(|_| {
+            Problem::new(ProblemType::TooManyStreams, format!("at most {MAX_TAILS} live tails at once"))
+        })?;
     let subscriber = state
         .client
         .subscribe(query.subject.clone())

@@ -143,10 +143,8 @@ impl Sessions {
             return None;
         }
         let participant = participants.iter().find(|p| p.name == payload.p)?;
-        let holds_token = participant
-            .token_hashes
-            .iter()
-            .any(|h| bool::from(fingerprint(h).as_bytes().ct_eq(payload.t.as_bytes())));
+        let holds_token =
+            participant.token_hashes.iter().any(|h| bool::from(fingerprint(h).as_bytes().ct_eq(payload.t.as_bytes())));
         if !participant.admin || !holds_token {
             return None;
         }

@@ -536,8 +536,8 @@ function subscriptionPage(main, name) {
       el('td', { class: 'num', text: d.status || t('none') }), el('td', { class: 'num', text: fmtNum(d.attempts) }),
       el('td', { text: fmtTime(d.dead_lettered_at) }), el('td', { class: 'detail', text: d.response_excerpt || '' }),
       el('td', { class: 'actions' },
-        el('button', { type: 'button', class: 'replay', 'data-key': 'replay-' + d.dlq_seq, 'aria-label': t('sub.replayOne', d.id), text: t('sub.replay'), onclick: () => replay({ ids: [String(d.dlq_seq)] }) }),
-        el('button', { type: 'button', class: 'discard danger', 'data-key': 'discard-' + d.dlq_seq, 'aria-label': t('sub.discardOne', d.id), text: t('sub.discard'), onclick: () => discard({ ids: [String(d.dlq_seq)] }, 1) }))));
+        el('button', { type: 'button', class: 'replay', 'data-key': 'replay-' + d.dlq_seq, 'aria-label': t('sub.replayOne', d.id), text: t('sub.replay'), onclick: () => replay({ ids: ['dlq-' + d.dlq_seq] }) }),
+        el('button', { type: 'button', class: 'discard danger', 'data-key': 'discard-' + d.dlq_seq, 'aria-label': t('sub.discardOne', d.id), text: t('sub.discard'), onclick: () => discard({ ids: ['dlq-' + d.dlq_seq] }, 1) }))));
     fill(deadBox,
       page.total ? el('div', { class: 'actions' },
         el('button', { type: 'button', id: 'replay-all', 'data-key': 'replay-all', text: t('sub.replayAll'), onclick: () => replay({ all: true }) }),
