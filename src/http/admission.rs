@@ -191,6 +191,8 @@ fn cost(state: &AppState, method: &Method, route: &str, path: &str) -> Cost {
     match (method, route) {
         (&Method::GET, "/v1/subscriptions/{name}/events" | "/v1/tail") => Cost::Free,
         (_, "/healthz" | "/readyz" | "/metrics" | "/openapi.json") => Cost::Free,
+        // The console's page, assets and session: no work worth a participant's slot.
+        (_, "/console" | "/console/{asset}" | "/console/session") => Cost::Free,
         (&Method::POST, "/v1/publish/{subject}" | "/v1/publish" | "/v1/import/{route}") => Cost::Publish,
         (&Method::POST, "/v1/inbound/{name}") => {
             let name = path.strip_prefix("/v1/inbound/").unwrap_or_default();

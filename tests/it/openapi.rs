@@ -46,9 +46,16 @@ const EXPORT_CONFIRM: Route = ("post", "/v1/subscriptions/{name}/export/confirm"
 const CONTRACTS: Route = ("get", "/v1/contracts");
 const CONTRACT: Route = ("get", "/v1/contracts/{name}/{version}");
 const ASYNCAPI: Route = ("get", "/v1/asyncapi.json");
+const OVERVIEW: Route = ("get", "/v1/overview");
+const TAIL: Route = ("get", "/v1/tail");
+const CONSOLE_ASSET: Route = ("get", "/console/{asset}");
+const SESSION: Route = ("get", "/console/session");
+const SIGN_IN: Route = ("post", "/console/session");
+const SIGN_OUT: Route = ("delete", "/console/session");
 /// The authenticated API; the operations routes (`/healthz`, ...) answer no problem of their own.
 /// An inbound route authenticates by its kind: a bearer token (`json`), the application token
 /// in the form (`bitrix24`), or per entry (`business-central`, which never answers 401).
+/// The console's session routes: a session cookie (sign-in: the token in the body).
 const API: &[Route] = &[
     PUBLISH_ONE,
     PUBLISH_BATCH,
@@ -77,6 +84,11 @@ const API: &[Route] = &[
     CONTRACTS,
     CONTRACT,
     ASYNCAPI,
+    OVERVIEW,
+    TAIL,
+    SESSION,
+    SIGN_IN,
+    SIGN_OUT,
 ];
 /// The routes only a subscription's owner may use (no `admin` exception), each for one mode.
 const OWNER_ONLY: &[Route] = &[FETCH, ACK, EVENTS, EXPORT_XLSX, EXPORT_CSV, EXPORT_CONFIRM];
@@ -97,21 +109,53 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
     Some(match kind {
         // Body checks: the routes that take a body (replay, fetch, ack: small JSON commands;
         // fetch and ack take an empty body too; an inbound route the body its kind expects).
-        P::MalformedJson => {
-            &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, REPLAY, DISCARD, FETCH, ACK, INBOUND, EXPORT_CONFIRM]
-        }
+        P::MalformedJson => &[
+            PUBLISH_ONE,
+            PUBLISH_BATCH,
+            REQUEST,
+            KV_PUT,
+            REPLAY,
+            DISCARD,
+            FETCH,
+            ACK,
+            INBOUND,
+            EXPORT_CONFIRM,
+            SIGN_IN,
+        ],
         // An import's file too (its size, and what it inflates to).
-        P::PayloadTooLarge | P::UnsupportedMediaType => {
-            &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, REPLAY, DISCARD, FETCH, ACK, INBOUND, IMPORT, EXPORT_CONFIRM]
-        }
+        P::PayloadTooLarge | P::UnsupportedMediaType => &[
+            PUBLISH_ONE,
+            PUBLISH_BATCH,
+            REQUEST,
+            KV_PUT,
+            REPLAY,
+            DISCARD,
+            FETCH,
+            ACK,
+            INBOUND,
+            IMPORT,
+            EXPORT_CONFIRM,
+            SIGN_IN,
+        ],
         // A body (or an imported CSV) not valid in the charset its content type names.
         P::UndecodableBody => &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, INBOUND, IMPORT],
         P::UnreadableFile => &[IMPORT],
         P::InvalidUtf8 | P::JsonTooDeep => &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, INBOUND],
         // Any body may be too slow; the connection is then closed.
-        P::BodyTimeout => {
-            &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, REPLAY, DISCARD, FETCH, ACK, INBOUND, IMPORT, EXPORT_CONFIRM]
-        }
+        P::BodyTimeout => &[
+            PUBLISH_ONE,
+            PUBLISH_BATCH,
+            REQUEST,
+            KV_PUT,
+            REPLAY,
+            DISCARD,
+            FETCH,
+            ACK,
+            INBOUND,
+            IMPORT,
+            EXPORT_CONFIRM,
+            SIGN_IN,
+        ],
         // I-JSON on every path whose JSON the gateway validates and passes on (a batch item's
         // comes back as an item of `batch-rejected`; the JSON commands of replay, fetch and ack
         // are `malformed-json`).
@@ -148,6 +192,7 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             CONTRACTS,
             CONTRACT,
             ASYNCAPI,
+            OVERVIEW,
         ],
         // Every API route authenticates first; any handler can fail unexpectedly.
         P::Unauthorized | P::Internal => API,
@@ -171,6 +216,9 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             EXPORT_XLSX,
             EXPORT_CSV,
             EXPORT_CONFIRM,
+            OVERVIEW,
+            TAIL,
+            SIGN_IN,
         ],
         // A request is checked like a publish, but goes to no stream and carries no
         // message id of its own to validate.
@@ -208,6 +256,7 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             EXPORT_XLSX,
             EXPORT_CSV,
             EXPORT_CONFIRM,
+            TAIL,
         ],
         // An import none of whose checked rows could be stored answers that failure.
         P::PublishTimeout => &[PUBLISH_ONE, KV_PUT, KV_DELETE, INBOUND, IMPORT],
@@ -238,11 +287,12 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             KV_PUT,
             KV_DELETE,
             CONTRACT,
+            CONSOLE_ASSET,
         ],
         // Query parameters (`?timeout=`, `?limit=`, `?correlation_id=`); the event stream's
         // `?last_event_id=` when it is not a resume point. (An inbound route ignores its query but
         // `?validationToken=`.)
-        P::InvalidQuery => &[DEAD_LETTERS, REQUEST, KV_LIST, EVENTS, MESSAGES, EXPORT_XLSX, EXPORT_CSV],
+        P::InvalidQuery => &[DEAD_LETTERS, REQUEST, KV_LIST, EVENTS, MESSAGES, EXPORT_XLSX, EXPORT_CSV, TAIL],
         // An `If-Match` that is not a revision; a `Last-Event-ID` header that is not a resume
         // point; a `traceparent` / `tracestate` that is not W3C Trace Context (on a batch, an
         // item of `batch-rejected`).
@@ -256,7 +306,7 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
         // A per-item `error` of a 207 ack answer (`x-item-problem-types`); the answer's own
         // problem only for an export confirmed twice.
         P::AlreadyAcked => &[EXPORT_CONFIRM],
-        P::TooManyStreams => &[EVENTS],
+        P::TooManyStreams => &[EVENTS, TAIL],
         P::InvalidKey => KEY,
         P::RevisionMismatch => KV_WRITE,
         // Request/reply only.
