@@ -883,6 +883,7 @@ const TABLE_KEYS: &[&str] = &[
     "limits",
     "log",
     "traces",
+    "console",
     "contracts",
     "participants",
     "subscriptions",
