@@ -221,9 +221,7 @@ mod tests {
 
     #[test]
     fn an_expired_cookie_is_refused() {
-        let mut config = ConsoleConfig::default();
-        config.session_ttl = Duration::ZERO;
-        let s = Sessions::new(&config);
+        let s = Sessions::new(&ConsoleConfig { session_ttl: Duration::ZERO, ..ConsoleConfig::default() });
         let catalog = catalog_with(true);
         let p = catalog.iter().next().unwrap().clone();
         let (cookie, _) = s.issue(&p, &hash_token("t"));
