@@ -423,13 +423,15 @@ function overviewPage(main) {
       ['col.name', 'col.participant', 'col.mode', 'col.state', 'col.lag', 'col.inflight', 'col.rate', 'col.dead', 'col.lastError'], rows));
 
     const nats = overview.nats;
-    const card = (label, value, bad, id) => el('div', { class: 'card stat' + (bad ? ' alarm' : ''), id },
-      el('div', { class: 'label', text: label }), el('div', { class: 'value', text: value }));
+    const card = (label, value, bad, id, detail) => el('div', { class: 'card stat' + (bad ? ' alarm' : ''), id },
+      el('div', { class: 'label', text: label }), el('div', { class: 'value', text: value }),
+      detail ? el('div', { class: 'detail', text: detail }) : null);
     const isReady = ready && ready.status === 'ready';
     const readyDetail = ready ? Object.entries(ready.checks).filter(([, c]) => c.status !== 'ok').map(([k, c]) => `${k}: ${c.detail}`).join('; ') : '';
     fill(health,
-      card(t('ov.nats'), `${nats.connected ? t('ov.connected') : t('ov.disconnected')} · ${nats.server_name || ''} ${nats.version || ''}`, !nats.connected, 'card-nats'),
-      card(t('ov.ready'), (isReady ? t('ov.ready.yes') : t('ov.ready.no')) + (readyDetail ? ' · ' + readyDetail : ''), !isReady, 'card-ready'),
+      card(t('ov.nats'), `${nats.connected ? t('ov.connected') : t('ov.disconnected')} · ${nats.version || ''}`, !nats.connected, 'card-nats',
+        `${t('ov.server')}: ${nats.server_name || t('none')}`),
+      card(t('ov.ready'), isReady ? t('ov.ready.yes') : t('ov.ready.no'), !isReady, 'card-ready', readyDetail),
       card(t('ov.cluster'), String((nats.cluster_urls || []).length || 1), false, 'card-cluster'),
       card(t('ov.failingCount'), String(failing), failing > 0, 'card-failing'),
       card(t('ov.deadTotal'), String(dead), dead > 0, 'card-dead'));
