@@ -206,7 +206,17 @@ async fn an_operator_finds_and_fixes_a_failing_subscription_in_the_browser() {
 
     // The live tail shows what is published now.
     browser.wait("a[href='#/tail']", wait).await.click().await;
+    // The page suggests the first stream's subjects; the operator types their own.
     let subject = browser.wait("#tail-subject", wait).await;
+    crate::common::eventually("a subject suggested", wait, async || {
+        browser
+            .script("return document.getElementById('tail-subject').value", json!([]))
+            .await
+            .as_str()
+            .is_some_and(|v| !v.is_empty())
+            .then_some(())
+    })
+    .await;
     subject.clear().await;
     subject.type_text("orders.>").await;
     browser.wait("#tail-start", wait).await.click().await;

@@ -664,6 +664,7 @@ function tailPage(main) {
     }
   });
   filter.addEventListener('input', render);
+  subject.addEventListener('input', () => { subject.dataset.touched = 'yes'; });
   main.append(el('h1', { text: t('tail.title') }), form, status,
     el('div', { class: 'scroll' }, el('table', { id: 'tail-table' },
       el('thead', {}, el('tr', {}, ['col.time', 'col.subject', 'col.id', 'col.type', 'col.source', 'col.size', 'col.excerpt'].map((h) => el('th', { scope: 'col', text: t(h) })))),
@@ -671,7 +672,8 @@ function tailPage(main) {
   if (!subject.value) {
     api('GET', '/v1/overview').then((o) => {
       const first = o.streams.find((s) => !s.directory && s.subjects && s.subjects.length && !s.subjects[0].startsWith('magistral.'));
-      if (first && !subject.value) subject.value = first.subjects[0];
+      // A suggestion only: never over what the operator is typing.
+      if (first && !subject.value && !subject.dataset.touched) subject.value = first.subjects[0];
     }).catch(() => {});
   }
 }
