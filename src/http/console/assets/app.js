@@ -290,6 +290,10 @@ function route() {
   }
   const main = document.getElementById('main');
   main.replaceChildren();
+  // A note about the last page's action does not follow to the next page.
+  const box = document.getElementById('toast');
+  box.textContent = '';
+  box.className = '';
   if (page === 'subscription' && arg) subscriptionPage(main, arg);
   else if (page === 'lookup') lookupPage(main, arg);
   else if (page === 'tail') tailPage(main);
