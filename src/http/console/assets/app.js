@@ -22,7 +22,7 @@ const I18N = {
     'col.consumers': 'Consumers', 'col.msgRate': 'Messages per minute', 'col.admin': 'Admin', 'col.publish': 'Publish',
     'col.subscribe': 'Subscribe', 'col.request': 'Request', 'col.respond': 'Respond', 'col.kv': 'Directories (read / write)',
     'col.id': 'Message id', 'col.subject': 'Subject', 'col.class': 'Class', 'col.status': 'HTTP status',
-    'col.attempts': 'Attempts', 'col.at': 'When', 'col.excerpt': 'Response excerpt', 'col.actions': 'Actions',
+    'col.attempts': 'Attempts', 'col.at': 'When', 'col.excerpt': 'Response excerpt', 'col.body': 'Body (start)', 'col.actions': 'Actions',
     'col.version': 'Version', 'col.publishers': 'Publishers', 'col.receivers': 'Receivers', 'col.key': 'Key',
     'col.owner': 'Owner', 'col.time': 'Time', 'col.type': 'Type', 'col.size': 'Size', 'col.source': 'Publisher',
     'state.active': 'active', 'state.paused': 'paused', 'state.breaker-open': 'breaker open', 'state.failing': 'failing',
@@ -71,7 +71,7 @@ const I18N = {
     'col.consumers': 'Потребители', 'col.msgRate': 'Сообщений в минуту', 'col.admin': 'Админ', 'col.publish': 'Публикует',
     'col.subscribe': 'Подписан', 'col.request': 'Запрашивает', 'col.respond': 'Отвечает', 'col.kv': 'Справочники (чтение / запись)',
     'col.id': 'Идентификатор', 'col.subject': 'Тема', 'col.class': 'Класс', 'col.status': 'HTTP-статус',
-    'col.attempts': 'Попытки', 'col.at': 'Когда', 'col.excerpt': 'Фрагмент ответа', 'col.actions': 'Действия',
+    'col.attempts': 'Попытки', 'col.at': 'Когда', 'col.excerpt': 'Фрагмент ответа', 'col.body': 'Начало сообщения', 'col.actions': 'Действия',
     'col.version': 'Версия', 'col.publishers': 'Публикуют', 'col.receivers': 'Получают', 'col.key': 'Ключ',
     'col.owner': 'Владелец', 'col.time': 'Время', 'col.type': 'Тип', 'col.size': 'Размер', 'col.source': 'Отправитель',
     'state.active': 'работает', 'state.paused': 'приостановлена', 'state.breaker-open': 'размыкатель открыт',
@@ -624,7 +624,7 @@ function tailPage(main) {
     fill(rows, shown.filter((m) => !f || JSON.stringify(m).toLowerCase().includes(f)).map((m) => el('tr', {},
       el('td', { text: fmtTime(m.time || m.received) }), el('td', { text: m.subject }), el('td', { class: 'mono', text: m.id || t('none') }),
       el('td', { text: m.type || t('none') }), el('td', { text: m.source || t('none') }), el('td', { class: 'num', text: fmtBytes(m.size) }),
-      el('td', { class: 'detail mono', text: m.excerpt }))));
+      el('td', { class: 'detail mono', text: m.excerpt.length > 200 ? m.excerpt.slice(0, 200) + '…' : m.excerpt }))));
   };
   const stop = () => {
     if (source) source.close();
@@ -671,7 +671,7 @@ function tailPage(main) {
   subject.addEventListener('input', () => { subject.dataset.touched = 'yes'; });
   main.append(el('h1', { text: t('tail.title') }), form, status,
     el('div', { class: 'scroll' }, el('table', { id: 'tail-table' },
-      el('thead', {}, el('tr', {}, ['col.time', 'col.subject', 'col.id', 'col.type', 'col.source', 'col.size', 'col.excerpt'].map((h) => el('th', { scope: 'col', text: t(h) })))),
+      el('thead', {}, el('tr', {}, ['col.time', 'col.subject', 'col.id', 'col.type', 'col.source', 'col.size', 'col.body'].map((h) => el('th', { scope: 'col', text: t(h) })))),
       rows)));
   if (!subject.value) {
     api('GET', '/v1/overview').then((o) => {
