@@ -995,3 +995,19 @@ impl Config {
         if path.is_absolute() { path.to_path_buf() } else { self.base_dir().join(path) }
     }
 }
+
+#[cfg(test)]
+mod console_tests {
+    use super::*;
+
+    #[test]
+    fn a_short_session_key_or_no_session_time_is_refused() {
+        let ok = ConsoleConfig { session_key: Some(Secret("k".repeat(32))), ..ConsoleConfig::default() };
+        assert!(ok.problems().is_empty());
+        let short = ConsoleConfig { session_key: Some(Secret("k".repeat(31))), ..ConsoleConfig::default() };
+        assert_eq!(short.problems()[0].0, "console.session_key");
+        let zero = ConsoleConfig { session_ttl: Duration::ZERO, ..ConsoleConfig::default() };
+        assert_eq!(zero.problems()[0].0, "console.session_ttl");
+        assert_eq!(format!("{:?}", ok.session_key), "Some(<redacted>)");
+    }
+}
