@@ -33,6 +33,8 @@ pub struct Config {
     pub log: LogConfig,
     /// OpenTelemetry traces, exported over OTLP/HTTP; off unless an endpoint is given.
     pub traces: TracesConfig,
+    /// The operator console in the browser (`/console`).
+    pub console: ConsoleConfig,
     /// Contract bindings: which schema file governs which subjects.
     pub contracts: Vec<ContractBinding>,
     /// Connected systems, by name.
@@ -72,6 +74,7 @@ impl Default for Config {
             limits: Limits::default(),
             log: LogConfig::default(),
             traces: TracesConfig::default(),
+            console: ConsoleConfig::default(),
             contracts: Vec::new(),
             participants: BTreeMap::new(),
             subscriptions: BTreeMap::new(),
@@ -818,6 +821,48 @@ impl fmt::Debug for TokenSource {
     }
 }
 
+/// The operator console (`/console`): sessions are signed cookies (docs/console.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Signs session cookies. Give every replica the same key so a session works on any of
+    /// them; without one each process makes its own, and sessions end with it.
+    pub session_key: Option<Secret>,
+    /// How long a sign-in lasts.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Mark the cookie `Secure`: `true` always, `false` never; unset, when the request came
+    /// over TLS (a terminating proxy's `X-Forwarded-Proto: https`).
+    pub secure_cookie: Option<bool>,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            session_key: None,
+            // A working day: an operator signs in once a shift, a lost laptop's cookie dies overnight.
+            session_ttl: Duration::from_secs(8 * 3600),
+            secure_cookie: None,
+        }
+    }
+}
+
+impl ConsoleConfig {
+    /// What is wrong with these settings (checked at load, so `magistral check` names it).
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        // HMAC-SHA256 is as strong as its key: a short one could be guessed offline from a cookie.
+        if self.session_key.as_ref().is_some_and(|k| k.expose().len() < 32) {
+            problems
+                .push(("console.session_key", "must be at least 32 bytes (e.g. `openssl rand -hex 32`)".to_owned()));
+        }
+        if self.session_ttl.is_zero() {
+            problems.push(("console.session_ttl", "must be longer than 0 s".to_owned()));
+        }
+        problems
+    }
+}
+
 /// A string that is never printed.
 #[derive(Clone, Deserialize)]
 #[serde(transparent)]
@@ -913,6 +958,7 @@ const TABLE_KEYS: &[&str] = &[
     "limits",
     "log",
     "traces",
+    "console",
     "contracts",
     "participants",
     "subscriptions",
@@ -987,7 +1033,7 @@ impl Config {
                     Ok(mut config) => {
                         config.source = path.map(Path::to_path_buf);
                         problems.extend(
-                            config.traces.problems().into_iter().map(|(field, message)| {
+                            config.traces.problems().into_iter().chain(config.console.problems()).map(|(field, message)| {
                                 ConfigProblem::new(path.map(Path::to_path_buf), field, message)
                             }),
                         );
@@ -1121,5 +1167,21 @@ fn remove(data: &mut figment::value::Value, key: &[String]) -> bool {
             _ => false,
         },
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod console_tests {
+    use super::*;
+
+    #[test]
+    fn a_short_session_key_or_no_session_time_is_refused() {
+        let ok = ConsoleConfig { session_key: Some(Secret("k".repeat(32))), ..ConsoleConfig::default() };
+        assert!(ok.problems().is_empty());
+        let short = ConsoleConfig { session_key: Some(Secret("k".repeat(31))), ..ConsoleConfig::default() };
+        assert_eq!(short.problems()[0].0, "console.session_key");
+        let zero = ConsoleConfig { session_ttl: Duration::ZERO, ..ConsoleConfig::default() };
+        assert_eq!(zero.problems()[0].0, "console.session_ttl");
+        assert_eq!(format!("{:?}", ok.session_key), "Some(<redacted>)");
     }
 }

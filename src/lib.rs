@@ -135,6 +135,7 @@ pub async fn run(
         admission: Arc::new(http::admission::Admission::new(&limits)),
         shutdown: shutdown.clone(),
         registry: Arc::new(contracts::registry::Registry::new(config.system.replicas)),
+        console: Arc::new(http::console::Console::new(&config.console)),
     };
     // Every configured participant's and subscription's series exist at zero from the start.
     telemetry::catalogue::register(&state.catalog.load());

@@ -189,8 +189,10 @@ enum Cost {
 
 fn cost(state: &AppState, method: &Method, route: &str, path: &str) -> Cost {
     match (method, route) {
-        (&Method::GET, "/v1/subscriptions/{name}/events") => Cost::Free,
+        (&Method::GET, "/v1/subscriptions/{name}/events" | "/v1/tail") => Cost::Free,
         (_, "/healthz" | "/readyz" | "/metrics" | "/openapi.json") => Cost::Free,
+        // The console's page, assets and session: no work worth a participant's slot.
+        (_, "/console" | "/console/{asset}" | "/console/session") => Cost::Free,
         (&Method::POST, "/v1/publish/{subject}" | "/v1/publish" | "/v1/import/{route}") => Cost::Publish,
         (&Method::POST, "/v1/inbound/{name}") => {
             let name = path.strip_prefix("/v1/inbound/").unwrap_or_default();
@@ -226,7 +228,11 @@ pub(crate) async fn admission(State(state): State<AppState>, request: Request, n
     let mut slot = None;
     let mut participant = None;
     if !matches!(cost, Cost::Free)
-        && let Ok(caller) = Caller::from_headers(state.catalog.load_full(), &parts.headers)
+        && let Some(caller) = parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .or_else(|| Caller::from_headers(state.catalog.load_full(), &parts.headers).ok())
     {
         let admitted = state.admission.admit(caller.name()).and_then(|guard| {
             if matches!(cost, Cost::Publish) {

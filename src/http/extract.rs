@@ -55,6 +55,13 @@ impl Caller {
         Ok(Self { catalog, index })
     }
 
+    /// The participant `name` of `catalog` (a console session names its participant).
+    #[must_use]
+    pub(crate) fn of(catalog: Arc<Catalog>, name: &str) -> Option<Self> {
+        let index = catalog.participants.iter().position(|p| p.name == name)?;
+        Some(Self { catalog, index })
+    }
+
     /// The catalog the caller was authenticated in; the request's view of the configuration.
     #[must_use]
     pub fn catalog(&self) -> &Catalog {

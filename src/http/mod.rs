@@ -3,6 +3,7 @@
 
 pub(crate) mod access;
 pub(crate) mod admission;
+pub mod console;
 pub(crate) mod describe;
 pub mod events;
 pub(crate) mod export;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Contracts registered over the API (`PUT /v1/contracts/{name}/{version}`).
     pub registry: Arc<crate::contracts::registry::Registry>,
+    /// The operator console's sessions and live tails.
+    pub console: Arc<console::Console>,
 }
 
 impl AppState {
@@ -110,6 +113,7 @@ impl AppState {
             sse_streams: Arc::new(events::StreamCounts::default()),
             shutdown,
             registry: Arc::new(crate::contracts::registry::Registry::new(1)),
+            console: Arc::new(console::Console::new(&crate::config::ConsoleConfig::default())),
         }
     }
 }
@@ -149,6 +153,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/readyz"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
+    ("get", "/v1/overview"),
+    ("get", "/v1/tail"),
+    ("get", "/console"),
+    ("get", "/console/{asset}"),
+    ("get", "/console/session"),
+    ("post", "/console/session"),
+    ("delete", "/console/session"),
 ];
 
 /// Builds the router.
@@ -183,12 +194,19 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
+        .route("/v1/overview", get(console::overview))
+        .route("/v1/tail", get(console::tail))
+        .route("/console", get(console::page))
+        .route("/console/{asset}", get(console::asset))
+        .route("/console/session", get(console::current).post(console::sign_in).delete(console::sign_out))
         .fallback(|| async { Problem::new(ProblemType::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
             Problem::new(ProblemType::MethodNotAllowed, "see /openapi.json for the methods of this route")
         })
         // Before any handler reads a body: body timeouts and per-participant admission.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), admission::admission))
+        // Before admission: a console session is a caller like a bearer token.
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), console::session_layer))
         .with_state(state)
         .layer(axum::middleware::from_fn(access::log))
         // A bug must answer 500 in our format, not drop the connection; the detail stays in

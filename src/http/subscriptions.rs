@@ -97,6 +97,14 @@ async fn describe_unbounded(state: &AppState, sub: &Subscription) -> Value {
         BreakerState::Open { .. } => "open",
         BreakerState::HalfOpen => "half-open",
     });
+    // When an open breaker lets its probe delivery go (wall-clock time, for people).
+    let next_probe = control.as_ref().and_then(|c| match c.breaker_state() {
+        BreakerState::Open { until } => {
+            let wait = until.saturating_duration_since(tokio::time::Instant::now());
+            (time::OffsetDateTime::now_utc() + wait).format(&time::format_description::well_known::Rfc3339).ok()
+        }
+        _ => None,
+    });
     let state_name = if paused {
         "paused"
     } else if breaker_open {
@@ -124,6 +132,7 @@ async fn describe_unbounded(state: &AppState, sub: &Subscription) -> Value {
         "pending": facts.map(|(_, p, _)| p),
         "in_flight": facts.map(|(_, _, f)| f),
         "breaker": breaker,
+        "breaker_next_probe": next_probe,
         "dead_letters": dead_letters,
         "last_error": last_error,
     })

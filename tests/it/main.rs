@@ -8,6 +8,7 @@ mod cli;
 mod cluster;
 mod compat;
 mod connections;
+mod console;
 mod delivery;
 mod docs_ru;
 mod doctest;

@@ -47,9 +47,16 @@ const CONTRACTS: Route = ("get", "/v1/contracts");
 const CONTRACT: Route = ("get", "/v1/contracts/{name}/{version}");
 const REGISTER: Route = ("put", "/v1/contracts/{name}/{version}");
 const ASYNCAPI: Route = ("get", "/v1/asyncapi.json");
+const OVERVIEW: Route = ("get", "/v1/overview");
+const TAIL: Route = ("get", "/v1/tail");
+const CONSOLE_ASSET: Route = ("get", "/console/{asset}");
+const SESSION: Route = ("get", "/console/session");
+const SIGN_IN: Route = ("post", "/console/session");
+const SIGN_OUT: Route = ("delete", "/console/session");
 /// The authenticated API; the operations routes (`/healthz`, ...) answer no problem of their own.
 /// An inbound route authenticates by its kind: a bearer token (`json`), the application token
 /// in the form (`bitrix24`), or per entry (`business-central`, which never answers 401).
+/// The console's session routes: a session cookie (sign-in: the token in the body).
 const API: &[Route] = &[
     PUBLISH_ONE,
     PUBLISH_BATCH,
@@ -79,6 +86,11 @@ const API: &[Route] = &[
     CONTRACT,
     REGISTER,
     ASYNCAPI,
+    OVERVIEW,
+    TAIL,
+    SESSION,
+    SIGN_IN,
+    SIGN_OUT,
 ];
 /// The routes only a subscription's owner may use (no `admin` exception), each for one mode.
 const OWNER_ONLY: &[Route] = &[FETCH, ACK, EVENTS, EXPORT_XLSX, EXPORT_CSV, EXPORT_CONFIRM];
@@ -111,6 +123,7 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             INBOUND,
             EXPORT_CONFIRM,
             REGISTER,
+            SIGN_IN,
         ],
         // An import's file too (its size, and what it inflates to).
         P::PayloadTooLarge | P::UnsupportedMediaType => &[
@@ -126,6 +139,7 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             IMPORT,
             EXPORT_CONFIRM,
             REGISTER,
+            SIGN_IN,
         ],
         // A body (or an imported CSV) not valid in the charset its content type names.
         P::UndecodableBody => &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, INBOUND, IMPORT, REGISTER],
@@ -145,6 +159,7 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             IMPORT,
             EXPORT_CONFIRM,
             REGISTER,
+            SIGN_IN,
         ],
         // I-JSON on every path whose JSON the gateway validates and passes on (a batch item's
         // comes back as an item of `batch-rejected`; the JSON commands of replay, fetch and ack
@@ -183,6 +198,7 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             CONTRACT,
             REGISTER,
             ASYNCAPI,
+            OVERVIEW,
         ],
         // Every API route authenticates first; any handler can fail unexpectedly.
         P::Unauthorized | P::Internal => API,
@@ -208,6 +224,9 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             EXPORT_CONFIRM,
             // A contract name not granted, or a subject the registrant may not publish to.
             REGISTER,
+            OVERVIEW,
+            TAIL,
+            SIGN_IN,
         ],
         // A request is checked like a publish, but goes to no stream and carries no
         // message id of its own to validate.
@@ -248,6 +267,7 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             EXPORT_CSV,
             EXPORT_CONFIRM,
             REGISTER,
+            TAIL,
         ],
         // An import none of whose checked rows could be stored answers that failure.
         P::PublishTimeout => &[PUBLISH_ONE, KV_PUT, KV_DELETE, INBOUND, IMPORT],
@@ -278,12 +298,13 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             KV_PUT,
             KV_DELETE,
             CONTRACT,
+            CONSOLE_ASSET,
         ],
         // Query parameters (`?timeout=`, `?limit=`, `?correlation_id=`); the event stream's
         // `?last_event_id=` when it is not a resume point. (An inbound route ignores its query but
         // `?validationToken=`.)
         // A registration's `?subject=` / `?compatibility=` (and its name and version).
-        P::InvalidQuery => &[DEAD_LETTERS, REQUEST, KV_LIST, EVENTS, MESSAGES, EXPORT_XLSX, EXPORT_CSV, REGISTER],
+        P::InvalidQuery => &[DEAD_LETTERS, REQUEST, KV_LIST, EVENTS, MESSAGES, EXPORT_XLSX, EXPORT_CSV, REGISTER, TAIL],
         // An `If-Match` that is not a revision; a `Last-Event-ID` header that is not a resume
         // point; a `traceparent` / `tracestate` that is not W3C Trace Context (on a batch, an
         // item of `batch-rejected`).
@@ -297,7 +318,7 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
         // A per-item `error` of a 207 ack answer (`x-item-problem-types`); the answer's own
         // problem only for an export confirmed twice.
         P::AlreadyAcked => &[EXPORT_CONFIRM],
-        P::TooManyStreams => &[EVENTS],
+        P::TooManyStreams => &[EVENTS, TAIL],
         P::InvalidKey => KEY,
         P::RevisionMismatch => KV_WRITE,
         // Request/reply only.

@@ -1,4 +1,5 @@
 //! Shared helpers for the integration tests: real processes and fixtures, no mocks.
+pub mod browser;
 pub mod cluster;
 pub mod gateway;
 pub mod nats;
