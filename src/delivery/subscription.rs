@@ -31,6 +31,8 @@ pub struct Subscription {
     pub ordered: bool,
     pub on_exhausted: OnExhausted,
     pub max_in_flight: u32,
+    /// Per-key ordering (none: unordered, or strictly `ordered`).
+    pub ordering: Option<KeyOrdering>,
     pub rate_limit: Option<f64>,
     pub signing_keys: Vec<SigningKey>,
     pub breaker_failures: u32,
@@ -105,11 +107,13 @@ impl Subscription {
         check_timing(cfg, &mut problems);
         let charset = charset(cfg, &mut problems);
         check_export_columns(cfg, &mut problems);
+        let ordering = ordering(cfg, &mut problems);
         let (Some(target), true) = (target, problems.is_empty()) else {
             return Err(problems);
         };
         let mut sub = Self::build(name, cfg, target, transform, spans);
         sub.charset = charset;
+        sub.ordering = ordering;
         Ok(sub)
     }
 
@@ -137,6 +141,7 @@ impl Subscription {
             ordered: cfg.ordered,
             on_exhausted: cfg.on_exhausted,
             max_in_flight: if cfg.ordered { 1 } else { cfg.max_in_flight },
+            ordering: None,
             rate_limit: cfg.rate_limit,
             signing_keys: target.signing_keys,
             breaker_failures: cfg.breaker_failures.max(1),
@@ -266,6 +271,96 @@ fn check_export_columns(cfg: &SubscriptionConfig, problems: &mut Problems) {
             problems.push((format!("export_columns[{i}].header"), "must not be empty".into()));
         }
     }
+}
+
+/// Where a message's ordering key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A JSON pointer into the data; a missing value or non-JSON data is the empty key.
+    Pointer(String),
+    /// A CloudEvents attribute, read from its `ce-<name>` header.
+    Attribute(String),
+    /// The n-th token (from 0) of the subject the message was published to.
+    SubjectToken(usize),
+}
+
+impl KeySource {
+    /// Parses `/pointer`, `ce:<attribute>` or `subject:<n>` (n from 1).
+    ///
+    /// # Errors
+    /// What is wrong with the text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.starts_with('/') {
+            return Ok(Self::Pointer(text.to_owned()));
+        }
+        if let Some(name) = text.strip_prefix("ce:") {
+            let valid = !name.is_empty() && name.len() <= 20 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+            return if valid {
+                Ok(Self::Attribute(name.to_owned()))
+            } else {
+                Err("a CloudEvents attribute name is 1-20 of a-z, 0-9 (ce:subject, ce:orderid)".to_owned())
+            };
+        }
+        if let Some(n) = text.strip_prefix("subject:") {
+            return match n.parse::<usize>() {
+                Ok(n) if n >= 1 => Ok(Self::SubjectToken(n - 1)),
+                _ => Err("subject:<n> counts tokens from 1 (subject:3 of shop.order.42 is 42)".to_owned()),
+            };
+        }
+        Err("a JSON pointer (/order_id), a CloudEvents attribute (ce:subject) or a subject token (subject:3)".to_owned())
+    }
+
+    /// The key of a message: `subject` is the one it was published to.
+    #[must_use]
+    pub fn key_of(&self, subject: &str, headers: Option<&async_nats::HeaderMap>, data: &[u8]) -> String {
+        match self {
+            Self::Pointer(pointer) => serde_json::from_slice::<serde_json::Value>(data)
+                .ok()
+                .and_then(|v| {
+                    v.pointer(pointer).map(|v| match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                })
+                .unwrap_or_default(),
+            Self::Attribute(name) => headers
+                .and_then(|h| h.get(format!("ce-{name}").as_str()))
+                .map(|v| {
+                    percent_encoding::percent_decode_str(v.as_str()).decode_utf8_lossy().into_owned()
+                })
+                .unwrap_or_default(),
+            Self::SubjectToken(n) => subject.split('.').nth(*n).unwrap_or_default().to_owned(),
+        }
+    }
+}
+
+/// A key-ordered subscription's settings, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyOrdering {
+    pub key: KeySource,
+    pub on_exhausted: crate::config::OnKeyExhausted,
+    pub pinned_ttl: Duration,
+    pub buffer: u32,
+}
+
+/// `ordering`: a key that parses, push mode, not with `ordered`, a buffer that holds at least
+/// one message per key in flight.
+fn ordering(cfg: &SubscriptionConfig, problems: &mut Problems) -> Option<KeyOrdering> {
+    let o = cfg.ordering.as_ref()?;
+    let key = KeySource::parse(&o.key).map_err(|m| problems.push(("ordering.key".into(), m))).ok();
+    if cfg.mode != SubscriptionMode::Push {
+        problems.push(("ordering".into(), "only push subscriptions are delivered in key order".into()));
+    }
+    if cfg.ordered {
+        problems.push(("ordering".into(), "ordered (one message at a time) and ordering by key exclude each other".into()));
+    }
+    if o.buffer < cfg.max_in_flight || o.buffer > 100_000 {
+        problems.push(("ordering.buffer".into(), "between max_in_flight and 100000".into()));
+    }
+    if o.pinned_ttl < Duration::from_secs(1) {
+        problems.push(("ordering.pinned_ttl".into(), "at least 1s".into()));
+    }
+    Some(KeyOrdering { key: key?, on_exhausted: o.on_exhausted, pinned_ttl: o.pinned_ttl, buffer: o.buffer })
 }
 
 /// The charset bodies are delivered in: a WHATWG label the gateway can write, push mode only.
