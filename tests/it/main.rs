@@ -28,3 +28,4 @@ mod router;
 mod story;
 mod traces;
 mod tracking;
+mod ordering;
