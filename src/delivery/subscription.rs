@@ -294,7 +294,9 @@ impl KeySource {
             return Ok(Self::Pointer(text.to_owned()));
         }
         if let Some(name) = text.strip_prefix("ce:") {
-            let valid = !name.is_empty() && name.len() <= 20 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+            let valid = !name.is_empty()
+                && name.len() <= 20
+                && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
             return if valid {
                 Ok(Self::Attribute(name.to_owned()))
             } else {
@@ -307,7 +309,8 @@ impl KeySource {
                 _ => Err("subject:<n> counts tokens from 1 (subject:3 of shop.order.42 is 42)".to_owned()),
             };
         }
-        Err("a JSON pointer (/order_id), a CloudEvents attribute (ce:subject) or a subject token (subject:3)".to_owned())
+        Err("a JSON pointer (/order_id), a CloudEvents attribute (ce:subject) or a subject token (subject:3)"
+            .to_owned())
     }
 
     /// The key of a message: `subject` is the one it was published to.
@@ -325,9 +328,7 @@ impl KeySource {
                 .unwrap_or_default(),
             Self::Attribute(name) => headers
                 .and_then(|h| h.get(format!("ce-{name}").as_str()))
-                .map(|v| {
-                    percent_encoding::percent_decode_str(v.as_str()).decode_utf8_lossy().into_owned()
-                })
+                .map(|v| percent_encoding::percent_decode_str(v.as_str()).decode_utf8_lossy().into_owned())
                 .unwrap_or_default(),
             Self::SubjectToken(n) => subject.split('.').nth(*n).unwrap_or_default().to_owned(),
         }
@@ -352,7 +353,8 @@ fn ordering(cfg: &SubscriptionConfig, problems: &mut Problems) -> Option<KeyOrde
         problems.push(("ordering".into(), "only push subscriptions are delivered in key order".into()));
     }
     if cfg.ordered {
-        problems.push(("ordering".into(), "ordered (one message at a time) and ordering by key exclude each other".into()));
+        problems
+            .push(("ordering".into(), "ordered (one message at a time) and ordering by key exclude each other".into()));
     }
     if o.buffer < cfg.max_in_flight || o.buffer > 100_000 {
         problems.push(("ordering.buffer".into(), "between max_in_flight and 100000".into()));
@@ -555,6 +557,64 @@ pub(crate) fn read_secret(config: &Config, value: &SecretValue) -> Result<String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ordering_keys_parse_and_read() {
+        let data = br#"{"order_id": "SO-1", "item": {"sku": 42}}"#;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("ce-subject", "SO%2F7");
+        let key = |text: &str| KeySource::parse(text).unwrap().key_of("prices.sku.A-100", Some(&headers), data);
+        assert_eq!(key("/order_id"), "SO-1");
+        assert_eq!(key("/item/sku"), "42");
+        assert_eq!(key("/missing"), "");
+        assert_eq!(key("ce:subject"), "SO/7");
+        assert_eq!(key("ce:customerid"), "");
+        assert_eq!(key("subject:3"), "A-100");
+        assert_eq!(key("subject:9"), "");
+        assert_eq!(KeySource::parse("/x").unwrap().key_of("s", None, b"not json"), "");
+        for bad in ["order_id", "ce:", "ce:Subject", "subject:0", "subject:x", ""] {
+            assert!(KeySource::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn ordering_is_checked_against_the_other_settings() {
+        let cfg = |extra: serde_json::Value| {
+            let mut v = serde_json::json!({"participant": "p", "subjects": ["a.b"], "endpoint": "http://x/"});
+            v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            serde_json::from_value::<SubscriptionConfig>(v).unwrap()
+        };
+        let problems = |extra| {
+            let mut p = Vec::new();
+            let _ = ordering(&cfg(extra), &mut p);
+            p.into_iter().map(|(f, _)| f).collect::<Vec<_>>()
+        };
+        assert!(problems(serde_json::json!({"ordering": {"key": "/id"}})).is_empty());
+        assert_eq!(problems(serde_json::json!({"ordering": {"key": "id"}})), ["ordering.key"]);
+        assert_eq!(problems(serde_json::json!({"ordering": {"key": "/id"}, "ordered": true})), ["ordering"]);
+        assert_eq!(problems(serde_json::json!({"ordering": {"key": "/id"}, "mode": "pull"})), ["ordering"]);
+        assert_eq!(
+            problems(serde_json::json!({"ordering": {"key": "/id", "buffer": 4}, "max_in_flight": 8})),
+            ["ordering.buffer"]
+        );
+        assert_eq!(
+            problems(serde_json::json!({"ordering": {"key": "/id", "pinned_ttl": "100ms"}})),
+            ["ordering.pinned_ttl"]
+        );
+        let parsed = ordering(
+            &cfg(serde_json::json!({"ordering": {"key": "ce:subject", "on_exhausted": "park"}})),
+            &mut Vec::new(),
+        );
+        assert_eq!(
+            parsed,
+            Some(KeyOrdering {
+                key: KeySource::Attribute("subject".into()),
+                on_exhausted: crate::config::OnKeyExhausted::Park,
+                pinned_ttl: Duration::from_secs(10),
+                buffer: 1000,
+            })
+        );
+    }
 
     #[test]
     fn redacted_endpoints_keep_no_secrets() {

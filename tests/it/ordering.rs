@@ -138,9 +138,8 @@ fn process_config(dir: &Path, subscription_toml: &str) -> PathBuf {
     let basic = scenario("basic");
     let basic_dir = basic.parent().unwrap();
     let text = std::fs::read_to_string(&basic).unwrap();
-    let text = text
-        .replace("streams_dir = \"streams\"", &format!("streams_dir = {:?}", basic_dir.join("streams")))
-        .replace(
+    let text =
+        text.replace("streams_dir = \"streams\"", &format!("streams_dir = {:?}", basic_dir.join("streams"))).replace(
             "contracts_dir = \"../../../examples/wine-retail/contracts\"",
             &format!("contracts_dir = {:?}", basic_dir.join("../../../examples/wine-retail/contracts")),
         );
@@ -255,8 +254,7 @@ async fn a_poison_message_parks_only_its_key_until_an_operator_skips_it() {
         .expect("the poison message arrived with a ce-id");
     assert_eq!(parked["message_id"], head.as_str());
     // A key that is not parked is not found; a participant without the subscription neither.
-    let (status, body) =
-        gw.post_json(OPS, "/v1/subscriptions/keyed/parked-keys/skip", json!({"key": "o-8"})).await;
+    let (status, body) = gw.post_json(OPS, "/v1/subscriptions/keyed/parked-keys/skip", json!({"key": "o-8"})).await;
     assert_eq!(status, 404, "{body}");
     // Retry now: one more attempt, refused again, still parked.
     let attempts_before = receiver.received().len();
@@ -265,8 +263,7 @@ async fn a_poison_message_parks_only_its_key_until_an_operator_skips_it() {
     receiver.wait_for(attempts_before + 1, Duration::from_secs(10)).await;
     // Skip: the head goes to the dead letters, the key flows again.
     let (status, body) = eventually("skip accepted", Duration::from_secs(10), async || {
-        let (status, body) =
-            gw.post_json(OPS, "/v1/subscriptions/keyed/parked-keys/skip", json!({"key": "o-7"})).await;
+        let (status, body) = gw.post_json(OPS, "/v1/subscriptions/keyed/parked-keys/skip", json!({"key": "o-7"})).await;
         (status == 200).then_some((status, body))
     })
     .await;

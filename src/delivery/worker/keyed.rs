@@ -321,7 +321,10 @@ impl Scheduler {
 
     /// Sends the heads of ready keys while there is room.
     fn dispatch(&mut self) {
-        if !self.recovered || self.paused || self.worker.engine.js.client().connection_state() != async_nats::connection::State::Connected {
+        if !self.recovered
+            || self.paused
+            || self.worker.engine.js.client().connection_state() != async_nats::connection::State::Connected
+        {
             return;
         }
         let limit = match self.worker.control.breaker_state() {
@@ -413,7 +416,8 @@ impl Scheduler {
         if self.worker.engine.js.client().connection_state() != async_nats::connection::State::Connected {
             // Cut off: another replica may take the pin meanwhile.
             self.recovered = false;
-        } else if !self.recovered || self.paused || self.last_check.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+        } else if !self.recovered || self.paused || self.last_check.is_none_or(|t| t.elapsed() > Duration::from_secs(5))
+        {
             self.check_recovered().await;
         }
         let now = OffsetDateTime::now_utc();
@@ -434,14 +438,12 @@ impl Scheduler {
 
     async fn store_parked(&mut self) {
         self.last_store = Some(Instant::now());
-        let mut list: Vec<ParkedKey> = self.shared.parked.lock().map(|p| p.values().cloned().collect()).unwrap_or_default();
+        let mut list: Vec<ParkedKey> =
+            self.shared.parked.lock().map(|p| p.values().cloned().collect()).unwrap_or_default();
         for entry in &mut list {
             entry.waiting = self.keys.get(&entry.key).map_or(0, |q| q.waiting.len());
         }
-        self.worker
-            .engine
-            .store_parked(&parked_entry(&self.worker.sub.name, &self.worker.stream), &list)
-            .await;
+        self.worker.engine.store_parked(&parked_entry(&self.worker.sub.name, &self.worker.stream), &list).await;
     }
 
     /// In-progress acks for the waiting messages (a head in flight keeps its own alive).
@@ -536,7 +538,14 @@ impl Head {
                     self.worker.track(&delivery.track_key, state, delivery.attempt, &verdict.result, Some(delay)).await;
                     Some(delay)
                 }
-                Decision::DeadLetter if self.worker.sub.ordering.as_ref().is_some_and(|o| o.on_exhausted == OnKeyExhausted::DeadLetter) => {
+                Decision::DeadLetter
+                    if self
+                        .worker
+                        .sub
+                        .ordering
+                        .as_ref()
+                        .is_some_and(|o| o.on_exhausted == OnKeyExhausted::DeadLetter) =>
+                {
                     return self.dead_letter(message, &delivery, &verdict.failure).await;
                 }
                 Decision::DeadLetter => {
