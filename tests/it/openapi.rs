@@ -28,6 +28,8 @@ const RESUME: Route = ("post", "/v1/subscriptions/{name}/resume");
 const DEAD_LETTERS: Route = ("get", "/v1/subscriptions/{name}/dead-letters");
 const REPLAY: Route = ("post", "/v1/subscriptions/{name}/dead-letters/replay");
 const DISCARD: Route = ("post", "/v1/subscriptions/{name}/dead-letters/discard");
+const SKIP_KEY: Route = ("post", "/v1/subscriptions/{name}/parked-keys/skip");
+const RETRY_KEY: Route = ("post", "/v1/subscriptions/{name}/parked-keys/retry");
 const FETCH: Route = ("post", "/v1/subscriptions/{name}/fetch");
 const ACK: Route = ("post", "/v1/subscriptions/{name}/ack");
 const EVENTS: Route = ("get", "/v1/subscriptions/{name}/events");
@@ -67,6 +69,8 @@ const API: &[Route] = &[
     DEAD_LETTERS,
     REPLAY,
     DISCARD,
+    SKIP_KEY,
+    RETRY_KEY,
     FETCH,
     ACK,
     EVENTS,
@@ -97,21 +101,56 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
     Some(match kind {
         // Body checks: the routes that take a body (replay, fetch, ack: small JSON commands;
         // fetch and ack take an empty body too; an inbound route the body its kind expects).
-        P::MalformedJson => {
-            &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, REPLAY, DISCARD, FETCH, ACK, INBOUND, EXPORT_CONFIRM]
-        }
+        P::MalformedJson => &[
+            PUBLISH_ONE,
+            PUBLISH_BATCH,
+            REQUEST,
+            KV_PUT,
+            REPLAY,
+            DISCARD,
+            SKIP_KEY,
+            RETRY_KEY,
+            FETCH,
+            ACK,
+            INBOUND,
+            EXPORT_CONFIRM,
+        ],
         // An import's file too (its size, and what it inflates to).
-        P::PayloadTooLarge | P::UnsupportedMediaType => {
-            &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, REPLAY, DISCARD, FETCH, ACK, INBOUND, IMPORT, EXPORT_CONFIRM]
-        }
+        P::PayloadTooLarge | P::UnsupportedMediaType => &[
+            PUBLISH_ONE,
+            PUBLISH_BATCH,
+            REQUEST,
+            KV_PUT,
+            REPLAY,
+            DISCARD,
+            SKIP_KEY,
+            RETRY_KEY,
+            FETCH,
+            ACK,
+            INBOUND,
+            IMPORT,
+            EXPORT_CONFIRM,
+        ],
         // A body (or an imported CSV) not valid in the charset its content type names.
         P::UndecodableBody => &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, INBOUND, IMPORT],
         P::UnreadableFile => &[IMPORT],
         P::InvalidUtf8 | P::JsonTooDeep => &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, INBOUND],
         // Any body may be too slow; the connection is then closed.
-        P::BodyTimeout => {
-            &[PUBLISH_ONE, PUBLISH_BATCH, REQUEST, KV_PUT, REPLAY, DISCARD, FETCH, ACK, INBOUND, IMPORT, EXPORT_CONFIRM]
-        }
+        P::BodyTimeout => &[
+            PUBLISH_ONE,
+            PUBLISH_BATCH,
+            REQUEST,
+            KV_PUT,
+            REPLAY,
+            DISCARD,
+            SKIP_KEY,
+            RETRY_KEY,
+            FETCH,
+            ACK,
+            INBOUND,
+            IMPORT,
+            EXPORT_CONFIRM,
+        ],
         // I-JSON on every path whose JSON the gateway validates and passes on (a batch item's
         // comes back as an item of `batch-rejected`; the JSON commands of replay, fetch and ack
         // are `malformed-json`).
@@ -139,6 +178,8 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             DEAD_LETTERS,
             REPLAY,
             DISCARD,
+            SKIP_KEY,
+            RETRY_KEY,
             FETCH,
             ACK,
             IMPORT,
@@ -226,6 +267,8 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             DEAD_LETTERS,
             REPLAY,
             DISCARD,
+            SKIP_KEY,
+            RETRY_KEY,
             FETCH,
             ACK,
             EVENTS,

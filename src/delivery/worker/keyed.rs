@@ -288,6 +288,10 @@ impl Scheduler {
         }
         if queue.waiting.insert(seq, message).is_none() {
             self.held += 1;
+            if self.shared.parked.lock().is_ok_and(|p| p.contains_key(&key)) {
+                // Its `waiting` count changed.
+                self.shared.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         if queue.busy.is_none() && !queue.queued {
             queue.queued = true;
