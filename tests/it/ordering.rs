@@ -43,7 +43,9 @@ fn messages(subject: &str) -> Vec<Value> {
     let mut items = Vec::new();
     for n in 0..PER_KEY {
         for k in 0..KEYS {
-            items.push(json!({"subject": subject, "data": {"order_id": format!("o-{k}"), "n": n}}));
+            items.push(
+                json!({"subject": subject, "id": format!("o-{k}-{n}"), "data": {"order_id": format!("o-{k}"), "n": n}}),
+            );
         }
     }
     items
@@ -254,6 +256,13 @@ async fn a_poison_message_parks_only_its_key_until_an_operator_skips_it() {
         .and_then(|r| r.header("ce-id").map(str::to_owned))
         .expect("the poison message arrived with a ce-id");
     assert_eq!(parked["message_id"], head.as_str());
+    assert_eq!(head, "o-7-5");
+    // Tracking: the next message of the key waits behind the head.
+    let tracked = gw.get_json(OPS, "/v1/messages/bitrix:o-7-6").await;
+    let delivery = &tracked["subscriptions"][0];
+    assert_eq!(delivery["waiting_behind"], "o-7-5", "{tracked}");
+    assert_eq!(delivery["detail"], "waiting behind o-7-5", "{tracked}");
+    assert!(matches!(delivery["state"].as_str(), Some("in-flight" | "pending")), "{tracked}");
     // A key that is not parked is not found; a participant without the subscription neither.
     let (status, body) = gw.post_json(OPS, "/v1/subscriptions/keyed/parked-keys/skip", json!({"key": "o-8"})).await;
     assert_eq!(status, 404, "{body}");
