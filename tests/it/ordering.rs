@@ -213,7 +213,8 @@ async fn a_poison_message_parks_only_its_key_until_an_operator_skips_it() {
         "nav",
         &["orders.keyed"],
         &receiver.url(),
-        json!({"ordering": {"key": "/order_id", "on_exhausted": "park"}, "max_in_flight": 8,
+        // One slot: a parked key must not hold it, or nothing else would flow.
+        json!({"ordering": {"key": "/order_id", "on_exhausted": "park"}, "max_in_flight": 1,
                "retry_schedule": ["20ms"], "max_attempts": 3}),
     );
     let gw = Gateway::with_subscriptions(&nats.url(), vec![("keyed", sub)]).await;

@@ -102,8 +102,13 @@ struct Finished {
 }
 
 /// State shared between the scheduler and its delivery tasks.
-#[derive(Default)]
 struct Shared {
+    /// Attempts under way (`max_in_flight`): a head waiting for its next attempt or for an
+    /// operator holds none, so a parked key never takes a slot from the others.
+    slots: Arc<tokio::sync::Semaphore>,
+    max_slots: usize,
+    /// A slot came free: the scheduler may send another head.
+    freed: tokio::sync::Notify,
     parked: Mutex<BTreeMap<String, ParkedKey>>,
     /// The parked set changed since it was last stored.
     dirty: std::sync::atomic::AtomicBool,
@@ -147,7 +152,8 @@ struct Scheduler {
     shared: Arc<Shared>,
     keys: HashMap<String, KeyQueue>,
     ready: VecDeque<String>,
-    in_flight: usize,
+    /// Head delivery tasks running (attempting, or waiting between attempts).
+    heads: usize,
     /// Messages held (waiting or in flight).
     held: usize,
     settled: BTreeSet<u64>,
@@ -175,7 +181,15 @@ impl Worker {
     /// The key-ordered worker's loop; runs until cancelled.
     pub(super) async fn run_keyed(self, consumer: Consumer<pull::Config>) {
         let (finished_tx, mut finished_rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared::default());
+        let max_slots = self.sub.max_in_flight as usize;
+        let shared = Arc::new(Shared {
+            slots: Arc::new(tokio::sync::Semaphore::new(max_slots)),
+            max_slots,
+            freed: tokio::sync::Notify::new(),
+            parked: Mutex::default(),
+            dirty: std::sync::atomic::AtomicBool::default(),
+            paused: tokio::sync::watch::Sender::default(),
+        });
         let sub_name = self.sub.name.clone();
         let control = self.engine.js.client().subscribe(control_subject(&sub_name)).await.ok();
         let mut control = control.map(futures::StreamExt::boxed);
@@ -184,7 +198,7 @@ impl Worker {
             shared,
             keys: HashMap::new(),
             ready: VecDeque::new(),
-            in_flight: 0,
+            heads: 0,
             held: 0,
             settled: BTreeSet::new(),
             recovered: false,
@@ -249,6 +263,7 @@ impl Worker {
                         }
                     },
                     Some(done) = finished_rx.recv() => sched.finish(done).await,
+                    () = sched.shared.freed.notified() => {}
                     Some(request) = async { match control.as_mut() { Some(c) => c.next().await, None => None } } => {
                         sched.operator(request).await;
                     }
@@ -331,15 +346,20 @@ impl Scheduler {
         {
             return;
         }
-        let limit = match self.worker.control.breaker_state() {
-            BreakerState::Closed => self.worker.sub.max_in_flight as usize,
-            BreakerState::HalfOpen => 1,
+        let probe = match self.worker.control.breaker_state() {
+            BreakerState::Closed => false,
+            // One probe: only when no attempt is under way.
+            BreakerState::HalfOpen => true,
             BreakerState::Open { .. } => return,
         };
-        while self.in_flight < limit {
+        if probe && self.shared.slots.available_permits() < self.shared.max_slots {
+            return;
+        }
+        while !self.ready.is_empty() {
             if self.rate_blocked().is_some() {
                 return;
             }
+            let Ok(permit) = self.shared.slots.clone().try_acquire_owned() else { return };
             let Some(key) = self.ready.pop_front() else { return };
             let Some(queue) = self.keys.get_mut(&key) else { continue };
             queue.queued = false;
@@ -347,7 +367,7 @@ impl Scheduler {
             let (tx, rx) = mpsc::unbounded_channel();
             let id = attempt::message_id(&message);
             queue.busy = Some((seq, tx, id));
-            self.in_flight += 1;
+            self.heads += 1;
             if let Some(rate) = self.worker.sub.rate_limit {
                 self.next_slot = self.next_slot.max(Instant::now()) + Duration::from_secs_f64(1.0 / rate);
             }
@@ -360,13 +380,17 @@ impl Scheduler {
                 waiting,
                 commands: rx,
                 finished: self.finished_tx.clone(),
+                permit: Some(permit),
             };
             tokio::spawn(task.run(message));
+            if probe {
+                return;
+            }
         }
     }
 
     async fn finish(&mut self, done: Finished) {
-        self.in_flight = self.in_flight.saturating_sub(1);
+        self.heads = self.heads.saturating_sub(1);
         self.held = self.held.saturating_sub(1);
         if done.settled {
             if self.settled.len() >= REMEMBERED_SETTLED {
@@ -467,9 +491,9 @@ impl Scheduler {
                 let _ = message.ack_with(AckKind::Nak(None)).await;
             }
         }
-        while self.in_flight > 0 {
+        while self.heads > 0 {
             match tokio::time::timeout(Duration::from_secs(15), finished.recv()).await {
-                Ok(Some(_)) => self.in_flight -= 1,
+                Ok(Some(_)) => self.heads -= 1,
                 _ => break,
             }
         }
@@ -491,6 +515,8 @@ struct Head {
     waiting: usize,
     commands: mpsc::UnboundedReceiver<Command>,
     finished: mpsc::UnboundedSender<Finished>,
+    /// The head's slot while it attempts.
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Why a wait ended.
@@ -506,6 +532,7 @@ impl Head {
         if !settled {
             let _ = message.ack_with(AckKind::Nak(None)).await;
         }
+        self.free_slot();
         self.shared.release(&self.key);
         self.worker.control.forget(&(self.worker.stream.clone(), self.seq));
         let _ = self.finished.send(Finished { key: self.key.clone(), seq: self.seq, settled });
@@ -517,7 +544,7 @@ impl Head {
         let mut since: Option<OffsetDateTime> = None;
         loop {
             // The breaker and a paused consumer hold every key.
-            if !self.wait_until_open(message).await {
+            if !self.wait_until_open(message).await || !self.take_slot(message).await {
                 return false;
             }
             let started = OffsetDateTime::now_utc();
@@ -582,8 +609,38 @@ impl Head {
         }
     }
 
-    /// Waits for `delay` (none: for an operator), keeping the message in progress.
+    fn free_slot(&mut self) {
+        if self.permit.take().is_some() {
+            self.shared.freed.notify_one();
+        }
+    }
+
+    /// A slot for the next attempt, keeping the message in progress meanwhile; false when
+    /// cancelled.
+    async fn take_slot(&mut self, message: &jetstream::Message) -> bool {
+        if self.permit.is_some() {
+            return true;
+        }
+        let mut progress = tokio::time::interval(self.worker.sub.ack_wait / 3);
+        loop {
+            tokio::select! {
+                () = self.worker.cancel.cancelled() => return false,
+                permit = self.shared.slots.clone().acquire_owned() => match permit {
+                    Ok(p) => {
+                        self.permit = Some(p);
+                        return true;
+                    }
+                    Err(_) => return false,
+                },
+                _ = progress.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
+            }
+        }
+    }
+
+    /// Waits for `delay` (none: for an operator), keeping the message in progress; the slot
+    /// is given up meanwhile.
     async fn wait(&mut self, message: &jetstream::Message, delay: Option<Duration>) -> Woken {
+        self.free_slot();
         let until = delay.map(|d| Instant::now() + d);
         let mut progress = tokio::time::interval(self.worker.sub.ack_wait / 3);
         loop {
