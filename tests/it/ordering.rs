@@ -296,3 +296,27 @@ async fn a_poison_message_parks_only_its_key_until_an_operator_skips_it() {
     .await;
     gw.stop().await;
 }
+
+/// An existing subscription switched to key ordering (and back) keeps its consumer's place and
+/// goes on delivering: the consumer is updated in place (priority group and policy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_subscription_switches_to_key_ordering_and_back() {
+    let nats = NatsServer::start();
+    let receiver = Receiver::start().await;
+    let plain = subscription("nav", &["orders.keyed"], &receiver.url(), json!({"ordered": true}));
+    let keyed = subscription("nav", &["orders.keyed"], &receiver.url(), json!({"ordering": {"key": "/order_id"}}));
+    let mut sent = 0;
+    for (round, sub) in [plain.clone(), keyed, plain].into_iter().enumerate() {
+        let gw = Gateway::with_subscriptions(&nats.url(), vec![("switching", sub)]).await;
+        let items: Vec<Value> = (0..5)
+            .map(|n| json!({"subject": "orders.keyed", "data": {"order_id": "o-1", "n": round * 10 + n}}))
+            .collect();
+        publish_all(&gw.url(""), &gw.http, &items).await;
+        sent += items.len();
+        let got = receiver.wait_for(sent, Duration::from_secs(20)).await;
+        let ns: Vec<u64> = got.iter().map(|r| key_and_n(&r.body).1).collect();
+        let want: Vec<u64> = (0..=round as u64).flat_map(|r| (0..5).map(move |n| r * 10 + n)).collect();
+        assert_eq!(ns, want, "round {round}: every message once, in order");
+        gw.stop().await;
+    }
+}
