@@ -91,6 +91,8 @@ pub struct KeyActionDone {
 enum Command {
     Skip,
     RetryNow,
+    /// Give the message back unsettled (this replica lets go of the subscription).
+    LetGo,
 }
 
 /// A head delivery's end: the message was acked or terminated (`settled`), or let go unsettled
@@ -159,6 +161,8 @@ struct Scheduler {
     settled: BTreeSet<u64>,
     /// Every unacknowledged message of the consumer is in this replica's hands.
     recovered: bool,
+    /// Since when this replica holds messages without being `recovered`.
+    unrecovered_since: Option<Instant>,
     paused: bool,
     /// This replica has been given messages (it holds or held the pin).
     active: bool,
@@ -202,6 +206,7 @@ impl Worker {
             held: 0,
             settled: BTreeSet::new(),
             recovered: false,
+            unrecovered_since: None,
             paused: false,
             active: false,
             last_check: None,
@@ -326,6 +331,7 @@ impl Scheduler {
         self.paused = info.paused;
         let _ = self.shared.paused.send_replace(info.paused);
         if !self.recovered && info.num_ack_pending <= self.held {
+            self.unrecovered_since = None;
             if self.held > 0 {
                 tracing::debug!(subscription = %self.worker.sub.name, held = self.held, "key-ordered delivery starts");
             }
@@ -421,7 +427,7 @@ impl Scheduler {
         if !parked {
             return;
         }
-        let command = match action.action.as_str() {
+        let command: Command = match action.action.as_str() {
             "skip" => Command::Skip,
             "retry" => Command::RetryNow,
             _ => return,
@@ -440,6 +446,16 @@ impl Scheduler {
     async fn tick(&mut self, _consumer: &Consumer<pull::Config>) {
         if !self.active {
             return;
+        }
+        if self.recovered || self.held == 0 {
+            self.unrecovered_since = None;
+        } else {
+            let since = *self.unrecovered_since.get_or_insert_with(Instant::now);
+            // A takeover waits up to one ack wait for the messages of a replica that died. Longer
+            // means another replica holds the pin (and waits for what this one holds): let go.
+            if since.elapsed() > self.worker.sub.ack_wait * 2 + self.ordering().pinned_ttl {
+                self.let_go().await;
+            }
         }
         if self.worker.engine.js.client().connection_state() != async_nats::connection::State::Connected {
             // Cut off: another replica may take the pin meanwhile.
@@ -472,6 +488,30 @@ impl Scheduler {
             entry.waiting = self.keys.get(&entry.key).map_or(0, |q| q.waiting.len());
         }
         self.worker.engine.store_parked(&parked_entry(&self.worker.sub.name, &self.worker.stream), &list).await;
+    }
+
+    /// Gives every held message back to JetStream (waiting ones NAKed now, heads at their next
+    /// wait), so whichever replica holds the pin can deliver them in order.
+    async fn let_go(&mut self) {
+        tracing::warn!(
+            subscription = %self.worker.sub.name,
+            stream = %self.worker.stream,
+            held = self.held,
+            "another replica delivers this subscription now: handing back the messages held here"
+        );
+        for queue in self.keys.values_mut() {
+            for message in std::mem::take(&mut queue.waiting).into_values() {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+                self.held = self.held.saturating_sub(1);
+            }
+            queue.queued = false;
+            if let Some((_, tx, _)) = &queue.busy {
+                let _ = tx.send(Command::LetGo);
+            }
+        }
+        self.keys.retain(|_, q| q.busy.is_some());
+        self.ready.clear();
+        self.unrecovered_since = Some(Instant::now());
     }
 
     /// In-progress acks for the waiting messages (a head in flight keeps its own alive).
@@ -599,12 +639,12 @@ impl Head {
             };
             match self.wait(message, wait).await {
                 Woken::Due | Woken::Command(Command::RetryNow) => delivery.attempt += 1,
+                Woken::Command(Command::LetGo) | Woken::Cancelled => return false,
                 Woken::Command(Command::Skip) => {
                     let mut failure = verdict.failure.clone();
                     failure.last_attempt = OffsetDateTime::now_utc();
                     return self.dead_letter(message, &delivery, &failure).await;
                 }
-                Woken::Cancelled => return false,
             }
         }
     }
