@@ -167,6 +167,7 @@ struct Scheduler {
     /// This replica has been given messages (it holds or held the pin).
     active: bool,
     last_check: Option<Instant>,
+    last_tick: Option<Instant>,
     last_store: Option<Instant>,
     next_slot: Instant,
     finished_tx: mpsc::UnboundedSender<Finished>,
@@ -210,6 +211,7 @@ impl Worker {
             paused: false,
             active: false,
             last_check: None,
+            last_tick: None,
             last_store: None,
             next_slot: Instant::now(),
             finished_tx,
@@ -346,7 +348,10 @@ impl Scheduler {
 
     /// Sends the heads of ready keys while there is room.
     fn dispatch(&mut self) {
-        if !self.recovered
+        // Stood still past pinned_ttl: the next tick checks first (see `tick`).
+        let stalled = self.last_tick.is_some_and(|t| t.elapsed() > self.ordering().pinned_ttl);
+        if stalled
+            || !self.recovered
             || self.paused
             || self.worker.engine.js.client().connection_state() != async_nats::connection::State::Connected
         {
@@ -446,6 +451,12 @@ impl Scheduler {
     async fn tick(&mut self, _consumer: &Consumer<pull::Config>) {
         if !self.active {
             return;
+        }
+        // This replica stood still (stopped, starved) long enough to lose the pin: another may
+        // have taken over the messages held here.
+        if self.last_tick.replace(Instant::now()).is_some_and(|t| t.elapsed() > self.ordering().pinned_ttl) {
+            tracing::warn!(subscription = %self.worker.sub.name, "delivery stood still past pinned_ttl; checking who delivers");
+            self.recovered = false;
         }
         if self.recovered || self.held == 0 {
             self.unrecovered_since = None;
