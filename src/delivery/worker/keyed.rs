@@ -485,7 +485,9 @@ impl Scheduler {
         let lag = oldest.map_or(0.0, |t| (now - t).as_seconds_f64().max(0.0));
         let parked = self.shared.parked.lock().map(|p| p.len()).unwrap_or(0);
         self.worker.control.set_keyed_gauges(&self.worker.stream, parked, lag, self.keys.len());
-        let periodic = self.last_store.is_none_or(|t| t.elapsed() > Duration::from_secs(5));
+        // Refreshed while this replica holds something: one that let go must not keep
+        // overwriting the list of the one delivering now.
+        let periodic = self.held > 0 && self.last_store.is_none_or(|t| t.elapsed() > Duration::from_secs(5));
         if self.shared.dirty.swap(false, std::sync::atomic::Ordering::Relaxed) || periodic {
             self.store_parked().await;
         }
