@@ -589,9 +589,13 @@ pub struct SubscriptionConfig {
     /// block the subscription until an operator acts.
     #[serde(default)]
     pub on_exhausted: OnExhausted,
-    /// Unordered only: deliveries in flight at once (per subscription, all replicas).
+    /// Unordered and key-ordered: deliveries in flight at once (per subscription, all replicas).
     #[serde(default = "defaults::max_in_flight")]
     pub max_in_flight: u32,
+    /// Per-key ordering: messages with the same key in stream order, one at a time; different
+    /// keys in parallel (up to `max_in_flight`). Push only; not with `ordered`.
+    #[serde(default)]
+    pub ordering: Option<OrderingConfig>,
     /// Deliveries per second per gateway replica; none = unlimited.
     #[serde(default)]
     pub rate_limit: Option<f64>,
@@ -647,6 +651,13 @@ mod defaults {
     pub(super) fn max_in_flight() -> u32 {
         32
     }
+    // Long enough to ride out a slow pull, short enough that a crash costs seconds.
+    pub(super) fn pinned_ttl() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub(super) fn ordering_buffer() -> u32 {
+        1000
+    }
     pub(super) fn breaker_failures() -> u32 {
         5
     }
@@ -662,6 +673,38 @@ mod defaults {
     pub(super) fn breaker_cooldown() -> Duration {
         Duration::from_secs(30)
     }
+}
+
+/// `ordering = { key = "/order_id" }`: what a message's ordering key is and what happens to a
+/// key whose head message runs out of attempts.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderingConfig {
+    /// `/pointer` into the JSON data, `ce:<attribute>` (a CloudEvents attribute such as
+    /// `ce:subject` or an extension), or `subject:<n>` (the n-th token of the NATS subject,
+    /// counted from 1).
+    pub key: String,
+    /// When a key's head message has used all its attempts: `dead-letter` it and release the
+    /// key, or `park` the key until an operator skips the message or retries it.
+    #[serde(default)]
+    pub on_exhausted: OnKeyExhausted,
+    /// How long a replica keeps the subscription after it stops pulling (a crash, a lost
+    /// connection) before another replica takes over.
+    #[serde(default = "defaults::pinned_ttl", with = "humantime_serde")]
+    pub pinned_ttl: Duration,
+    /// Messages the delivering replica may hold unacknowledged (in flight and waiting behind
+    /// their key), across all keys.
+    #[serde(default = "defaults::ordering_buffer")]
+    pub buffer: u32,
+}
+
+/// What a key-ordered subscription does when a key's head message exhausts its attempts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnKeyExhausted {
+    #[default]
+    DeadLetter,
+    Park,
 }
 
 /// One column of a spreadsheet export.

@@ -224,6 +224,14 @@ pub enum Delivery {
         #[serde(skip_serializing_if = "Option::is_none")]
         at: Option<String>,
     },
+    /// Key-ordered: not failing itself, but held behind its key's parked head message.
+    Waiting {
+        state: DeliveryState,
+        /// The id of the key's head message that holds it.
+        waiting_behind: String,
+        /// `waiting behind <id>`.
+        detail: String,
+    },
     /// Failed, and not settled yet (`retrying`, `blocked`, `paused`).
     Failing {
         state: DeliveryState,
@@ -251,6 +259,8 @@ pub struct LastFailure {
 pub struct Stored {
     pub message: TrackedMessage,
     stream: Stream,
+    /// What a key-ordered subscription reads its key from.
+    raw: jetstream::message::StreamMessage,
 }
 
 /// Reads the tracking index, the streams, the pull ack ledger and the consumers.
@@ -315,7 +325,7 @@ impl<'a> Whereabouts<'a> {
         let stream = self.engine.js.get_stream(&location.stream).await.map_err(nats)?;
         let Ok(message) = stream.get_raw_message(location.seq).await else { return Ok(None) };
         let header = |name: &str| message.headers.get(name).map(|v| decoded(v.as_str()));
-        let message = TrackedMessage {
+        let tracked = TrackedMessage {
             id: header("ce-id").or_else(|| header("Nats-Msg-Id")),
             subject: message.subject.to_string(),
             stream: location.stream.clone(),
@@ -326,12 +336,12 @@ impl<'a> Whereabouts<'a> {
             correlation_id: header("ce-correlationid"),
             subscriptions: Vec::new(),
         };
-        Ok(Some(Stored { message, stream }))
+        Ok(Some(Stored { message: tracked, stream, raw: message }))
     }
 
     /// The stored message with where it is for each of `subscriptions` that should receive it.
     pub async fn with_deliveries(&self, subscriptions: &[Arc<Subscription>], stored: Stored) -> TrackedMessage {
-        let Stored { mut message, stream } = stored;
+        let Stored { mut message, stream, raw } = stored;
         let location = Location { stream: message.stream.clone(), seq: message.seq };
         for sub in subscriptions {
             let Some((_, filters)) = sub.spans.iter().find(|(s, _)| *s == location.stream) else { continue };
@@ -342,7 +352,7 @@ impl<'a> Whereabouts<'a> {
                 name: sub.name.clone(),
                 participant: sub.participant.clone(),
                 mode: sub.mode,
-                delivery: self.delivery(&stream, sub, &location).await,
+                delivery: self.delivery(&stream, sub, &location, &raw).await,
             });
         }
         message
@@ -350,7 +360,13 @@ impl<'a> Whereabouts<'a> {
 
     /// One subscription's view: a record of something noteworthy, the pull ack ledger, or
     /// else the consumer's counters.
-    async fn delivery(&self, stream: &Stream, sub: &Subscription, location: &Location) -> Delivery {
+    async fn delivery(
+        &self,
+        stream: &Stream,
+        sub: &Subscription,
+        location: &Location,
+        raw: &jetstream::message::StreamMessage,
+    ) -> Delivery {
         if sub.mode == SubscriptionMode::Stream {
             return Delivery::Explained {
                 state: DeliveryState::LiveOnly,
@@ -407,11 +423,38 @@ impl<'a> Whereabouts<'a> {
                 next_attempt: r.next_attempt,
                 last_error: LastFailure { class: r.class, status: r.status, at: r.at },
             },
-            None if location.seq > info.delivered.stream_sequence => Delivery::reached(DeliveryState::Pending),
-            // Handed out and not yet below the ack floor: in flight, or acked while an older
-            // message is still in flight (unordered subscriptions).
-            None => Delivery::reached(DeliveryState::InFlight),
+            None => {
+                let state = if location.seq > info.delivered.stream_sequence {
+                    DeliveryState::Pending
+                } else {
+                    // Handed out and not yet below the ack floor: in flight, or acked while an
+                    // older message is still in flight (unordered subscriptions).
+                    DeliveryState::InFlight
+                };
+                match self.waiting_behind(sub, location, raw).await {
+                    Some(head) => {
+                        Delivery::Waiting { state, detail: format!("waiting behind {head}"), waiting_behind: head }
+                    }
+                    None => Delivery::reached(state),
+                }
+            }
         }
+    }
+
+    /// Key-ordered: the id of the parked head message of this message's key, if it is earlier.
+    async fn waiting_behind(
+        &self,
+        sub: &Subscription,
+        location: &Location,
+        raw: &jetstream::message::StreamMessage,
+    ) -> Option<String> {
+        let ordering = sub.ordering.as_ref()?;
+        let key = ordering.key.key_of(raw.subject.as_str(), Some(&raw.headers), &raw.payload);
+        let parked = self.engine.parked_keys(sub).await;
+        parked
+            .into_iter()
+            .find(|p| p.key == key && p.stream == location.stream && p.seq < location.seq)
+            .map(|p| p.message_id)
     }
 
     /// The delivery record of a message, if something noteworthy happened to it.

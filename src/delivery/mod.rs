@@ -194,6 +194,46 @@ impl Engine {
         }
     }
 
+    /// Stores one worker's parked keys for every replica's `GET /v1/subscriptions/{name}`.
+    async fn store_parked(&self, entry: &str, list: &[worker::keyed::ParkedKey]) {
+        if let (Ok(bucket), Ok(bytes)) = (self.status_bucket().await, serde_json::to_vec(list))
+            && let Err(err) = bucket.put(entry, bytes.into()).await
+        {
+            tracing::debug!(entry, %err, "parked keys not stored");
+        }
+    }
+
+    /// A key-ordered subscription's parked keys, as the delivering replicas stored them.
+    pub async fn parked_keys(&self, sub: &Subscription) -> Vec<worker::keyed::ParkedKey> {
+        let Ok(bucket) = self.status_bucket().await else { return Vec::new() };
+        let mut all = Vec::new();
+        for stream in consumer_streams(sub) {
+            if let Ok(Some(bytes)) = bucket.get(worker::keyed::parked_entry(&sub.name, &stream)).await
+                && let Ok(list) = serde_json::from_slice::<Vec<worker::keyed::ParkedKey>>(&bytes)
+            {
+                all.extend(list);
+            }
+        }
+        all
+    }
+
+    /// Sends an operator's action on a parked key to the replica holding it; `None` when no
+    /// replica holds that key parked.
+    pub async fn act_on_key(
+        &self,
+        sub: &Subscription,
+        key: &str,
+        action: &str,
+        by: &str,
+    ) -> Option<worker::keyed::KeyActionDone> {
+        let body = worker::keyed::KeyAction { key: key.to_owned(), action: action.to_owned(), by: by.to_owned() };
+        let body = serde_json::to_vec(&body).ok()?;
+        let client = self.js.client();
+        let request = client.request(worker::keyed::control_subject(&sub.name), body.into());
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(3), request).await.ok()?.ok()?;
+        serde_json::from_slice(&answer.payload).ok()
+    }
+
     /// Pauses every consumer of a subscription (on all replicas: JetStream consumer pause)
     /// and records why.
     pub async fn pause(&self, sub: &Subscription, reason: &str, result: &AttemptResult) {
@@ -302,6 +342,8 @@ pub struct Control {
     skipped: Mutex<HashMap<(String, u64), u32>>,
     /// The current half-open spell was logged.
     probe_announced: std::sync::atomic::AtomicBool,
+    /// Key-ordered: (parked keys, worst key lag, keys held) per stream worker.
+    keyed: Mutex<HashMap<String, (usize, f64, usize)>>,
 }
 
 /// Failing messages remembered per subscription; past it the oldest memory is dropped and
@@ -318,7 +360,18 @@ impl Control {
             first_failures: Mutex::new(HashMap::new()),
             skipped: Mutex::new(HashMap::new()),
             probe_announced: std::sync::atomic::AtomicBool::new(false),
+            keyed: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// One stream worker's key gauges; the subscription's are their sum (lag: their max).
+    fn set_keyed_gauges(&self, stream: &str, parked: usize, lag: f64, keys: usize) {
+        let Ok(mut all) = self.keyed.lock() else { return };
+        all.insert(stream.to_owned(), (parked, lag, keys));
+        let parked = all.values().map(|v| v.0).sum();
+        let lag = all.values().map(|v| v.1).fold(0.0, f64::max);
+        let keys = all.values().map(|v| v.2).sum();
+        crate::telemetry::catalogue::set_keyed(&self.name, parked, lag, keys);
     }
 
     fn note_skip(&self, key: &(String, u64)) {

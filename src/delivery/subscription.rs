@@ -31,6 +31,8 @@ pub struct Subscription {
     pub ordered: bool,
     pub on_exhausted: OnExhausted,
     pub max_in_flight: u32,
+    /// Per-key ordering (none: unordered, or strictly `ordered`).
+    pub ordering: Option<KeyOrdering>,
     pub rate_limit: Option<f64>,
     pub signing_keys: Vec<SigningKey>,
     pub breaker_failures: u32,
@@ -109,12 +111,14 @@ impl Subscription {
         let charset = charset(cfg, &mut problems);
         check_export_columns(cfg, &mut problems);
         let pin = super::pin::resolve(cfg, config, contracts).map_err(|list| problems.extend(list)).ok().flatten();
+        let ordering = ordering(cfg, &mut problems);
         let (Some(target), true) = (target, problems.is_empty()) else {
             return Err(problems);
         };
         let mut sub = Self::build(name, cfg, target, transform, spans);
         sub.charset = charset;
         sub.pin = pin;
+        sub.ordering = ordering;
         Ok(sub)
     }
 
@@ -142,6 +146,7 @@ impl Subscription {
             ordered: cfg.ordered,
             on_exhausted: cfg.on_exhausted,
             max_in_flight: if cfg.ordered { 1 } else { cfg.max_in_flight },
+            ordering: None,
             rate_limit: cfg.rate_limit,
             signing_keys: target.signing_keys,
             breaker_failures: cfg.breaker_failures.max(1),
@@ -272,6 +277,98 @@ fn check_export_columns(cfg: &SubscriptionConfig, problems: &mut Problems) {
             problems.push((format!("export_columns[{i}].header"), "must not be empty".into()));
         }
     }
+}
+
+/// Where a message's ordering key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A JSON pointer into the data; a missing value or non-JSON data is the empty key.
+    Pointer(String),
+    /// A CloudEvents attribute, read from its `ce-<name>` header.
+    Attribute(String),
+    /// The n-th token (from 0) of the subject the message was published to.
+    SubjectToken(usize),
+}
+
+impl KeySource {
+    /// Parses `/pointer`, `ce:<attribute>` or `subject:<n>` (n from 1).
+    ///
+    /// # Errors
+    /// What is wrong with the text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.starts_with('/') {
+            return Ok(Self::Pointer(text.to_owned()));
+        }
+        if let Some(name) = text.strip_prefix("ce:") {
+            let valid = !name.is_empty()
+                && name.len() <= 20
+                && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+            return if valid {
+                Ok(Self::Attribute(name.to_owned()))
+            } else {
+                Err("a CloudEvents attribute name is 1-20 of a-z, 0-9 (ce:subject, ce:orderid)".to_owned())
+            };
+        }
+        if let Some(n) = text.strip_prefix("subject:") {
+            return match n.parse::<usize>() {
+                Ok(n) if n >= 1 => Ok(Self::SubjectToken(n - 1)),
+                _ => Err("subject:<n> counts tokens from 1 (subject:3 of shop.order.42 is 42)".to_owned()),
+            };
+        }
+        Err("a JSON pointer (/order_id), a CloudEvents attribute (ce:subject) or a subject token (subject:3)"
+            .to_owned())
+    }
+
+    /// The key of a message: `subject` is the one it was published to.
+    #[must_use]
+    pub fn key_of(&self, subject: &str, headers: Option<&async_nats::HeaderMap>, data: &[u8]) -> String {
+        match self {
+            Self::Pointer(pointer) => serde_json::from_slice::<serde_json::Value>(data)
+                .ok()
+                .and_then(|v| {
+                    v.pointer(pointer).map(|v| match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                })
+                .unwrap_or_default(),
+            Self::Attribute(name) => headers
+                .and_then(|h| h.get(format!("ce-{name}").as_str()))
+                .map(|v| percent_encoding::percent_decode_str(v.as_str()).decode_utf8_lossy().into_owned())
+                .unwrap_or_default(),
+            Self::SubjectToken(n) => subject.split('.').nth(*n).unwrap_or_default().to_owned(),
+        }
+    }
+}
+
+/// A key-ordered subscription's settings, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyOrdering {
+    pub key: KeySource,
+    pub on_exhausted: crate::config::OnKeyExhausted,
+    pub pinned_ttl: Duration,
+    pub buffer: u32,
+}
+
+/// `ordering`: a key that parses, push mode, not with `ordered`, a buffer that holds at least
+/// one message per key in flight.
+fn ordering(cfg: &SubscriptionConfig, problems: &mut Problems) -> Option<KeyOrdering> {
+    let o = cfg.ordering.as_ref()?;
+    let key = KeySource::parse(&o.key).map_err(|m| problems.push(("ordering.key".into(), m))).ok();
+    if cfg.mode != SubscriptionMode::Push {
+        problems.push(("ordering".into(), "only push subscriptions are delivered in key order".into()));
+    }
+    if cfg.ordered {
+        problems
+            .push(("ordering".into(), "ordered (one message at a time) and ordering by key exclude each other".into()));
+    }
+    if o.buffer < cfg.max_in_flight || o.buffer > 100_000 {
+        problems.push(("ordering.buffer".into(), "between max_in_flight and 100000".into()));
+    }
+    if o.pinned_ttl < Duration::from_secs(1) {
+        problems.push(("ordering.pinned_ttl".into(), "at least 1s".into()));
+    }
+    Some(KeyOrdering { key: key?, on_exhausted: o.on_exhausted, pinned_ttl: o.pinned_ttl, buffer: o.buffer })
 }
 
 /// The charset bodies are delivered in: a WHATWG label the gateway can write, push mode only.
@@ -466,6 +563,64 @@ pub(crate) fn read_secret(config: &Config, value: &SecretValue) -> Result<String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ordering_keys_parse_and_read() {
+        let data = br#"{"order_id": "SO-1", "item": {"sku": 42}}"#;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("ce-subject", "SO%2F7");
+        let key = |text: &str| KeySource::parse(text).unwrap().key_of("prices.sku.A-100", Some(&headers), data);
+        assert_eq!(key("/order_id"), "SO-1");
+        assert_eq!(key("/item/sku"), "42");
+        assert_eq!(key("/missing"), "");
+        assert_eq!(key("ce:subject"), "SO/7");
+        assert_eq!(key("ce:customerid"), "");
+        assert_eq!(key("subject:3"), "A-100");
+        assert_eq!(key("subject:9"), "");
+        assert_eq!(KeySource::parse("/x").unwrap().key_of("s", None, b"not json"), "");
+        for bad in ["order_id", "ce:", "ce:Subject", "subject:0", "subject:x", ""] {
+            assert!(KeySource::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn ordering_is_checked_against_the_other_settings() {
+        let cfg = |extra: serde_json::Value| {
+            let mut v = serde_json::json!({"participant": "p", "subjects": ["a.b"], "endpoint": "http://x/"});
+            v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            serde_json::from_value::<SubscriptionConfig>(v).unwrap()
+        };
+        let problems = |extra| {
+            let mut p = Vec::new();
+            let _ = ordering(&cfg(extra), &mut p);
+            p.into_iter().map(|(f, _)| f).collect::<Vec<_>>()
+        };
+        assert!(problems(serde_json::json!({"ordering": {"key": "/id"}})).is_empty());
+        assert_eq!(problems(serde_json::json!({"ordering": {"key": "id"}})), ["ordering.key"]);
+        assert_eq!(problems(serde_json::json!({"ordering": {"key": "/id"}, "ordered": true})), ["ordering"]);
+        assert_eq!(problems(serde_json::json!({"ordering": {"key": "/id"}, "mode": "pull"})), ["ordering"]);
+        assert_eq!(
+            problems(serde_json::json!({"ordering": {"key": "/id", "buffer": 4}, "max_in_flight": 8})),
+            ["ordering.buffer"]
+        );
+        assert_eq!(
+            problems(serde_json::json!({"ordering": {"key": "/id", "pinned_ttl": "100ms"}})),
+            ["ordering.pinned_ttl"]
+        );
+        let parsed = ordering(
+            &cfg(serde_json::json!({"ordering": {"key": "ce:subject", "on_exhausted": "park"}})),
+            &mut Vec::new(),
+        );
+        assert_eq!(
+            parsed,
+            Some(KeyOrdering {
+                key: KeySource::Attribute("subject".into()),
+                on_exhausted: crate::config::OnKeyExhausted::Park,
+                pinned_ttl: Duration::from_secs(10),
+                buffer: 1000,
+            })
+        );
+    }
 
     #[test]
     fn redacted_endpoints_keep_no_secrets() {

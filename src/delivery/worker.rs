@@ -25,6 +25,8 @@ use crate::config::{OnExhausted, StartPosition};
 use crate::telemetry::catalogue;
 use crate::tracking::{self, DeliveryRecord, DeliveryState};
 
+pub(crate) mod keyed;
+
 /// One message's delivery on this worker, across its attempts.
 struct InFlight {
     /// Stream and sequence of the message as fetched.
@@ -86,6 +88,7 @@ impl Worker {
         } else {
             config.filter_subjects = self.filters.clone();
         }
+        self.keyed_consumer_config(&mut config);
         config
     }
 
@@ -102,7 +105,9 @@ impl Worker {
                     || current.filter_subjects != wanted.filter_subjects
                     || current.max_ack_pending != wanted.max_ack_pending
                     || current.ack_wait != wanted.ack_wait
-                    || current.description != wanted.description;
+                    || current.description != wanted.description
+                    || current.priority_policy != wanted.priority_policy
+                    || current.priority_timeout != wanted.priority_timeout;
                 if differs { stream.update_consumer(wanted).await.map_err(nats) } else { Ok(existing) }
             }
             Err(_) => stream.create_consumer(wanted).await.map_err(nats),
@@ -124,6 +129,9 @@ impl Worker {
                 }
             }
         };
+        if self.sub.ordering.is_some() {
+            return self.run_keyed(consumer).await;
+        }
         let permits = Arc::new(Semaphore::new(self.sub.max_in_flight as usize));
         let deliveries = TaskTracker::new();
         let mut next_slot = Instant::now();
@@ -410,6 +418,29 @@ impl Worker {
         let _ = message.ack().await;
     }
 
+    /// Key-ordered: as [`Worker::acknowledge`], but the ack is confirmed before the key's next
+    /// message goes out (a lost ack would redeliver it behind its successor).
+    async fn acknowledge_keyed(&self, message: &jetstream::Message, delivery: &InFlight, result: &AttemptResult) {
+        if result.class == Class::Skipped {
+            self.track(&delivery.track_key, DeliveryState::Skipped, delivery.attempt, result, None).await;
+        } else if delivery.attempt > 1 || self.is_replay {
+            self.track(&delivery.track_key, DeliveryState::Delivered, delivery.attempt, result, None).await;
+        }
+        let lag = OffsetDateTime::now_utc() - delivery.published;
+        metrics::histogram!(catalogue::DELIVERY_LAG, "subscription" => self.sub.name.clone())
+            .record(lag.as_seconds_f64().max(0.0));
+        let mut backoff = Duration::from_millis(100);
+        for _ in 0..5 {
+            if message.double_ack().await.is_ok() {
+                return;
+            }
+            if self.sleep(backoff).await {
+                return;
+            }
+            backoff *= 2;
+        }
+    }
+
     /// Ordered: keep the message (and so the subscription's one slot) and retry in place; a
     /// NAK would let the next message overtake it.
     async fn retry_in_place(
@@ -451,6 +482,12 @@ impl Worker {
             let _ = message.ack_with(AckKind::Nak(Some(self.sub.policy.delay_after(delivery.attempt)))).await;
             return;
         }
+        self.after_dead_letter(message, delivery, failure).await;
+        let _ = message.ack_with(AckKind::Term).await;
+    }
+
+    /// What follows a stored dead letter: the metric, the log, tracking and the event.
+    async fn after_dead_letter(&self, message: &jetstream::Message, delivery: &InFlight, failure: &Failure) {
         // Counted as soon as it is stored (a scrape may already see it in the stream).
         metrics::counter!(catalogue::DEAD_LETTERS_TOTAL, "subscription" => self.sub.name.clone()).increment(1);
         tracing::warn!(
@@ -467,7 +504,6 @@ impl Worker {
             catalogue::set_dead_letters(&self.sub.name, depth);
         }
         self.announce("dead_lettered", delivery, message, failure).await;
-        let _ = message.ack_with(AckKind::Term).await;
     }
 
     /// Publishes a status event, unless the message is itself one.

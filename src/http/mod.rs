@@ -145,6 +145,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/subscriptions/{name}/dead-letters"),
     ("post", "/v1/subscriptions/{name}/dead-letters/replay"),
     ("post", "/v1/subscriptions/{name}/dead-letters/discard"),
+    ("post", "/v1/subscriptions/{name}/parked-keys/skip"),
+    ("post", "/v1/subscriptions/{name}/parked-keys/retry"),
     ("get", "/v1/contracts"),
     ("get", "/v1/contracts/{name}/{version}"),
     ("put", "/v1/contracts/{name}/{version}"),
@@ -187,6 +189,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/subscriptions/{name}/dead-letters", get(subscriptions::dead_letters))
         .route("/v1/subscriptions/{name}/dead-letters/replay", post(subscriptions::replay))
         .route("/v1/subscriptions/{name}/dead-letters/discard", post(subscriptions::discard))
+        .route("/v1/subscriptions/{name}/parked-keys/skip", post(subscriptions::skip_key))
+        .route("/v1/subscriptions/{name}/parked-keys/retry", post(subscriptions::retry_key))
         .route("/v1/contracts", get(describe::list))
         .route("/v1/contracts/{name}/{version}", get(describe::schema).put(describe::register))
         .route("/v1/asyncapi.json", get(describe::asyncapi))

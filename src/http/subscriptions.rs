@@ -117,6 +117,17 @@ async fn describe_unbounded(state: &AppState, sub: &Subscription) -> Value {
         crate::telemetry::catalogue::set_dead_letters(&sub.name, depth);
     }
     let last_error = control.and_then(|c| c.last_error()).or(stored.last_error);
+    let ordering = match &sub.ordering {
+        None => Value::Null,
+        Some(o) => json!({
+            "key": key_text(&o.key),
+            "on_exhausted": match o.on_exhausted {
+                crate::config::OnKeyExhausted::DeadLetter => "dead-letter",
+                crate::config::OnKeyExhausted::Park => "park",
+            },
+            "parked_keys": engine.parked_keys(sub).await,
+        }),
+    };
     json!({
         "name": sub.name,
         "participant": sub.participant,
@@ -135,7 +146,62 @@ async fn describe_unbounded(state: &AppState, sub: &Subscription) -> Value {
         "breaker_next_probe": next_probe,
         "dead_letters": dead_letters,
         "last_error": last_error,
+        "ordering": ordering,
     })
+}
+
+/// The key as configured.
+fn key_text(key: &crate::delivery::subscription::KeySource) -> String {
+    use crate::delivery::subscription::KeySource;
+    match key {
+        KeySource::Pointer(p) => p.clone(),
+        KeySource::Attribute(a) => format!("ce:{a}"),
+        KeySource::SubjectToken(n) => format!("subject:{}", n + 1),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeyRequest {
+    key: String,
+}
+
+/// `POST /v1/subscriptions/{name}/parked-keys/skip` with `{"key": "…"}`: dead-letter the key's
+/// head message and release the key.
+pub(crate) async fn skip_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Visible(sub): Visible,
+    CommandBody(request): CommandBody<KeyRequest>,
+) -> Result<Response, Problem> {
+    act_on_key(&state, &caller, &sub, &request.key, "skip").await
+}
+
+/// `POST /v1/subscriptions/{name}/parked-keys/retry` with `{"key": "…"}`: attempt the key's head
+/// message now.
+pub(crate) async fn retry_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Visible(sub): Visible,
+    CommandBody(request): CommandBody<KeyRequest>,
+) -> Result<Response, Problem> {
+    act_on_key(&state, &caller, &sub, &request.key, "retry").await
+}
+
+async fn act_on_key(
+    state: &AppState,
+    caller: &Caller,
+    sub: &Subscription,
+    key: &str,
+    action: &str,
+) -> Result<Response, Problem> {
+    if sub.ordering.is_none() {
+        return Err(Problem::new(ProblemType::NotFound, format!("subscription {} is not ordered by key", sub.name)));
+    }
+    match state.deliveries.engine.act_on_key(sub, key, action, caller.name()).await {
+        Some(done) => Ok(Json(done).into_response()),
+        None => Err(Problem::new(ProblemType::NotFound, format!("no parked key {key:?} in subscription {}", sub.name))),
+    }
 }
 
 /// `GET /v1/subscriptions`

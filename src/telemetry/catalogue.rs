@@ -51,6 +51,9 @@ pub(crate) const BREAKER_STATE: &str = "magistral_breaker_state";
 pub(crate) const SUBSCRIPTION_PENDING: &str = "magistral_subscription_pending";
 pub(crate) const SUBSCRIPTION_IN_FLIGHT: &str = "magistral_subscription_in_flight";
 pub(crate) const SUBSCRIPTION_PAUSED: &str = "magistral_subscription_paused";
+pub(crate) const PARKED_KEYS: &str = "magistral_subscription_parked_keys";
+pub(crate) const KEY_LAG: &str = "magistral_subscription_key_lag_seconds";
+pub(crate) const WAITING_KEYS: &str = "magistral_subscription_waiting_keys";
 // --- pull and event streams ---
 pub(crate) const PULL_FETCHED_TOTAL: &str = "magistral_pull_fetched_total";
 pub(crate) const EVENT_STREAMS: &str = "magistral_event_streams";
@@ -162,6 +165,27 @@ pub(crate) const ALL: &[Metric] = &[
         unit: None,
         labels: &["subscription"],
         help: "1 while the subscription is paused (by an operator, or after an endpoint answered 410 Gone), else 0.",
+    },
+    Metric {
+        name: PARKED_KEYS,
+        kind: Kind::Gauge,
+        unit: Some(Unit::Count),
+        labels: &["subscription"],
+        help: "Key-ordered: keys whose head message failed and is not yet delivered, dead-lettered or skipped (on the delivering replica).",
+    },
+    Metric {
+        name: KEY_LAG,
+        kind: Kind::Gauge,
+        unit: Some(Unit::Seconds),
+        labels: &["subscription"],
+        help: "Key-ordered: age of the oldest message waiting behind its key's head (0 when none waits), on the delivering replica.",
+    },
+    Metric {
+        name: WAITING_KEYS,
+        kind: Kind::Gauge,
+        unit: Some(Unit::Count),
+        labels: &["subscription"],
+        help: "Key-ordered: keys with messages held by the delivering replica (in flight or waiting).",
     },
     Metric {
         name: PULL_FETCHED_TOTAL,
@@ -320,6 +344,11 @@ pub(crate) fn register(catalog: &Catalog) {
                     touch_counter(metrics::counter!(DELIVERY_TOTAL, "subscription" => name(), "class" => class.slug()));
                 }
                 let _ = metrics::histogram!(DELIVERY_DURATION, "subscription" => name());
+                if sub.ordering.is_some() {
+                    for gauge in [PARKED_KEYS, KEY_LAG, WAITING_KEYS] {
+                        metrics::gauge!(gauge, "subscription" => name()).increment(0.0);
+                    }
+                }
                 let _ = metrics::histogram!(DELIVERY_LAG, "subscription" => name());
                 touch_counter(metrics::counter!(DEAD_LETTERS_TOTAL, "subscription" => name()));
                 metrics::gauge!(DEAD_LETTERS, "subscription" => name()).increment(0.0);
@@ -388,6 +417,14 @@ pub(crate) fn set_consumer_facts(subscription: &str, paused: bool, pending: u64,
     metrics::gauge!(SUBSCRIPTION_PAUSED, "subscription" => name()).set(if paused { 1.0 } else { 0.0 });
     metrics::gauge!(SUBSCRIPTION_PENDING, "subscription" => name()).set(pending as f64);
     metrics::gauge!(SUBSCRIPTION_IN_FLIGHT, "subscription" => name()).set(in_flight as f64);
+}
+
+/// A key-ordered subscription's keys on this replica: parked, worst lag, keys held.
+pub(crate) fn set_keyed(subscription: &str, parked: usize, lag: f64, keys: usize) {
+    let name = || subscription.to_owned();
+    metrics::gauge!(PARKED_KEYS, "subscription" => name()).set(parked as f64);
+    metrics::gauge!(KEY_LAG, "subscription" => name()).set(lag);
+    metrics::gauge!(WAITING_KEYS, "subscription" => name()).set(keys as f64);
 }
 
 pub(crate) fn set_dead_letters(subscription: &str, depth: u64) {

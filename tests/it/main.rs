@@ -26,6 +26,7 @@ mod metrics;
 mod nats_harness;
 mod openapi;
 mod pinned;
+mod ordering;
 mod process;
 mod publish;
 mod pull;

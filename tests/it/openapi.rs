@@ -28,6 +28,8 @@ const RESUME: Route = ("post", "/v1/subscriptions/{name}/resume");
 const DEAD_LETTERS: Route = ("get", "/v1/subscriptions/{name}/dead-letters");
 const REPLAY: Route = ("post", "/v1/subscriptions/{name}/dead-letters/replay");
 const DISCARD: Route = ("post", "/v1/subscriptions/{name}/dead-letters/discard");
+const SKIP_KEY: Route = ("post", "/v1/subscriptions/{name}/parked-keys/skip");
+const RETRY_KEY: Route = ("post", "/v1/subscriptions/{name}/parked-keys/retry");
 const FETCH: Route = ("post", "/v1/subscriptions/{name}/fetch");
 const ACK: Route = ("post", "/v1/subscriptions/{name}/ack");
 const EVENTS: Route = ("get", "/v1/subscriptions/{name}/events");
@@ -75,6 +77,8 @@ const API: &[Route] = &[
     DEAD_LETTERS,
     REPLAY,
     DISCARD,
+    SKIP_KEY,
+    RETRY_KEY,
     FETCH,
     ACK,
     EVENTS,
@@ -118,6 +122,8 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             KV_PUT,
             REPLAY,
             DISCARD,
+            SKIP_KEY,
+            RETRY_KEY,
             FETCH,
             ACK,
             INBOUND,
@@ -133,6 +139,8 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             KV_PUT,
             REPLAY,
             DISCARD,
+            SKIP_KEY,
+            RETRY_KEY,
             FETCH,
             ACK,
             INBOUND,
@@ -153,6 +161,8 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             KV_PUT,
             REPLAY,
             DISCARD,
+            SKIP_KEY,
+            RETRY_KEY,
             FETCH,
             ACK,
             INBOUND,
@@ -188,6 +198,8 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             DEAD_LETTERS,
             REPLAY,
             DISCARD,
+            SKIP_KEY,
+            RETRY_KEY,
             FETCH,
             ACK,
             IMPORT,
@@ -286,6 +298,8 @@ fn routes_of(kind: ProblemType) -> Option<&'static [Route]> {
             DEAD_LETTERS,
             REPLAY,
             DISCARD,
+            SKIP_KEY,
+            RETRY_KEY,
             FETCH,
             ACK,
             EVENTS,
