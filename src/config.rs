@@ -1076,9 +1076,9 @@ impl Config {
                     Ok(mut config) => {
                         config.source = path.map(Path::to_path_buf);
                         problems.extend(
-                            config.traces.problems().into_iter().chain(config.console.problems()).map(|(field, message)| {
-                                ConfigProblem::new(path.map(Path::to_path_buf), field, message)
-                            }),
+                            config.traces.problems().into_iter().chain(config.console.problems()).map(
+                                |(field, message)| ConfigProblem::new(path.map(Path::to_path_buf), field, message),
+                            ),
                         );
                         config.resolve_nats_files();
                         return (Some(config), problems);

@@ -142,8 +142,8 @@ fn process_config(dir: &Path, subscription_toml: &str) -> PathBuf {
     let text = std::fs::read_to_string(&basic).unwrap();
     let text =
         text.replace("streams_dir = \"streams\"", &format!("streams_dir = {:?}", basic_dir.join("streams"))).replace(
-            "contracts_dir = \"../../../examples/wine-retail/contracts\"",
-            &format!("contracts_dir = {:?}", basic_dir.join("../../../examples/wine-retail/contracts")),
+            "contracts_dir = \"../../../contracts\"",
+            &format!("contracts_dir = {:?}", basic_dir.join("../../../contracts")),
         );
     let path = dir.join("magistral.toml");
     std::fs::write(&path, format!("{text}\n{subscription_toml}\n")).unwrap();
