@@ -117,28 +117,31 @@ impl Budget<'_> {
     }
 
     fn columns(&self, n: usize, at: &RowRef) -> Result<(), ImportError> {
-        if n > self.limits.max_import_columns {
-            return Err(too_large(format!(
+        within(n, self.limits.max_import_columns, || {
+            format!(
                 "row {}{} has more than {} columns (limits.max_import_columns)",
                 at.row,
                 in_file(at.file.as_deref()),
                 self.limits.max_import_columns
-            )));
-        }
-        Ok(())
+            )
+        })
     }
 
     fn cell(&self, len: usize, at: &RowRef) -> Result<(), ImportError> {
-        if len > self.limits.max_import_cell_bytes {
-            return Err(too_large(format!(
+        within(len, self.limits.max_import_cell_bytes, || {
+            format!(
                 "a cell of row {}{} is longer than {} bytes (limits.max_import_cell_bytes)",
                 at.row,
                 in_file(at.file.as_deref()),
                 self.limits.max_import_cell_bytes
-            )));
-        }
-        Ok(())
+            )
+        })
     }
+}
+
+/// `too_large` with `detail` when `n` exceeds `limit`.
+fn within(n: usize, limit: usize, detail: impl FnOnce() -> String) -> Result<(), ImportError> {
+    if n > limit { Err(too_large(detail())) } else { Ok(()) }
 }
 
 fn in_file(file: Option<&str>) -> String {

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use sha2::{Digest, Sha256};
+use crate::common::gateway::token_sha256;
 
 const BIN: &str = env!("CARGO_BIN_EXE_magistral");
 
@@ -63,12 +63,8 @@ timeout = "ten seconds"
 
 #[test]
 fn check_lists_every_problem_with_file_line_and_field() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::common::gateway::orders_bus_dir();
     let root = dir.path();
-    std::fs::create_dir(root.join("streams")).unwrap();
-    std::fs::create_dir(root.join("contracts")).unwrap();
-    let basic = crate::common::gateway::scenario("basic");
-    std::fs::copy(basic.parent().unwrap().join("streams/ORDERS.json"), root.join("streams/ORDERS.json")).unwrap();
     // v2 makes `phone` required: it breaks v1's producers (mode backward).
     std::fs::write(
         root.join("contracts/lead.v1.json"),
@@ -81,7 +77,7 @@ fn check_lists_every_problem_with_file_line_and_field() {
     )
     .unwrap();
     std::fs::write(root.join("contracts/broken.v1.json"), "{ not json").unwrap();
-    let hash = hex::encode(Sha256::digest("bitrix-test-token-0001"));
+    let hash = token_sha256("bitrix-test-token-0001");
     std::fs::write(root.join("magistral.toml"), CONFIG.replace("HASH", &hash)).unwrap();
 
     let (code, out, err) = magistral(root, &["check"]);
@@ -93,7 +89,7 @@ fn check_lists_every_problem_with_file_line_and_field() {
     assert!(err.contains(&format!("{config}:2: reload_interval:")), "{err}");
     assert!(err.contains(&format!("{config}:37: subscriptions.nav-leads.timeout:")), "{err}");
     // … a plain token where a hash belongs, answered with how to hash it (never echoed) …
-    let plain_hash = hex::encode(Sha256::digest("nav-plain-token-0001"));
+    let plain_hash = token_sha256("nav-plain-token-0001");
     assert!(err.contains(&format!("{config}:29: participants.nav.tokens[1]:")), "{err}");
     assert!(err.contains(&format!("sha256 = \"{plain_hash}\"")) && err.contains("sha256sum"), "{err}");
     assert!(!err.contains("nav-plain-token-0001"), "the token itself is printed: {err}");

@@ -3,9 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-
-use crate::common::gateway::{BITRIX, Gateway};
+use crate::common::gateway::{BITRIX, Gateway, token_sha256};
 use crate::common::nats::NatsServer;
 use crate::common::receiver::Receiver;
 use crate::common::write_atomically;
@@ -21,11 +19,7 @@ publish = ["orders.>"]
 
 /// A folder with the config file, `streams/ORDERS.json` and an empty `contracts/`.
 fn bus() -> (tempfile::TempDir, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("streams")).unwrap();
-    std::fs::create_dir(dir.path().join("contracts")).unwrap();
-    let basic = crate::common::gateway::scenario("basic");
-    std::fs::copy(basic.parent().unwrap().join("streams/ORDERS.json"), dir.path().join("streams/ORDERS.json")).unwrap();
+    let dir = crate::common::gateway::orders_bus_dir();
     let config = dir.path().join("magistral.toml");
     std::fs::write(&config, BASE).unwrap();
     (dir, config)
@@ -47,7 +41,7 @@ async fn a_saved_participant_and_subscription_get_their_first_push_within_two_se
     for i in 0..5 {
         let receiver = Receiver::start().await;
         let subject = format!("orders.live{i}");
-        let hash = hex::encode(Sha256::digest(format!("crm-live-token-{i}")));
+        let hash = token_sha256(format!("crm-live-token-{i}"));
         text.push_str(&format!(
             "\n[participants.crm{i}]\ntokens = [{{ sha256 = \"{hash}\" }}]\nsubscribe = [\"{subject}\"]\n\n\
              [subscriptions.live{i}]\nparticipant = \"crm{i}\"\nsubjects = [\"{subject}\"]\nendpoint = \"{}\"\n",
@@ -102,7 +96,7 @@ async fn a_configmap_symlink_swap_takes_effect_within_two_seconds() {
     let gw = Gateway::start_with(mount.join("magistral.toml"), &nats.url(), |_| {}).await;
 
     let receiver = Receiver::start().await;
-    let hash = hex::encode(Sha256::digest("crm-live-token-cm"));
+    let hash = token_sha256("crm-live-token-cm");
     std::fs::create_dir_all(mount.join("..2026_12_02_2")).unwrap();
     std::fs::write(
         mount.join("..2026_12_02_2/magistral.toml"),

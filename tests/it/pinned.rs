@@ -8,28 +8,23 @@ use std::time::Duration;
 use magistral::catalog::Catalog;
 use magistral::config::Config;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::common::eventually;
-use crate::common::gateway::{BITRIX, Gateway, NAV};
+use crate::common::gateway::{BITRIX, Gateway, NAV, token_sha256};
 use crate::common::nats::NatsServer;
 use crate::common::receiver::Receiver;
 
 /// `lead` v1 (`name`) and v2 (`first_name`, `last_name`) on `orders.lead`; nav's
 /// subscription, pinned to v1 with `extra` as the rest of its table.
 fn bus(endpoint: &str, extra: &str) -> (tempfile::TempDir, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("streams")).unwrap();
-    std::fs::create_dir(dir.path().join("contracts")).unwrap();
-    let basic = crate::common::gateway::scenario("basic");
-    std::fs::copy(basic.parent().unwrap().join("streams/ORDERS.json"), dir.path().join("streams/ORDERS.json")).unwrap();
+    let dir = crate::common::gateway::orders_bus_dir();
     let v1 = json!({"type":"object","required":["id","name"],"additionalProperties":false,
         "properties":{"id":{"type":"string"},"name":{"type":"string","minLength":1}}});
     let v2 = json!({"type":"object","required":["id","first_name","last_name"],"additionalProperties":false,
         "properties":{"id":{"type":"string"},"first_name":{"type":"string"},"last_name":{"type":"string"}}});
     std::fs::write(dir.path().join("contracts/lead.v1.json"), v1.to_string()).unwrap();
     std::fs::write(dir.path().join("contracts/lead.v2.json"), v2.to_string()).unwrap();
-    let hash = |t: &str| hex::encode(Sha256::digest(t));
+    let hash = token_sha256;
     let config = dir.path().join("magistral.toml");
     std::fs::write(
         &config,

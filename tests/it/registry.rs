@@ -5,23 +5,18 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::common::eventually;
-use crate::common::gateway::{BITRIX, Gateway, NAV, jetstream, slug};
+use crate::common::gateway::{BITRIX, Gateway, NAV, jetstream, slug, token_sha256};
 use crate::common::nats::NatsServer;
 
 /// A bus with a file contract (`sales-order` on `orders.created`), bitrix granted `crm.*` and
 /// `sales-order`, nav granted nothing.
 fn bus() -> (tempfile::TempDir, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("streams")).unwrap();
-    std::fs::create_dir(dir.path().join("contracts")).unwrap();
-    let basic = crate::common::gateway::scenario("basic");
-    std::fs::copy(basic.parent().unwrap().join("streams/ORDERS.json"), dir.path().join("streams/ORDERS.json")).unwrap();
+    let dir = crate::common::gateway::orders_bus_dir();
     std::fs::write(dir.path().join("contracts/sales-order.v1.json"), r#"{"type":"object","required":["order_id"]}"#)
         .unwrap();
-    let hash = |t: &str| hex::encode(Sha256::digest(t));
+    let hash = token_sha256;
     let config = dir.path().join("magistral.toml");
     std::fs::write(
         &config,
@@ -136,7 +131,7 @@ async fn a_contract_registered_on_one_replica_is_served_and_enforced_by_another(
     // A configuration reload keeps them: a participant added to the file, then the contract
     // still enforced.
     let text = std::fs::read_to_string(&config).unwrap();
-    let ops = hex::encode(Sha256::digest("ops-registry-token-01"));
+    let ops = token_sha256("ops-registry-token-01");
     crate::common::write_atomically(
         &config,
         format!("{text}\n[participants.ops]\ntokens = [{{ sha256 = \"{ops}\" }}]\nadmin = true\n"),

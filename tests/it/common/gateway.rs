@@ -41,6 +41,23 @@ pub fn copy_example(to: &Path) {
     }
 }
 
+/// A fresh configuration folder: `streams/ORDERS.json` from the basic scenario and an empty
+/// `contracts/`, for tests that write their own `magistral.toml` and contracts.
+pub fn orders_bus_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("streams")).unwrap();
+    std::fs::create_dir(dir.path().join("contracts")).unwrap();
+    let basic = scenario("basic");
+    std::fs::copy(basic.parent().unwrap().join("streams/ORDERS.json"), dir.path().join("streams/ORDERS.json")).unwrap();
+    dir
+}
+
+/// The `sha256` a participant's `tokens` entry stores for `token`.
+pub fn token_sha256(token: impl AsRef<[u8]>) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_ref()))
+}
+
 pub struct Gateway {
     pub addr: SocketAddr,
     pub http: reqwest::Client,
