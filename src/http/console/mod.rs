@@ -330,6 +330,12 @@ pub(crate) async fn tail(
     Params(query): Params<TailQuery>,
 ) -> Result<Response, Problem> {
     require_admin(&caller)?;
+    // Bounded like a published subject: NATS refuses a SUB line past its `max_control_line`
+    // (4 KiB) by closing the whole connection, which would take the gateway down with it.
+    let max = state.limits.max_subject_length;
+    if query.subject.len() > max {
+        return Err(Problem::new(ProblemType::InvalidQuery, format!("subject: longer than {max} bytes")));
+    }
     crate::subject::validate_pattern(&query.subject)
         .map_err(|e| Problem::new(ProblemType::InvalidQuery, format!("subject: {e}")))?;
     // The server's own traffic (JetStream API, inboxes) is not the bus's messages; a pattern
