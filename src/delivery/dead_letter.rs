@@ -22,8 +22,20 @@ pub(crate) const ORIGINAL_SUBJECT: &str = "Magistral-Original-Subject";
 /// The original `Nats-Msg-Id`, kept under another name so the dead-letter stream does not
 /// deduplicate on it, and replays keep their id.
 pub(crate) const ORIGINAL_MSG_ID: &str = "Magistral-Original-Msg-Id";
+/// How many times the message was replayed from the dead letters, and when last: carried from
+/// a dead letter to its replay and back, so "where is my message?" shows the replays.
+const REPLAYS: &str = "Magistral-Replays";
+const REPLAYED_AT: &str = "Magistral-Replayed-At";
 const ORIGINAL_STREAM: &str = "Magistral-Original-Stream";
 const ORIGINAL_SEQ: &str = "Magistral-Original-Seq";
+
+/// A replayed message's replays so far (with this one) and when it was last replayed.
+#[must_use]
+pub(crate) fn replays(message: &jetstream::Message) -> Option<(u32, String)> {
+    let h = message.headers.as_ref()?;
+    let times = h.get(REPLAYS)?.as_str().parse().ok()?;
+    Some((times, h.get(REPLAYED_AT).map(|v| v.as_str().to_owned()).unwrap_or_default()))
+}
 
 /// Where a replayed message was first stored (its tracking key).
 #[must_use]
@@ -80,7 +92,13 @@ pub(crate) async fn store(
                 continue;
             }
             if n.starts_with("Magistral-") {
-                if n == ORIGINAL_SUBJECT || n == ORIGINAL_STREAM || n == ORIGINAL_SEQ || n == ORIGINAL_MSG_ID {
+                if n == ORIGINAL_SUBJECT
+                    || n == ORIGINAL_STREAM
+                    || n == ORIGINAL_SEQ
+                    || n == ORIGINAL_MSG_ID
+                    || n == REPLAYS
+                    || n == REPLAYED_AT
+                {
                     for v in values {
                         headers.append(n.as_str(), v.as_str());
                     }
@@ -407,6 +425,9 @@ async fn republish(js: &jetstream::Context, subscription: &str, raw: &RawDeadLet
             }
         }
     }
+    let before: u32 = raw.headers.get(REPLAYS).and_then(|v| v.as_str().parse().ok()).unwrap_or(0);
+    headers.insert(REPLAYS, before.saturating_add(1).to_string().as_str());
+    headers.insert(REPLAYED_AT, rfc3339(OffsetDateTime::now_utc()).as_str());
     js.publish_with_headers(replay_subject(subscription), headers, raw.payload.clone())
         .await
         .map_err(nats)?
