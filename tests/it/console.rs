@@ -210,6 +210,10 @@ async fn an_operator_finds_and_fixes_a_failing_subscription_in_the_browser() {
     browser.wait("#lookup-submit", wait).await.click().await;
     let step = browser.wait("li[data-subscription='nav-orders'][data-state='delivered']", wait).await;
     assert!(step.text().await.contains("attempt"), "{}", step.text().await);
+    // ...after its dead letter and the replay from the subscription page.
+    browser.wait("li[data-subscription='nav-orders'][data-state='dead-letter']", wait).await;
+    let replay = browser.wait("li.replay[data-subscription='nav-orders'][data-replays='1']", wait).await;
+    assert!(replay.text().await.contains("replayed"), "{}", replay.text().await);
     browser.screenshot(&shot("lookup.png")).await;
 
     // The live tail shows what is published now.

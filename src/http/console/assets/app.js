@@ -634,6 +634,14 @@ function timeline(m) {
     el('li', { class: 'step' }, t('lookup.stored', m.stream, m.seq)),
   ];
   for (const s of m.subscriptions) {
+    // Replayed from the dead letters: the dead letter and the replay come before the outcome
+    // the record holds now (which is the replay's).
+    if (s.replays) {
+      steps.push(el('li', { class: 'step ds-dead-letter', 'data-subscription': s.name, 'data-state': 'dead-letter' },
+        s.name, ' ', el('span', { class: 'badge ds', text: t('ds.dead-letter') })));
+      steps.push(el('li', { class: 'step replay', 'data-subscription': s.name, 'data-replays': String(s.replays) },
+        s.name, ' · ', t('lookup.replayed', fmtTime(s.replayed_at)), s.replays > 1 ? ' · ' + t('lookup.replays', s.replays) : ''));
+    }
     const bits = [];
     if (s.attempts !== undefined && s.attempts !== null) bits.push(t('lookup.attempts', s.attempts));
     if (s.class) bits.push(`${s.class}${s.status ? ' ' + s.status : ''}`);
