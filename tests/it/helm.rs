@@ -646,3 +646,24 @@ fn the_root_configuration_goes_through_helm_values_and_helm_check() {
     assert_eq!(out.status.code(), Some(64), "{}{}", text(&out.stdout), text(&out.stderr));
     assert!(text(&out.stderr).contains("sales-order.v1.json"), "{}", text(&out.stderr));
 }
+
+/// The install notes warn when several replicas would each sign console sessions with a key of
+/// their own (a session then works only on the pod that issued it).
+#[test]
+fn install_notes_warn_about_a_console_without_a_shared_session_key() {
+    let Some(helm) = helm() else { return };
+    let chart = chart();
+    let notes = |args: &[&str]| {
+        let mut all = vec!["install", "bus", chart.to_str().unwrap(), "--dry-run=client"];
+        all.extend_from_slice(args);
+        let out = run_helm(&helm, &all);
+        assert!(out.status.success(), "helm {all:?}:\n{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        stdout.split_once("NOTES:").map(|(_, n)| n.to_owned()).unwrap_or_else(|| panic!("no notes:\n{stdout}"))
+    };
+    let warning = "console.sessionKeySecret is not set and there is more than one replica";
+    assert!(notes(&[]).contains(warning), "two replicas by default");
+    assert!(notes(&["--set", "autoscaling.enabled=true,replicaCount=1"]).contains(warning));
+    assert!(!notes(&["--set", "replicaCount=1"]).contains(warning));
+    assert!(!notes(&["--set", "console.sessionKeySecret.name=bus-console"]).contains(warning));
+}
