@@ -70,6 +70,14 @@ async fn registry_keys(js: &async_nats::jetstream::Context) -> u64 {
     }
 }
 
+/// Messages in the dead-letter stream (0 before it exists).
+async fn dead_letters(js: &async_nats::jetstream::Context) -> u64 {
+    match js.get_stream("MAGISTRAL_DLQ").await {
+        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
 /// Sends raw request head `head` (with a `Content-Length` far larger than what follows, and
 /// no body at all) and reads the status line of the answer, within `within`.
 async fn status_before_body(addr: &str, head: &str, within: Duration) -> Result<u16, String> {
@@ -175,6 +183,7 @@ async fn hostile_input_to_the_console_registry_and_parked_key_routes() {
     let gw = GatewayProcess::start(&config, &nats.url(), &[]).await;
     let mut run = Run { gw: &gw, failures: Vec::new() };
     let orders_before = stream_count(&js, "ORDERS").await;
+    let dead_before = dead_letters(&js).await;
 
     // 1. No credentials and a body announced as 1 GiB that never arrives: refused at once.
     //    (Sign-in is the exception: its body is the credential; it is bounded instead.)
@@ -345,6 +354,10 @@ async fn hostile_input_to_the_console_registry_and_parked_key_routes() {
     let keys = registry_keys(&js).await;
     if keys != 0 {
         run.failures.push(format!("the contract registry holds {keys} entries"));
+    }
+    let dead_after = dead_letters(&js).await;
+    if dead_after != dead_before {
+        run.failures.push(format!("dead letters went from {dead_before} to {dead_after} (a skip went through)"));
     }
     let orders_after = stream_count(&js, "ORDERS").await;
     if orders_after != orders_before {
