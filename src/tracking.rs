@@ -397,6 +397,10 @@ impl<'a> Whereabouts<'a> {
                     detail: "the subscription's transform filtered it out",
                 };
             }
+            // Replayed and not attempted yet (the original is long below the ack floor).
+            Some(r) if r.state == DeliveryState::Pending && r.replays.is_some() => {
+                return Delivery::reached(DeliveryState::Pending);
+            }
             Some(r) if r.state == DeliveryState::DeadLetter => {
                 return Delivery::DeadLetter {
                     state: DeliveryState::DeadLetter,

@@ -329,8 +329,9 @@ pub(crate) enum Selection {
 /// What to do with the dead letters a [`Selection`] picks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Settle {
-    /// Deliver again: store on the subscription's replay subject, then remove.
-    Replay,
+    /// Deliver again: store on the subscription's replay subject, then remove; `tracking`:
+    /// note the replay in the message-tracking index.
+    Replay { tracking: bool },
     /// Drop for good: remove only.
     Discard,
 }
@@ -345,8 +346,9 @@ pub(crate) async fn replay(
     subscription: &str,
     selection: &Selection,
     max: usize,
+    tracking: bool,
 ) -> Result<Vec<String>, DeliveryError> {
-    settle(js, subscription, selection, max, Settle::Replay).await
+    settle(js, subscription, selection, max, Settle::Replay { tracking }).await
 }
 
 /// Removes selected dead letters for good: an operator decided they need no delivery (the
@@ -392,8 +394,8 @@ async fn settle(
             if !wanted {
                 continue;
             }
-            if how == Settle::Replay {
-                republish(js, subscription, raw).await?;
+            if let Settle::Replay { tracking } = how {
+                republish(js, subscription, raw, tracking).await?;
             }
             stream.delete_message(raw.seq).await.map_err(nats)?;
             settled.push(id);
@@ -410,7 +412,12 @@ async fn settle(
 
 /// Stores a dead letter on the subscription's replay subject with the headers it was
 /// published with (its failure headers dropped, where it came from kept).
-async fn republish(js: &jetstream::Context, subscription: &str, raw: &RawDeadLetter) -> Result<(), DeliveryError> {
+async fn republish(
+    js: &jetstream::Context,
+    subscription: &str,
+    raw: &RawDeadLetter,
+    tracking: bool,
+) -> Result<(), DeliveryError> {
     let mut headers = HeaderMap::new();
     for (name, values) in raw.headers.iter() {
         let n = name.to_string();
@@ -426,8 +433,28 @@ async fn republish(js: &jetstream::Context, subscription: &str, raw: &RawDeadLet
         }
     }
     let before: u32 = raw.headers.get(REPLAYS).and_then(|v| v.as_str().parse().ok()).unwrap_or(0);
-    headers.insert(REPLAYS, before.saturating_add(1).to_string().as_str());
-    headers.insert(REPLAYED_AT, rfc3339(OffsetDateTime::now_utc()).as_str());
+    let (replays, at) = (before.saturating_add(1), rfc3339(OffsetDateTime::now_utc()));
+    headers.insert(REPLAYS, replays.to_string().as_str());
+    headers.insert(REPLAYED_AT, at.as_str());
+    // "Where is my message?" says `pending` (replayed) until the replay is attempted. Written
+    // before the replay is stored, on the same connection as the worker's later record, so it
+    // can never land after (and hide) the outcome.
+    let original =
+        (raw.headers.get(ORIGINAL_STREAM), raw.headers.get(ORIGINAL_SEQ).and_then(|v| v.as_str().parse().ok()));
+    if tracking && let (Some(stream), Some(seq)) = original {
+        let h = |name: &str| raw.headers.get(name).map(|v| v.as_str().to_owned());
+        let record = crate::tracking::DeliveryRecord {
+            state: crate::tracking::DeliveryState::Pending,
+            attempts: h(ATTEMPTS).and_then(|v| v.parse().ok()).unwrap_or(0),
+            class: h(CLASS),
+            status: h(STATUS).and_then(|v| v.parse().ok()),
+            at: at.clone(),
+            next_attempt: None,
+            replays: Some(replays),
+            replayed_at: Some(at.clone()),
+        };
+        crate::tracking::record(&js.client(), subscription, stream.as_str(), seq, &record).await;
+    }
     js.publish_with_headers(replay_subject(subscription), headers, raw.payload.clone())
         .await
         .map_err(nats)?

@@ -337,9 +337,15 @@ pub(crate) async fn replay(
     CommandBody(request): CommandBody<SelectionRequest>,
 ) -> Result<Response, Problem> {
     let selection = request.selection()?;
-    let replayed = dead_letter::replay(&state.deliveries.engine.js, &sub.name, &selection, 10_000)
-        .await
-        .map_err(|e| nats_unavailable(&state, "replaying dead letters", e))?;
+    let replayed = dead_letter::replay(
+        &state.deliveries.engine.js,
+        &sub.name,
+        &selection,
+        10_000,
+        state.deliveries.engine.tracking,
+    )
+    .await
+    .map_err(|e| nats_unavailable(&state, "replaying dead letters", e))?;
     tracing::info!(subscription = %sub.name, by = caller.name(), replayed = replayed.len(), "dead letters replayed");
     if let Ok(depth) = dead_letter::count(&state.deliveries.engine.js, &sub.name).await {
         crate::telemetry::catalogue::set_dead_letters(&sub.name, depth);

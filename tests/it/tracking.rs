@@ -138,9 +138,18 @@ async fn replays_from_the_dead_letters_show_in_the_message_timeline() {
     let first = dead(None).await;
     assert!(first.get("replayed_at").is_none(), "{first}");
 
-    // Replayed while the endpoint still fails: dead again, with the replay counted.
+    // Replayed while the subscription is paused: pending, replayed once, until it is attempted.
+    assert_eq!(gw.post_json(NAV, "/v1/subscriptions/nav-orders/pause", json!(null)).await.0, 200);
     let (status, _) = gw.post_json(NAV, "/v1/subscriptions/nav-orders/dead-letters/replay", json!({"all": true})).await;
     assert_eq!(status, 200);
+    let pending = eventually("the replay pending", Duration::from_secs(10), async || {
+        let s = state_of(&gw, &id, "nav-orders").await;
+        (s["state"] == "pending").then_some(s)
+    })
+    .await;
+    assert_eq!(pending["replays"], 1, "{pending}");
+    // Resumed while the endpoint still fails: dead again, with the replay counted.
+    assert_eq!(gw.post_json(NAV, "/v1/subscriptions/nav-orders/resume", json!(null)).await.0, 200);
     let again = dead(Some(1)).await;
     assert!(again["replayed_at"].as_str().is_some_and(|t| t.contains('T')), "{again}");
 
