@@ -128,6 +128,12 @@ pub struct DeliveryRecord {
     pub at: String,
     /// When the next attempt is due (retrying only).
     pub next_attempt: Option<String>,
+    /// How many times the message was replayed from the dead letters (none: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replays: Option<u32>,
+    /// When it was last replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replayed_at: Option<String>,
 }
 
 /// Creates the bucket (idempotent).
@@ -191,6 +197,11 @@ pub struct SubscriptionDelivery {
     pub mode: SubscriptionMode,
     #[serde(flatten)]
     pub delivery: Delivery,
+    /// Replays of the message from this subscription's dead letters: how many, the last when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replays: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replayed_at: Option<String>,
 }
 
 /// How far a message's delivery got; each shape carries what is known in that state.
@@ -348,11 +359,15 @@ impl<'a> Whereabouts<'a> {
             if !filters.iter().any(|f| subject::matches(f, &message.subject)) {
                 continue;
             }
+            let record = self.record(sub, &location).await;
+            let (replays, replayed_at) = record.as_ref().map_or((None, None), |r| (r.replays, r.replayed_at.clone()));
             message.subscriptions.push(SubscriptionDelivery {
                 name: sub.name.clone(),
                 participant: sub.participant.clone(),
                 mode: sub.mode,
-                delivery: self.delivery(&stream, sub, &location, &raw).await,
+                delivery: self.delivery(&stream, sub, &location, &raw, record).await,
+                replays,
+                replayed_at,
             });
         }
         message
@@ -366,6 +381,7 @@ impl<'a> Whereabouts<'a> {
         sub: &Subscription,
         location: &Location,
         raw: &jetstream::message::StreamMessage,
+        record: Option<DeliveryRecord>,
     ) -> Delivery {
         if sub.mode == SubscriptionMode::Stream {
             return Delivery::Explained {
@@ -373,7 +389,6 @@ impl<'a> Whereabouts<'a> {
                 detail: "stream subscriptions keep no delivery state",
             };
         }
-        let record = self.record(sub, location).await;
         match &record {
             Some(r) if r.state == DeliveryState::Skipped => {
                 return Delivery::Skipped {
@@ -381,6 +396,10 @@ impl<'a> Whereabouts<'a> {
                     at: r.at.clone(),
                     detail: "the subscription's transform filtered it out",
                 };
+            }
+            // Replayed and not attempted yet (the original is long below the ack floor).
+            Some(r) if r.state == DeliveryState::Pending && r.replays.is_some() => {
+                return Delivery::reached(DeliveryState::Pending);
             }
             Some(r) if r.state == DeliveryState::DeadLetter => {
                 return Delivery::DeadLetter {

@@ -22,8 +22,20 @@ pub(crate) const ORIGINAL_SUBJECT: &str = "Magistral-Original-Subject";
 /// The original `Nats-Msg-Id`, kept under another name so the dead-letter stream does not
 /// deduplicate on it, and replays keep their id.
 pub(crate) const ORIGINAL_MSG_ID: &str = "Magistral-Original-Msg-Id";
+/// How many times the message was replayed from the dead letters, and when last: carried from
+/// a dead letter to its replay and back, so "where is my message?" shows the replays.
+const REPLAYS: &str = "Magistral-Replays";
+const REPLAYED_AT: &str = "Magistral-Replayed-At";
 const ORIGINAL_STREAM: &str = "Magistral-Original-Stream";
 const ORIGINAL_SEQ: &str = "Magistral-Original-Seq";
+
+/// A replayed message's replays so far (with this one) and when it was last replayed.
+#[must_use]
+pub(crate) fn replays(message: &jetstream::Message) -> Option<(u32, String)> {
+    let h = message.headers.as_ref()?;
+    let times = h.get(REPLAYS)?.as_str().parse().ok()?;
+    Some((times, h.get(REPLAYED_AT).map(|v| v.as_str().to_owned()).unwrap_or_default()))
+}
 
 /// Where a replayed message was first stored (its tracking key).
 #[must_use]
@@ -80,7 +92,13 @@ pub(crate) async fn store(
                 continue;
             }
             if n.starts_with("Magistral-") {
-                if n == ORIGINAL_SUBJECT || n == ORIGINAL_STREAM || n == ORIGINAL_SEQ || n == ORIGINAL_MSG_ID {
+                if n == ORIGINAL_SUBJECT
+                    || n == ORIGINAL_STREAM
+                    || n == ORIGINAL_SEQ
+                    || n == ORIGINAL_MSG_ID
+                    || n == REPLAYS
+                    || n == REPLAYED_AT
+                {
                     for v in values {
                         headers.append(n.as_str(), v.as_str());
                     }
@@ -311,8 +329,9 @@ pub(crate) enum Selection {
 /// What to do with the dead letters a [`Selection`] picks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Settle {
-    /// Deliver again: store on the subscription's replay subject, then remove.
-    Replay,
+    /// Deliver again: store on the subscription's replay subject, then remove; `tracking`:
+    /// note the replay in the message-tracking index.
+    Replay { tracking: bool },
     /// Drop for good: remove only.
     Discard,
 }
@@ -327,8 +346,9 @@ pub(crate) async fn replay(
     subscription: &str,
     selection: &Selection,
     max: usize,
+    tracking: bool,
 ) -> Result<Vec<String>, DeliveryError> {
-    settle(js, subscription, selection, max, Settle::Replay).await
+    settle(js, subscription, selection, max, Settle::Replay { tracking }).await
 }
 
 /// Removes selected dead letters for good: an operator decided they need no delivery (the
@@ -374,8 +394,8 @@ async fn settle(
             if !wanted {
                 continue;
             }
-            if how == Settle::Replay {
-                republish(js, subscription, raw).await?;
+            if let Settle::Replay { tracking } = how {
+                republish(js, subscription, raw, tracking).await?;
             }
             stream.delete_message(raw.seq).await.map_err(nats)?;
             settled.push(id);
@@ -392,7 +412,12 @@ async fn settle(
 
 /// Stores a dead letter on the subscription's replay subject with the headers it was
 /// published with (its failure headers dropped, where it came from kept).
-async fn republish(js: &jetstream::Context, subscription: &str, raw: &RawDeadLetter) -> Result<(), DeliveryError> {
+async fn republish(
+    js: &jetstream::Context,
+    subscription: &str,
+    raw: &RawDeadLetter,
+    tracking: bool,
+) -> Result<(), DeliveryError> {
     let mut headers = HeaderMap::new();
     for (name, values) in raw.headers.iter() {
         let n = name.to_string();
@@ -406,6 +431,29 @@ async fn republish(js: &jetstream::Context, subscription: &str, raw: &RawDeadLet
                 headers.append(n.as_str(), v.as_str());
             }
         }
+    }
+    let before: u32 = raw.headers.get(REPLAYS).and_then(|v| v.as_str().parse().ok()).unwrap_or(0);
+    let (replays, at) = (before.saturating_add(1), rfc3339(OffsetDateTime::now_utc()));
+    headers.insert(REPLAYS, replays.to_string().as_str());
+    headers.insert(REPLAYED_AT, at.as_str());
+    // "Where is my message?" says `pending` (replayed) until the replay is attempted. Written
+    // before the replay is stored, on the same connection as the worker's later record, so it
+    // can never land after (and hide) the outcome.
+    let original =
+        (raw.headers.get(ORIGINAL_STREAM), raw.headers.get(ORIGINAL_SEQ).and_then(|v| v.as_str().parse().ok()));
+    if tracking && let (Some(stream), Some(seq)) = original {
+        let h = |name: &str| raw.headers.get(name).map(|v| v.as_str().to_owned());
+        let record = crate::tracking::DeliveryRecord {
+            state: crate::tracking::DeliveryState::Pending,
+            attempts: h(ATTEMPTS).and_then(|v| v.parse().ok()).unwrap_or(0),
+            class: h(CLASS),
+            status: h(STATUS).and_then(|v| v.parse().ok()),
+            at: at.clone(),
+            next_attempt: None,
+            replays: Some(replays),
+            replayed_at: Some(at.clone()),
+        };
+        crate::tracking::record(&js.client(), subscription, stream.as_str(), seq, &record).await;
     }
     js.publish_with_headers(replay_subject(subscription), headers, raw.payload.clone())
         .await

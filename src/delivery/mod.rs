@@ -336,6 +336,9 @@ pub struct Control {
     name: String,
     breaker: Mutex<Breaker>,
     last_error: Mutex<Option<LastError>>,
+    /// Since when the endpoint's answers have been failures with none delivered in between
+    /// (`None` once one is delivered): what the console and the API call `failing`.
+    failing_since: Mutex<Option<String>>,
     /// When each failing message (stream, seq) first failed on this replica; bounded.
     first_failures: Mutex<HashMap<(String, u64), OffsetDateTime>>,
     /// Deliveries of a message handed back unattempted while the breaker was open; bounded.
@@ -357,6 +360,7 @@ impl Control {
             name: sub.name.clone(),
             breaker: Mutex::new(Breaker::new(sub.breaker_failures, sub.breaker_cooldown)),
             last_error: Mutex::new(None),
+            failing_since: Mutex::new(None),
             first_failures: Mutex::new(HashMap::new()),
             skipped: Mutex::new(HashMap::new()),
             probe_announced: std::sync::atomic::AtomicBool::new(false),
@@ -451,6 +455,13 @@ impl Control {
             }
             crate::telemetry::catalogue::set_breaker(&self.name, &b.state(now));
         }
+        if let Ok(mut since) = self.failing_since.lock() {
+            if result.class == retry_policy::Class::Delivered {
+                *since = None;
+            } else if since.is_none() {
+                *since = Some(now());
+            }
+        }
         if result.class != retry_policy::Class::Delivered
             && let Ok(mut last) = self.last_error.lock()
         {
@@ -462,6 +473,12 @@ impl Control {
                 at: now(),
             });
         }
+    }
+
+    /// Since when this replica's attempts have all failed (`None`: the last one was delivered,
+    /// or none was made).
+    pub fn failing_since(&self) -> Option<String> {
+        self.failing_since.lock().ok().and_then(|s| s.clone())
     }
 
     pub fn last_error(&self) -> Option<LastError> {

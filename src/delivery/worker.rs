@@ -37,6 +37,8 @@ struct InFlight {
     published: OffsetDateTime,
     /// Whether status events are published about it.
     announce: bool,
+    /// A replay from the dead letters: its replays so far and when it was last replayed.
+    replayed: Option<(u32, String)>,
 }
 
 /// An attempt's result, what it means for the message, and the failure as reported.
@@ -294,7 +296,8 @@ impl Worker {
         let published = message.info().map(|i| i.published).unwrap_or_else(|_| OffsetDateTime::now_utc());
         // No events about status events: a subscription to them must not feed itself.
         let announce = !attempt::is_status_event(message);
-        InFlight { key, track_key, attempt, published, announce }
+        let replayed = dead_letter::replays(message);
+        InFlight { key, track_key, attempt, published, announce, replayed }
     }
 
     /// One attempt, counted (metrics, breaker, last error).
@@ -351,7 +354,7 @@ impl Worker {
                 return self.retry_in_place(message, delivery, result, delay).await;
             }
             Decision::Retry(delay) => {
-                self.track(&delivery.track_key, DeliveryState::Retrying, delivery.attempt, result, Some(delay)).await;
+                self.track(delivery, DeliveryState::Retrying, result, Some(delay)).await;
                 let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
             }
             Decision::DeadLetter if self.sub.ordered && self.sub.on_exhausted == OnExhausted::Block => {
@@ -365,7 +368,7 @@ impl Worker {
                     message_id = %attempt::message_id(message),
                     "endpoint gone (410): the subscription is paused until an operator resumes it"
                 );
-                self.track(&delivery.track_key, DeliveryState::Paused, delivery.attempt, result, None).await;
+                self.track(delivery, DeliveryState::Paused, result, None).await;
                 self.engine.pause(&self.sub, "endpoint answered 410 Gone", result).await;
                 self.announce("paused", delivery, message, failure).await;
                 let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
@@ -407,10 +410,10 @@ impl Worker {
 
     async fn acknowledge(&self, message: &jetstream::Message, delivery: &InFlight, result: &AttemptResult) {
         if result.class == Class::Skipped {
-            self.track(&delivery.track_key, DeliveryState::Skipped, delivery.attempt, result, None).await;
+            self.track(delivery, DeliveryState::Skipped, result, None).await;
         } else if delivery.attempt > 1 || self.is_replay {
             // After failures, or a replayed dead letter: replace the old record.
-            self.track(&delivery.track_key, DeliveryState::Delivered, delivery.attempt, result, None).await;
+            self.track(delivery, DeliveryState::Delivered, result, None).await;
         }
         let lag = OffsetDateTime::now_utc() - delivery.published;
         metrics::histogram!(catalogue::DELIVERY_LAG, "subscription" => self.sub.name.clone())
@@ -422,9 +425,9 @@ impl Worker {
     /// message goes out (a lost ack would redeliver it behind its successor).
     async fn acknowledge_keyed(&self, message: &jetstream::Message, delivery: &InFlight, result: &AttemptResult) {
         if result.class == Class::Skipped {
-            self.track(&delivery.track_key, DeliveryState::Skipped, delivery.attempt, result, None).await;
+            self.track(delivery, DeliveryState::Skipped, result, None).await;
         } else if delivery.attempt > 1 || self.is_replay {
-            self.track(&delivery.track_key, DeliveryState::Delivered, delivery.attempt, result, None).await;
+            self.track(delivery, DeliveryState::Delivered, result, None).await;
         }
         let lag = OffsetDateTime::now_utc() - delivery.published;
         metrics::histogram!(catalogue::DELIVERY_LAG, "subscription" => self.sub.name.clone())
@@ -450,7 +453,7 @@ impl Worker {
         result: &AttemptResult,
         delay: Duration,
     ) -> Settled {
-        self.track(&delivery.track_key, DeliveryState::Retrying, delivery.attempt, result, Some(delay)).await;
+        self.track(delivery, DeliveryState::Retrying, result, Some(delay)).await;
         if !self.hold(message, delay).await {
             let _ = message.ack_with(AckKind::Nak(None)).await;
             return Settled::Done;
@@ -468,7 +471,7 @@ impl Worker {
     /// pauses until an operator steps in.
     async fn block(&self, message: &jetstream::Message, delivery: &InFlight, failure: &Failure) {
         let result = &failure.result;
-        self.track(&delivery.track_key, DeliveryState::Blocked, delivery.attempt, result, None).await;
+        self.track(delivery, DeliveryState::Blocked, result, None).await;
         let reason = format!("blocked: message {} exhausted its attempts", attempt::message_id(message));
         self.engine.pause(&self.sub, &reason, result).await;
         self.announce("blocked", delivery, message, failure).await;
@@ -499,7 +502,7 @@ impl Worker {
             failing_since = %failure.first_attempt.format(&Rfc3339).unwrap_or_default(),
             "message dead-lettered"
         );
-        self.track(&delivery.track_key, DeliveryState::DeadLetter, delivery.attempt, &failure.result, None).await;
+        self.track(delivery, DeliveryState::DeadLetter, &failure.result, None).await;
         if let Ok(depth) = dead_letter::count(&self.engine.js, &self.sub.name).await {
             catalogue::set_dead_letters(&self.sub.name, depth);
         }
@@ -520,21 +523,17 @@ impl Worker {
     }
 
     /// Notes a noteworthy state for "where is my message?" (nothing for a first-try success).
-    async fn track(
-        &self,
-        key: &(String, u64),
-        state: DeliveryState,
-        attempt: u32,
-        result: &AttemptResult,
-        next: Option<Duration>,
-    ) {
+    async fn track(&self, delivery: &InFlight, state: DeliveryState, result: &AttemptResult, next: Option<Duration>) {
         if !self.engine.tracking {
             return;
         }
         let now = OffsetDateTime::now_utc();
+        let (key, attempt) = (&delivery.track_key, delivery.attempt);
         let record = DeliveryRecord {
             state,
             attempts: attempt,
+            replays: delivery.replayed.as_ref().map(|r| r.0),
+            replayed_at: delivery.replayed.as_ref().map(|r| r.1.clone()),
             class: (result.class != Class::Delivered).then(|| result.class.slug().to_owned()),
             status: result.status,
             at: now.format(&Rfc3339).unwrap_or_default(),

@@ -118,6 +118,16 @@ pub(crate) async fn register(
         RegisterOutcome::Created(r) => (StatusCode::CREATED, r),
         RegisterOutcome::Unchanged(r) => (StatusCode::OK, r),
     };
+    // Who changed what the bus validates against: an audit line per registration (a retried
+    // one too, marked unchanged), whichever replica took it.
+    tracing::info!(
+        participant = %caller.name(),
+        contract = %record.name,
+        version = record.version,
+        subjects = ?record.subjects,
+        unchanged = status == StatusCode::OK,
+        "contract registered over the API"
+    );
     let location = format!("/v1/contracts/{}/{}", record.name, record.version);
     let location =
         HeaderValue::from_str(&location).map_err(|_| Problem::new(ProblemType::Internal, "internal error"))?;

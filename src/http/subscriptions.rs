@@ -67,7 +67,7 @@ impl FromRequestParts<AppState> for Visible {
 
 /// A subscription's state; NATS questions are bounded so a NATS outage shows as `unknown`
 /// quickly instead of hanging the listing.
-async fn describe(state: &AppState, sub: &Subscription) -> Value {
+pub(crate) async fn describe(state: &AppState, sub: &Subscription) -> Value {
     match tokio::time::timeout(std::time::Duration::from_secs(2), describe_unbounded(state, sub)).await {
         Ok(v) => v,
         Err(_) => json!({
@@ -77,6 +77,7 @@ async fn describe(state: &AppState, sub: &Subscription) -> Value {
             "subjects": sub.subjects,
             "endpoint": sub.endpoint_redacted(),
             "state": "unknown",
+            "status": "unknown",
             "detail": "NATS did not answer within 2 s",
         }),
     }
@@ -116,7 +117,13 @@ async fn describe_unbounded(state: &AppState, sub: &Subscription) -> Value {
     if let Some(depth) = dead_letters {
         crate::telemetry::catalogue::set_dead_letters(&sub.name, depth);
     }
+    let failing_since = control.as_ref().and_then(|c| c.failing_since());
     let last_error = control.and_then(|c| c.last_error()).or(stored.last_error);
+    let parked_keys = match &sub.ordering {
+        Some(_) => engine.parked_keys(sub).await,
+        None => Vec::new(),
+    };
+    let status = status_of(paused, breaker_open, last_error.as_ref(), failing_since.is_some(), parked_keys.len());
     let ordering = match &sub.ordering {
         None => Value::Null,
         Some(o) => json!({
@@ -125,7 +132,7 @@ async fn describe_unbounded(state: &AppState, sub: &Subscription) -> Value {
                 crate::config::OnKeyExhausted::DeadLetter => "dead-letter",
                 crate::config::OnKeyExhausted::Park => "park",
             },
-            "parked_keys": engine.parked_keys(sub).await,
+            "parked_keys": parked_keys,
         }),
     };
     json!({
@@ -138,6 +145,8 @@ async fn describe_unbounded(state: &AppState, sub: &Subscription) -> Value {
         "ordered": sub.ordered,
         "max_in_flight": sub.max_in_flight,
         "state": state_name,
+        "status": status,
+        "failing_since": failing_since,
         "paused_reason": if paused { stored.paused_reason } else { None },
         "paused_at": if paused { stored.paused_at } else { None },
         "pending": facts.map(|(_, p, _)| p),
@@ -148,6 +157,33 @@ async fn describe_unbounded(state: &AppState, sub: &Subscription) -> Value {
         "last_error": last_error,
         "ordering": ordering,
     })
+}
+
+/// What an operator should read of a subscription, decided here so the console, the CLI and
+/// any API client agree (the first that holds): `endpoint-gone` (paused by a `410 Gone`),
+/// `paused`, `breaker-open`, `failing` (this replica's attempts have failed since
+/// `failing_since`, none delivered since), `parked-keys` (key-ordered: keys wait for an
+/// operator's skip or retry), else `active`.
+fn status_of(
+    paused: bool,
+    breaker_open: bool,
+    last_error: Option<&crate::delivery::LastError>,
+    failing: bool,
+    parked_keys: usize,
+) -> &'static str {
+    if paused && last_error.is_some_and(|e| e.class == "endpoint-gone") {
+        "endpoint-gone"
+    } else if paused {
+        "paused"
+    } else if breaker_open {
+        "breaker-open"
+    } else if failing {
+        "failing"
+    } else if parked_keys > 0 {
+        "parked-keys"
+    } else {
+        "active"
+    }
 }
 
 /// The key as configured.
@@ -301,9 +337,15 @@ pub(crate) async fn replay(
     CommandBody(request): CommandBody<SelectionRequest>,
 ) -> Result<Response, Problem> {
     let selection = request.selection()?;
-    let replayed = dead_letter::replay(&state.deliveries.engine.js, &sub.name, &selection, 10_000)
-        .await
-        .map_err(|e| nats_unavailable(&state, "replaying dead letters", e))?;
+    let replayed = dead_letter::replay(
+        &state.deliveries.engine.js,
+        &sub.name,
+        &selection,
+        10_000,
+        state.deliveries.engine.tracking,
+    )
+    .await
+    .map_err(|e| nats_unavailable(&state, "replaying dead letters", e))?;
     tracing::info!(subscription = %sub.name, by = caller.name(), replayed = replayed.len(), "dead letters replayed");
     if let Ok(depth) = dead_letter::count(&state.deliveries.engine.js, &sub.name).await {
         crate::telemetry::catalogue::set_dead_letters(&sub.name, depth);
@@ -331,4 +373,30 @@ pub(crate) async fn discard(
         crate::telemetry::catalogue::set_dead_letters(&sub.name, depth);
     }
     Ok(Json(json!({ "discarded": discarded.len(), "ids": discarded })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::status_of;
+    use crate::delivery::LastError;
+
+    #[test]
+    fn the_status_is_the_first_condition_that_holds() {
+        let gone = LastError {
+            class: "endpoint-gone".into(),
+            status: Some(410),
+            detail: String::new(),
+            attempt: 1,
+            at: String::new(),
+        };
+        let error = LastError { class: "endpoint-error".into(), ..gone.clone() };
+        assert_eq!(status_of(true, true, Some(&gone), true, 3), "endpoint-gone");
+        assert_eq!(status_of(true, true, Some(&error), true, 3), "paused");
+        assert_eq!(status_of(false, true, Some(&error), true, 3), "breaker-open");
+        assert_eq!(status_of(false, false, Some(&error), true, 3), "failing");
+        assert_eq!(status_of(false, false, Some(&error), false, 3), "parked-keys");
+        // An old error with deliveries since is not failing.
+        assert_eq!(status_of(false, false, Some(&error), false, 0), "active");
+        assert_eq!(status_of(false, false, None, false, 0), "active");
+    }
 }

@@ -210,6 +210,10 @@ async fn an_operator_finds_and_fixes_a_failing_subscription_in_the_browser() {
     browser.wait("#lookup-submit", wait).await.click().await;
     let step = browser.wait("li[data-subscription='nav-orders'][data-state='delivered']", wait).await;
     assert!(step.text().await.contains("attempt"), "{}", step.text().await);
+    // ...after its dead letter and the replay from the subscription page.
+    browser.wait("li[data-subscription='nav-orders'][data-state='dead-letter']", wait).await;
+    let replay = browser.wait("li.replay[data-subscription='nav-orders'][data-replays='1']", wait).await;
+    assert!(replay.text().await.contains("replayed"), "{}", replay.text().await);
     browser.screenshot(&shot("lookup.png")).await;
 
     // The live tail shows what is published now.
@@ -250,4 +254,78 @@ async fn an_operator_finds_and_fixes_a_failing_subscription_in_the_browser() {
     let lang = browser.script("return document.documentElement.lang", json!([])).await;
     assert_eq!(lang, "ru");
     browser.screenshot(&shot("overview-ru.png")).await;
+}
+
+/// Order `n` of key `key`, for the key-ordered subscription below.
+fn keyed(key: &str, n: u64) -> String {
+    json!({ "order_id": key, "n": n }).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_key_is_shown_and_skipped_from_the_console() {
+    let Some(browser) = Browser::start().await else { return };
+    let nats = NatsServer::start();
+    // Order 1 of o-7 is refused every time; everything else is taken.
+    let receiver = Receiver::scripted(|_, r| {
+        let v: Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        if v["order_id"] == "o-7" && v["n"] == 1 {
+            Answer::status(500).body("cannot book this order")
+        } else {
+            Answer::ok()
+        }
+    })
+    .await;
+    let sub = subscription(
+        "nav",
+        &["orders.keyed"],
+        &receiver.url(),
+        json!({"ordering": {"key": "/order_id", "on_exhausted": "park"}, "max_in_flight": 4,
+               "retry_schedule": ["20ms"], "max_attempts": 2}),
+    );
+    let gw = Gateway::with_subscriptions(&nats.url(), vec![("keyed", sub)]).await;
+    let wait = Duration::from_secs(30);
+    for n in [1, 2] {
+        assert_eq!(gw.publish(BITRIX, "orders.keyed", keyed("o-7", n)).send().await.unwrap().status(), 202);
+    }
+
+    browser.goto(&gw.url("/console")).await;
+    browser.wait("#token", wait).await.type_text(OPS).await;
+    browser.wait("#signin-submit", wait).await.click().await;
+    // The key parks; another key's delivery afterwards leaves the subscription in
+    // `parked-keys` (decided by the gateway: the page and the API say the same).
+    browser.wait("#subs-table tr[data-sub='keyed'] .parked[data-parked='1']", wait).await;
+    assert_eq!(gw.publish(BITRIX, "orders.keyed", keyed("o-8", 1)).send().await.unwrap().status(), 202);
+    browser.wait("#subs-table tr[data-sub='keyed'][data-status='parked-keys']", wait).await;
+    let overview = gw.get_json(OPS, "/v1/overview").await;
+    let listed = overview["subscriptions"].as_array().unwrap().iter().find(|s| s["name"] == "keyed").unwrap().clone();
+    assert_eq!(listed["status"], "parked-keys", "{listed}");
+    assert_eq!(gw.get_json(OPS, "/v1/subscriptions/keyed").await["status"], "parked-keys");
+    assert!(receiver.received().iter().all(|r| !String::from_utf8_lossy(&r.body).contains(r#""n":2"#)), "o-7 held");
+
+    // The subscription page lists the key; skipping it (confirmed) lets order 2 through and
+    // leaves order 1 among the dead letters.
+    browser.wait("#subs-table a[href='#/subscription/keyed']", wait).await.click().await;
+    let row = browser.wait("#parked-table tr[data-key-name='o-7'][data-key-state='parked']", wait).await;
+    let text = row.text().await;
+    assert!(text.contains("parked") && text.contains("500"), "{text}");
+    browser.screenshot(&shot("subscription-parked.png")).await;
+    browser.script("window.confirm = () => true", json!([])).await;
+    browser.wait("#parked-table tr[data-key-name='o-7'] button.skip-key", wait).await.click().await;
+    let toast = browser.wait("#toast.good", wait).await.text().await;
+    assert!(toast.contains("o-7"), "{toast}");
+    browser.wait("#parked p", wait).await;
+    crate::common::eventually("o-7's order 2 delivered", wait, async || {
+        receiver
+            .received()
+            .iter()
+            .any(|r| {
+                let v: Value = serde_json::from_slice(&r.body).unwrap_or_default();
+                v["order_id"] == "o-7" && v["n"] == 2
+            })
+            .then_some(())
+    })
+    .await;
+    browser.wait("#dead-table tbody tr", wait).await;
+    let show = gw.get_json(OPS, "/v1/subscriptions/keyed").await;
+    assert_eq!((&show["dead_letters"], &show["status"]), (&json!(1), &json!("active")), "{show}");
 }

@@ -366,6 +366,11 @@ fn ha_values_render_hpa_pdb_and_service_monitor() {
     assert!(toml.contains(r#"{ file = "/run/secrets/magistral/bus-webhooks/erp-queries" }"#));
     assert!(toml.contains("[directories.items]"));
     assert!(r.env("SECRET_BUS_TOKENS_CRM").is_some());
+    // The console's session key: one Secret key for every replica, referenced, never inlined.
+    let key = r.env("MAGISTRAL_CONSOLE__SESSION_KEY").expect("the console session key is passed");
+    assert_eq!(key["valueFrom"]["secretKeyRef"], serde_json::json!({"name": "bus-console", "key": "session-key"}));
+    assert!(key.get("value").is_none(), "{key}");
+    assert!(!toml.contains("session_key"), "{toml}");
     let file = values("ha");
     assert_checks(&helm, "bus", &["-f", file.to_str().unwrap()], &r, "ha");
 }
@@ -379,6 +384,7 @@ fn default_values_render_and_check() {
     assert_eq!(r.one("PodDisruptionBudget")["spec"]["minAvailable"], 1);
     assert_eq!(r.pod()["terminationGracePeriodSeconds"], 35);
     assert_eq!(r.env_value("MAGISTRAL_NATS__URL"), Some("nats://magistral-nats:4222"));
+    assert!(r.env("MAGISTRAL_CONSOLE__SESSION_KEY").is_none(), "no console key unless a Secret is named");
     // A release whose name contains "nats" is the NATS chart's full name as is.
     let r2 = template(&helm, "nats-bus", &[]);
     assert_eq!(r2.env_value("MAGISTRAL_NATS__URL"), Some("nats://nats-bus:4222"));
@@ -435,6 +441,8 @@ fn chart_refuses_inlined_secrets_and_unsafe_timing() {
     assert!(err.contains("must be longer than preStopSleepSeconds + drainTimeoutSeconds (25)"), "{err}");
     let err = template_error(&helm, &["--set", "config.limits.drain_timeout=60s"]);
     assert!(err.contains("use shutdown.drainTimeoutSeconds"), "{err}");
+    let err = template_error(&helm, &["--set", "config.console.session_key=0123456789abcdef0123456789abcdef"]);
+    assert!(err.contains("config.console.session_key: give a reference"), "{err}");
     let err = template_error(&helm, &["--set", "config.listen=127.0.0.1:8080"]);
     assert!(err.contains("config.listen is set by the chart"), "{err}");
     // The preStop sleep action needs Kubernetes 1.30; older clusters must opt out explicitly.
@@ -637,4 +645,25 @@ fn the_root_configuration_goes_through_helm_values_and_helm_check() {
     let out = check(&values);
     assert_eq!(out.status.code(), Some(64), "{}{}", text(&out.stdout), text(&out.stderr));
     assert!(text(&out.stderr).contains("sales-order.v1.json"), "{}", text(&out.stderr));
+}
+
+/// The install notes warn when several replicas would each sign console sessions with a key of
+/// their own (a session then works only on the pod that issued it).
+#[test]
+fn install_notes_warn_about_a_console_without_a_shared_session_key() {
+    let Some(helm) = helm() else { return };
+    let chart = chart();
+    let notes = |args: &[&str]| {
+        let mut all = vec!["install", "bus", chart.to_str().unwrap(), "--dry-run=client"];
+        all.extend_from_slice(args);
+        let out = run_helm(&helm, &all);
+        assert!(out.status.success(), "helm {all:?}:\n{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        stdout.split_once("NOTES:").map(|(_, n)| n.to_owned()).unwrap_or_else(|| panic!("no notes:\n{stdout}"))
+    };
+    let warning = "console.sessionKeySecret is not set and there is more than one replica";
+    assert!(notes(&[]).contains(warning), "two replicas by default");
+    assert!(notes(&["--set", "autoscaling.enabled=true,replicaCount=1"]).contains(warning));
+    assert!(!notes(&["--set", "replicaCount=1"]).contains(warning));
+    assert!(!notes(&["--set", "console.sessionKeySecret.name=bus-console"]).contains(warning));
 }

@@ -14,6 +14,7 @@ use crate::common::{assert_status, eventually};
 
 const BITRIX: &str = "bitrix-test-token-0001";
 const OPS: &str = "ops-test-token-000001";
+const NAV: &str = "nav-test-token-00001";
 
 /// The basic scenario's config with absolute paths, plus `extra` TOML.
 fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
@@ -221,4 +222,43 @@ async fn text_logs_have_no_colour_codes_when_not_at_a_terminal() {
     assert!(text.contains("magistral listening"), "{text}");
     assert!(!text.contains('\u{1b}'), "ANSI escape codes in a log file:\n{text}");
     assert!(!text.contains("Some("), "values are written in Display form:\n{text}");
+}
+
+#[tokio::test]
+async fn a_contract_registered_over_the_api_is_logged_with_who_name_and_version() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::console_hostile::bus(dir.path());
+    let gw = GatewayProcess::start(&config, &nats.url(), &[]).await;
+    let put = async |token: &str, path: &str| {
+        let r = gw
+            .http
+            .put(gw.url(path))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"type": "object", "required": ["id"]}))
+            .send()
+            .await
+            .unwrap();
+        r.status().as_u16()
+    };
+    assert_eq!(put(BITRIX, "/v1/contracts/crm.lead/1?subject=orders.crm.lead").await, 201);
+    let line = logged(&gw, "contract registered over the API", Duration::from_secs(5)).await;
+    assert_eq!(line.len(), 1, "{line:#?}");
+    assert_eq!(line[0]["level"], "INFO");
+    assert_eq!(line[0]["participant"], "bitrix");
+    assert_eq!(line[0]["contract"], "crm.lead");
+    assert_eq!(line[0]["version"], 1);
+    assert_eq!(line[0]["unchanged"], false);
+    assert!(line[0]["subjects"].as_str().is_some_and(|s| s.contains("orders.crm.lead")), "{:?}", line[0]);
+    // A retried registration is a line too, marked unchanged; a refused one is not a registration.
+    assert_eq!(put(BITRIX, "/v1/contracts/crm.lead/1?subject=orders.crm.lead").await, 200);
+    assert_eq!(put(NAV, "/v1/contracts/crm.other/1?subject=orders.crm.other").await, 403);
+    let lines = eventually("the retry's line", Duration::from_secs(5), async || {
+        let found: Vec<Value> =
+            with_message(&lines(&gw), "contract registered over the API").into_iter().cloned().collect();
+        (found.len() >= 2).then_some(found)
+    })
+    .await;
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert_eq!((&lines[1]["participant"], &lines[1]["unchanged"]), (&"bitrix".into(), &true.into()));
 }

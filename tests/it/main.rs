@@ -9,6 +9,7 @@ mod cluster;
 mod compat;
 mod connections;
 mod console;
+mod console_hostile;
 mod delivery;
 mod docs_ru;
 mod doctest;

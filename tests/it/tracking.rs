@@ -109,3 +109,59 @@ async fn a_pull_client_ack_shows_as_acked() {
     gw.post_json(NAV, "/v1/subscriptions/nav-pull/ack", json!({"acks": [{"token": token}]})).await;
     assert_eq!(state_of(&gw, &id, "nav-pull").await["state"], "acked");
 }
+
+#[tokio::test]
+async fn replays_from_the_dead_letters_show_in_the_message_timeline() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let nats = NatsServer::start();
+    let failing = Arc::new(AtomicBool::new(true));
+    let flag = failing.clone();
+    let receiver =
+        Receiver::scripted(move |_, _| if flag.load(Ordering::SeqCst) { Answer::status(500) } else { Answer::ok() })
+            .await;
+    let gw = Gateway::with_subscriptions(
+        &nats.url(),
+        vec![("nav-orders", subscription("nav", &["orders.created"], &receiver.url(), json!({"max_attempts": 1})))],
+    )
+    .await;
+    let order = std::fs::read(example("samples/sales-order.valid.json")).unwrap();
+    let ack: Value = gw.publish(BITRIX, "orders.created", order).send().await.unwrap().json().await.unwrap();
+    let id = ack["id"].as_str().unwrap().to_owned();
+    let dead = async |replays: Option<u64>| {
+        eventually("dead-lettered", Duration::from_secs(15), async || {
+            let s = state_of(&gw, &id, "nav-orders").await;
+            (s["state"] == "dead-letter" && s["replays"].as_u64() == replays).then_some(s)
+        })
+        .await
+    };
+    let first = dead(None).await;
+    assert!(first.get("replayed_at").is_none(), "{first}");
+
+    // Replayed while the subscription is paused: pending, replayed once, until it is attempted.
+    assert_eq!(gw.post_json(NAV, "/v1/subscriptions/nav-orders/pause", json!(null)).await.0, 200);
+    let (status, _) = gw.post_json(NAV, "/v1/subscriptions/nav-orders/dead-letters/replay", json!({"all": true})).await;
+    assert_eq!(status, 200);
+    let pending = eventually("the replay pending", Duration::from_secs(10), async || {
+        let s = state_of(&gw, &id, "nav-orders").await;
+        (s["state"] == "pending").then_some(s)
+    })
+    .await;
+    assert_eq!(pending["replays"], 1, "{pending}");
+    // Resumed while the endpoint still fails: dead again, with the replay counted.
+    assert_eq!(gw.post_json(NAV, "/v1/subscriptions/nav-orders/resume", json!(null)).await.0, 200);
+    let again = dead(Some(1)).await;
+    assert!(again["replayed_at"].as_str().is_some_and(|t| t.contains('T')), "{again}");
+
+    // The endpoint recovers; the second replay is delivered, and says it was the second.
+    failing.store(false, Ordering::SeqCst);
+    let (status, _) = gw.post_json(NAV, "/v1/subscriptions/nav-orders/dead-letters/replay", json!({"all": true})).await;
+    assert_eq!(status, 200);
+    let delivered = eventually("the replay delivered", Duration::from_secs(15), async || {
+        let s = state_of(&gw, &id, "nav-orders").await;
+        (s["state"] == "delivered").then_some(s)
+    })
+    .await;
+    assert_eq!(delivered["replays"], 2, "{delivered}");
+    assert!(delivered["replayed_at"].as_str().unwrap() >= again["replayed_at"].as_str().unwrap(), "{delivered}");
+}

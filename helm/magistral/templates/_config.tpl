@@ -9,6 +9,9 @@ magistral.toml, rendered from values. The chart owns listen (MAGISTRAL_LISTEN), 
 {{- fail (printf "config.%s is set by the chart; use %s instead" $key (get (dict "listen" "listenAddress/containerPort" "streams_dir" "streams.files" "contracts_dir" "contracts.files" "nats" "natsConnection" "contracts" "contracts.bindings" "participants" "participants" "subscriptions" "subscriptions" "responders" "responders" "directories" "directories" "inbound" "inbound" "imports" "imports") $key)) }}
 {{- end }}
 {{- end }}
+{{- if hasKey (get $cfg "console" | default dict) "session_key" }}
+{{- fail "config.console.session_key: give a reference, not the key: console.sessionKeySecret (a Secret's key, the same for every replica)" }}
+{{- end }}
 {{- $limits := deepCopy (get $cfg "limits" | default dict) }}
 {{- if hasKey $limits "drain_timeout" }}
 {{- fail "config.limits.drain_timeout is set by the chart: use shutdown.drainTimeoutSeconds, which also sizes terminationGracePeriodSeconds" }}

@@ -619,7 +619,7 @@ impl Head {
                 Decision::Retry(delay) => {
                     self.park(message, &delivery, &verdict.failure, since, "retrying", Some(delay));
                     let state = DeliveryState::Retrying;
-                    self.worker.track(&delivery.track_key, state, delivery.attempt, &verdict.result, Some(delay)).await;
+                    self.worker.track(&delivery, state, &verdict.result, Some(delay)).await;
                     Some(delay)
                 }
                 Decision::DeadLetter
@@ -635,14 +635,14 @@ impl Head {
                 Decision::DeadLetter => {
                     self.park(message, &delivery, &verdict.failure, since, "parked", None);
                     let state = DeliveryState::Blocked;
-                    self.worker.track(&delivery.track_key, state, delivery.attempt, &verdict.result, None).await;
+                    self.worker.track(&delivery, state, &verdict.result, None).await;
                     self.worker.announce("blocked", &delivery, message, &verdict.failure).await;
                     None
                 }
                 Decision::PauseSubscription => {
                     self.park(message, &delivery, &verdict.failure, since, "retrying", None);
                     let state = DeliveryState::Paused;
-                    self.worker.track(&delivery.track_key, state, delivery.attempt, &verdict.result, None).await;
+                    self.worker.track(&delivery, state, &verdict.result, None).await;
                     self.worker.engine.pause(&self.worker.sub, "endpoint answered 410 Gone", &verdict.result).await;
                     self.worker.announce("paused", &delivery, message, &verdict.failure).await;
                     let _ = self.shared.paused.send_replace(true);

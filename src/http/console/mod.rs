@@ -231,7 +231,8 @@ fn require_admin(caller: &Caller) -> Result<(), Problem> {
 }
 
 /// `GET /v1/overview` (admin): NATS, streams with counts, participants and their
-/// permissions, directories, and this replica's delivery counters per subscription.
+/// permissions, every subscription with its status, directories, and this replica's delivery
+/// counters per subscription.
 pub(crate) async fn overview(State(state): State<AppState>, caller: Caller) -> Result<Response, Problem> {
     require_admin(&caller)?;
     let catalog = caller.catalog();
@@ -278,6 +279,11 @@ pub(crate) async fn overview(State(state): State<AppState>, caller: Caller) -> R
             })
         })
         .collect();
+    // Every subscription as `GET /v1/subscriptions` describes it, with its `status` decided
+    // on the server (so the page and the API say the same).
+    let subscriptions =
+        futures::future::join_all(catalog.subscriptions.iter().map(|sub| super::subscriptions::describe(&state, sub)))
+            .await;
     let directories: Vec<Value> = catalog
         .directories
         .iter()
@@ -287,6 +293,7 @@ pub(crate) async fn overview(State(state): State<AppState>, caller: Caller) -> R
         "nats": nats,
         "streams": streams,
         "participants": participants,
+        "subscriptions": subscriptions,
         "directories": directories,
         "deliveries": delivery_counts(&state.metrics.render()),
     }))
@@ -330,6 +337,12 @@ pub(crate) async fn tail(
     Params(query): Params<TailQuery>,
 ) -> Result<Response, Problem> {
     require_admin(&caller)?;
+    // Bounded like a published subject: NATS refuses a SUB line past its `max_control_line`
+    // (4 KiB) by closing the whole connection, which would take the gateway down with it.
+    let max = state.limits.max_subject_length;
+    if query.subject.len() > max {
+        return Err(Problem::new(ProblemType::InvalidQuery, format!("subject: longer than {max} bytes")));
+    }
     crate::subject::validate_pattern(&query.subject)
         .map_err(|e| Problem::new(ProblemType::InvalidQuery, format!("subject: {e}")))?;
     // The server's own traffic (JetStream API, inboxes) is not the bus's messages; a pattern

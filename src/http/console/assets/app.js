@@ -26,8 +26,10 @@ const I18N = {
     'col.version': 'Version', 'col.publishers': 'Publishers', 'col.receivers': 'Receivers', 'col.key': 'Key',
     'col.owner': 'Owner', 'col.time': 'Time', 'col.type': 'Type', 'col.size': 'Size', 'col.source': 'Publisher',
     'state.active': 'active', 'state.paused': 'paused', 'state.breaker-open': 'breaker open', 'state.failing': 'failing',
-    'state.endpoint-gone': 'endpoint gone', 'state.unknown': 'unknown',
-    'chart.label': '{0} delivered, {1} failed per minute',
+    'state.endpoint-gone': 'endpoint gone', 'state.unknown': 'unknown', 'state.parked-keys': 'parked keys',
+    'state.since': 'since {0}', 'ov.parked': '{0} key(s) parked',
+    'chart.label': '{0} delivered, {1} failed per minute (this replica)',
+    'ov.perReplica': 'Rates and the failing state are those of the gateway replica that answered (behind a load balancer, one of several); counts of messages, lag and dead letters are the whole bus\'s.',
     'sub.title': 'Subscription {0}', 'sub.back': 'Back to the overview', 'sub.facts': 'Details', 'sub.endpoint': 'Endpoint',
     'sub.breaker': 'Circuit breaker', 'sub.nextProbe': 'Next probe', 'sub.pausedReason': 'Paused because',
     'sub.pause': 'Pause delivery', 'sub.resume': 'Resume delivery', 'sub.failures': 'Recent failures',
@@ -37,6 +39,13 @@ const I18N = {
     'sub.confirmDiscard': 'Discard {0} dead letter(s) for good?', 'sub.replayed': '{0} message(s) sent back for delivery.',
     'sub.discarded': '{0} dead letter(s) discarded.', 'sub.paused': 'Delivery paused.', 'sub.resumed': 'Delivery resumed.',
     'sub.lastError': 'Last error', 'sub.detail': 'Detail', 'sub.notFound': 'No such subscription.',
+    'sub.parked': 'Parked keys ({0})', 'sub.noParked': 'No keys parked.', 'sub.skip': 'Skip', 'sub.retry': 'Retry now',
+    'sub.skipOne': 'Skip key {0}: dead-letter its head message and let the rest through', 'sub.retryOne': 'Retry key {0} now',
+    'sub.confirmSkip': 'Skip key {0}? Its head message goes to the dead letters and the key moves on.',
+    'sub.skipped': 'Key {0} skipped: {1} dead-lettered.', 'sub.retried': 'Key {0}: {1} is being attempted again.',
+    'col.waiting': 'Waiting behind', 'col.since': 'Since', 'col.keyState': 'Key state',
+    'key.parked': 'parked: waits for skip or retry', 'key.retrying': 'retrying',
+    'lookup.replayed': 'replayed from the dead letters · {0}', 'lookup.replays': 'replayed {0} time(s)',
     'lookup.title': 'Find a message', 'lookup.by': 'Search by', 'lookup.byId': 'Message id',
     'lookup.byCorrelation': 'Correlation id', 'lookup.value': 'Id to find', 'lookup.find': 'Find',
     'lookup.none': 'Nothing found (or not visible).', 'lookup.timeline': 'Timeline', 'lookup.stored': 'Stored in {0} (#{1})',
@@ -76,7 +85,9 @@ const I18N = {
     'col.owner': 'Владелец', 'col.time': 'Время', 'col.type': 'Тип', 'col.size': 'Размер', 'col.source': 'Отправитель',
     'state.active': 'работает', 'state.paused': 'приостановлена', 'state.breaker-open': 'размыкатель открыт',
     'state.failing': 'ошибки', 'state.endpoint-gone': 'адрес удалён', 'state.unknown': 'неизвестно',
-    'chart.label': 'доставлено {0}, ошибок {1} в минуту',
+    'state.parked-keys': 'ключи отложены', 'state.since': 'с {0}', 'ov.parked': 'отложено ключей: {0}',
+    'chart.label': 'доставлено {0}, ошибок {1} в минуту (эта реплика)',
+    'ov.perReplica': 'Скорости и состояние «ошибки» — той реплики шлюза, что ответила (за балансировщиком их может быть несколько); число сообщений, отставание и недоставленные — по всей шине.',
     'sub.title': 'Подписка {0}', 'sub.back': 'Назад к обзору', 'sub.facts': 'Сведения', 'sub.endpoint': 'Адрес',
     'sub.breaker': 'Размыкатель', 'sub.nextProbe': 'Следующая проба', 'sub.pausedReason': 'Причина паузы',
     'sub.pause': 'Приостановить доставку', 'sub.resume': 'Возобновить доставку', 'sub.failures': 'Последние ошибки',
@@ -86,6 +97,13 @@ const I18N = {
     'sub.confirmDiscard': 'Удалить недоставленные ({0}) навсегда?', 'sub.replayed': 'Отправлено на повторную доставку: {0}.',
     'sub.discarded': 'Удалено недоставленных: {0}.', 'sub.paused': 'Доставка приостановлена.', 'sub.resumed': 'Доставка возобновлена.',
     'sub.lastError': 'Последняя ошибка', 'sub.detail': 'Подробности', 'sub.notFound': 'Такой подписки нет.',
+    'sub.parked': 'Отложенные ключи ({0})', 'sub.noParked': 'Отложенных ключей нет.', 'sub.skip': 'Пропустить', 'sub.retry': 'Повторить сейчас',
+    'sub.skipOne': 'Пропустить ключ {0}: первое сообщение — в недоставленные, остальные пойдут дальше', 'sub.retryOne': 'Повторить ключ {0} сейчас',
+    'sub.confirmSkip': 'Пропустить ключ {0}? Его первое сообщение уйдёт в недоставленные, ключ пойдёт дальше.',
+    'sub.skipped': 'Ключ {0} пропущен: {1} в недоставленных.', 'sub.retried': 'Ключ {0}: {1} отправлено снова.',
+    'col.waiting': 'Ждут за ним', 'col.since': 'С', 'col.keyState': 'Состояние ключа',
+    'key.parked': 'отложен: ждёт пропуска или повтора', 'key.retrying': 'повторяется',
+    'lookup.replayed': 'повторено из недоставленных · {0}', 'lookup.replays': 'повторов: {0}',
     'lookup.title': 'Найти сообщение', 'lookup.by': 'Искать по', 'lookup.byId': 'Идентификатор сообщения',
     'lookup.byCorrelation': 'Идентификатор корреляции', 'lookup.value': 'Что искать', 'lookup.find': 'Найти',
     'lookup.none': 'Ничего не найдено (или не видно).', 'lookup.timeline': 'Путь сообщения', 'lookup.stored': 'Сохранено в {0} (№{1})',
@@ -308,21 +326,14 @@ const history = new Map(); // name -> { samples: [{t, d, f}], status, lastFail, 
 const streamHistory = new Map(); // name -> [{t, last}]
 const KEEP = 30;
 
-function record(name, counts, sub) {
+function record(name, counts) {
   const now = Date.now();
   let h = history.get(name);
   const d = counts ? counts.delivered : 0;
   const f = counts ? counts.failed : 0;
   if (!h) {
-    // First sight: failing when it has failed and never delivered, or its breaker is open.
-    h = { samples: [], failing: !!(sub.last_error && f > 0 && d === 0) };
+    h = { samples: [] };
     history.set(name, h);
-  } else {
-    const prev = h.samples[h.samples.length - 1];
-    const moreFailed = f > prev.f;
-    const moreDelivered = d > prev.d;
-    if (moreFailed && !moreDelivered) h.failing = true;
-    else if (moreDelivered && !moreFailed) h.failing = false;
   }
   h.samples.push({ t: now, d, f });
   if (h.samples.length > KEEP + 1) h.samples.shift();
@@ -356,14 +367,14 @@ function spark(series, labelText) {
   return box;
 }
 
-// A subscription's state as operators read it.
-function statusOf(sub, h) {
-  if (sub.state === 'paused' && sub.last_error && sub.last_error.class === 'endpoint-gone') return 'endpoint-gone';
-  if (sub.state === 'paused') return 'paused';
-  if (sub.state === 'breaker-open' || sub.breaker === 'open') return 'breaker-open';
-  if (sub.state === 'unknown') return 'unknown';
-  if (h && h.failing) return 'failing';
-  return 'active';
+// A subscription's state as operators read it: decided by the gateway (`status`), so the page
+// and the API say the same.
+function statusOf(sub) {
+  return sub.status || 'unknown';
+}
+
+function parkedOf(sub) {
+  return (sub.ordering && sub.ordering.parked_keys) || [];
 }
 
 function badge(status) {
@@ -396,17 +407,17 @@ function overviewPage(main) {
     section('subscriptions', 'ov.subs', subs), section('streams', 'ov.streams', streams),
     section('participants', 'ov.participants', parts));
   every(3000, async () => {
-    const [ready, overview, listing] = await Promise.all([
+    const [ready, overview] = await Promise.all([
       fetch('/readyz', { headers: { Accept: 'application/json' } }).then((r) => r.json()).catch(() => null),
       api('GET', '/v1/overview'),
-      api('GET', '/v1/subscriptions'),
     ]);
     const counts = overview.deliveries || {};
     const rows = [];
     let failing = 0, dead = 0;
-    for (const sub of listing.subscriptions) {
-      const h = record(sub.name, counts[sub.name], sub);
-      const status = statusOf(sub, h);
+    for (const sub of overview.subscriptions) {
+      const h = record(sub.name, counts[sub.name]);
+      const status = statusOf(sub);
+      const parked = parkedOf(sub);
       if (status !== 'active') failing += status === 'paused' ? 0 : 1;
       dead += sub.dead_letters || 0;
       const dr = rates(h.samples, 'd'), fr = rates(h.samples, 'f');
@@ -416,7 +427,9 @@ function overviewPage(main) {
         el('th', { scope: 'row' }, el('a', { href: '#/subscription/' + encodeURIComponent(sub.name), 'data-key': 'sub-' + sub.name, text: sub.name })),
         el('td', { text: sub.participant }),
         el('td', { text: sub.mode }),
-        el('td', {}, badge(status)),
+        el('td', {}, badge(status),
+          status === 'failing' && sub.failing_since ? el('span', { class: 'hint', text: ' ' + t('state.since', fmtTime(sub.failing_since)) }) : null,
+          parked.length ? el('span', { class: 'parked', 'data-parked': String(parked.length), text: ' · ' + t('ov.parked', parked.length) }) : null),
         el('td', { class: 'num', text: fmtNum(sub.pending) }),
         el('td', { class: 'num', text: fmtNum(sub.in_flight) }),
         el('td', {}, spark([{ values: dr, cls: 'ok' }, { values: fr, cls: 'bad' }], t('chart.label', fmtNum(lastD), fmtNum(lastF)))),
@@ -424,7 +437,8 @@ function overviewPage(main) {
         el('td', { class: 'err', text: sub.last_error ? `${sub.last_error.class}${sub.last_error.status ? ' ' + sub.last_error.status : ''} · ${fmtTime(sub.last_error.at)}` : t('none') })));
     }
     fill(subs, table('subs-table', t('ov.subs'),
-      ['col.name', 'col.participant', 'col.mode', 'col.state', 'col.lag', 'col.inflight', 'col.rate', 'col.dead', 'col.lastError'], rows));
+      ['col.name', 'col.participant', 'col.mode', 'col.state', 'col.lag', 'col.inflight', 'col.rate', 'col.dead', 'col.lastError'], rows),
+      el('p', { class: 'hint', id: 'per-replica', text: t('ov.perReplica') }));
 
     const nats = overview.nats;
     const card = (label, value, bad, id, detail) => el('div', { class: 'card stat' + (bad ? ' alarm' : ''), id },
@@ -480,11 +494,14 @@ function subscriptionPage(main, name) {
   const failures = el('div', {});
   const deadBox = el('div', { class: 'scroll' });
   const deadTitle = el('h2', { id: 'dead-h' });
+  const parkedBox = el('div', { class: 'scroll' });
+  const parkedTitle = el('h2', { id: 'parked-h' });
+  const parkedSection = el('section', { id: 'parked', 'aria-labelledby': 'parked-h', hidden: true }, parkedTitle, parkedBox);
   let deadItems = [];
   let pages = 1;
   main.append(
     el('p', {}, el('a', { href: '#/overview', text: t('sub.back') })),
-    head, section('facts', 'sub.facts', facts), section('failures', 'sub.failures', failures),
+    head, section('facts', 'sub.facts', facts), section('failures', 'sub.failures', failures), parkedSection,
     el('section', { id: 'dead', 'aria-labelledby': 'dead-h' }, deadTitle, deadBox));
 
   async function act(method, suffix, body, done) {
@@ -495,6 +512,13 @@ function subscriptionPage(main, name) {
     } catch (e) { toast(errorText(e), true); }
   }
   const replay = (sel) => act('POST', '/dead-letters/replay', sel, (r) => t('sub.replayed', r.replayed));
+  // A parked key: skip dead-letters its head message and lets the key move on; retry attempts
+  // the head message now. Both as the signed-in participant, with the CSRF token (see api()).
+  const skipKey = (key) => {
+    if (!window.confirm(t('sub.confirmSkip', key))) return;
+    act('POST', '/parked-keys/skip', { key }, (r) => t('sub.skipped', r.key, r.message_id));
+  };
+  const retryKey = (key) => act('POST', '/parked-keys/retry', { key }, (r) => t('sub.retried', r.key, r.message_id));
   const discard = (sel, n) => {
     if (!window.confirm(t('sub.confirmDiscard', n))) return;
     act('POST', '/dead-letters/discard', sel, (r) => t('sub.discarded', r.discarded));
@@ -506,8 +530,7 @@ function subscriptionPage(main, name) {
       if (e.status === 404) { fill(head, el('h1', { text: t('sub.notFound') })); stopPage(); return; }
       throw e;
     }
-    const h = history.get(name);
-    const status = statusOf(sub, h);
+    const status = statusOf(sub);
     const paused = sub.state === 'paused';
     fill(head,
       el('h1', {}, t('sub.title', sub.name), ' ', badge(status)),
@@ -521,6 +544,26 @@ function subscriptionPage(main, name) {
       row('col.subjects', list(sub.subjects)), row('col.lag', fmtNum(sub.pending)), row('col.inflight', fmtNum(sub.in_flight)),
       row('sub.breaker', sub.breaker || t('none')), row('sub.nextProbe', sub.breaker_next_probe ? fmtTime(sub.breaker_next_probe) : t('none')),
       paused ? row('sub.pausedReason', `${sub.paused_reason || ''} · ${fmtTime(sub.paused_at)}`) : null)));
+
+    // Key-ordered subscriptions: the keys waiting for an operator (or for their next attempt).
+    parkedSection.hidden = !sub.ordering;
+    if (sub.ordering) {
+      const parked = parkedOf(sub);
+      parkedTitle.textContent = t('sub.parked', parked.length);
+      const keyRows = parked.map((k) => el('tr', { 'data-key-name': k.key, 'data-key-state': k.state },
+        el('th', { scope: 'row', class: 'mono', text: k.key }), el('td', { class: 'mono', text: k.message_id }),
+        el('td', { text: t('key.' + (k.state === 'parked' ? 'parked' : 'retrying')) }),
+        el('td', { class: 'num', text: fmtNum(k.attempts) }),
+        el('td', { text: k.last_error ? `${k.last_error.class}${k.last_error.status ? ' ' + k.last_error.status : ''}` : t('none') }),
+        el('td', { text: fmtTime(k.since) }), el('td', { class: 'num', text: fmtNum(k.waiting) }),
+        el('td', { class: 'actions' },
+          el('button', { type: 'button', class: 'retry-key', 'data-key': 'retry-key-' + k.key, 'aria-label': t('sub.retryOne', k.key), text: t('sub.retry'), onclick: () => retryKey(k.key) }),
+          el('button', { type: 'button', class: 'skip-key danger', 'data-key': 'skip-key-' + k.key, 'aria-label': t('sub.skipOne', k.key), text: t('sub.skip'), onclick: () => skipKey(k.key) }))));
+      fill(parkedBox, parked.length
+        ? table('parked-table', t('sub.parked', parked.length),
+          ['col.key', 'col.id', 'col.keyState', 'col.attempts', 'col.class', 'col.since', 'col.waiting', 'col.actions'], keyRows)
+        : el('p', { text: t('sub.noParked') }));
+    }
 
     const page = await api('GET', `${path}/dead-letters?limit=${50 * pages}`);
     deadItems = page.dead_letters;
@@ -591,6 +634,14 @@ function timeline(m) {
     el('li', { class: 'step' }, t('lookup.stored', m.stream, m.seq)),
   ];
   for (const s of m.subscriptions) {
+    // Replayed from the dead letters: the dead letter and the replay come before the outcome
+    // the record holds now (which is the replay's).
+    if (s.replays) {
+      steps.push(el('li', { class: 'step ds-dead-letter', 'data-subscription': s.name, 'data-state': 'dead-letter' },
+        s.name, ' ', el('span', { class: 'badge ds', text: t('ds.dead-letter') })));
+      steps.push(el('li', { class: 'step replay', 'data-subscription': s.name, 'data-replays': String(s.replays) },
+        s.name, ' · ', t('lookup.replayed', fmtTime(s.replayed_at)), s.replays > 1 ? ' · ' + t('lookup.replays', s.replays) : ''));
+    }
     const bits = [];
     if (s.attempts !== undefined && s.attempts !== null) bits.push(t('lookup.attempts', s.attempts));
     if (s.class) bits.push(`${s.class}${s.status ? ' ' + s.status : ''}`);
