@@ -57,6 +57,10 @@ enum Command {
         /// Port for NATS (used, or started there), instead of the one in `nats.url`.
         #[arg(long, value_name = "PORT")]
         nats_port: Option<u16>,
+        /// Start on an empty store: delete .magistral/dev/jetstream (streams, directories, dead
+        /// letters) before starting nats-server. Refused when a NATS server is already running.
+        #[arg(long)]
+        fresh: bool,
     },
     /// Validate the whole configuration offline: config, streams, contracts, bindings, and
     /// each contract version against the one before it (its `compatibility`).
@@ -188,7 +192,7 @@ fn main() -> ExitCode {
         Command::Asyncapi { participant, gateway, https } => {
             asyncapi(&config, &catalog, participant.as_deref(), gateway, https)
         }
-        Command::Dev { listen, nats_port } => {
+        Command::Dev { listen, nats_port, fresh } => {
             if let Some(listen) = listen {
                 config.listen = listen;
             }
@@ -215,7 +219,7 @@ fn main() -> ExitCode {
                 }
             };
             let store = PathBuf::from(".magistral/dev/jetstream");
-            let nats = match magistral::dev::ensure_nats(&config.nats.url, &store) {
+            let nats = match magistral::dev::ensure_nats(&config.nats.url, &store, fresh) {
                 Ok(nats) => nats,
                 Err(error) => {
                     eprintln!("magistral dev: {error}");

@@ -529,12 +529,13 @@ impl Standin {
         for (port, test_port) in ENDPOINT_PORTS.iter().zip(&self.ports) {
             text = text.replace(&format!("(port {test_port})"), &format!("(port {port})"));
         }
-        // A delivery is its `>>> ` line and the indented lines after it.
+        // A delivery is its `>>> ` line, the indented lines after it, and the `<<< ` answer
+        // line the stand-in prints for what NAV refused or answered.
         let mut blocks: Vec<String> = Vec::new();
         for line in text.lines() {
             if line.starts_with(">>> ") {
                 blocks.push(line.to_owned());
-            } else if let Some(last) = blocks.last_mut().filter(|_| line.starts_with(' ')) {
+            } else if let Some(last) = blocks.last_mut().filter(|_| line.starts_with(' ') || line.starts_with("<<< ")) {
                 last.push('\n');
                 last.push_str(line);
             }
@@ -631,10 +632,23 @@ fn delivery_blocks(markdown: &str) -> Vec<(usize, String)> {
     blocks
 }
 
-/// A delivery as a doc shows it (request line, some headers, the body, line breaks added)
-/// against one standin.py printed: the same request line, each shown header with its value
-/// (ids and times aside), the same body.
+/// A delivery as a doc shows it (request line, some headers, the body, line breaks added, and
+/// the `<<< status body` the stand-in answered, when shown) against one standin.py printed: the
+/// same request line, each shown header with its value (ids and times aside), the same body, the
+/// same answer.
 fn shown_in(shown: &str, printed: &str) -> Result<(), String> {
+    let (shown, s_answer) = split_answer(shown);
+    let (printed, p_answer) = split_answer(printed);
+    if let Some(s_answer) = s_answer {
+        let p_answer = p_answer.ok_or("no answer printed (<<<)")?;
+        let (s_status, s_body) = s_answer.split_once(' ').unwrap_or((&s_answer, ""));
+        let (p_status, p_body) = p_answer.split_once(' ').unwrap_or((&p_answer, ""));
+        if s_status != p_status {
+            return Err(format!("answered {p_status}"));
+        }
+        compare_body(s_body, p_body).map_err(|why| format!("the answer: {why}"))?;
+    }
+    let (shown, printed) = (shown.as_str(), printed.as_str());
     let parse = |block: &str| {
         let mut lines = block.lines();
         let first = lines.next().unwrap_or_default().to_owned();
@@ -666,6 +680,16 @@ fn shown_in(shown: &str, printed: &str) -> Result<(), String> {
         }
     }
     compare_body(&s_body, &p_body)
+}
+
+/// A delivery block and its `<<< ` answer (the lines from there on, joined), if it has one.
+fn split_answer(block: &str) -> (String, Option<String>) {
+    match block.split_once("\n<<< ") {
+        Some((delivery, answer)) => {
+            (delivery.to_owned(), Some(answer.lines().map(str::trim).collect::<Vec<_>>().join("")))
+        }
+        None => (block.to_owned(), None),
+    }
 }
 
 /// The README's first delivered webhook (the `>>>` block after the quick start's publish) is
@@ -799,4 +823,17 @@ fn commands_run_on_over_continuations_and_open_quotes() {
     assert_eq!(blocks[0].steps[0].expected, "HTTP/1.1 200 OK");
     assert_eq!(blocks[0].steps[1].expected, "hi");
     assert_eq!(blocks[1].skip.as_deref(), Some("needs NATS stopped"));
+}
+
+#[test]
+fn a_delivery_answered_otherwise_than_shown_is_caught() {
+    let printed =
+        ">>> POST /BC/x (port 7048)\n    ce-id: BX-1\n    {\"a\":1}\n<<< 400 {\"error\": {\"code\": \"NotFound\"}}";
+    let shown = ">>> POST /BC/x (port 7048)\n    ce-id: BX-1\n    {\"a\":1}\n<<< 400 {\"error\":\n      {\"code\":\"NotFound\"}}";
+    assert_eq!(shown_in(shown, printed), Ok(()));
+    assert_eq!(shown_in(&shown.replace("<<< 400", "<<< 201"), printed), Err("answered 400".to_owned()));
+    assert!(shown_in(&shown.replace("NotFound", "Other"), printed).unwrap_err().starts_with("the answer"));
+    assert!(shown_in(shown, printed.split("\n<<<").next().unwrap()).is_err());
+    // Without an answer shown, only the delivery is compared.
+    assert_eq!(shown_in(shown.split("\n<<<").next().unwrap(), printed), Ok(()));
 }
