@@ -333,21 +333,28 @@ struct Dev {
 }
 
 impl Dev {
-    fn start() -> Dev {
-        Self::start_with(|_| {})
-    }
-
     /// `edit` may change the copied configuration first (the test's own endpoint ports).
     fn start_with(edit: impl FnOnce(&Path)) -> Dev {
         // What the README's commands use, besides the built binary.
         for tool in ["bash", "curl", "jq", "python3"] {
             let found = Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
-            assert!(found.is_ok(), "the README's commands need {tool} on PATH (Debian: apt-get install {tool})");
+            assert!(
+                found.is_ok(),
+                "the README's commands need {tool} on PATH (scripts/install-doc-tools.sh installs curl and jq)"
+            );
         }
         let dir = tempfile::Builder::new().prefix("magistral-doctest-").tempdir().unwrap();
         crate::common::gateway::copy_example(dir.path());
         edit(dir.path());
         let (port, nats_port) = (free_port(), free_port());
+        // The test's ports in the configuration too: a `magistral dev` a doc runs reads them there.
+        let toml = dir.path().join("magistral.toml");
+        let text = std::fs::read_to_string(&toml).unwrap();
+        crate::common::write_atomically(
+            &toml,
+            text.replace("\"127.0.0.1:8080\"", &format!("\"127.0.0.1:{port}\""))
+                .replace("nats://127.0.0.1:4222", &format!("nats://127.0.0.1:{nats_port}")),
+        );
         let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
         let child = Command::new(BIN)
             .args(["dev", "--listen", &format!("127.0.0.1:{port}"), "--nats-port", &nats_port.to_string()])
@@ -395,8 +402,9 @@ impl Dev {
         let curl_home = self.dir.path().join("curl-home");
         std::fs::create_dir_all(&curl_home).unwrap();
         std::fs::write(curl_home.join(".curlrc"), "no-progress-meter\n").unwrap();
-        let mut cmd = Command::new("bash");
-        cmd.args(["-c", &script]).current_dir(self.dir.path());
+        // A command that does not end (a server a doc starts by mistake) fails alone.
+        let mut cmd = Command::new("timeout");
+        cmd.args(["60", "bash", "-c", &script]).current_dir(self.dir.path());
         for (key, _) in std::env::vars() {
             if key.starts_with("MAGISTRAL_") {
                 cmd.env_remove(key);
@@ -416,6 +424,8 @@ impl Dev {
         // Shown as the doc's addresses again.
         String::from_utf8_lossy(&out.stdout)
             .replace(&format!("127.0.0.1:{}", self.port), "127.0.0.1:8080")
+            // `dev` on a busy port suggests the next one.
+            .replace(&format!("127.0.0.1:{}", self.port + 1), "127.0.0.1:8081")
             .replace(&format!("127.0.0.1:{}", self.nats_port), "127.0.0.1:4222")
     }
 }
@@ -434,12 +444,8 @@ impl Drop for Dev {
     }
 }
 
-/// Runs every block of `doc` (a path under the repository) in order; returns how many
+/// Runs every block of `doc` (a path under the repository) in order on `dev`; returns how many
 /// commands ran. Panics with every mismatch listed.
-fn run_doc(doc: &str) -> usize {
-    run_doc_on(doc, &Dev::start())
-}
-
 fn run_doc_on(doc: &str, dev: &Dev) -> usize {
     let text = std::fs::read_to_string(PathBuf::from(REPO).join(doc)).unwrap();
     let blocks = console_blocks(&text);
@@ -480,9 +486,13 @@ fn run_doc_on(doc: &str, dev: &Dev) -> usize {
     ran
 }
 
+/// The README as the quick start runs it: `scripts/dev`, and the recording stand-in in a third
+/// terminal on the example's endpoint ports (it answers NAV's query).
 #[test]
 fn readme_console_blocks_answer_as_shown() {
-    let ran = run_doc("README.md");
+    let standin = Standin::start();
+    let dev = Dev::start_with(|dir| standin.rewrite(dir));
+    let ran = run_doc_on("README.md", &dev);
     println!("README.md: {ran} command(s) answered as shown");
 }
 
