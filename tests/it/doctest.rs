@@ -486,7 +486,7 @@ fn run_doc_on(doc: &str, dev: &Dev) -> usize {
     ran
 }
 
-/// The README as the quick start runs it: `scripts/dev`, and the recording stand-in in a third
+/// The README as the quick start runs it: `scripts/dev`, and the recording stand-in in a second
 /// terminal on the example's endpoint ports (it answers NAV's query).
 #[test]
 fn readme_console_blocks_answer_as_shown() {
