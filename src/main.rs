@@ -487,6 +487,12 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
 
 fn print_dev_hints(listen: SocketAddr) {
     let base = format!("http://{listen}");
+    // The binary as the reader can type it: `scripts/dev` runs target/release/magistral, which
+    // is not on PATH.
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.strip_prefix(std::env::current_dir().ok()?).ok()?.to_path_buf()))
+        .map_or_else(|| "magistral".to_owned(), |rel| rel.display().to_string());
     eprintln!(
         "\nmagistral dev: serving {base}\n\
          Try:\n  curl -i {base}/readyz\n  \
@@ -497,6 +503,6 @@ fn print_dev_hints(listen: SocketAddr) {
          -H 'Authorization: Bearer bitrix-demo-token' -H 'Content-Type: application/json' \\\n    \
          --data-binary @samples/sales-order.invalid.json\n  \
          export MAGISTRAL_URL={base} MAGISTRAL_TOKEN=nav-demo-token\n  \
-         magistral subs\n"
+         {exe} subs\n"
     );
 }
