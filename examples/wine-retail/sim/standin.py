@@ -78,33 +78,9 @@ def nav_answer(nav, method, path, body):
             nav.customers.add(document.get("customerNo"))
         return 204, None, False
     if method == "POST" and path.endswith("/MagistralQueries_Answer"):
-        return (*query(nav, document), True)
+        status, answer, _ = nav.answer(document)
+        return status, answer, True
     return (204 if method == "PATCH" else 200), ({} if method != "PATCH" else None), False
-
-
-def query(nav, question):
-    """NAV's codeunit MagistralQueries, procedure Answer, as an OData unbound action."""
-    params = json.loads(question.get("parametersJson") or "{}")
-    kind = question.get("query")
-    with nav.lock:
-        if kind == "customer.purchases":
-            customer = params.get("customerNo")
-            if customer not in nav.customers:
-                return 404, {"error": {"code": "Internal_RecordNotFound",
-                                       "message": f"The Customer does not exist. Identification fields and values: No.='{customer}'"}}
-            orders = [o for o in nav.history.get(customer, []) if o["orderDate"] >= params.get("fromDate", "")]
-            result = {"customerNo": customer, "orders": orders[: int(params.get("top") or 100)]}
-        elif kind == "order.status":
-            document = nav.orders.get(params.get("externalDocumentNo"))
-            if not document:
-                return 404, {"error": {"code": "Internal_RecordNotFound",
-                                       "message": f"The Sales Header does not exist. External Document No.='{params.get('externalDocumentNo')}'"}}
-            result = {"no": document["number"], "externalDocumentNo": document["externalDocumentNumber"],
-                      "lastModifiedDateTime": document["lastModifiedDateTime"]}
-        else:
-            return 400, {"error": {"code": "BadRequest", "message": f"unknown query {kind!r}"}}
-    return 200, {"@odata.context": "http://127.0.0.1:7048/BC/ODataV4/$metadata#Edm.String",
-                 "value": json.dumps(result, ensure_ascii=False)}
 
 
 def handler(port, status, secret, nav):
