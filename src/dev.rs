@@ -179,15 +179,23 @@ pub enum DevNatsError {
     Exited { host: String, port: u16, status: ExitStatus },
     #[error("{host}:{port} is taken by something that is not a NATS server; start the development one on another port with --nats-port, e.g. --nats-port {next}", next = .port.wrapping_add(1))]
     NotNats { host: String, port: u16 },
+    #[error(
+        "--fresh: a NATS server this command did not start is already at {host}:{port}, and its streams would stay; stop it first, or take another port with --nats-port"
+    )]
+    FreshButRunning { host: String, port: u16 },
 }
 
 /// Starts nats-server with JetStream on the URL's port unless something already listens.
+/// `fresh` empties `store_dir` first, so that the bus starts with no streams, directories or
+/// dead letters (a walkthrough's sequence numbers assume that).
 ///
 /// # Errors
-/// The binary cannot be started or does not listen within 10 s.
-pub fn ensure_nats(url: &str, store_dir: &Path) -> Result<Option<DevNats>, DevNatsError> {
+/// The binary cannot be started or does not listen within 10 s; `fresh` with a NATS server
+/// already there (its store is not ours to empty).
+pub fn ensure_nats(url: &str, store_dir: &Path, fresh: bool) -> Result<Option<DevNats>, DevNatsError> {
     let (host, port) = first_host_port(url).ok_or_else(|| DevNatsError::Url(url.to_owned()))?;
     match probe(&host, port) {
+        Listener::Nats if fresh => return Err(DevNatsError::FreshButRunning { host, port }),
         Listener::Nats => {
             eprintln!("magistral dev: using the NATS server already at {host}:{port}");
             return Ok(None);
@@ -196,6 +204,13 @@ pub fn ensure_nats(url: &str, store_dir: &Path) -> Result<Option<DevNats>, DevNa
         Listener::Nothing => {}
     }
     let binary = nats_server_binary();
+    if fresh {
+        match std::fs::remove_dir_all(store_dir) {
+            Ok(()) => eprintln!("magistral dev: --fresh: emptied {}", store_dir.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(DevNatsError::StoreDir { path: store_dir.to_path_buf(), source }),
+        }
+    }
     std::fs::create_dir_all(store_dir)
         .map_err(|source| DevNatsError::StoreDir { path: store_dir.to_path_buf(), source })?;
     let mut child = Command::new(&binary)

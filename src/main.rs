@@ -57,6 +57,10 @@ enum Command {
         /// Port for NATS (used, or started there), instead of the one in `nats.url`.
         #[arg(long, value_name = "PORT")]
         nats_port: Option<u16>,
+        /// Start on an empty store: delete .magistral/dev/jetstream (streams, directories, dead
+        /// letters) before starting nats-server. Refused when a NATS server is already running.
+        #[arg(long)]
+        fresh: bool,
     },
     /// Validate the whole configuration offline: config, streams, contracts, bindings, and
     /// each contract version against the one before it (its `compatibility`).
@@ -188,7 +192,7 @@ fn main() -> ExitCode {
         Command::Asyncapi { participant, gateway, https } => {
             asyncapi(&config, &catalog, participant.as_deref(), gateway, https)
         }
-        Command::Dev { listen, nats_port } => {
+        Command::Dev { listen, nats_port, fresh } => {
             if let Some(listen) = listen {
                 config.listen = listen;
             }
@@ -215,7 +219,7 @@ fn main() -> ExitCode {
                 }
             };
             let store = PathBuf::from(".magistral/dev/jetstream");
-            let nats = match magistral::dev::ensure_nats(&config.nats.url, &store) {
+            let nats = match magistral::dev::ensure_nats(&config.nats.url, &store, fresh) {
                 Ok(nats) => nats,
                 Err(error) => {
                     eprintln!("magistral dev: {error}");
@@ -483,6 +487,12 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
 
 fn print_dev_hints(listen: SocketAddr) {
     let base = format!("http://{listen}");
+    // The binary as the reader can type it: `scripts/dev` runs target/release/magistral, which
+    // is not on PATH.
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.strip_prefix(std::env::current_dir().ok()?).ok()?.to_path_buf()))
+        .map_or_else(|| "magistral".to_owned(), |rel| rel.display().to_string());
     eprintln!(
         "\nmagistral dev: serving {base}\n\
          Try:\n  curl -i {base}/readyz\n  \
@@ -493,6 +503,6 @@ fn print_dev_hints(listen: SocketAddr) {
          -H 'Authorization: Bearer bitrix-demo-token' -H 'Content-Type: application/json' \\\n    \
          --data-binary @samples/sales-order.invalid.json\n  \
          export MAGISTRAL_URL={base} MAGISTRAL_TOKEN=nav-demo-token\n  \
-         magistral subs\n"
+         {exe} subs\n"
     );
 }

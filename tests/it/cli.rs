@@ -287,6 +287,59 @@ async fn dev_reports_a_busy_port_before_serving_and_names_the_flag() {
     assert!(!err.contains("serving"), "{err}");
 }
 
+/// `magistral dev --fresh` (what a walkthrough starts with): the store it keeps in
+/// `.magistral/dev/jetstream` is emptied first, so the first order is `seq` 1 again; with a NATS
+/// server it did not start already there, it refuses (that store is not its to empty).
+#[tokio::test]
+async fn dev_fresh_starts_on_an_empty_store_and_refuses_a_nats_it_did_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = crate::common::http_client();
+    let order = std::fs::read(example("samples/sales-order.valid.json")).unwrap();
+    // Two runs on the same store: the second sees the first's order (seq 2), unless --fresh.
+    for (flags, seq) in [(&[][..], 1), (&[][..], 2), (&["--fresh"][..], 1)] {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let nats_port = free_port().to_string();
+        let log = dir.path().join("stderr.log");
+        let mut command = dev(dir.path(), &["--listen", &listen, "--nats-port", &nats_port]);
+        command.args(flags).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
+        let mut child = command.spawn().unwrap();
+        eventually("dev ready", Duration::from_secs(30), async || {
+            let ready = http.get(format!("http://{listen}/readyz")).send().await.is_ok_and(|r| r.status() == 200);
+            ready.then_some(())
+        })
+        .await;
+        let answer: Value = http
+            .post(format!("http://{listen}/v1/publish/orders.created"))
+            .bearer_auth("bitrix-demo-token")
+            .header("content-type", "application/json")
+            .body(order.clone())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(answer["seq"], seq, "{flags:?}: {answer}\n{}", std::fs::read_to_string(&log).unwrap());
+        let stderr = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(
+            stderr.contains("magistral dev: --fresh: emptied .magistral/dev/jetstream"),
+            seq == 1 && !flags.is_empty(),
+            "{stderr}"
+        );
+        let pid = child.id().unwrap().to_string();
+        std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("dev stops").unwrap();
+    }
+
+    let nats = NatsServer::start();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (code, _, err) =
+        run(dev(dir.path(), &["--listen", &listen, "--nats-port", &nats.port().to_string(), "--fresh"])).await;
+    assert_eq!(code, 69, "{err}");
+    assert!(err.contains("--fresh: a NATS server this command did not start is already at"), "{err}");
+    assert!(!err.contains("serving"), "{err}");
+}
+
 #[tokio::test]
 async fn dev_stops_and_says_why_when_its_nats_server_dies() {
     let dir = tempfile::tempdir().unwrap();

@@ -5,7 +5,9 @@
 //! level), code blocks (by language and the commands they show) and tables (by row count), in
 //! document order. A section added in English, a command changed, or a configuration key added to a
 //! table fails here until the Russian follows; the failure prints both outlines side by side. Links
-//! in the Russian documents must resolve inside the repository (files and `#anchors`).
+//! in the Russian documents must resolve inside the repository (files and `#anchors`) — as must
+//! every relative link of every Markdown file of the repository, and no doc's prose may link
+//! outside it (loopback and example hosts aside).
 //!
 //! When it fails after an English change: the rows marked `!` say what to do. Copy a changed code
 //! block into the Russian verbatim (comments in it may be translated: they are not compared),
@@ -36,6 +38,36 @@ fn links_in_russian_docs_resolve_inside_the_repository() {
         broken.extend(broken_links(ru));
     }
     assert!(broken.is_empty(), "broken links in the Russian documents:\n  {}", broken.join("\n  "));
+}
+
+/// Every relative link and `#anchor` of every Markdown file of the repository resolves: the file
+/// exists inside the repository, and the anchor is one of its headings'.
+#[test]
+fn links_in_every_doc_resolve_inside_the_repository() {
+    let files = markdown_files();
+    assert!(files.iter().any(|f| f == "README.md") && files.iter().any(|f| f == "docs/operations.ru.md"), "{files:?}");
+    let broken: Vec<String> = files.iter().flat_map(|f| broken_links(f)).collect();
+    assert!(broken.is_empty(), "broken links:\n  {}", broken.join("\n  "));
+}
+
+/// No doc sends the reader off the repository: no http(s) address in the prose of any Markdown
+/// file (English or Russian; a bare address is a link too, renderers make it one) but loopback and
+/// the reserved example names. Standards are named in words. Code blocks and code spans are
+/// not links: a contract's `$id` or a configured endpoint there stays.
+#[test]
+fn no_doc_links_outside_the_repository() {
+    let outside: Vec<String> = markdown_files().iter().flat_map(|f| outside_links(f, &read(f))).collect();
+    assert!(outside.is_empty(), "links outside the repository (say it in words):\n  {}", outside.join("\n  "));
+}
+
+#[test]
+fn outside_links_are_found_in_prose_not_in_code() {
+    let doc = "See [NATS](https://docs.nats.io/x) or <https://a.org>, http://b.org/y.\n\
+               `curl https://c.org` and http://127.0.0.1:8080/v1 and https://bus.wine.example/v1\n\
+               ```sh\ncurl https://d.org\n```\n";
+    let mut found = outside_links("x.md", doc);
+    found.sort();
+    assert_eq!(found, ["x.md:1: a.org", "x.md:1: b.org", "x.md:1: docs.nats.io"]);
 }
 
 #[test]
@@ -324,4 +356,76 @@ fn broken_links(rel: &str) -> Vec<String> {
         }
     }
     broken
+}
+
+/// The Markdown files of the repository, relative to its root: not build output or tools
+/// (`target/`, `node_modules/`, hidden folders).
+fn markdown_files() -> Vec<String> {
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if path.is_dir() {
+                if !name.starts_with('.') && name != "target" && name != "node_modules" {
+                    walk(&path, root, out);
+                }
+            } else if name.ends_with(".md") {
+                out.push(path.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&repo(), &repo(), &mut files);
+    files.sort();
+    files
+}
+
+/// Loopback, and the names reserved for examples (RFC 2606 / RFC 6761).
+fn allowed_host(host: &str) -> bool {
+    matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "example.com" | "example.org" | "example.net")
+        || host.ends_with(".example")
+        || host.ends_with(".localhost")
+}
+
+/// The http(s) addresses in the prose of `doc` (outside code blocks and code spans) whose host
+/// is not allowed: `file:line: host`.
+fn outside_links(rel: &str, doc: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut fence: Option<String> = None;
+    for (n, line) in doc.lines().enumerate() {
+        let trimmed = line.trim_start();
+        match &fence {
+            Some(f) => {
+                let t = trimmed.trim_end();
+                if t.starts_with(f.as_str()) && t.chars().all(|c| f.starts_with(c)) {
+                    fence = None;
+                }
+                continue;
+            }
+            None => {
+                if let Some((f, _)) = opening_fence(trimmed) {
+                    fence = Some(f);
+                    continue;
+                }
+            }
+        }
+        let prose: String = line.split('`').step_by(2).collect::<Vec<_>>().join(" ");
+        for scheme in ["http://", "https://"] {
+            for rest in prose.split(scheme).skip(1) {
+                let authority = rest.split(['/', ')', '>', ']', ' ', '"', '\'', ',', '?', '#']).next().unwrap_or("");
+                let host = authority.rsplit('@').next().unwrap_or("");
+                let host = if host.starts_with('[') {
+                    host.split(']').next().map(|h| format!("{h}]")).unwrap_or_default()
+                } else {
+                    host.split(':').next().unwrap_or("").to_owned()
+                };
+                let host = host.trim_end_matches('.');
+                if !allowed_host(host) {
+                    found.push(format!("{rel}:{}: {host}", n + 1));
+                }
+            }
+        }
+    }
+    found
 }

@@ -333,21 +333,28 @@ struct Dev {
 }
 
 impl Dev {
-    fn start() -> Dev {
-        Self::start_with(|_| {})
-    }
-
     /// `edit` may change the copied configuration first (the test's own endpoint ports).
     fn start_with(edit: impl FnOnce(&Path)) -> Dev {
         // What the README's commands use, besides the built binary.
         for tool in ["bash", "curl", "jq", "python3"] {
             let found = Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
-            assert!(found.is_ok(), "the README's commands need {tool} on PATH (Debian: apt-get install {tool})");
+            assert!(
+                found.is_ok(),
+                "the README's commands need {tool} on PATH (scripts/install-doc-tools.sh installs curl and jq)"
+            );
         }
         let dir = tempfile::Builder::new().prefix("magistral-doctest-").tempdir().unwrap();
         crate::common::gateway::copy_example(dir.path());
         edit(dir.path());
         let (port, nats_port) = (free_port(), free_port());
+        // The test's ports in the configuration too: a `magistral dev` a doc runs reads them there.
+        let toml = dir.path().join("magistral.toml");
+        let text = std::fs::read_to_string(&toml).unwrap();
+        crate::common::write_atomically(
+            &toml,
+            text.replace("\"127.0.0.1:8080\"", &format!("\"127.0.0.1:{port}\""))
+                .replace("nats://127.0.0.1:4222", &format!("nats://127.0.0.1:{nats_port}")),
+        );
         let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
         let child = Command::new(BIN)
             .args(["dev", "--listen", &format!("127.0.0.1:{port}"), "--nats-port", &nats_port.to_string()])
@@ -395,8 +402,9 @@ impl Dev {
         let curl_home = self.dir.path().join("curl-home");
         std::fs::create_dir_all(&curl_home).unwrap();
         std::fs::write(curl_home.join(".curlrc"), "no-progress-meter\n").unwrap();
-        let mut cmd = Command::new("bash");
-        cmd.args(["-c", &script]).current_dir(self.dir.path());
+        // A command that does not end (a server a doc starts by mistake) fails alone.
+        let mut cmd = Command::new("timeout");
+        cmd.args(["60", "bash", "-c", &script]).current_dir(self.dir.path());
         for (key, _) in std::env::vars() {
             if key.starts_with("MAGISTRAL_") {
                 cmd.env_remove(key);
@@ -416,6 +424,8 @@ impl Dev {
         // Shown as the doc's addresses again.
         String::from_utf8_lossy(&out.stdout)
             .replace(&format!("127.0.0.1:{}", self.port), "127.0.0.1:8080")
+            // `dev` on a busy port suggests the next one.
+            .replace(&format!("127.0.0.1:{}", self.port + 1), "127.0.0.1:8081")
             .replace(&format!("127.0.0.1:{}", self.nats_port), "127.0.0.1:4222")
     }
 }
@@ -434,12 +444,8 @@ impl Drop for Dev {
     }
 }
 
-/// Runs every block of `doc` (a path under the repository) in order; returns how many
+/// Runs every block of `doc` (a path under the repository) in order on `dev`; returns how many
 /// commands ran. Panics with every mismatch listed.
-fn run_doc(doc: &str) -> usize {
-    run_doc_on(doc, &Dev::start())
-}
-
 fn run_doc_on(doc: &str, dev: &Dev) -> usize {
     let text = std::fs::read_to_string(PathBuf::from(REPO).join(doc)).unwrap();
     let blocks = console_blocks(&text);
@@ -480,9 +486,13 @@ fn run_doc_on(doc: &str, dev: &Dev) -> usize {
     ran
 }
 
+/// The README as the quick start runs it: `scripts/dev`, and the recording stand-in in a second
+/// terminal on the example's endpoint ports (it answers NAV's query).
 #[test]
 fn readme_console_blocks_answer_as_shown() {
-    let ran = run_doc("README.md");
+    let standin = Standin::start();
+    let dev = Dev::start_with(|dir| standin.rewrite(dir));
+    let ran = run_doc_on("README.md", &dev);
     println!("README.md: {ran} command(s) answered as shown");
 }
 
@@ -529,12 +539,13 @@ impl Standin {
         for (port, test_port) in ENDPOINT_PORTS.iter().zip(&self.ports) {
             text = text.replace(&format!("(port {test_port})"), &format!("(port {port})"));
         }
-        // A delivery is its `>>> ` line and the indented lines after it.
+        // A delivery is its `>>> ` line, the indented lines after it, and the `<<< ` answer
+        // line the stand-in prints for what NAV refused or answered.
         let mut blocks: Vec<String> = Vec::new();
         for line in text.lines() {
             if line.starts_with(">>> ") {
                 blocks.push(line.to_owned());
-            } else if let Some(last) = blocks.last_mut().filter(|_| line.starts_with(' ')) {
+            } else if let Some(last) = blocks.last_mut().filter(|_| line.starts_with(' ') || line.starts_with("<<< ")) {
                 last.push('\n');
                 last.push_str(line);
             }
@@ -631,10 +642,23 @@ fn delivery_blocks(markdown: &str) -> Vec<(usize, String)> {
     blocks
 }
 
-/// A delivery as a doc shows it (request line, some headers, the body, line breaks added)
-/// against one standin.py printed: the same request line, each shown header with its value
-/// (ids and times aside), the same body.
+/// A delivery as a doc shows it (request line, some headers, the body, line breaks added, and
+/// the `<<< status body` the stand-in answered, when shown) against one standin.py printed: the
+/// same request line, each shown header with its value (ids and times aside), the same body, the
+/// same answer.
 fn shown_in(shown: &str, printed: &str) -> Result<(), String> {
+    let (shown, s_answer) = split_answer(shown);
+    let (printed, p_answer) = split_answer(printed);
+    if let Some(s_answer) = s_answer {
+        let p_answer = p_answer.ok_or("no answer printed (<<<)")?;
+        let (s_status, s_body) = s_answer.split_once(' ').unwrap_or((&s_answer, ""));
+        let (p_status, p_body) = p_answer.split_once(' ').unwrap_or((&p_answer, ""));
+        if s_status != p_status {
+            return Err(format!("answered {p_status}"));
+        }
+        compare_body(s_body, p_body).map_err(|why| format!("the answer: {why}"))?;
+    }
+    let (shown, printed) = (shown.as_str(), printed.as_str());
     let parse = |block: &str| {
         let mut lines = block.lines();
         let first = lines.next().unwrap_or_default().to_owned();
@@ -666,6 +690,16 @@ fn shown_in(shown: &str, printed: &str) -> Result<(), String> {
         }
     }
     compare_body(&s_body, &p_body)
+}
+
+/// A delivery block and its `<<< ` answer (the lines from there on, joined), if it has one.
+fn split_answer(block: &str) -> (String, Option<String>) {
+    match block.split_once("\n<<< ") {
+        Some((delivery, answer)) => {
+            (delivery.to_owned(), Some(answer.lines().map(str::trim).collect::<Vec<_>>().join("")))
+        }
+        None => (block.to_owned(), None),
+    }
 }
 
 /// The README's first delivered webhook (the `>>>` block after the quick start's publish) is
@@ -799,4 +833,17 @@ fn commands_run_on_over_continuations_and_open_quotes() {
     assert_eq!(blocks[0].steps[0].expected, "HTTP/1.1 200 OK");
     assert_eq!(blocks[0].steps[1].expected, "hi");
     assert_eq!(blocks[1].skip.as_deref(), Some("needs NATS stopped"));
+}
+
+#[test]
+fn a_delivery_answered_otherwise_than_shown_is_caught() {
+    let printed =
+        ">>> POST /BC/x (port 7048)\n    ce-id: BX-1\n    {\"a\":1}\n<<< 400 {\"error\": {\"code\": \"NotFound\"}}";
+    let shown = ">>> POST /BC/x (port 7048)\n    ce-id: BX-1\n    {\"a\":1}\n<<< 400 {\"error\":\n      {\"code\":\"NotFound\"}}";
+    assert_eq!(shown_in(shown, printed), Ok(()));
+    assert_eq!(shown_in(&shown.replace("<<< 400", "<<< 201"), printed), Err("answered 400".to_owned()));
+    assert!(shown_in(&shown.replace("NotFound", "Other"), printed).unwrap_err().starts_with("the answer"));
+    assert!(shown_in(shown, printed.split("\n<<<").next().unwrap()).is_err());
+    // Without an answer shown, only the delivery is compared.
+    assert_eq!(shown_in(shown.split("\n<<<").next().unwrap(), printed), Ok(()));
 }

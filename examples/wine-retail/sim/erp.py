@@ -145,6 +145,41 @@ class Nav:
                 "orderDate": document["orderDate"], "amountIncludingVAT": total, "currencyCode": ""})
             return 201, document, None
 
+    def answer(self, question):
+        """The codeunit MagistralQueries, procedure Answer (an OData unbound action): (status,
+        document, what NAV's log says or None)."""
+        try:
+            params = json.loads(question.get("parametersJson") or "{}")
+        except (ValueError, AttributeError):
+            return 400, {"error": {"code": "BadRequest", "message": "parametersJson is not JSON"}}, None
+        kind = question.get("query")
+        if kind == "customer.purchases":
+            customer = params.get("customerNo")
+            with self.lock:
+                known = customer in self.customers
+                orders = [o for o in self.history.get(customer, []) if o["orderDate"] >= params.get("fromDate", "")]
+            if not known:
+                return 404, {"error": {"code": "Internal_RecordNotFound",
+                                       "message": f"The Customer does not exist. Identification fields and values: No.='{customer}'"}}, \
+                    f"question: purchases of {customer}: no such customer -> 404"
+            result = {"customerNo": customer, "orders": orders[: int(params.get("top") or 100)]}
+            summary = f"question: purchases of {customer} since {params.get('fromDate')}: {len(result['orders'])} order(s) -> 200"
+        elif kind == "order.status":
+            with self.lock:
+                document = self.orders.get(params.get("externalDocumentNo"))
+            if not document:
+                return 404, {"error": {"code": "Internal_RecordNotFound",
+                                       "message": f"The Sales Header does not exist. External Document No.='{params.get('externalDocumentNo')}'"}}, \
+                    f"question: where is {params.get('externalDocumentNo')}: no such sales order -> 404"
+            result = {"no": document["number"], "externalDocumentNo": document["externalDocumentNumber"],
+                      "lastModifiedDateTime": document["lastModifiedDateTime"]}
+            summary = f"question: where is {params.get('externalDocumentNo')}: {document['number']} -> 200"
+        else:
+            return 400, {"error": {"code": "BadRequest", "message": f"unknown query {kind!r}"}}, None
+        # An OData unbound action returning Text: the codeunit's JSON as a string.
+        return 200, {"@odata.context": "http://127.0.0.1:7048/BC/ODataV4/$metadata#Edm.String",
+                     "value": json.dumps(result, ensure_ascii=False)}, summary
+
 
 class Erp(BaseHTTPRequestHandler):
     nav = Nav()
@@ -226,37 +261,10 @@ class Erp(BaseHTTPRequestHandler):
         threading.Thread(target=publish_status, args=(report,), daemon=True).start()
 
     def query(self, question):
-        try:
-            params = json.loads(question.get("parametersJson") or "{}")
-        except ValueError:
-            return self.answer(400, {"error": {"code": "BadRequest", "message": "parametersJson is not JSON"}})
-        kind = question.get("query")
-        if kind == "customer.purchases":
-            customer = params.get("customerNo")
-            with Erp.nav.lock:
-                known = customer in Erp.nav.customers
-                orders = [o for o in Erp.nav.history.get(customer, []) if o["orderDate"] >= params.get("fromDate", "")]
-            if not known:
-                say(f"question: purchases of {customer}: no such customer -> 404")
-                return self.answer(404, {"error": {"code": "Internal_RecordNotFound",
-                                                   "message": f"The Customer does not exist. Identification fields and values: No.='{customer}'"}})
-            result = {"customerNo": customer, "orders": orders[: int(params.get("top") or 100)]}
-            say(f"question: purchases of {customer} since {params.get('fromDate')}: {len(result['orders'])} order(s) -> 200")
-        elif kind == "order.status":
-            with Erp.nav.lock:
-                document = Erp.nav.orders.get(params.get("externalDocumentNo"))
-            if not document:
-                say(f"question: where is {params.get('externalDocumentNo')}: no such sales order -> 404")
-                return self.answer(404, {"error": {"code": "Internal_RecordNotFound",
-                                                   "message": f"The Sales Header does not exist. External Document No.='{params.get('externalDocumentNo')}'"}})
-            result = {"no": document["number"], "externalDocumentNo": document["externalDocumentNumber"],
-                      "lastModifiedDateTime": document["lastModifiedDateTime"]}
-            say(f"question: where is {params.get('externalDocumentNo')}: {document['number']} -> 200")
-        else:
-            return self.answer(400, {"error": {"code": "BadRequest", "message": f"unknown query {kind!r}"}})
-        # An OData unbound action returning Text: the codeunit's JSON as a string.
-        self.answer(200, {"@odata.context": "http://127.0.0.1:7048/BC/ODataV4/$metadata#Edm.String",
-                          "value": json.dumps(result, ensure_ascii=False)})
+        status, document, summary = Erp.nav.answer(question)
+        if summary:
+            say(summary)
+        self.answer(status, document)
 
     def price(self, fields):
         if not self.headers.get("If-Match"):

@@ -17,9 +17,19 @@ Each delivery prints as
       {"externalDocumentNumber": ...}
 
 with the headers a receiver cares about (content type, authorization, if-match, CloudEvents `ce-*`,
-Standard Webhooks `webhook-*`, `magistral-*`, `traceparent`). It answers 2xx as the real systems
-do (201 for a new Business Central sales order, 204 for a PATCH, 200 otherwise), so deliveries
-succeed. It does not answer requests meaningfully: for `nav.query.*` run erp.py instead.
+Standard Webhooks `webhook-*`, `magistral-*`, `traceparent`).
+
+What it answers: on Business Central's paths (`/BC/...`) it decides as NAV does in erp.py — it
+books a sales order (201) or refuses it with Business Central's own error (400: an unknown
+customer, an SKU starting with X, more than 120 bottles), learns the customers the CRM sends
+(`MagistralCustomers_Upsert`), and answers `MagistralQueries_Answer` (purchase history, where an
+order is) from the orders it booked. A refusal and a query's answer print after the delivery:
+
+  <<< 400 {"error": {"code": "Internal_RecordNotFound", ...}}
+
+Unlike erp.py it publishes nothing on the bus (no orders.status, no prices directory): what the
+bus holds is what you sent it. Everything else is answered 2xx as the real systems do (204 for
+a PATCH, 200 otherwise).
 
 Python 3 standard library only.
 """
@@ -29,9 +39,15 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import sys
 import threading
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# NAV's decisions (customers, orders, history) are erp.py's, beside this file.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from erp import Nav  # noqa: E402
 
 SHOWN = ("content-type", "authorization", "if-match", "traceparent")
 SHOWN_PREFIXES = ("ce-", "webhook-", "magistral-")
@@ -47,7 +63,27 @@ def verify(secret, headers, body):
     return any(hmac.compare_digest(expected, g) for g in given)
 
 
-def handler(port, status, secret):
+def nav_answer(nav, method, path, body):
+    """What Business Central answers on `path`: (status, document or None), printed or not."""
+    path = urllib.parse.urlsplit(path).path
+    try:
+        document = json.loads(body or b"null")
+    except ValueError:
+        return 400, {"error": {"code": "BadRequest", "message": "Invalid JSON."}}, True
+    if method == "POST" and path.endswith("/salesOrders"):
+        status, answer, _ = nav.book(document)
+        return status, answer, status != 201
+    if method == "POST" and path.endswith("/MagistralCustomers_Upsert"):
+        with nav.lock:
+            nav.customers.add(document.get("customerNo"))
+        return 204, None, False
+    if method == "POST" and path.endswith("/MagistralQueries_Answer"):
+        status, answer, _ = nav.answer(document)
+        return status, answer, True
+    return (204 if method == "PATCH" else 200), ({} if method != "PATCH" else None), False
+
+
+def handler(port, status, secret, nav):
     class Recorder(BaseHTTPRequestHandler):
         def do_POST(self):
             self.record()
@@ -69,10 +105,18 @@ def handler(port, status, secret):
             if secret:
                 lines.append(f"    (signature {'verified' if verify(secret, headers, body) else 'DOES NOT VERIFY'})")
             lines.append("    " + body.decode("utf-8", errors="replace"))
+            if status:
+                code, answer = status, b"{}"
+            elif self.path.startswith("/BC/"):
+                code, document, shown = nav_answer(nav, self.command, self.path, body)
+                answer = b"" if document is None else json.dumps(document, ensure_ascii=False).encode()
+                if shown:
+                    lines.append(f"<<< {code} {answer.decode()}")
+            else:
+                code = 204 if self.command == "PATCH" else 200
+                answer = b"" if code == 204 else b"{}"
             with PRINT_LOCK:
                 print("\n".join(lines) + "\n", flush=True)
-            code = status or (201 if self.path.endswith("/salesOrders") else 204 if self.command == "PATCH" else 200)
-            answer = b"" if code == 204 else b"{}"
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(answer)))
@@ -92,10 +136,10 @@ def main():
     p.add_argument("--status", type=int, default=0, help="answer this status to everything")
     p.add_argument("--secret", help="a whsec_ signing secret to verify signatures with")
     args = p.parse_args()
-    servers = []
+    servers, nav = [], Nav()
     for port in (int(x) for x in args.ports.split(",") if x.strip()):
         try:
-            servers.append(ThreadingHTTPServer((args.host, port), handler(port, args.status, args.secret)))
+            servers.append(ThreadingHTTPServer((args.host, port), handler(port, args.status, args.secret, nav)))
         except OSError as err:
             sys.exit(f"standin: port {port}: {err} (another stand-in or simulator running?)")
     for server in servers[1:]:
