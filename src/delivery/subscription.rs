@@ -350,13 +350,13 @@ pub struct KeyOrdering {
     pub buffer: u32,
 }
 
-/// `ordering`: a key that parses, push mode, not with `ordered`, a buffer that holds at least
+/// `ordering`: a key that parses, push or pull mode, not with `ordered`, a buffer that holds at least
 /// one message per key in flight.
 fn ordering(cfg: &SubscriptionConfig, problems: &mut Problems) -> Option<KeyOrdering> {
     let o = cfg.ordering.as_ref()?;
     let key = KeySource::parse(&o.key).map_err(|m| problems.push(("ordering.key".into(), m))).ok();
-    if cfg.mode != SubscriptionMode::Push {
-        problems.push(("ordering".into(), "only push subscriptions are delivered in key order".into()));
+    if cfg.mode == SubscriptionMode::Stream {
+        problems.push(("ordering".into(), "push and pull subscriptions are delivered in key order, not stream".into()));
     }
     if cfg.ordered {
         problems
@@ -598,7 +598,8 @@ mod tests {
         assert!(problems(serde_json::json!({"ordering": {"key": "/id"}})).is_empty());
         assert_eq!(problems(serde_json::json!({"ordering": {"key": "id"}})), ["ordering.key"]);
         assert_eq!(problems(serde_json::json!({"ordering": {"key": "/id"}, "ordered": true})), ["ordering"]);
-        assert_eq!(problems(serde_json::json!({"ordering": {"key": "/id"}, "mode": "pull"})), ["ordering"]);
+        assert!(problems(serde_json::json!({"ordering": {"key": "/id"}, "mode": "pull"})).is_empty());
+        assert_eq!(problems(serde_json::json!({"ordering": {"key": "/id"}, "mode": "stream"})), ["ordering"]);
         assert_eq!(
             problems(serde_json::json!({"ordering": {"key": "/id", "buffer": 4}, "max_in_flight": 8})),
             ["ordering.buffer"]
