@@ -341,6 +341,9 @@ impl KeySource {
     }
 }
 
+/// The largest key-order queue of a pull subscription (entries of a KV value).
+const PULL_BUFFER_MAX: u32 = 2000;
+
 /// A key-ordered subscription's settings, resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyOrdering {
@@ -364,6 +367,10 @@ fn ordering(cfg: &SubscriptionConfig, problems: &mut Problems) -> Option<KeyOrde
     }
     if o.buffer < cfg.max_in_flight || o.buffer > 100_000 {
         problems.push(("ordering.buffer".into(), "between max_in_flight and 100000".into()));
+    }
+    if cfg.mode == SubscriptionMode::Pull && o.buffer > PULL_BUFFER_MAX {
+        // The pull queue is one KV value, bounded by the server's max_payload (1 MiB by default).
+        problems.push(("ordering.buffer".into(), format!("at most {PULL_BUFFER_MAX} for a pull subscription")));
     }
     if o.pinned_ttl < Duration::from_secs(1) {
         problems.push(("ordering.pinned_ttl".into(), "at least 1s".into()));
@@ -600,6 +607,10 @@ mod tests {
         assert_eq!(problems(serde_json::json!({"ordering": {"key": "/id"}, "ordered": true})), ["ordering"]);
         assert!(problems(serde_json::json!({"ordering": {"key": "/id"}, "mode": "pull"})).is_empty());
         assert_eq!(problems(serde_json::json!({"ordering": {"key": "/id"}, "mode": "stream"})), ["ordering"]);
+        assert_eq!(
+            problems(serde_json::json!({"ordering": {"key": "/id", "buffer": 5000}, "mode": "pull"})),
+            ["ordering.buffer"]
+        );
         assert_eq!(
             problems(serde_json::json!({"ordering": {"key": "/id", "buffer": 4}, "max_in_flight": 8})),
             ["ordering.buffer"]
