@@ -593,7 +593,7 @@ pub struct SubscriptionConfig {
     #[serde(default = "defaults::max_in_flight")]
     pub max_in_flight: u32,
     /// Per-key ordering: messages with the same key in stream order, one at a time; different
-    /// keys in parallel (up to `max_in_flight`). Push only; not with `ordered`.
+    /// keys in parallel (up to `max_in_flight`). Push and pull; not with `ordered`.
     #[serde(default)]
     pub ordering: Option<OrderingConfig>,
     /// Deliveries per second per gateway replica; none = unlimited.

@@ -16,6 +16,7 @@ use serde_json::Value;
 use crate::config::ExportColumn;
 use crate::contracts::Contracts;
 use crate::delivery::pull::{self, AckFailure, AckToken, Action, TokenKey};
+use crate::delivery::pull_order::KeyOrder;
 use crate::delivery::subscription::Subscription;
 use crate::delivery::{DeliveryError, DeliveryKind};
 
@@ -37,11 +38,12 @@ pub async fn export(
     js: &jetstream::Context,
     key: &TokenKey,
     ledger: &kv::Store,
+    order: Option<KeyOrder<'_>>,
     contracts: &Contracts,
     sub: &Subscription,
     max: usize,
 ) -> Result<Export, DeliveryError> {
-    let fetched = pull::fetch(js, key, sub, max, Duration::ZERO).await?;
+    let fetched = pull::fetch(js, key, sub, order, max, Duration::ZERO).await?;
     let mut tokens: Vec<AckToken> = Vec::with_capacity(fetched.len());
     let mut data = Vec::with_capacity(fetched.len());
     let mut subjects = Vec::new();
@@ -199,6 +201,7 @@ pub enum ConfirmError {
 pub async fn confirm(
     client: &async_nats::Client,
     ledger: &kv::Store,
+    order: Option<KeyOrder<'_>>,
     sub: &str,
     id: &str,
 ) -> Result<Confirmed, ConfirmError> {
@@ -215,6 +218,13 @@ pub async fn confirm(
                 Err(AckFailure::AlreadyAcked) => confirmed.already += 1,
                 Err(AckFailure::Nats(e)) => return Err(ConfirmError::Nats(e)),
             }
+        }
+        if let Some(order) = order {
+            // Every message of the chunk is acked (now or before): their keys move on.
+            let done: Vec<_> = chunk.iter().map(|t| (t.st.as_str(), t.q, Action::Ack, None)).collect();
+            crate::delivery::pull_order::settle(order, sub, &done)
+                .await
+                .map_err(|e| ConfirmError::Nats(e.to_string()))?;
         }
     }
     ledger.purge(&key).await.map_err(|e| ConfirmError::Nats(e.to_string()))?;

@@ -471,6 +471,31 @@ struct Subscription {
     last_error: Option<LastError>,
     #[serde(default)]
     detail: Option<String>,
+    /// Key-ordered subscriptions only.
+    #[serde(default)]
+    ordering: Option<Ordering>,
+}
+
+/// `ordering` of a key-ordered subscription: its key and the keys parked now.
+#[derive(Deserialize)]
+struct Ordering {
+    #[serde(default)]
+    parked_keys: Vec<ParkedKey>,
+}
+
+/// A key whose head message failed (`ParkedKey` in src/delivery/worker/keyed.rs).
+#[derive(Deserialize)]
+struct ParkedKey {
+    key: String,
+    message_id: String,
+    attempts: u32,
+    state: String,
+    since: String,
+    #[serde(default)]
+    waiting: usize,
+    #[serde(default)]
+    next_attempt: Option<String>,
+    last_error: LastError,
 }
 
 #[derive(Deserialize)]
@@ -494,6 +519,7 @@ fn status_table(subs: &[Subscription]) -> String {
         "IN FLIGHT>",
         "BREAKER",
         "DEAD LETTERS>",
+        "PARKED KEYS>",
     ]);
     let mut notes = String::new();
     for s in subs {
@@ -506,6 +532,7 @@ fn status_table(subs: &[Subscription]) -> String {
             cell(s.in_flight),
             cell(s.breaker.as_deref()),
             cell(s.dead_letters),
+            cell(s.ordering.as_ref().map(|o| o.parked_keys.len())),
         ]);
         if let Some(reason) = &s.paused_reason {
             let since = s.paused_at.as_deref().map(|at| format!(" since {at}")).unwrap_or_default();
@@ -521,6 +548,23 @@ fn status_table(subs: &[Subscription]) -> String {
                 "{}: last failed attempt at {}{attempt}: {}{status}: {}\n",
                 s.name,
                 e.at,
+                e.class,
+                excerpt(&e.detail, 100)
+            ));
+        }
+        for p in s.ordering.iter().flat_map(|o| &o.parked_keys) {
+            let e = &p.last_error;
+            let status = e.status.map(|s| format!(" {s}")).unwrap_or_default();
+            let next = p.next_attempt.as_deref().map(|at| format!(", next attempt at {at}")).unwrap_or_default();
+            notes.push_str(&format!(
+                "{}: key {:?} {} since {}: head {} after {} attempt(s){next}, {} waiting behind it: {}{status}: {}\n",
+                s.name,
+                p.key,
+                p.state,
+                p.since,
+                p.message_id,
+                p.attempts,
+                p.waiting,
                 e.class,
                 excerpt(&e.detail, 100)
             ));

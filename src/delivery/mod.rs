@@ -16,6 +16,7 @@ pub(crate) mod breaker;
 pub(crate) mod dead_letter;
 pub mod pin;
 pub mod pull;
+pub mod pull_order;
 pub mod retry_policy;
 pub(crate) mod signature;
 pub(crate) mod subscription;
@@ -73,6 +74,8 @@ pub struct Engine {
     pub http: reqwest::Client,
     status: tokio::sync::OnceCell<kv::Store>,
     ack_ledger: tokio::sync::OnceCell<kv::Store>,
+    /// The key-ordered pull subscriptions' queues.
+    pull_order: tokio::sync::OnceCell<kv::Store>,
     token_key: tokio::sync::OnceCell<pull::TokenKey>,
     system_replicas: usize,
     /// Record noteworthy delivery states for message tracking.
@@ -116,6 +119,7 @@ impl Engine {
             http,
             status: tokio::sync::OnceCell::new(),
             ack_ledger: tokio::sync::OnceCell::new(),
+            pull_order: tokio::sync::OnceCell::new(),
             token_key: tokio::sync::OnceCell::new(),
             system_replicas,
             tracking: false,
@@ -165,6 +169,32 @@ impl Engine {
                     .map_err(nats)
             })
             .await
+    }
+
+    /// A key-ordered pull subscription's queue (`None` for any other subscription).
+    ///
+    /// # Errors
+    /// NATS refused.
+    pub async fn key_order(&self, sub: &Subscription) -> Result<Option<pull_order::KeyOrder<'_>>, DeliveryError> {
+        if sub.ordering.is_none() || sub.mode != SubscriptionMode::Pull {
+            return Ok(None);
+        }
+        let bucket = self
+            .pull_order
+            .get_or_try_init(|| async {
+                self.js
+                    .create_key_value(kv::Config {
+                        bucket: pull_order::ORDER_BUCKET.to_owned(),
+                        description: "magistral key-ordered pull queues".to_owned(),
+                        history: 1,
+                        num_replicas: self.system_replicas,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(nats)
+            })
+            .await?;
+        Ok(Some(pull_order::KeyOrder { bucket, ack_wait: sub.ack_wait }))
     }
 
     /// The key pull ack tokens are signed with, shared by all replicas.

@@ -15,6 +15,7 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use time::format_description::well_known::Rfc3339;
 
+use super::pull_order::KeyOrder;
 use super::subscription::Subscription;
 use super::{DeliveryError, DeliveryKind, nats, system};
 
@@ -170,7 +171,9 @@ pub fn export_key(subscription: &str, export: &str) -> String {
 }
 
 /// Fetches up to `max` messages, waiting up to `wait` for the first one and returning as
-/// soon as one arrives (then taking whatever else is already there).
+/// soon as one arrives (then taking whatever else is already there). A key-ordered
+/// subscription (`order`) hands out at most one unacknowledged message per key
+/// ([`super::pull_order`]).
 ///
 /// # Errors
 /// NATS refused or is unreachable.
@@ -178,13 +181,16 @@ pub async fn fetch(
     js: &jetstream::Context,
     key: &TokenKey,
     sub: &Subscription,
+    order: Option<KeyOrder<'_>>,
     max: usize,
     wait: Duration,
 ) -> Result<Vec<Value>, DeliveryError> {
     let mut consumers = Vec::new();
     // Replays first (rare, and an operator is waiting for them), then the subscription's stream.
     let mut streams = vec![system::REPLAY_STREAM.to_owned()];
-    streams.extend(sub.spans.iter().map(|(s, _)| s.clone()));
+    if order.is_none() {
+        streams.extend(sub.spans.iter().map(|(s, _)| s.clone()));
+    }
     for stream in streams {
         let stream = js.get_stream(&stream).await.map_err(nats)?;
         let consumer: jetstream::consumer::Consumer<pull::Config> =
@@ -209,18 +215,17 @@ pub async fn fetch(
         if room == 0 {
             continue;
         }
-        // Bounded: a no-wait pull can otherwise sit on the server while the consumer is at its
-        // ack-pending limit.
-        let mut batch = consumer
-            .fetch()
-            .max_messages((max - out.len()).min(room))
-            .expires(NO_WAIT_BOUND)
-            .messages()
-            .await
-            .map_err(nats)?;
-        while let Some(Ok(m)) = batch.next().await {
+        for m in take_now(consumer, (max - out.len()).min(room)).await? {
             out.push(describe(key, sub, &m));
         }
+    }
+    if let Some(order) = order {
+        // Replays are an operator's, outside key order; the stream's messages in key order.
+        if out.len() < max {
+            let wait = if out.is_empty() { wait } else { Duration::ZERO };
+            out.extend(super::pull_order::fetch(js, key, sub, order, max - out.len(), wait).await?);
+        }
+        return Ok(out);
     }
     if out.is_empty() && !wait.is_zero() {
         // Long poll for one message on the main stream; a batch of one ends the moment it
@@ -231,8 +236,7 @@ pub async fn fetch(
             out.push(describe(key, sub, &m));
         }
         if !out.is_empty() && max > 1 {
-            let mut rest = main.fetch().max_messages(max - 1).expires(NO_WAIT_BOUND).messages().await.map_err(nats)?;
-            while let Some(Ok(m)) = rest.next().await {
+            for m in take_now(main, max - 1).await? {
                 out.push(describe(key, sub, &m));
             }
         }
@@ -240,41 +244,108 @@ pub async fn fetch(
     Ok(out)
 }
 
+/// Up to `max` messages the consumer has now, without waiting for more.
+///
+/// # Errors
+/// NATS refused or is unreachable.
+pub(crate) async fn take_now(
+    consumer: &jetstream::consumer::Consumer<pull::Config>,
+    max: usize,
+) -> Result<Vec<jetstream::Message>, DeliveryError> {
+    // Bounded: a no-wait pull can otherwise sit on the server while the consumer is at its
+    // ack-pending limit.
+    let mut batch = consumer.fetch().max_messages(max).expires(NO_WAIT_BOUND).messages().await.map_err(nats)?;
+    let mut out = Vec::new();
+    while let Some(Ok(m)) = batch.next().await {
+        out.push(m);
+    }
+    Ok(out)
+}
+
+/// What a fetched message is made of: taken from the consumer, or read from the stream by
+/// sequence (a key-ordered head whose turn came after it was taken).
+pub(crate) struct Parts {
+    subject: String,
+    headers: async_nats::HeaderMap,
+    payload: bytes::Bytes,
+    reply: String,
+    stream: String,
+    seq: u64,
+    delivered: i64,
+    published: Option<time::OffsetDateTime>,
+    id: String,
+}
+
+impl Parts {
+    pub(crate) fn of(m: &jetstream::Message) -> Self {
+        let info = m.info().ok();
+        Self {
+            subject: super::attempt::original_subject(m),
+            headers: m.headers.clone().unwrap_or_default(),
+            payload: m.payload.clone(),
+            reply: m.reply.as_ref().map(ToString::to_string).unwrap_or_default(),
+            stream: info.as_ref().map(|i| i.stream.to_owned()).unwrap_or_default(),
+            seq: info.as_ref().map_or(0, |i| i.stream_sequence),
+            delivered: info.as_ref().map_or(0, |i| i.delivered),
+            published: info.as_ref().map(|i| i.published),
+            id: super::attempt::message_id(m),
+        }
+    }
+
+    pub(crate) fn stored(m: jetstream::message::StreamMessage, stream: String) -> Self {
+        let header = |name: &str| m.headers.get(name).map(|v| v.as_str().to_owned());
+        let subject = header(super::dead_letter::ORIGINAL_SUBJECT).unwrap_or_else(|| m.subject.to_string());
+        let id = header("ce-id")
+            .or_else(|| header("Nats-Msg-Id"))
+            .or_else(|| header(super::dead_letter::ORIGINAL_MSG_ID))
+            .unwrap_or_else(|| format!("{stream}-{}", m.sequence));
+        Self {
+            subject,
+            id,
+            reply: String::new(),
+            seq: m.sequence,
+            delivered: 0,
+            published: Some(m.time),
+            stream,
+            headers: m.headers,
+            payload: m.payload,
+        }
+    }
+
+    /// The ack subject and delivery count the key-order queue knows.
+    pub(crate) fn with_reply(mut self, reply: String, delivered: i64) -> Self {
+        self.reply = reply;
+        self.delivered = delivered;
+        self
+    }
+}
+
 fn describe(key: &TokenKey, sub: &Subscription, m: &jetstream::Message) -> Value {
-    let info = m.info().ok();
-    let headers = m.headers.clone().unwrap_or_default();
+    describe_parts(key, sub, Parts::of(m))
+}
+
+pub(crate) fn describe_parts(key: &TokenKey, sub: &Subscription, m: Parts) -> Value {
     let decoded = |v: &str| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned();
     let mut attributes = serde_json::Map::new();
-    for (name, values) in headers.iter() {
+    for (name, values) in m.headers.iter() {
         let n = name.to_string().to_ascii_lowercase();
         if let (Some(attr), Some(v)) = (n.strip_prefix("ce-"), values.first()) {
             attributes.insert(attr.to_owned(), Value::String(decoded(v.as_str())));
         }
     }
-    let (stream, seq, delivered, time) = match &info {
-        Some(i) => {
-            (i.stream.to_owned(), i.stream_sequence, i.delivered, i.published.format(&Rfc3339).unwrap_or_default())
-        }
-        None => (String::new(), 0, 0, String::new()),
-    };
-    let token = AckToken {
-        s: sub.name.clone(),
-        r: m.reply.as_ref().map(ToString::to_string).unwrap_or_default(),
-        st: stream.clone(),
-        q: seq,
-        d: delivered,
-    };
+    let time = m.published.and_then(|t| t.format(&Rfc3339).ok()).unwrap_or_default();
+    let token = AckToken { s: sub.name.clone(), r: m.reply, st: m.stream.clone(), q: m.seq, d: m.delivered };
     // Data as published when it is JSON; otherwise base64 (e.g. a directory delete marker).
     let data = serde_json::from_slice::<Value>(&m.payload).ok();
     let mut out = json!({
-        "id": super::attempt::message_id(m),
-        "subject": super::attempt::original_subject(m),
-        "stream": stream,
-        "seq": seq,
+        "id": m.id,
+        "subject": m.subject,
+        "stream": m.stream,
+        "seq": m.seq,
         "time": time,
         "publisher": attributes.get("source").cloned(),
         "attributes": attributes,
-        "delivery_count": delivered,
+        "delivery_count": m.delivered,
         "ack_token": key.sign(&token),
     });
     match data {
@@ -342,16 +413,14 @@ pub async fn act(
         })?;
         // Double ack: JetStream confirms it processed the ack. If it did not, forget the
         // ledger entry so the token (or the redelivery's) can be used again.
-        match client.request(token.r.clone(), body.into()).await {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let _ = ledger.purge(&key).await;
-                Err(AckFailure::Nats(e.to_string()))
-            }
+        if let Err(e) = client.request(token.r.clone(), body.into()).await {
+            let _ = ledger.purge(&key).await;
+            return Err(AckFailure::Nats(e.to_string()));
         }
     } else {
-        client.publish(token.r.clone(), body.into()).await.map_err(|e| AckFailure::Nats(e.to_string()))
+        client.publish(token.r.clone(), body.into()).await.map_err(|e| AckFailure::Nats(e.to_string()))?;
     }
+    Ok(())
 }
 
 fn action_name(action: Action) -> &'static str {

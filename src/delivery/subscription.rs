@@ -341,6 +341,9 @@ impl KeySource {
     }
 }
 
+/// The largest key-order queue of a pull subscription (entries of a KV value).
+const PULL_BUFFER_MAX: u32 = 2000;
+
 /// A key-ordered subscription's settings, resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyOrdering {
@@ -350,13 +353,13 @@ pub struct KeyOrdering {
     pub buffer: u32,
 }
 
-/// `ordering`: a key that parses, push mode, not with `ordered`, a buffer that holds at least
+/// `ordering`: a key that parses, push or pull mode, not with `ordered`, a buffer that holds at least
 /// one message per key in flight.
 fn ordering(cfg: &SubscriptionConfig, problems: &mut Problems) -> Option<KeyOrdering> {
     let o = cfg.ordering.as_ref()?;
     let key = KeySource::parse(&o.key).map_err(|m| problems.push(("ordering.key".into(), m))).ok();
-    if cfg.mode != SubscriptionMode::Push {
-        problems.push(("ordering".into(), "only push subscriptions are delivered in key order".into()));
+    if cfg.mode == SubscriptionMode::Stream {
+        problems.push(("ordering".into(), "push and pull subscriptions are delivered in key order, not stream".into()));
     }
     if cfg.ordered {
         problems
@@ -364,6 +367,10 @@ fn ordering(cfg: &SubscriptionConfig, problems: &mut Problems) -> Option<KeyOrde
     }
     if o.buffer < cfg.max_in_flight || o.buffer > 100_000 {
         problems.push(("ordering.buffer".into(), "between max_in_flight and 100000".into()));
+    }
+    if cfg.mode == SubscriptionMode::Pull && o.buffer > PULL_BUFFER_MAX {
+        // The pull queue is one KV value, bounded by the server's max_payload (1 MiB by default).
+        problems.push(("ordering.buffer".into(), format!("at most {PULL_BUFFER_MAX} for a pull subscription")));
     }
     if o.pinned_ttl < Duration::from_secs(1) {
         problems.push(("ordering.pinned_ttl".into(), "at least 1s".into()));
@@ -598,7 +605,12 @@ mod tests {
         assert!(problems(serde_json::json!({"ordering": {"key": "/id"}})).is_empty());
         assert_eq!(problems(serde_json::json!({"ordering": {"key": "id"}})), ["ordering.key"]);
         assert_eq!(problems(serde_json::json!({"ordering": {"key": "/id"}, "ordered": true})), ["ordering"]);
-        assert_eq!(problems(serde_json::json!({"ordering": {"key": "/id"}, "mode": "pull"})), ["ordering"]);
+        assert!(problems(serde_json::json!({"ordering": {"key": "/id"}, "mode": "pull"})).is_empty());
+        assert_eq!(problems(serde_json::json!({"ordering": {"key": "/id"}, "mode": "stream"})), ["ordering"]);
+        assert_eq!(
+            problems(serde_json::json!({"ordering": {"key": "/id", "buffer": 5000}, "mode": "pull"})),
+            ["ordering.buffer"]
+        );
         assert_eq!(
             problems(serde_json::json!({"ordering": {"key": "/id", "buffer": 4}, "max_in_flight": 8})),
             ["ordering.buffer"]

@@ -61,7 +61,8 @@ async fn export(
     let key = engine.token_key().await.map_err(|e| nats_unavailable(&state, "reading the ack token key", e))?;
     let ledger = engine.ack_ledger().await.map_err(|e| nats_unavailable(&state, "opening the ack ledger", e))?;
     let catalog = state.catalog.load_full();
-    let export = export::export(&engine.js, key, ledger, &catalog.contracts, sub, max)
+    let order = engine.key_order(sub).await.map_err(|e| nats_unavailable(&state, "opening the key-order queue", e))?;
+    let export = export::export(&engine.js, key, ledger, order, &catalog.contracts, sub, max)
         .await
         .map_err(|e| nats_unavailable(&state, "exporting", e))?;
     let (body, content_type, extension) = match kind {
@@ -112,7 +113,8 @@ pub(crate) async fn confirm(
         return Err(Problem::new(ProblemType::InvalidAckToken, format!("the token is for subscription {owner}")));
     }
     let ledger = engine.ack_ledger().await.map_err(|e| nats_unavailable(&state, "opening the ack ledger", e))?;
-    match export::confirm(&state.client, ledger, &sub.name, &id).await {
+    let order = engine.key_order(&sub).await.map_err(|e| nats_unavailable(&state, "opening the key-order queue", e))?;
+    match export::confirm(&state.client, ledger, order, &sub.name, &id).await {
         Ok(confirmed) => Ok(Json(confirmed).into_response()),
         Err(ConfirmError::Unknown) => Err(Problem::new(
             ProblemType::AlreadyAcked,

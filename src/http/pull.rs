@@ -19,6 +19,7 @@ use super::subscriptions::Name;
 use crate::catalog::Catalog;
 use crate::config::SubscriptionMode;
 use crate::delivery::pull::{self, AckFailure, AckToken, Action, TokenKey};
+use crate::delivery::pull_order;
 use crate::delivery::subscription::Subscription;
 use crate::participants::Participant;
 
@@ -90,8 +91,10 @@ pub(crate) async fn fetch(
     let wait = request.wait.unwrap_or(Duration::ZERO).min(state.limits.max_fetch_wait);
     let engine = &state.deliveries.engine;
     let key = engine.token_key().await.map_err(|e| nats_unavailable(&state, "reading the ack token key", e))?;
-    let messages =
-        pull::fetch(&engine.js, key, &sub, max, wait).await.map_err(|e| nats_unavailable(&state, "fetching", e))?;
+    let order = engine.key_order(&sub).await.map_err(|e| nats_unavailable(&state, "opening the key-order queue", e))?;
+    let messages = pull::fetch(&engine.js, key, &sub, order, max, wait)
+        .await
+        .map_err(|e| nats_unavailable(&state, "fetching", e))?;
     metrics::counter!(crate::telemetry::catalogue::PULL_FETCHED_TOTAL, "subscription" => sub.name.clone())
         .increment(messages.len() as u64);
     Ok(Json(json!({ "messages": messages })).into_response())
@@ -129,6 +132,7 @@ pub(crate) async fn ack(
     let key = engine.token_key().await.map_err(|e| nats_unavailable(&state, "reading the ack token key", e))?;
     let tokens = verify_all(key, &sub, &request.acks)?;
     let ledger = engine.ack_ledger().await.map_err(|e| nats_unavailable(&state, "opening the ack ledger", e))?;
+    let order = engine.key_order(&sub).await.map_err(|e| nats_unavailable(&state, "opening the key-order queue", e))?;
     // Tokens are carried out concurrently (bounded), answers kept in request order.
     let pairs: Vec<_> = tokens.iter().zip(&request.acks).collect();
     let mut outcomes = Vec::with_capacity(pairs.len());
@@ -138,6 +142,26 @@ pub(crate) async fn ack(
             .map(|(token, item)| pull::act(&state.client, ledger, token, item.action, item.delay))
             .collect();
         outcomes.extend(futures::future::join_all(acts).await);
+    }
+    if let Some(order) = order {
+        // What became of each message, for its key (an ack already carried out counts too).
+        let done: Vec<_> = tokens
+            .iter()
+            .zip(&request.acks)
+            .zip(&outcomes)
+            .filter(|(_, outcome)| match outcome {
+                Ok(()) => true,
+                Err(AckFailure::AlreadyAcked) => true,
+                Err(AckFailure::Nats(_)) => false,
+            })
+            .map(|((token, item), outcome)| {
+                let action = if outcome.is_err() { Action::Ack } else { item.action };
+                (token.st.as_str(), token.q, action, item.delay)
+            })
+            .collect();
+        pull_order::settle(order, &sub.name, &done)
+            .await
+            .map_err(|e| nats_unavailable(&state, "moving the keys on", e))?;
     }
     let mut results = Vec::with_capacity(tokens.len());
     let mut failed = 0;

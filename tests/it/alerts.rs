@@ -238,6 +238,7 @@ fn the_issue_s_alerts_are_shipped() {
         "MagistralNatsDisconnected",
         "MagistralNotReady",
         "MagistralEndpointGone",
+        "MagistralKeysParked",
     ] {
         assert!(shipped.contains(wanted), "{wanted} is not in {}", rules_file().display());
     }

@@ -129,9 +129,20 @@ async fn commands_answer_an_operator_with_tables_json_and_exit_codes() {
     let header: Vec<&str> = out.lines().next().unwrap().split("  ").filter(|c| !c.is_empty()).map(str::trim).collect();
     assert_eq!(
         header,
-        ["SUBSCRIPTION", "PARTICIPANT", "MODE", "STATE", "PENDING", "IN FLIGHT", "BREAKER", "DEAD LETTERS"]
+        [
+            "SUBSCRIPTION",
+            "PARTICIPANT",
+            "MODE",
+            "STATE",
+            "PENDING",
+            "IN FLIGHT",
+            "BREAKER",
+            "DEAD LETTERS",
+            "PARKED KEYS"
+        ]
     );
-    assert_eq!(row(&out, "nav-orders")[1..], ["nav", "push", "active", "0", "0", "closed", "1"], "{out}");
+    // Not ordered by key: no parked-keys count.
+    assert_eq!(row(&out, "nav-orders")[1..], ["nav", "push", "active", "0", "0", "closed", "1", "-"], "{out}");
     assert_eq!(row(&out, "nav-gone")[1..4], ["nav", "push", "paused"], "{out}");
     let paused_note = out.lines().find(|l| l.starts_with("nav-gone: paused since ")).expect(&out);
     assert!(paused_note.ends_with(": endpoint answered 410 Gone"), "{out}");
@@ -199,6 +210,67 @@ async fn commands_answer_an_operator_with_tables_json_and_exit_codes() {
         let (code, _, err) = run(cli(base, NAV, args)).await;
         assert_eq!(code, 64, "{args:?}: {err}");
     }
+}
+
+/// `magistral subs` counts a key-ordered subscription's parked keys and says, per key, what its
+/// head is, how often it failed, why, and how many messages wait behind it.
+#[tokio::test]
+async fn subs_shows_the_parked_keys_of_a_key_ordered_subscription() {
+    let nats = NatsServer::start();
+    // The first message of order SO-7 (id `a`) is refused every time; everything else is taken.
+    let erp = Receiver::scripted(|_, r| {
+        if r.header("ce-id") == Some("a") { Answer::status(500).body("cannot book SO-7") } else { Answer::ok() }
+    })
+    .await;
+    let sub = subscription(
+        "nav",
+        &["orders.keyed"],
+        &erp.url(),
+        json!({"ordering": {"key": "/order_id", "on_exhausted": "park"}, "retry_schedule": ["20ms"], "max_attempts": 2}),
+    );
+    let gw = Gateway::with_subscriptions(&nats.url(), vec![("keyed", sub)]).await;
+    let items: Vec<Value> = [("SO-7", "a"), ("SO-8", "b"), ("SO-7", "c"), ("SO-7", "d")]
+        .iter()
+        .map(|(order, id)| json!({"subject": "orders.keyed", "id": id, "data": {"order_id": order}}))
+        .collect();
+    let r = gw.http.post(gw.url("/v1/publish")).bearer_auth(BITRIX).json(&items).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let base = gw.url("");
+    let base = base.trim_end_matches('/');
+    // Parked once its two attempts are used up, with both later messages of SO-7 behind it.
+    let out = eventually("SO-7 parked, as subs shows it", Duration::from_secs(20), async || {
+        let (code, out, err) = run(cli(base, NAV, &["subs", "keyed"])).await;
+        assert_eq!(code, 0, "{err}");
+        out.contains("parked since").then_some(out)
+    })
+    .await;
+    assert_eq!(row(&out, "keyed").last(), Some(&"1"), "{out}");
+    let line = out.lines().find(|l| l.starts_with("keyed: key \"SO-7\" parked since ")).expect(&out);
+    assert!(
+        line.contains(": head a after 2 attempt(s), 2 waiting behind it: endpoint-error 500: cannot book SO-7"),
+        "{out}"
+    );
+    // SO-8 was not held up.
+    assert!(erp.received().iter().any(|r| r.header("ce-id") == Some("b")));
+    // The operator skips the head: SO-7 flows again and nothing is parked any more.
+    let (status, body) = gw.post_json(NAV, "/v1/subscriptions/keyed/parked-keys/skip", json!({"key": "SO-7"})).await;
+    assert_eq!(status, 200, "{body}");
+    let out = eventually("nothing parked", Duration::from_secs(20), async || {
+        let (_, out, _) = run(cli(base, NAV, &["subs", "keyed"])).await;
+        (row(&out, "keyed").last() == Some(&"0") && !out.contains("parked since")).then_some(out)
+    })
+    .await;
+    assert!(!out.contains("key \"SO-7\""), "{out}");
+    // Its later messages went after the skip, in order (a twice, b, c, d).
+    erp.wait_for(5, Duration::from_secs(20)).await;
+    let so7: Vec<String> = erp
+        .received()
+        .iter()
+        .filter_map(|r| r.header("ce-id").map(str::to_owned))
+        .filter(|id| id == "c" || id == "d")
+        .collect();
+    assert_eq!(so7, ["c", "d"]);
+    gw.stop().await;
 }
 
 #[tokio::test]

@@ -634,7 +634,7 @@ fn the_root_configuration_goes_through_helm_values_and_helm_check() {
     assert!(out.status.success(), "scripts/helm-check:\n{}{}", text(&out.stdout), text(&out.stderr));
     assert!(
         text(&out.stdout).contains(
-            "configuration OK: 8 participant(s), 6 stream(s), 13 contract(s), 11 subscription(s), 1 responder(s), 4 directory(ies), 3 inbound route(s)"
+            "configuration OK: 8 participant(s), 6 stream(s), 13 contract(s), 12 subscription(s), 1 responder(s), 4 directory(ies), 3 inbound route(s)"
         ),
         "{}",
         text(&out.stdout)

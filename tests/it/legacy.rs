@@ -588,7 +588,7 @@ async fn the_wine_retail_nav_stock_report_flows_through_the_bus() {
     // 1C's old loader takes them as a spreadsheet with its own columns, then confirms.
     let r = gw
         .http
-        .get(gw.url("/v1/subscriptions/onec-catalog/export.xlsx"))
+        .get(gw.url("/v1/subscriptions/onec-stock/export.xlsx"))
         .bearer_auth("onec-demo-token")
         .send()
         .await
@@ -600,6 +600,6 @@ async fn the_wine_retail_nav_stock_report_flows_through_the_bus() {
     assert_eq!(rows[1], ["W-0012345", "48", "6", "", "2026-11-27T18:45:00+03:00"]);
     assert_eq!(rows.len(), 5);
     let (status, body) =
-        gw.post_json("onec-demo-token", "/v1/subscriptions/onec-catalog/export/confirm", json!({"token": token})).await;
+        gw.post_json("onec-demo-token", "/v1/subscriptions/onec-stock/export/confirm", json!({"token": token})).await;
     assert_eq!((status, body), (200, json!({"acked": 4, "already": 0})));
 }

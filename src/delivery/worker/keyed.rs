@@ -176,10 +176,15 @@ struct Scheduler {
 impl Worker {
     pub(super) fn keyed_consumer_config(&self, config: &mut pull::Config) {
         if let Some(ordering) = &self.sub.ordering {
+            // The ordering buffer: messages waiting behind their key's head stay unacknowledged.
+            config.max_ack_pending = i64::from(ordering.buffer);
+            if self.sub.mode == crate::config::SubscriptionMode::Pull {
+                // Any replica serves a participant's fetch; the key-order queue in KV orders them.
+                return;
+            }
             config.priority_policy = jetstream::consumer::PriorityPolicy::PinnedClient;
             config.priority_groups = vec![GROUP.to_owned()];
             config.priority_timeout = ordering.pinned_ttl;
-            config.max_ack_pending = i64::from(ordering.buffer);
         }
     }
 
