@@ -926,7 +926,7 @@ fn leader_logged(nats: &NatsCluster, survivors: &[usize], what: &str, since: Sys
 /// ORDERS is killed with SIGKILL; 8 s later gateway `b`; the load stops 4 s after that.
 /// With `colocate` the subscription's consumer is first led from that node too. Measures how
 /// long each acknowledged message took to be delivered (see [`Recovery`]).
-async fn recovery_run(tag: &str, colocate: bool) -> Recovery {
+async fn recovery_run(tag: &str, colocate: bool, publishers: usize) -> Recovery {
     let mut nats = NatsCluster::start().await;
     // An endpoint answering at once (RECOVERY_RECEIVER_MS: after that many ms): delivery has
     // room to catch up, so what is measured is the fault, not the endpoint's capacity.
@@ -964,9 +964,7 @@ async fn recovery_run(tag: &str, colocate: bool) -> Recovery {
     })
     .await;
 
-    // RECOVERY_PUBLISHERS (12) publishers, each waiting 20 ms between publishes: as many
-    // publishes per second as the machine can take while delivery keeps up (the table says).
-    let publishers = std::env::var("RECOVERY_PUBLISHERS").ok().and_then(|v| v.parse().ok()).unwrap_or(12);
+    // Each publisher waits 20 ms between publishes.
     let load = Load::start(
         tag,
         gateways.iter().map(GatewayProcess::base).collect(),
@@ -1117,14 +1115,16 @@ async fn recovery_run(tag: &str, colocate: bool) -> Recovery {
     result
 }
 
-/// Recovery after faults is bounded: the node leading ORDERS killed with SIGKILL under
-/// ~400 publishes/s, then one of the two gateways. Every acknowledged message is delivered
+/// Recovery after faults is bounded: the node leading ORDERS (and the subscription's consumer)
+/// killed with SIGKILL under load, then one of the two gateways. Every acknowledged message is delivered
 /// within 10 s of the new leader's election, and within 10 s of the gateway's death; none
 /// is lost. (`recovery_time_runs` repeats this run for the benchmark.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_recovery_after_leader_and_gateway_kill_is_bounded() {
     let started = Instant::now();
-    let r = recovery_run("recovery", true).await;
+    // Half the benchmark's load: the bound is about the fault, and this test shares the
+    // machine with the rest of the suite (delivery must keep up before the fault).
+    let r = recovery_run("recovery", true, 6).await;
     eprintln!("{}\n{}\ntook {}", Recovery::HEADER, r.row(1), secs(started.elapsed()));
     assert_eq!(r.lost, 0, "acknowledged messages never delivered: {r:?}");
     assert!(
@@ -1145,11 +1145,14 @@ async fn cluster_recovery_after_leader_and_gateway_kill_is_bounded() {
 #[ignore = "benchmark: minutes of runs; scripts/recovery"]
 async fn recovery_time_runs() {
     let runs: usize = std::env::var("RECOVERY_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    // As many publishes per second as the machine takes while delivery keeps up (the table's
+    // median lag before the kill says whether it did).
+    let publishers = std::env::var("RECOVERY_PUBLISHERS").ok().and_then(|v| v.parse().ok()).unwrap_or(12);
     let mut rows = Vec::new();
     for run in 1..=runs {
         // Odd runs: the consumer's leader is placed on the killed node (the worst case);
         // even runs: where JetStream put it.
-        let r = recovery_run(&format!("recovery{run}"), run % 2 == 1).await;
+        let r = recovery_run(&format!("recovery{run}"), run % 2 == 1, publishers).await;
         rows.push(r.row(run));
         eprintln!("{}\n{}", Recovery::HEADER, rows.join("\n"));
     }
