@@ -628,9 +628,22 @@ pub struct SubscriptionConfig {
     pub down_conversion_file: Option<PathBuf>,
     /// How long a delivery may go silent before JetStream gives the message to another
     /// replica (a crashed one's). In-progress acks every third of it keep slow endpoints
-    /// from causing duplicates.
-    #[serde(default = "defaults::ack_wait", with = "humantime_serde")]
-    pub ack_wait: Duration,
+    /// from causing duplicates. None: see [`SubscriptionConfig::ack_wait`].
+    #[serde(default, with = "humantime_serde")]
+    pub ack_wait: Option<Duration>,
+}
+
+impl SubscriptionConfig {
+    /// `ack_wait`, or its default: 5 s for unordered push (a crashed replica's or a dead
+    /// consumer leader's messages come back within seconds; attempts of any length send
+    /// in-progress acks every third of it), 30 s for ordered and key-ordered push (a replica
+    /// cut off from NATS may still finish an attempt it started: the next one must not start
+    /// the same key meanwhile) and for pull (a participant works through what it fetched).
+    #[must_use]
+    pub fn ack_wait(&self) -> Duration {
+        let unordered_push = self.mode == SubscriptionMode::Push && !self.ordered && self.ordering.is_none();
+        self.ack_wait.unwrap_or(if unordered_push { defaults::push_ack_wait() } else { defaults::ack_wait() })
+    }
 }
 
 mod defaults {
@@ -663,6 +676,11 @@ mod defaults {
     }
     pub(super) fn ack_wait() -> Duration {
         Duration::from_secs(30)
+    }
+    // Within 10 s of a replica's crash or a consumer leader's election, every message the dead
+    // one held is delivered again (docs/benchmarks.md, "Recovery time").
+    pub(super) fn push_ack_wait() -> Duration {
+        Duration::from_secs(5)
     }
     pub(super) fn history() -> i64 {
         1
@@ -1226,5 +1244,25 @@ mod console_tests {
         let zero = ConsoleConfig { session_ttl: Duration::ZERO, ..ConsoleConfig::default() };
         assert_eq!(zero.problems()[0].0, "console.session_ttl");
         assert_eq!(format!("{:?}", ok.session_key), "Some(<redacted>)");
+    }
+}
+
+#[cfg(test)]
+mod ack_wait_tests {
+    use super::*;
+
+    fn sub(extra: serde_json::Value) -> SubscriptionConfig {
+        let mut v = serde_json::json!({"participant": "nav", "subjects": ["orders.created"], "endpoint": "http://127.0.0.1:1/hook"});
+        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn ack_wait_defaults_to_seconds_for_unordered_push_only() {
+        assert_eq!(sub(serde_json::json!({})).ack_wait(), Duration::from_secs(5));
+        assert_eq!(sub(serde_json::json!({"ordered": true})).ack_wait(), Duration::from_secs(30));
+        assert_eq!(sub(serde_json::json!({"ordering": {"key": "subject"}})).ack_wait(), Duration::from_secs(30));
+        assert_eq!(sub(serde_json::json!({"mode": "pull"})).ack_wait(), Duration::from_secs(30));
+        assert_eq!(sub(serde_json::json!({"ack_wait": "12s"})).ack_wait(), Duration::from_secs(12));
     }
 }

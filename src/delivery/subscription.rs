@@ -152,7 +152,7 @@ impl Subscription {
             breaker_failures: cfg.breaker_failures.max(1),
             breaker_cooldown: cfg.breaker_cooldown,
             start: cfg.start,
-            ack_wait: cfg.ack_wait,
+            ack_wait: cfg.ack_wait(),
             transform,
             charset: None,
             pin: None,
@@ -400,7 +400,7 @@ fn charset(cfg: &SubscriptionConfig, problems: &mut Problems) -> Option<crate::c
 }
 
 fn check_timing(cfg: &SubscriptionConfig, problems: &mut Problems) {
-    if cfg.ack_wait < Duration::from_secs(1) {
+    if cfg.ack_wait() < Duration::from_secs(1) {
         problems.push(("ack_wait".into(), "at least 1s".into()));
     }
     if cfg.timeout.is_zero() {

@@ -56,6 +56,17 @@ enum Settled {
 
 /// How long one pull request waits for messages.
 const FETCH_EXPIRES: Duration = Duration::from_secs(5);
+/// The same after a pull failed or went unanswered: the consumer's leader may have died with
+/// its pending requests, and a new one is found within about this much of its election.
+const RECOVERY_EXPIRES: Duration = Duration::from_secs(1);
+/// The server ends every request at its expiry; silence for this much longer means the request
+/// died with the consumer's leader (async-nats itself would wait 5 s more).
+const PULL_GRACE: Duration = Duration::from_secs(1);
+/// Longest wait between pulls while they fail (an election takes seconds).
+const PULL_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Looking for a lost consumer after a failed pull: no longer than this (without a stream
+/// leader the lookup would wait for the JetStream request timeout).
+const CONSUMER_CHECK: Duration = Duration::from_secs(2);
 
 pub(crate) struct Worker {
     pub engine: Arc<Engine>,
@@ -138,6 +149,8 @@ impl Worker {
         let deliveries = TaskTracker::new();
         let mut next_slot = Instant::now();
         let mut backoff = Duration::from_millis(200);
+        // A pull failed or went unanswered: pull with short requests until one is answered.
+        let mut recovering = false;
         loop {
             if self.cancel.is_cancelled() {
                 break;
@@ -165,44 +178,54 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            // `batch` waits (up to FETCH_EXPIRES) and yields messages as they come; `fetch` would
+            // `batch` waits (up to its expiry) and yields messages as they come; `fetch` would
             // return at once when nothing is pending and spin this loop.
-            let batch = consumer.batch().max_messages(held.len()).expires(FETCH_EXPIRES).messages().await;
+            let expires = if recovering { RECOVERY_EXPIRES } else { FETCH_EXPIRES };
+            let batch = consumer.batch().max_messages(held.len()).expires(expires).messages().await;
             let mut batch = match batch {
-                Ok(b) => {
-                    backoff = Duration::from_millis(200);
-                    b
-                }
+                Ok(b) => b,
                 Err(err) => {
                     tracing::debug!(subscription = %self.sub.name, %err, "fetch failed; backing off");
+                    recovering = true;
                     if self.sleep(backoff).await {
                         break;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    // The consumer may be gone (deleted by hand, or lost with a stream):
-                    // put it back.
-                    if let Ok(fresh) = self.ensure_consumer().await {
-                        consumer = fresh;
-                    }
+                    backoff = (backoff * 2).min(PULL_BACKOFF_MAX);
+                    self.check_consumer(&mut consumer).await;
                     continue;
                 }
             };
+            let mut silent_after = Instant::now() + expires + PULL_GRACE;
             loop {
                 let next = tokio::select! {
+                    biased;
                     () = self.cancel.cancelled() => None,
                     n = batch.next() => n,
+                    () = tokio::time::sleep_until(silent_after) => {
+                        tracing::debug!(subscription = %self.sub.name, "pull request unanswered; pulling again");
+                        recovering = true;
+                        None
+                    }
                 };
                 let message = match next {
-                    Some(Ok(message)) => message,
+                    Some(Ok(message)) => {
+                        (recovering, backoff) = (false, Duration::from_millis(200));
+                        silent_after = Instant::now() + expires + PULL_GRACE;
+                        message
+                    }
                     Some(Err(err)) => {
                         tracing::debug!(subscription = %self.sub.name, %err, "pull failed; checking the consumer");
+                        recovering = true;
                         if self.sleep(backoff).await {
                             break;
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                        if let Ok(fresh) = self.ensure_consumer().await {
-                            consumer = fresh;
-                        }
+                        backoff = (backoff * 2).min(PULL_BACKOFF_MAX);
+                        self.check_consumer(&mut consumer).await;
+                        break;
+                    }
+                    // The request expired or was filled: the consumer's leader answers.
+                    None if silent_after > Instant::now() => {
+                        (recovering, backoff) = (false, Duration::from_millis(200));
                         break;
                     }
                     None => break,
@@ -221,7 +244,8 @@ impl Worker {
                 }
                 if let Some(rate) = self.sub.rate_limit {
                     let now = Instant::now();
-                    if next_slot > now && self.sleep_until(next_slot).await {
+                    // Kept in progress meanwhile: the wait may be longer than ack_wait.
+                    if next_slot > now && !self.hold_until(&message, next_slot).await {
                         let _ = message.ack_with(AckKind::Nak(None)).await;
                         break;
                     }
@@ -242,6 +266,14 @@ impl Worker {
         }
         deliveries.close();
         deliveries.wait().await;
+    }
+
+    /// After a failed pull: the consumer may be gone (deleted by hand, or lost with a stream),
+    /// so it is put back; bounded, as the lookup waits for a stream leader during an election.
+    async fn check_consumer(&self, consumer: &mut Consumer<pull::Config>) {
+        if let Ok(Ok(fresh)) = tokio::time::timeout(CONSUMER_CHECK, self.ensure_consumer()).await {
+            *consumer = fresh;
+        }
     }
 
     /// A cheap copy for a delivery task.

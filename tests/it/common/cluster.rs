@@ -262,6 +262,8 @@ cluster {{
         let log = OpenOptions::new().create(true).append(true).open(self.log_path(i)).expect("open node log");
         let log_err = log.try_clone().expect("clone log handle");
         Command::new(&self.bin)
+            // Log times in UTC, comparable with the tests' clock (recovery runs read them).
+            .env("TZ", "UTC")
             .arg("-c")
             .arg(dir.join("nats-server.conf"))
             .stdin(Stdio::null())
