@@ -459,6 +459,9 @@ fn gateway_config(nats_url: &str, tracking: Option<bool>) -> Config {
     config.streams_dir = example.join("streams");
     config.contracts_dir = example.join("contracts");
     config.require_contract = true;
+    // No file to reload from: a reload would rebuild the configuration without the bench
+    // participant (every request then 401), as paths.rs and ordering.rs already avoid.
+    config.reload_interval = Duration::ZERO;
     if let Some(tracking) = tracking {
         config.system.tracking = tracking;
     }

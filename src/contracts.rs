@@ -134,7 +134,63 @@ fn shortened(mut message: String) -> String {
 
 /// All loaded contracts (shared, so a catalog with the API's contracts swapped in is cheap).
 #[derive(Debug, Default, Clone)]
-pub struct Contracts(Vec<Arc<Contract>>);
+pub struct Contracts {
+    list: Vec<Arc<Contract>>,
+    /// Publish subjects: a literal subject is one map hit, not a scan of every pattern.
+    subjects: SubjectIndex,
+    /// Request subjects whose replies are governed.
+    replies: SubjectIndex,
+}
+
+/// Which contracts (positions in `Contracts::list`, in its order) a subject pattern binds:
+/// for every literal pattern, all contracts governing that subject (wildcard ones included);
+/// for other subjects only contracts holding a wildcard pattern can match, so only those are
+/// scanned. Keeps per-message lookup flat as contracts grow (issue 16).
+#[derive(Debug, Default, Clone)]
+struct SubjectIndex {
+    literal: std::collections::HashMap<String, Vec<usize>>,
+    wildcard: Vec<usize>,
+}
+
+impl SubjectIndex {
+    fn build(list: &[Arc<Contract>], patterns: impl Fn(&Contract) -> &[String]) -> Self {
+        let is_literal = |p: &str| !p.split('.').any(|t| t == "*" || t == ">");
+        let governs = |c: &Contract, subject: &str| patterns(c).iter().any(|p| subject::matches(p, subject));
+        let mut index = Self::default();
+        for (i, c) in list.iter().enumerate() {
+            for p in patterns(c) {
+                if is_literal(p) {
+                    index.literal.entry(p.clone()).or_default();
+                } else if index.wildcard.last() != Some(&i) {
+                    index.wildcard.push(i);
+                }
+            }
+        }
+        for (subject, bound) in &mut index.literal {
+            bound.extend(list.iter().enumerate().filter(|(_, c)| governs(c, subject)).map(|(i, _)| i));
+        }
+        index
+    }
+
+    /// Positions of the contracts governing `subject`, in list order.
+    fn lookup<'a, 's, F>(
+        &'a self,
+        list: &'a [Arc<Contract>],
+        subject: &'s str,
+        patterns: F,
+    ) -> impl Iterator<Item = &'a Contract> + use<'a, 's, F>
+    where
+        F: Fn(&Contract) -> &[String],
+    {
+        let (hit, scan) = match self.literal.get(subject) {
+            Some(bound) => (bound.as_slice(), &[][..]),
+            None => (&[][..], self.wildcard.as_slice()),
+        };
+        let scanned =
+            scan.iter().map(|&i| &*list[i]).filter(move |c| patterns(c).iter().any(|p| subject::matches(p, subject)));
+        hit.iter().map(|&i| &*list[i]).chain(scanned)
+    }
+}
 
 impl Contracts {
     /// Sorted so that, among versions of one contract, the newest comes first.
@@ -145,14 +201,16 @@ impl Contracts {
 
     fn sorted(mut list: Vec<Arc<Contract>>) -> Self {
         list.sort_by(|a, b| a.name.cmp(&b.name).then(b.version.cmp(&a.version)));
-        Self(list)
+        let subjects = SubjectIndex::build(&list, |c| &c.subjects);
+        let replies = SubjectIndex::build(&list, |c| &c.replies);
+        Self { list, subjects, replies }
     }
 
     /// These contracts' file versions with `api` beside them (replacing any API versions held
     /// before). An API version whose name files now declare is left out: files win.
     #[must_use]
     pub fn with_api(&self, api: &[Arc<Contract>]) -> Self {
-        let files: Vec<Arc<Contract>> = self.0.iter().filter(|c| c.origin == Origin::File).cloned().collect();
+        let files: Vec<Arc<Contract>> = self.list.iter().filter(|c| c.origin == Origin::File).cloned().collect();
         let mut list = files.clone();
         for contract in api {
             if files.iter().any(|f| f.name == contract.name) {
@@ -171,7 +229,7 @@ impl Contracts {
     /// A version, shared (a pinned subscription holds its own).
     #[must_use]
     pub fn shared(&self, name: &str, version: u32) -> Option<Arc<Contract>> {
-        self.0.iter().find(|c| c.name == name && c.version == version).cloned()
+        self.list.iter().find(|c| c.name == name && c.version == version).cloned()
     }
 
     /// The contract that governs `subject`.
@@ -182,7 +240,7 @@ impl Contracts {
     /// # Errors
     /// `requested` names a schema that is not bound to this subject.
     pub fn for_subject(&self, subject: &str, requested: Option<&str>) -> Result<Option<&Contract>, UnknownSchema> {
-        let mut bound = self.iter().filter(|c| c.governs(subject));
+        let mut bound = self.subjects.lookup(&self.list, subject, |c| &c.subjects);
         match requested {
             None => Ok(bound.next()),
             Some(uri) => {
@@ -201,11 +259,11 @@ impl Contracts {
     /// The contract replies to requests on `subject` must honour (newest version).
     #[must_use]
     pub fn for_reply(&self, subject: &str) -> Option<&Contract> {
-        self.iter().find(|c| c.replies.iter().any(|p| subject::matches(p, subject)))
+        self.replies.lookup(&self.list, subject, |c| &c.replies).next()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Contract> {
-        self.0.iter().map(|c| &**c)
+        self.list.iter().map(|c| &**c)
     }
 
     #[must_use]
@@ -264,6 +322,32 @@ mod tests {
         assert_eq!(cs.for_subject("orders.created", Some("https://x/v1")).unwrap().unwrap().version, 1);
         assert!(cs.for_subject("orders.created", Some("https://x/v9")).is_err());
         assert!(cs.for_subject("other", None).unwrap().is_none());
+    }
+
+    /// The literal-subject index answers what a scan of every pattern would, in the same order.
+    #[test]
+    fn literal_index_agrees_with_a_scan() {
+        let bind = |name: &str, subjects: &[&str]| {
+            let subjects = subjects.iter().map(|s| (*s).to_owned()).collect();
+            Contract::compile(name.into(), 1, "x.json".into(), subjects, json!({})).unwrap()
+        };
+        let cs = Contracts::new(vec![
+            bind("b-literal", &["orders.created"]),
+            bind("a-wild", &["orders.*", "stock.moved"]),
+            bind("c-other", &["invoices.>"]),
+            bind("d-literal", &["orders.created", "orders.deleted.x"]),
+        ]);
+        let scan = |subject: &str| -> Vec<String> {
+            cs.iter().filter(|c| c.governs(subject)).map(|c| c.name.clone()).collect()
+        };
+        for subject in ["orders.created", "orders.updated", "stock.moved", "invoices.a.b", "orders.deleted.x", "nope"] {
+            let indexed: Vec<String> =
+                cs.subjects.lookup(&cs.list, subject, |c| &c.subjects).map(|c| c.name.clone()).collect();
+            assert_eq!(indexed, scan(subject), "{subject}");
+        }
+        assert_eq!(cs.for_subject("orders.created", None).unwrap().unwrap().name, "a-wild");
+        assert_eq!(cs.for_subject("orders.deleted.x", None).unwrap().unwrap().name, "d-literal");
+        assert!(cs.for_subject("orders.deleted.y", None).unwrap().is_none());
     }
 
     #[test]

@@ -116,7 +116,7 @@ pub async fn run(
     engine.tracking = config.system.tracking;
     let http_client = engine.http.clone();
     let deliveries = Arc::new(delivery::Deliveries::new(Arc::new(engine), tasks.clone(), shutdown.clone()));
-    let state = AppState {
+    let state = AppState::new(http::Shared {
         catalog: Arc::new(ArcSwap::from_pointee(catalog)),
         limits: limits.clone(),
         publisher: publisher.clone(),
@@ -136,7 +136,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         registry: Arc::new(contracts::registry::Registry::new(config.system.replicas)),
         console: Arc::new(http::console::Console::new(&config.console)),
-    };
+    });
     // Every configured participant's and subscription's series exist at zero from the start.
     telemetry::catalogue::register(&state.catalog.load());
     tasks.spawn(start_when_reconciled(state.runtime(), config.clone(), shutdown.clone()));

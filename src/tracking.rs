@@ -154,13 +154,47 @@ pub async fn ensure(js: &jetstream::Context, max_age: Duration, replicas: usize)
 }
 
 /// Indexes a stored message. Fire and forget.
-pub async fn index(client: &async_nats::Client, id: &str, correlation_id: Option<&str>, stream: &str, seq: u64) {
+///
+/// An id the gateway generated (a UUIDv7, `generated`) gets no `m.` key: its time says when
+/// the message was stored, and [`Whereabouts::locate`] finds it in the streams by that time.
+/// That halves nats-server's work per published message (issue 16). A correlation id is
+/// still indexed (`c.` keys are the only way to list a transaction).
+pub async fn index(
+    client: &async_nats::Client,
+    id: &str,
+    generated: bool,
+    correlation_id: Option<&str>,
+    stream: &str,
+    seq: u64,
+) {
+    if generated && correlation_id.is_none() {
+        return;
+    }
     let Ok(value) = serde_json::to_vec(&Location { stream: stream.to_owned(), seq }) else { return };
     let value = bytes::Bytes::from(value);
-    let _ = client.publish(subject(&message_key(id)), value.clone()).await;
+    if !generated {
+        let _ = client.publish(subject(&message_key(id)), value.clone()).await;
+    }
     if let Some(corr) = correlation_id {
         let _ = client.publish(subject(&correlation_key(corr, id)), value).await;
     }
+}
+
+/// How far from a generated id's time the stored message is looked for: the id is made
+/// before the publish, which may take up to the publish timeout, and the gateway's and
+/// nats-server's clocks may differ a little.
+pub const GENERATED_ID_WINDOW: Duration = Duration::from_secs(10);
+
+/// The time a gateway-generated id (UUIDv7) was made, or `None` for any other id.
+#[must_use]
+pub fn generated_id_time(id: &str) -> Option<time::OffsetDateTime> {
+    let uuid = uuid::Uuid::try_parse(id).ok()?;
+    if uuid.get_version_num() != 7 || uuid.hyphenated().to_string() != id {
+        return None;
+    }
+    let (secs, nanos) = uuid.get_timestamp()?.to_unix();
+    let nanos = i128::from(secs) * 1_000_000_000 + i128::from(nanos);
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()
 }
 
 /// Records a delivery state. Fire and forget.
@@ -293,18 +327,69 @@ impl<'a> Whereabouts<'a> {
         Ok(Self { engine, index })
     }
 
-    /// Where the first of `ids` that is indexed is stored.
+    /// Where the first of `ids` that is indexed is stored; an id the gateway generated (not
+    /// indexed, see [`index`]) is looked for in `streams` around its time.
     ///
     /// # Errors
     /// NATS refused.
-    pub async fn locate(&self, ids: impl IntoIterator<Item = String>) -> Result<Option<Location>, TrackingError> {
+    pub async fn locate(
+        &self,
+        ids: impl IntoIterator<Item = String>,
+        streams: &[&str],
+    ) -> Result<Option<Location>, TrackingError> {
         for id in ids {
             let entry = self.index.get(message_key(&id)).await.map_err(nats)?;
             if let Some(location) = entry.and_then(|v| serde_json::from_slice(&v).ok()) {
                 return Ok(Some(location));
             }
+            if let Some(at) = generated_id_time(&id) {
+                for stream in streams {
+                    if let Some(seq) = self.find_by_time(stream, &id, at).await? {
+                        return Ok(Some(Location { stream: (*stream).to_owned(), seq }));
+                    }
+                }
+            }
         }
         Ok(None)
+    }
+
+    /// The sequence of the message with `Nats-Msg-Id` `id` stored in `stream` within
+    /// [`GENERATED_ID_WINDOW`] of `at`: an ordered consumer from that time, headers only.
+    async fn find_by_time(
+        &self,
+        stream: &str,
+        id: &str,
+        at: time::OffsetDateTime,
+    ) -> Result<Option<u64>, TrackingError> {
+        use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+        use futures::StreamExt;
+        let Ok(stream) = self.engine.js.get_stream(stream).await else { return Ok(None) };
+        let (from, until) = (at - GENERATED_ID_WINDOW, at + GENERATED_ID_WINDOW);
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                deliver_policy: DeliverPolicy::ByStartTime { start_time: from },
+                headers_only: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(nats)?;
+        let mut messages = consumer.messages().await.map_err(nats)?;
+        loop {
+            // Nothing at or after the start time: the server sends nothing; do not wait long.
+            let next = tokio::time::timeout(Duration::from_millis(500), messages.next()).await;
+            let Ok(Some(Ok(message))) = next else { return Ok(None) };
+            let Ok(info) = message.info() else { return Ok(None) };
+            if info.published > until {
+                return Ok(None);
+            }
+            let msg_id = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id"));
+            if msg_id.is_some_and(|v| v.as_str() == id) {
+                return Ok(Some(info.stream_sequence));
+            }
+            if info.pending == 0 {
+                return Ok(None);
+            }
+        }
     }
 
     /// Where the messages with a correlation id are stored (from the index's keys).
@@ -499,6 +584,18 @@ fn decoded(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_ids_carry_their_time() {
+        let before = time::OffsetDateTime::now_utc();
+        let id = uuid::Uuid::now_v7().to_string();
+        let at = generated_id_time(&id).unwrap();
+        assert!((at - before).abs() < time::Duration::seconds(1), "{at} vs {before}");
+        assert_eq!(generated_id_time("6f1c3b2e-8d4a-4c1e-9b2f-0a1b2c3d4e5f"), None);
+        assert_eq!(generated_id_time(&format!("bitrix:{id}")), None);
+        assert_eq!(generated_id_time(&id.to_uppercase()), None);
+        assert_eq!(generated_id_time("order-1"), None);
+    }
 
     #[test]
     fn states_are_written_as_before() {

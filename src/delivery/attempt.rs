@@ -46,12 +46,10 @@ pub(crate) fn message_id(message: &jetstream::Message) -> String {
 /// carry the original's) and its `Nats-Msg-Id` (in case a stream is recreated and its
 /// sequence numbers start over) make it unique.
 #[must_use]
-pub(crate) fn webhook_id(message: &jetstream::Message) -> String {
+pub(crate) fn webhook_id(message: &jetstream::Message, fetched: &(String, u64)) -> String {
     use sha2::{Digest, Sha256};
     let header = |name: &str| message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
-    let (stream, seq) = super::dead_letter::original_location(message)
-        .or_else(|| message.info().ok().map(|i| (i.stream.to_owned(), i.stream_sequence)))
-        .unwrap_or_default();
+    let (stream, seq) = super::dead_letter::original_location(message).unwrap_or_else(|| fetched.clone());
     let msg_id = header(super::dead_letter::ORIGINAL_MSG_ID).or_else(|| header("Nats-Msg-Id")).unwrap_or_default();
     let mut hash = Sha256::new();
     for part in [stream.as_bytes(), seq.to_string().as_bytes(), msg_id.as_bytes()] {
@@ -85,6 +83,7 @@ pub(crate) async fn send(
     http: &reqwest::Client,
     sub: &Subscription,
     message: &jetstream::Message,
+    fetched: &(String, u64),
     attempt: u32,
     ack_wait: Duration,
 ) -> AttemptResult {
@@ -95,7 +94,7 @@ pub(crate) async fn send(
     let header = |name: &str| message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str());
     traces::continue_from(&span, header("traceparent"), header("tracestate"));
     let trace = traces::propagate(&span);
-    let mut result = match prepare(sub, message, attempt, trace.as_ref()) {
+    let mut result = match prepare(sub, message, fetched, attempt, trace.as_ref()) {
         Ok(request) => transmit(http, sub, message, request, ack_wait).instrument(span.clone()).await,
         Err(unsent) => unsent,
     };
@@ -149,6 +148,7 @@ struct Prepared {
 fn prepare(
     sub: &Subscription,
     message: &jetstream::Message,
+    fetched: &(String, u64),
     attempt: u32,
     trace: Option<&TraceHeaders>,
 ) -> Result<Prepared, AttemptResult> {
@@ -187,7 +187,7 @@ fn prepare(
             Err(err) => return Err(unsent(Class::Unencodable, err.to_string())),
         },
     };
-    let headers = request_headers(sub, message, attempt, &body, trace);
+    let headers = request_headers(sub, message, fetched, attempt, &body, trace);
     Ok(Prepared { body, headers })
 }
 
@@ -281,6 +281,7 @@ fn truncate_at_char(text: &mut String, max: usize) {
 fn request_headers(
     sub: &Subscription,
     message: &jetstream::Message,
+    fetched: &(String, u64),
     attempt: u32,
     body: &[u8],
     trace: Option<&TraceHeaders>,
@@ -311,7 +312,7 @@ fn request_headers(
             headers.insert(CONTENT_TYPE, v);
         }
     }
-    let id = webhook_id(message);
+    let id = webhook_id(message, fetched);
     let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
     if let Ok(v) = HeaderValue::from_str(&id) {
         headers.insert("webhook-id", v);

@@ -571,6 +571,7 @@ impl Deliveries {
                 "starting delivery"
             );
             let control = Arc::new(Control::new(&sub));
+            let series = Arc::new(crate::telemetry::catalogue::DeliverySeries::new(&sub.name));
             let cancel = self.shutdown.child_token();
             let mut spans = sub.spans.clone();
             spans.push((system::REPLAY_STREAM.to_owned(), vec![system::replay_subject(&sub.name)]));
@@ -583,6 +584,7 @@ impl Deliveries {
                     stream,
                     filters,
                     cancel: cancel.clone(),
+                    series: series.clone(),
                 };
                 // Best effort here; the worker keeps trying if NATS is not ready yet.
                 if let Err(err) = worker.ensure_consumer().await {

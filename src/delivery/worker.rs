@@ -77,6 +77,8 @@ pub(crate) struct Worker {
     /// The replay stream's consumer starts from its beginning: replays are always wanted.
     pub is_replay: bool,
     pub cancel: CancellationToken,
+    /// The subscription's metric handles, resolved once.
+    pub series: Arc<catalogue::DeliverySeries>,
 }
 
 impl Worker {
@@ -286,6 +288,7 @@ impl Worker {
             filters: Vec::new(),
             is_replay: self.is_replay,
             cancel: self.cancel.clone(),
+            series: self.series.clone(),
         }
     }
 
@@ -307,7 +310,7 @@ impl Worker {
         let mut delivery = self.prepare(&message);
         loop {
             let started = OffsetDateTime::now_utc();
-            let result = self.send(&message, delivery.attempt).await;
+            let result = self.send(&message, &delivery).await;
             let verdict = self.classify(&delivery, result, started);
             match self.settle(&message, &delivery, &verdict).await {
                 Settled::Done => return,
@@ -318,14 +321,16 @@ impl Worker {
 
     /// What a message's delivery needs to know before its first attempt here.
     fn prepare(&self, message: &jetstream::Message) -> InFlight {
-        let key = message.info().map(|i| (i.stream.to_owned(), i.stream_sequence)).unwrap_or_default();
+        // Parsed once (the reply subject is split and its numbers parsed on every call).
+        let info = message.info().ok();
+        let key = info.as_ref().map(|i| (i.stream.to_owned(), i.stream_sequence)).unwrap_or_default();
         // A replay is tracked under the message it replays.
         let track_key = dead_letter::original_location(message).unwrap_or_else(|| key.clone());
         // JetStream counts deliveries; those handed back unattempted while the breaker was
         // open are not attempts.
-        let delivered = message.info().map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX)).unwrap_or(1);
+        let delivered = info.as_ref().map_or(1, |i| u32::try_from(i.delivered).unwrap_or(u32::MAX));
         let attempt = delivered.saturating_sub(self.control.skips(&key)).max(1);
-        let published = message.info().map(|i| i.published).unwrap_or_else(|_| OffsetDateTime::now_utc());
+        let published = info.as_ref().map_or_else(OffsetDateTime::now_utc, |i| i.published);
         // No events about status events: a subscription to them must not feed itself.
         let announce = !attempt::is_status_event(message);
         let replayed = dead_letter::replays(message);
@@ -333,16 +338,15 @@ impl Worker {
     }
 
     /// One attempt, counted (metrics, breaker, last error).
-    async fn send(&self, message: &jetstream::Message, attempt: u32) -> AttemptResult {
+    async fn send(&self, message: &jetstream::Message, delivery: &InFlight) -> AttemptResult {
         if self.control.breaker_state() == BreakerState::HalfOpen {
             self.control.note_probe();
         }
-        let result = attempt::send(&self.engine.http, &self.sub, message, attempt, self.sub.ack_wait).await;
+        let (attempt, fetched) = (delivery.attempt, &delivery.key);
+        let result = attempt::send(&self.engine.http, &self.sub, message, fetched, attempt, self.sub.ack_wait).await;
         self.control.record(&result, attempt);
-        metrics::counter!(catalogue::DELIVERY_TOTAL, "subscription" => self.sub.name.clone(), "class" => result.class.slug())
-            .increment(1);
-        metrics::histogram!(catalogue::DELIVERY_DURATION, "subscription" => self.sub.name.clone())
-            .record(result.elapsed.as_secs_f64());
+        self.series.count(result.class);
+        self.series.duration.record(result.elapsed.as_secs_f64());
         result
     }
 
@@ -448,8 +452,7 @@ impl Worker {
             self.track(delivery, DeliveryState::Delivered, result, None).await;
         }
         let lag = OffsetDateTime::now_utc() - delivery.published;
-        metrics::histogram!(catalogue::DELIVERY_LAG, "subscription" => self.sub.name.clone())
-            .record(lag.as_seconds_f64().max(0.0));
+        self.series.lag.record(lag.as_seconds_f64().max(0.0));
         let _ = message.ack().await;
     }
 
@@ -462,8 +465,7 @@ impl Worker {
             self.track(delivery, DeliveryState::Delivered, result, None).await;
         }
         let lag = OffsetDateTime::now_utc() - delivery.published;
-        metrics::histogram!(catalogue::DELIVERY_LAG, "subscription" => self.sub.name.clone())
-            .record(lag.as_seconds_f64().max(0.0));
+        self.series.lag.record(lag.as_seconds_f64().max(0.0));
         let mut backoff = Duration::from_millis(100);
         for _ in 0..5 {
             if message.double_ack().await.is_ok() {
@@ -524,7 +526,7 @@ impl Worker {
     /// What follows a stored dead letter: the metric, the log, tracking and the event.
     async fn after_dead_letter(&self, message: &jetstream::Message, delivery: &InFlight, failure: &Failure) {
         // Counted as soon as it is stored (a scrape may already see it in the stream).
-        metrics::counter!(catalogue::DEAD_LETTERS_TOTAL, "subscription" => self.sub.name.clone()).increment(1);
+        self.series.dead_letters.increment(1);
         tracing::warn!(
             subscription = %self.sub.name,
             message_id = %attempt::message_id(message),

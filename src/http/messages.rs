@@ -29,7 +29,8 @@ pub(crate) async fn show(
     // An id the caller chose is indexed under its own name (ids are scoped to their publisher);
     // a generated id, or another publisher's written out as `<participant>:<id>`, as is.
     let ids = [crate::publish::scoped_message_id(&participant.name, &id), id];
-    let location = whereabouts.locate(ids).await.map_err(answer(&state))?.ok_or_else(not_found)?;
+    let streams: Vec<&str> = catalog.streams.iter().map(|s| s.name()).collect();
+    let location = whereabouts.locate(ids, &streams).await.map_err(answer(&state))?.ok_or_else(not_found)?;
     let found = describe(&state, &whereabouts, catalog, participant, &location).await?;
     found.map(|m| Json(m).into_response()).ok_or_else(not_found)
 }

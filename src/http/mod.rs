@@ -38,9 +38,29 @@ use crate::runtime::Runtime;
 pub use extract::{Caller, JsonBody, JsonBytes, SubjectPath};
 use problem::{Problem, ProblemType};
 
-/// What every request handler shares. Cheap to clone (all `Arc`s inside).
+/// What every request handler shares: one `Arc`, so extracting it per request is one
+/// reference-count increment (cloning the fields one by one was ~13 % of the gateway's
+/// samples on request paths, issue 16). Fields are reached through `Deref`.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    #[must_use]
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+/// The fields of [`AppState`].
+pub struct Shared {
     /// Participants, contracts, streams; swapped whole when configuration is reloaded.
     pub catalog: Arc<ArcSwap<Catalog>>,
     pub limits: Arc<Limits>,
@@ -99,7 +119,7 @@ impl AppState {
         let deliveries = Arc::new(crate::delivery::Deliveries::new(Arc::new(engine), tasks.clone(), shutdown.clone()));
         let responders =
             Arc::new(crate::request::Responders::new(client.clone(), http_client, tasks, shutdown.clone()));
-        Self {
+        Self::new(Shared {
             catalog: Arc::new(ArcSwap::from_pointee(catalog)),
             admission: Arc::new(admission::Admission::new(&limits)),
             limits,
@@ -114,7 +134,7 @@ impl AppState {
             shutdown,
             registry: Arc::new(crate::contracts::registry::Registry::new(1)),
             console: Arc::new(console::Console::new(&crate::config::ConsoleConfig::default())),
-        }
+        })
     }
 }
 

@@ -341,7 +341,7 @@ impl Publisher {
         let _permit = self.in_flight.clone().try_acquire_owned().map_err(|_| self.overloaded())?;
         let started = Instant::now();
         let labels = (message.stream.clone(), message.participant.clone());
-        let in_flight = metrics::gauge!(catalogue::PUBLISH_IN_FLIGHT);
+        let in_flight = catalogue::publish_in_flight();
         in_flight.increment(1.0);
         // "No responders" for a declared stream is a leader election (seconds): retry within
         // the publish timeout, with the same message id, so JetStream's de-duplication makes
@@ -364,7 +364,16 @@ impl Publisher {
         in_flight.decrement(1.0);
         record(&labels, started, result.as_ref().map(|s| s.duplicate));
         if let (true, Ok(stored)) = (self.tracking, &result) {
-            crate::tracking::index(&self.client, &msg_id, correlation_id.as_deref(), &stored.stream, stored.seq).await;
+            let generated = msg_id == stored.id;
+            crate::tracking::index(
+                &self.client,
+                &msg_id,
+                generated,
+                correlation_id.as_deref(),
+                &stored.stream,
+                stored.seq,
+            )
+            .await;
         }
         result.map_err(|mut p| {
             p.counted = true;
@@ -382,7 +391,7 @@ impl Publisher {
         let n = u32::try_from(messages.len()).unwrap_or(u32::MAX);
         let _permits = self.in_flight.clone().try_acquire_many_owned(n).map_err(|_| self.overloaded())?;
         let started = Instant::now();
-        let in_flight = metrics::gauge!(catalogue::PUBLISH_IN_FLIGHT);
+        let in_flight = catalogue::publish_in_flight();
         in_flight.increment(f64::from(n));
         let mut pending = Vec::with_capacity(messages.len());
         for message in messages {
@@ -398,8 +407,9 @@ impl Publisher {
             };
             record(&labels, started, result.as_ref().map(|s| s.duplicate));
             if let (true, Ok(stored)) = (self.tracking, &result) {
-                crate::tracking::index(&self.client, &msg_id, correlation_id.as_deref(), &stored.stream, stored.seq)
-                    .await;
+                let generated = msg_id == stored.id;
+                let corr = correlation_id.as_deref();
+                crate::tracking::index(&self.client, &msg_id, generated, corr, &stored.stream, stored.seq).await;
             }
             result
         });
@@ -466,23 +476,22 @@ impl Publisher {
 }
 
 fn record((stream, participant): &(String, String), started: Instant, outcome: Result<bool, &Problem>) {
-    let outcome = match outcome {
-        Ok(false) => "stored",
-        Ok(true) => "duplicate",
+    let series = catalogue::publish_series(stream, participant);
+    series.duration.record(started.elapsed().as_secs_f64());
+    match outcome {
+        Ok(false) => series.stored.increment(1),
+        Ok(true) => series.duplicate.increment(1),
         Err(p) => {
             log_failure(stream, participant, p);
-            p.kind.slug()
+            metrics::counter!(
+                catalogue::PUBLISH_TOTAL,
+                "stream" => stream.clone(),
+                "participant" => participant.clone(),
+                "outcome" => p.kind.slug()
+            )
+            .increment(1);
         }
-    };
-    metrics::histogram!(catalogue::PUBLISH_DURATION, "stream" => stream.clone())
-        .record(started.elapsed().as_secs_f64());
-    metrics::counter!(
-        catalogue::PUBLISH_TOTAL,
-        "stream" => stream.clone(),
-        "participant" => participant.clone(),
-        "outcome" => outcome
-    )
-    .increment(1);
+    }
 }
 
 /// A publish that passed every check but was not stored: the participant got a 5xx. Logged

@@ -436,3 +436,76 @@ pub(crate) fn set_connection(connected: bool, ready: bool) {
     metrics::gauge!(NATS_CONNECTED).set(if connected { 1.0 } else { 0.0 });
     metrics::gauge!(READY).set(if ready { 1.0 } else { 0.0 });
 }
+
+// --- series resolved once: the hot paths' handles ---
+//
+// `metrics::counter!(NAME, labels...)` builds a key (label strings cloned), hashes it and
+// looks it up in the recorder's registry on every call. The handles below are resolved once
+// per (stream, participant) or subscription and kept (the recorder never drops a series), so
+// a publish or a delivery only touches atomics (issue 16).
+
+/// A publish's series for one stream and participant.
+pub(crate) struct PublishSeries {
+    pub duration: metrics::Histogram,
+    pub stored: metrics::Counter,
+    pub duplicate: metrics::Counter,
+}
+
+/// The publish series of `stream` and `participant`.
+pub(crate) fn publish_series(stream: &str, participant: &str) -> std::sync::Arc<PublishSeries> {
+    type Cache = std::sync::RwLock<
+        std::collections::HashMap<String, std::collections::HashMap<String, std::sync::Arc<PublishSeries>>>,
+    >;
+    static CACHE: std::sync::LazyLock<Cache> = std::sync::LazyLock::new(Cache::default);
+    if let Ok(cache) = CACHE.read()
+        && let Some(series) = cache.get(stream).and_then(|m| m.get(participant))
+    {
+        return series.clone();
+    }
+    let counter = |outcome: &'static str| metrics::counter!(PUBLISH_TOTAL, "stream" => stream.to_owned(), "participant" => participant.to_owned(), "outcome" => outcome);
+    let series = std::sync::Arc::new(PublishSeries {
+        duration: metrics::histogram!(PUBLISH_DURATION, "stream" => stream.to_owned()),
+        stored: counter("stored"),
+        duplicate: counter("duplicate"),
+    });
+    if let Ok(mut cache) = CACHE.write() {
+        cache.entry(stream.to_owned()).or_default().insert(participant.to_owned(), series.clone());
+    }
+    series
+}
+
+/// `magistral_publish_in_flight`.
+pub(crate) fn publish_in_flight() -> &'static metrics::Gauge {
+    static GAUGE: std::sync::LazyLock<metrics::Gauge> = std::sync::LazyLock::new(|| metrics::gauge!(PUBLISH_IN_FLIGHT));
+    &GAUGE
+}
+
+/// A push subscription's delivery series.
+pub(crate) struct DeliverySeries {
+    /// `magistral_delivery_total`, one per class, in `Class::ALL` order.
+    total: Vec<(Class, metrics::Counter)>,
+    pub duration: metrics::Histogram,
+    pub lag: metrics::Histogram,
+    pub dead_letters: metrics::Counter,
+}
+
+impl DeliverySeries {
+    pub(crate) fn new(subscription: &str) -> Self {
+        let name = || subscription.to_owned();
+        Self {
+            total: Class::ALL
+                .iter()
+                .map(|c| (*c, metrics::counter!(DELIVERY_TOTAL, "subscription" => name(), "class" => c.slug())))
+                .collect(),
+            duration: metrics::histogram!(DELIVERY_DURATION, "subscription" => name()),
+            lag: metrics::histogram!(DELIVERY_LAG, "subscription" => name()),
+            dead_letters: metrics::counter!(DEAD_LETTERS_TOTAL, "subscription" => name()),
+        }
+    }
+
+    pub(crate) fn count(&self, class: Class) {
+        if let Some((_, counter)) = self.total.iter().find(|(c, _)| *c == class) {
+            counter.increment(1);
+        }
+    }
+}

@@ -606,7 +606,7 @@ impl Head {
                 return false;
             }
             let started = OffsetDateTime::now_utc();
-            let result = self.worker.send(message, delivery.attempt).await;
+            let result = self.worker.send(message, &delivery).await;
             let verdict = self.worker.classify(&delivery, result, started);
             let failed = !matches!(verdict.result.class, Class::Delivered | Class::Skipped);
             if failed {
