@@ -547,7 +547,7 @@ impl Bench {
             idle: Spent,
             rss_idle: u64,
             hwm: u64,
-            reload: Duration,
+            reload: Option<Duration>,
         }
         let mut rows = Vec::new();
         for &n in &self.s.subscriptions {
@@ -596,17 +596,19 @@ impl Bench {
             let added = format!("s{n}");
             let saved = Instant::now();
             d.write(n + 1)?;
+            let mut reload = None;
             loop {
                 if self.received.seen.lock().expect("receiver lock").contains(&added) {
+                    reload = Some(saved.elapsed());
                     break;
                 }
-                if saved.elapsed() > Duration::from_secs(60) {
-                    bail!("the added subscription delivered nothing within 60 s of the save");
+                if saved.elapsed() > Duration::from_secs(30) {
+                    eprintln!("WARNING: {n}: the added subscription delivered nothing within 30 s:\n{}", gw.log_tail());
+                    break;
                 }
                 self.js.publish(format!("bench.{added}"), "{\"n\":2}".into()).await?.await?;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            let reload = saved.elapsed();
             let ready = gw.ready_after;
             gw.stop();
             rows.push(Row { n, ready, consumers, delivered, idle, rss_idle, hwm, reload });
@@ -639,7 +641,7 @@ impl Bench {
                 r.idle.nats_ns as f64 / 1e9 / wall * 100.0,
                 mib(r.rss_idle),
                 mib(r.hwm),
-                secs(r.reload),
+                r.reload.map_or_else(|| "not applied in 30 s".to_owned(), secs),
                 r.idle.machine_busy * 100.0
             )?;
         }
@@ -666,8 +668,8 @@ impl Bench {
                 b.n,
                 secs(b.delivered),
                 verdict(b.delivered < Duration::from_secs(5)),
-                secs(b.reload),
-                verdict(b.reload < Duration::from_secs(5))
+                b.reload.map_or_else(|| "not applied in 30".to_owned(), secs),
+                verdict(b.reload.is_some_and(|r| r < Duration::from_secs(5)))
             )?;
         }
         Ok(())
@@ -927,6 +929,8 @@ fn runtime(threads: usize, name: &str) -> anyhow::Result<tokio::runtime::Runtime
 }
 
 fn main() -> anyhow::Result<()> {
+    // reqwest is built without a default TLS provider (as in the tests); plain HTTP here.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let s = Settings::from_env()?;
     let peer = runtime(1, "peer")?;
     let lg = runtime(2, "lg")?;
@@ -947,6 +951,7 @@ fn main() -> anyhow::Result<()> {
         )?;
         if b.s.runs("participants") {
             b.participants().await?;
+            eprintln!("{}", b.out);
         }
         if b.s.runs("subscriptions") {
             b.subscriptions().await?;
