@@ -49,8 +49,7 @@ impl Caller {
         let participant = authenticate(&catalog, headers)?;
         let index = catalog
             .participants
-            .iter()
-            .position(|p| std::ptr::eq(p, participant))
+            .position(&participant.name)
             .ok_or_else(|| Problem::new(ProblemType::Internal, "internal error"))?;
         Ok(Self { catalog, index })
     }
@@ -58,7 +57,7 @@ impl Caller {
     /// The participant `name` of `catalog` (a console session names its participant).
     #[must_use]
     pub(crate) fn of(catalog: Arc<Catalog>, name: &str) -> Option<Self> {
-        let index = catalog.participants.iter().position(|p| p.name == name)?;
+        let index = catalog.participants.position(name)?;
         Some(Self { catalog, index })
     }
 
@@ -77,7 +76,7 @@ impl Caller {
     #[must_use]
     pub fn participant(&self) -> &Participant {
         #[allow(clippy::expect_used)]
-        self.catalog.participants.iter().nth(self.index).expect("the index was taken from this catalog")
+        self.catalog.participants.get(self.index).expect("the index was taken from this catalog")
     }
 
     /// The participant's name, for metrics and logs.

@@ -46,7 +46,7 @@ pub(crate) async fn import(
 
     let (catalog, limits, participant) = (caller.catalog_arc().clone(), state.limits.clone(), caller.name().to_owned());
     let checked = tokio::task::spawn_blocking(move || {
-        let participant = catalog.participants.iter().find(|p| p.name == participant);
+        let participant = catalog.participants.by_name(&participant);
         let participant = participant.ok_or_else(|| Problem::new(ProblemType::Internal, "internal error"))?;
         import::check(&route, &catalog, &limits, participant, Upload { body: &body, format, charset })
             .map_err(Problem::from)

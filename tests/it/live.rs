@@ -119,3 +119,51 @@ async fn a_configmap_symlink_swap_takes_effect_within_two_seconds() {
     }
     eprintln!("first push after the swap: {:?}", saved.elapsed());
 }
+
+/// `[participants.p{i}]` with the token `scale-token-{i}` for each `i` in `ids`.
+fn many_participants(ids: impl Iterator<Item = usize>, token: impl Fn(usize) -> String) -> String {
+    let mut text = BASE.to_owned();
+    for i in ids {
+        let hash = hex::encode(Sha256::digest(token(i)));
+        text.push_str(&format!(
+            "\n[participants.p{i}]\ntokens = [{{ sha256 = \"{hash}\" }}]\nsubscribe = [\"orders.p{i}\"]\n"
+        ));
+    }
+    text
+}
+
+/// Thousands of participants: each token finds its own participant (looked up, not scanned),
+/// and a hot reload rebuilds the index — a removed participant and a rotated token are refused,
+/// an added one is accepted.
+#[tokio::test]
+async fn thousands_of_participants_authenticate_by_their_own_token_and_a_reload_rebuilds_the_index() {
+    const N: usize = 3_000;
+    let nats = NatsServer::start();
+    let (_dir, config) = bus();
+    let old = |i: usize| format!("scale-token-{i}");
+    write_atomically(&config, many_participants(0..N, old));
+    let gw = Gateway::start_with(config.clone(), &nats.url(), |_| {}).await;
+    let status = |token: String| {
+        let request = gw.http.get(gw.url("/v1/subscriptions")).bearer_auth(token).send();
+        async move { request.await.unwrap().status().as_u16() }
+    };
+    for i in [0, 1, N / 2, N - 1] {
+        assert_eq!(status(old(i)).await, 200, "p{i}'s token");
+    }
+    assert_eq!(status(old(N)).await, 401, "a token nobody holds");
+    assert_eq!(status(BITRIX.to_owned()).await, 200, "the participant listed before them");
+
+    // p0 removed, p1's token rotated, p{N} added.
+    let new = |i: usize| if i == 1 { "scale-token-1-rotated".to_owned() } else { format!("scale-token-{i}") };
+    let saved = Instant::now();
+    write_atomically(&config, many_participants(1..=N, new));
+    while status(new(N)).await != 200 {
+        assert!(saved.elapsed() < Duration::from_secs(5), "p{N} still refused {:?} after the save", saved.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status(old(0)).await, 401, "the removed participant's token");
+    assert_eq!(status(old(1)).await, 401, "p1's old token");
+    assert_eq!(status(new(1)).await, 200, "p1's new token");
+    assert_eq!(status(old(N / 2)).await, 200, "an unchanged participant");
+    eprintln!("{N} participants; the added one accepted {:?} after the save", saved.elapsed());
+}

@@ -142,7 +142,7 @@ impl Sessions {
         if payload.e <= now() || self.revoked.lock().ok()?.contains_key(&payload.n) {
             return None;
         }
-        let participant = participants.iter().find(|p| p.name == payload.p)?;
+        let participant = participants.by_name(&payload.p)?;
         let holds_token =
             participant.token_hashes.iter().any(|h| bool::from(fingerprint(h).as_bytes().ct_eq(payload.t.as_bytes())));
         if !participant.admin || !holds_token {
