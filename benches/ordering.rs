@@ -17,6 +17,10 @@
 //! - `strict`: `ordered = true`. One delivery at a time takes about the receiver's latency
 //!   each, so it drains `BENCH_ORDERING_STRICT_MESSAGES` (2000) only; the rate is comparable.
 
+#[path = "support/env.rs"]
+mod env;
+use env::env_or;
+
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::Path;
@@ -50,13 +54,6 @@ struct Settings {
     keys: usize,
     in_flight: usize,
     latency: Duration,
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
-    match std::env::var(name) {
-        Ok(v) => v.parse().map_err(|_| anyhow!("{name}={v:?} is not a number")),
-        Err(_) => Ok(default),
-    }
 }
 
 impl Settings {

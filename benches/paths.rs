@@ -44,6 +44,10 @@
 //! - `BENCH_PULL_MESSAGES` (20000), `BENCH_PULL_BATCH` (100), `BENCH_PULL_CONCURRENCY` ("1,4")
 //! - `BENCH_GATEWAY_THREADS` (2), `BENCH_CLIENT_THREADS` (2), `BENCH_PEER_THREADS` (1)
 
+#[path = "support/env.rs"]
+mod env;
+use env::{env_list, env_or};
+
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::Path;
@@ -94,21 +98,6 @@ struct Settings {
     gateway_threads: usize,
     client_threads: usize,
     peer_threads: usize,
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
-    match std::env::var(name) {
-        Ok(v) => v.trim().parse().map_err(|_| anyhow!("{name}={v:?} is not valid")),
-        Err(_) => Ok(default),
-    }
-}
-
-fn env_list(name: &str, default: &str) -> anyhow::Result<Vec<usize>> {
-    let raw = std::env::var(name).unwrap_or_else(|_| default.to_owned());
-    raw.split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().parse().map_err(|_| anyhow!("{name}: {s:?} is not a number")))
-        .collect()
 }
 
 impl Settings {

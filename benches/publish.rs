@@ -41,6 +41,10 @@
 //! - `BENCH_SCENARIOS` ("single,batch"), `BENCH_PARTS` ("gateway,bare,direct"): what to run
 //!   (a part left out shows as 0; meant for profiling one part alone)
 
+#[path = "support/env.rs"]
+mod env;
+use env::{env_list, env_or};
+
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -88,21 +92,6 @@ struct Settings {
     batch: bool,
     /// Which of gateway/bare/direct to run (for profiling one of them alone).
     parts: Vec<String>,
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
-    match std::env::var(name) {
-        Ok(v) => v.trim().parse().map_err(|_| anyhow!("{name}={v:?} is not valid")),
-        Err(_) => Ok(default),
-    }
-}
-
-fn env_list(name: &str, default: &str) -> anyhow::Result<Vec<usize>> {
-    let raw = std::env::var(name).unwrap_or_else(|_| default.to_owned());
-    raw.split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().parse().map_err(|_| anyhow!("{name}: {s:?} is not a number")))
-        .collect()
 }
 
 impl Settings {

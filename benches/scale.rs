@@ -34,6 +34,10 @@
 //! - `BENCH_SCALE_IN_FLIGHT` (16), `BENCH_SCALE_IDLE_SECS` (10)
 //! - `BENCH_SCALE_REPLICA_MESSAGES` (20000)
 
+#[path = "support/env.rs"]
+mod env;
+use env::env_or;
+
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -43,7 +47,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, bail};
 use async_nats::jetstream;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
@@ -78,20 +82,9 @@ struct Settings {
     replica_messages: usize,
 }
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
-    match std::env::var(name) {
-        Ok(v) => v.trim().parse().map_err(|_| anyhow!("{name}={v:?} is not valid")),
-        Err(_) => Ok(default),
-    }
-}
-
+/// `env::env_list`, refusing an empty list (a scale needs at least one deployment size).
 fn env_list(name: &str, default: &str) -> anyhow::Result<Vec<usize>> {
-    let raw = std::env::var(name).unwrap_or_else(|_| default.to_owned());
-    let list: Vec<usize> = raw
-        .split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().parse().map_err(|_| anyhow!("{name}: {s:?} is not a number")))
-        .collect::<anyhow::Result<_>>()?;
+    let list = env::env_list(name, default)?;
     if list.is_empty() {
         bail!("{name} is empty");
     }

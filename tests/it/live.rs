@@ -124,7 +124,7 @@ async fn a_configmap_symlink_swap_takes_effect_within_two_seconds() {
 fn many_participants(ids: impl Iterator<Item = usize>, token: impl Fn(usize) -> String) -> String {
     let mut text = BASE.to_owned();
     for i in ids {
-        let hash = hex::encode(Sha256::digest(token(i)));
+        let hash = token_sha256(token(i));
         text.push_str(&format!(
             "\n[participants.p{i}]\ntokens = [{{ sha256 = \"{hash}\" }}]\nsubscribe = [\"orders.p{i}\"]\n"
         ));
