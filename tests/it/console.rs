@@ -2,7 +2,7 @@
 //! CSRF, admin only), and a real headless Chromium driven over WebDriver through what an
 //! operator does: sign in, watch a subscription fail and recover, replay a dead letter, look
 //! a message up, tail, switch language. The browser test writes a screenshot of each page to
-//! docs/console/.
+//! target/console-screenshots/ (docs/console/ with `MAGISTRAL_UPDATE_SCREENSHOTS=1`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,8 +20,18 @@ fn order() -> Vec<u8> {
     std::fs::read(example("samples/sales-order.valid.json")).unwrap()
 }
 
+/// Where a page's screenshot goes: `target/console-screenshots/` on every run (a run must not
+/// dirty the checkout), `docs/console/` (the pictures the docs show) with
+/// `MAGISTRAL_UPDATE_SCREENSHOTS=1`.
 fn shot(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/console").join(name)
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = if std::env::var_os("MAGISTRAL_UPDATE_SCREENSHOTS").is_some_and(|v| v == "1") {
+        root.join("docs/console")
+    } else {
+        root.join("target/console-screenshots")
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
 }
 
 /// Signs in over HTTP; the `Set-Cookie` value and the answer.
