@@ -538,6 +538,9 @@ const OBSERVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 /// A slow NATS does not hold a scrape longer than this; gauges not refreshed keep their values.
 const OBSERVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// How many subscriptions' consumers [`Deliveries::apply`] creates at once.
+const CONSUMERS_CREATED_AT_ONCE: usize = 16;
+
 impl Deliveries {
     #[must_use]
     pub fn new(engine: Arc<Engine>, tracker: TaskTracker, shutdown: CancellationToken) -> Self {
@@ -563,6 +566,7 @@ impl Deliveries {
             catalog.subscriptions.iter().filter(|s| !running.contains_key(&s.name)).cloned().collect()
         };
         // Stream (SSE) subscriptions have no durable state: each connection reads on its own.
+        let mut workers = Vec::new();
         for sub in to_start.into_iter().filter(|s| s.mode != SubscriptionMode::Stream) {
             tracing::info!(
                 subscription = %sub.name,
@@ -586,19 +590,27 @@ impl Deliveries {
                     cancel: cancel.clone(),
                     series: series.clone(),
                 };
-                // Best effort here; the worker keeps trying if NATS is not ready yet.
-                if let Err(err) = worker.ensure_consumer().await {
-                    tracing::warn!(subscription = %sub.name, %err, "consumer not created yet");
-                }
-                // Pull subscriptions have consumers but no worker: the participant fetches.
-                if sub.mode == SubscriptionMode::Push {
-                    self.tracker.spawn(worker.run());
-                }
+                workers.push(worker);
             }
             if let Ok(mut running) = self.running.lock() {
                 running.insert(sub.name.clone(), Running { sub: sub.clone(), control, cancel });
             }
         }
+        // Consumers are created several at a time: one after another, 1,000 subscriptions took
+        // ~9 s to become ready (docs/benchmarks.md, "Flat with scale").
+        use futures::StreamExt;
+        futures::stream::iter(workers)
+            .for_each_concurrent(CONSUMERS_CREATED_AT_ONCE, |worker| async move {
+                // Best effort here; the worker keeps trying if NATS is not ready yet.
+                if let Err(err) = worker.ensure_consumer().await {
+                    tracing::warn!(subscription = %worker.sub.name, %err, "consumer not created yet");
+                }
+                // Pull subscriptions have consumers but no worker: the participant fetches.
+                if worker.sub.mode == SubscriptionMode::Push {
+                    self.tracker.spawn(worker.run());
+                }
+            })
+            .await;
     }
 
     /// Refreshes the per-subscription gauges before a scrape: what JetStream says about each
