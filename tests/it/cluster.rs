@@ -386,6 +386,24 @@ fn first(list: &[Attempt]) -> &[Attempt] {
     &list[..list.len().min(3)]
 }
 
+/// Gateway replicas `a` and `b` on the cluster, both ready.
+async fn two_ready_gateways(
+    config: &std::path::Path,
+    nats: &NatsCluster,
+    env: &[(&str, &str)],
+    log_dir: &std::path::Path,
+    http: &reqwest::Client,
+) -> [GatewayProcess; 2] {
+    let mut gateways = [
+        GatewayProcess::start("a", config, &nats.urls(), env, log_dir),
+        GatewayProcess::start("b", config, &nats.urls(), env, log_dir),
+    ];
+    for g in &mut gateways {
+        g.wait_ready(http, WAIT).await;
+    }
+    gateways
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
@@ -404,13 +422,7 @@ async fn cluster_node_kill_9_loses_no_acknowledged_publish() {
     make_r3(dir.path());
     let env = [("MAGISTRAL_SYSTEM__REPLICAS", "3")];
     let http = crate::common::http_client();
-    let mut gateways = [
-        GatewayProcess::start("a", &config, &nats.urls(), &env, dir.path()),
-        GatewayProcess::start("b", &config, &nats.urls(), &env, dir.path()),
-    ];
-    for g in &mut gateways {
-        g.wait_ready(&http, WAIT).await;
-    }
+    let gateways = two_ready_gateways(&config, &nats, &env, dir.path(), &http).await;
     let js = cluster::jetstream(&nats.urls()).await;
     let info = js.get_stream(STREAM).await.unwrap().info().await.unwrap().clone();
     assert_eq!(info.config.num_replicas, 3, "the gateway created ORDERS as R3");
@@ -641,13 +653,7 @@ async fn cluster_whole_cluster_outage_then_publish_and_delivery_resume() {
     add_nav_subscription(dir.path(), &receiver.url());
     let env = [("MAGISTRAL_SYSTEM__REPLICAS", "3")];
     let http = crate::common::http_client();
-    let mut gateways = [
-        GatewayProcess::start("a", &config, &nats.urls(), &env, dir.path()),
-        GatewayProcess::start("b", &config, &nats.urls(), &env, dir.path()),
-    ];
-    for g in &mut gateways {
-        g.wait_ready(&http, WAIT).await;
-    }
+    let mut gateways = two_ready_gateways(&config, &nats, &env, dir.path(), &http).await;
 
     let ready_after = started.elapsed();
     let load =
@@ -949,13 +955,7 @@ async fn recovery_run(tag: &str, colocate: bool, publishers: usize) -> Recovery 
         ("MAGISTRAL_LOG__LEVEL", "info,async_nats=warn,magistral::delivery::worker=debug"),
     ];
     let http = crate::common::http_client();
-    let mut gateways = [
-        GatewayProcess::start("a", &config, &nats.urls(), &env, dir.path()),
-        GatewayProcess::start("b", &config, &nats.urls(), &env, dir.path()),
-    ];
-    for g in &mut gateways {
-        g.wait_ready(&http, WAIT).await;
-    }
+    let mut gateways = two_ready_gateways(&config, &nats, &env, dir.path(), &http).await;
     let js = cluster::jetstream(&nats.urls()).await;
     let stream = js.get_stream(STREAM).await.unwrap();
     // The consumer exists once a gateway's worker made it.
