@@ -13,29 +13,32 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_magistral");
-const REPO: &str = env!("CARGO_MANIFEST_DIR");
+pub(crate) const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
 // ---------------------------------------------------------------------------------------
 // Reading the blocks
 
 /// One `$ command` and the output shown after it.
 #[derive(Debug)]
-struct Step {
-    line: usize,
-    command: String,
-    expected: String,
+pub(crate) struct Step {
+    pub(crate) line: usize,
+    pub(crate) command: String,
+    pub(crate) expected: String,
 }
 
 #[derive(Debug)]
-struct Block {
-    line: usize,
-    steps: Vec<Step>,
+pub(crate) struct Block {
+    pub(crate) line: usize,
+    pub(crate) steps: Vec<Step>,
     /// `<!-- doc-test: skip REASON -->` right before the fence.
-    skip: Option<String>,
+    pub(crate) skip: Option<String>,
+    /// `<!-- doc-test: terminal N -->` right before the fence: the block's one command keeps
+    /// running in terminal N (a simulator of the example's walkthrough).
+    pub(crate) terminal: Option<u32>,
 }
 
 /// The ```console blocks of a Markdown text, in order.
-fn console_blocks(markdown: &str) -> Vec<Block> {
+pub(crate) fn console_blocks(markdown: &str) -> Vec<Block> {
     let lines: Vec<&str> = markdown.lines().collect();
     let mut blocks = Vec::new();
     let mut i = 0;
@@ -44,18 +47,22 @@ fn console_blocks(markdown: &str) -> Vec<Block> {
             i += 1;
             continue;
         }
-        let skip = lines[..i]
+        let directive = lines[..i]
             .iter()
             .rev()
             .find(|l| !l.trim().is_empty())
-            .and_then(|l| l.trim().strip_prefix("<!-- doc-test: skip"))
-            .map(|rest| rest.trim_end_matches("-->").trim().to_owned());
+            .and_then(|l| l.trim().strip_prefix("<!-- doc-test:"))
+            .map(|rest| rest.trim_end_matches("-->").trim());
+        let skip = directive.and_then(|d| d.strip_prefix("skip")).map(|reason| reason.trim().to_owned());
+        let terminal = directive.and_then(|d| d.strip_prefix("terminal ")).map(|n| {
+            n.trim().parse().unwrap_or_else(|_| panic!("line {}: `doc-test: terminal N` takes a number", i + 1))
+        });
         let start = i + 1;
         let mut end = start;
         while end < lines.len() && lines[end] != "```" {
             end += 1;
         }
-        blocks.push(Block { line: i + 1, steps: steps(&lines[start..end], start + 1), skip });
+        blocks.push(Block { line: i + 1, steps: steps(&lines[start..end], start + 1), skip, terminal });
         i = end + 1;
     }
     blocks
@@ -154,7 +161,7 @@ fn matches(s: &[u8], template: &str) -> Option<usize> {
 
 /// Replaces what differs from run to run — timestamps, UUIDs, HTTP dates, pids, ack and
 /// export tokens — with a placeholder.
-fn mask(text: &str) -> String {
+pub(crate) fn mask(text: &str) -> String {
     let s = text.as_bytes();
     let mut out = String::new();
     let mut i = 0;
@@ -181,7 +188,8 @@ fn mask(text: &str) -> String {
         } else if let Some(n) = matches(rest, "Aaa, dd Aaa dddd dd:dd:dd GMT") {
             out.push_str("<date>");
             i += n;
-        } else if let Some(n) = matches(rest, "(pid ") {
+        } else if let Some(n) = rest.starts_with(b"(pid ").then_some(5) {
+            // (Not `matches`: its `d` is a digit.)
             let digits = rest[n..].iter().take_while(|c| c.is_ascii_digit()).count();
             out.push_str("(pid <n>");
             i += n + digits;
@@ -235,7 +243,7 @@ fn compare_json(path: &str, key: &str, expected: &Value, actual: &Value) -> Resu
 }
 
 /// Collapses runs of spaces (tables are aligned to their widest cell).
-fn squeeze(line: &str) -> String {
+pub(crate) fn squeeze(line: &str) -> String {
     mask(line).split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
@@ -278,7 +286,7 @@ fn compare_body(expected: &str, actual: &str) -> Result<(), String> {
 const VARYING_HEADERS: &[&str] = &["date", "last-modified"];
 
 /// The output shown after a command against what it printed.
-fn compare(expected: &str, actual: &str) -> Result<(), String> {
+pub(crate) fn compare(expected: &str, actual: &str) -> Result<(), String> {
     if expected.is_empty() {
         return Ok(()); // nothing shown: the command is only run
     }
@@ -319,22 +327,28 @@ fn compare(expected: &str, actual: &str) -> Result<(), String> {
 // ---------------------------------------------------------------------------------------
 // Running
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// `magistral dev` in a copy of the root configuration, as `scripts/dev` runs it at the root
 /// (only the ports are the test's own); stopped with SIGTERM, which stops its nats-server.
-struct Dev {
+pub(crate) struct Dev {
     child: Child,
     dir: tempfile::TempDir,
-    port: u16,
-    nats_port: u16,
+    pub(crate) port: u16,
+    pub(crate) nats_port: u16,
 }
 
 impl Dev {
     /// `edit` may change the copied configuration first (the test's own endpoint ports).
     fn start_with(edit: impl FnOnce(&Path)) -> Dev {
+        Dev::start_with_args(&[], edit)
+    }
+
+    /// `magistral dev` with `args` besides the test's ports (`--fresh`, as a doc passes them
+    /// to `scripts/dev`).
+    pub(crate) fn start_with_args(args: &[&str], edit: impl FnOnce(&Path)) -> Dev {
         // What the README's commands use, besides the built binary.
         for tool in ["bash", "curl", "jq", "python3"] {
             let found = Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
@@ -358,6 +372,7 @@ impl Dev {
         let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
         let child = Command::new(BIN)
             .args(["dev", "--listen", &format!("127.0.0.1:{port}"), "--nats-port", &nats_port.to_string()])
+            .args(args)
             .current_dir(dir.path())
             .env("NATS_SERVER_BIN", crate::common::nats::server_bin())
             .env_remove("MAGISTRAL_CONFIG")
@@ -381,18 +396,23 @@ impl Dev {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("dev.log")).unwrap_or_default()
     }
 
     /// The command as the doc writes it, pointed at this gateway and its NATS.
-    fn rewrite(&self, command: &str) -> String {
+    pub(crate) fn rewrite(&self, command: &str) -> String {
         command
             .replace("127.0.0.1:8080", &format!("127.0.0.1:{}", self.port))
             .replace("127.0.0.1:4222", &format!("127.0.0.1:{}", self.nats_port))
     }
 
-    fn run(&self, prelude: &str, command: &str) -> String {
+    /// The copied configuration: where the doc's commands run.
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub(crate) fn run(&self, prelude: &str, command: &str) -> String {
         let base = format!("http://127.0.0.1:{}", self.port);
         let bin_dir = Path::new(BIN).parent().unwrap();
         let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
@@ -415,6 +435,8 @@ impl Dev {
             .env("PATH", path)
             .env("CURL_HOME", &curl_home)
             .env("MAGISTRAL_URL", &base)
+            // The example's simulators find the bus there.
+            .env("MAGISTRAL_BUS", &base)
             .env("B", &base)
             .env("P", format!("{base}/v1/publish/orders.created"))
             .env("T", "Authorization: Bearer bitrix-demo-token")
@@ -444,10 +466,34 @@ impl Drop for Dev {
     }
 }
 
-/// Runs every block of `doc` (a path under the repository) in order on `dev`; returns how many
-/// commands ran. Panics with every mismatch listed.
-fn run_doc_on(doc: &str, dev: &Dev) -> usize {
-    let text = std::fs::read_to_string(PathBuf::from(REPO).join(doc)).unwrap();
+/// The lines of `markdown`'s section under `heading` (to the next heading of its level), the
+/// others blank: line numbers stay the file's.
+pub(crate) fn section(markdown: &str, heading: &str) -> String {
+    let level = heading.split(' ').next().unwrap_or_default();
+    let mut inside = false;
+    let lines: Vec<&str> = markdown
+        .lines()
+        .map(|line| {
+            if line == heading {
+                inside = true;
+            } else if line.split(' ').next() == Some(level) {
+                inside = false;
+            }
+            if inside { line } else { "" }
+        })
+        .collect();
+    assert!(lines.contains(&heading), "no {heading:?} heading");
+    lines.join("\n")
+}
+
+/// Runs every block of `doc` (a path under the repository; only its section under `heading`,
+/// when given) in order on `dev`; returns how many commands ran. Panics with every mismatch
+/// listed.
+fn run_doc_on(doc: &str, heading: Option<&str>, dev: &Dev) -> usize {
+    let mut text = std::fs::read_to_string(PathBuf::from(REPO).join(doc)).unwrap();
+    if let Some(heading) = heading {
+        text = section(&text, heading);
+    }
     let blocks = console_blocks(&text);
     assert!(!blocks.is_empty(), "{doc} has no console blocks");
     let show = std::env::var_os("DOC_TEST_SHOW").is_some();
@@ -492,12 +538,12 @@ fn run_doc_on(doc: &str, dev: &Dev) -> usize {
 fn readme_console_blocks_answer_as_shown() {
     let standin = Standin::start();
     let dev = Dev::start_with(|dir| standin.rewrite(dir));
-    let ran = run_doc_on("README.md", &dev);
+    let ran = run_doc_on("README.md", None, &dev);
     println!("README.md: {ran} command(s) answered as shown");
 }
 
 /// The example's endpoint ports: NAV, the shop, the CRM, iSimple.
-const ENDPOINT_PORTS: [u16; 4] = [7048, 7101, 7201, 7401];
+pub(crate) const ENDPOINT_PORTS: [u16; 4] = [7048, 7101, 7201, 7401];
 
 /// `sim/standin.py` on the test's own stand-ins for the example's endpoint ports, answering
 /// 2xx as those systems do; killed when dropped.
@@ -571,15 +617,15 @@ impl Drop for Standin {
     }
 }
 
-/// examples/wine-retail/README.md's console blocks, in order, on a fresh bus whose endpoints
-/// answer (the recording stand-in): the step-by-step with curl; the simulators' walkthrough
-/// (five terminals) is marked as not run.
+/// examples/wine-retail/README.md's step-by-step with curl, its console blocks in order, on a
+/// fresh bus whose endpoints answer (the recording stand-in).
 #[test]
 fn example_walkthrough_console_blocks_answer_as_shown() {
     let standin = Standin::start();
     let dev = Dev::start_with(|dir| standin.rewrite(dir));
     let doc = "examples/wine-retail/README.md";
-    let ran = run_doc_on(doc, &dev);
+    // The simulators' walkthrough before it is tests/it/walkthrough.rs's.
+    let ran = run_doc_on(doc, Some("## Step by step with curl"), &dev);
     println!("{doc}: {ran} command(s) answered as shown");
 
     // Each `>>>` block shown (not marked as not run) is one the stand-in printed: the same

@@ -37,3 +37,4 @@ mod router;
 mod story;
 mod traces;
 mod tracking;
+mod walkthrough;

@@ -49,8 +49,14 @@ def money(value):
     return f"{value:.2f}" if isinstance(value, (int, float)) else str(value)
 
 
+# The server answers each request on its own thread: one line at a time, never two mixed.
+PRINT_LOCK = threading.Lock()
+
+
 def say(*parts):
-    print(f"[nav  {datetime.now().strftime('%H:%M:%S')}]", *parts, flush=True)
+    line = " ".join([f"[nav  {datetime.now().strftime('%H:%M:%S')}]", *map(str, parts)])
+    with PRINT_LOCK:
+        print(line, flush=True)
 
 
 def call(bus, method, path, token, body=None, headers=None, timeout=15):

@@ -23,6 +23,7 @@ import hmac
 import json
 import os
 import sys
+import threading
 import time
 import urllib.parse
 from datetime import datetime
@@ -35,8 +36,14 @@ DEFAULT_BUS = os.environ.get("MAGISTRAL_BUS", "http://127.0.0.1:8080")
 TOLERANCE = 300  # seconds
 
 
+# The server answers each request on its own thread: one line at a time, never two mixed.
+PRINT_LOCK = threading.Lock()
+
+
 def say(*parts):
-    print(f"[isimple {datetime.now().strftime('%H:%M:%S')}]", *parts, flush=True)
+    line = " ".join([f"[isimple {datetime.now().strftime('%H:%M:%S')}]", *map(str, parts)])
+    with PRINT_LOCK:
+        print(line, flush=True)
 
 
 def money(value):

@@ -5,8 +5,8 @@
                                   the shop-status subscription's sale.order.update calls and the
                                   bitrix-failures dead-letter events; print each as one line
   shop.py order [--bad]           place an order: POST /v1/publish/orders.created (a fresh order
-                                  id on samples/sales-order.valid.json); --bad sends one that breaks
-                                  the sales-order contract and prints the field errors
+                                  id on samples/sales-order.valid.json, or --id's); --bad sends one
+                                  that breaks the sales-order contract and prints the field errors
   shop.py history C-0042          ask NAV for a customer's purchase history
                                   (POST /v1/request/nav.query.customer.purchases)
   shop.py status BX-2026-118734   ask NAV where an order is (POST /v1/request/nav.query.order.status)
@@ -20,7 +20,9 @@ import argparse
 import copy
 import json
 import os
+import re
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -41,8 +43,14 @@ def now():
     return datetime.now().strftime("%H:%M:%S")
 
 
+# The server answers each request on its own thread: one line at a time, never two mixed.
+PRINT_LOCK = threading.Lock()
+
+
 def say(*parts):
-    print(f"[shop {now()}]", *parts, flush=True)
+    line = " ".join([f"[shop {now()}]", *map(str, parts)])
+    with PRINT_LOCK:
+        print(line, flush=True)
 
 
 def call(bus, method, path, token, body=None, headers=None, timeout=15):
@@ -158,8 +166,7 @@ def fresh_order(args):
     with open(os.path.join(ROOT, "samples", "sales-order.valid.json"), encoding="utf-8") as f:
         order = json.load(f)
     stamp = datetime.now(timezone.utc).astimezone()
-    bitrix_id = args.id or next_bitrix_id()
-    order["order_id"] = f"BX-{stamp.year}-{bitrix_id}"
+    order["order_id"] = args.id or f"BX-{stamp.year}-{next_bitrix_id()}"
     order["created_at"] = stamp.isoformat(timespec="seconds")
     if args.customer:
         order["customer"]["id"] = args.customer
@@ -244,6 +251,13 @@ def where(args):
     return 0 if code == 200 else 1
 
 
+def order_number(text):
+    """BX-<year>-<Bitrix order ID>: the form shop-status reads the Bitrix ID from."""
+    if not re.fullmatch(r"BX-[0-9]{4}-[0-9]+", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not BX-<year>-<Bitrix order ID>, e.g. BX-2026-29052160417")
+    return text
+
+
 def number(text):
     value = float(text)
     return int(value) if value.is_integer() else value
@@ -271,7 +285,8 @@ def main():
                    "(the ERP stand-in refuses ones it does not know, e.g. C-000999999)")
     p.add_argument("--sku", help="SKU of the first line (the ERP stand-in refuses SKUs starting with X)")
     p.add_argument("--qty", type=number, help="quantity of the first line (the ERP stand-in has 120 in stock)")
-    p.add_argument("--id", help="Bitrix order ID (default: a fresh one); the order id is BX-<year>-<ID>")
+    p.add_argument("--id", type=order_number, help="the order number, BX-<year>-<Bitrix order ID> "
+                   "(default: a fresh one, whose ID is the milliseconds since 2026-01-01: BX-2026-29052160417)")
 
     p = commands.add_parser("history", parents=[common], help="ask NAV for a customer's purchase history")
     p.add_argument("customer", help="customer id, e.g. C-0042")
