@@ -942,6 +942,10 @@ struct RecoveryCase {
     keyed: bool,
     /// Gateway `b` is killed 8 s after the node.
     kill_gateway: bool,
+    /// Both gateways connect to node `n0` (they learn the others from it), and ORDERS and the
+    /// consumer are led from there: what the old leader handed out last is lost on the way with
+    /// the connections (the case that used to wait for `ack_wait`).
+    on_victim: bool,
 }
 
 /// One recovery run: three NATS nodes, R3 ORDERS, two gateways with the example's
@@ -952,7 +956,7 @@ struct RecoveryCase {
 /// With `colocate` the subscription's consumer is first led from that node too. Measures how
 /// long each acknowledged message took to be delivered (see [`Recovery`]).
 async fn recovery_run(tag: &str, case: RecoveryCase) -> Recovery {
-    let RecoveryCase { colocate, publishers, keyed, kill_gateway } = case;
+    let RecoveryCase { colocate, publishers, keyed, kill_gateway, on_victim } = case;
     let mut nats = NatsCluster::start().await;
     // An endpoint answering at once (RECOVERY_RECEIVER_MS: after that many ms): delivery has
     // room to catch up, so what is measured is the fault, not the endpoint's capacity.
@@ -978,7 +982,19 @@ async fn recovery_run(tag: &str, case: RecoveryCase) -> Recovery {
         ("MAGISTRAL_LOG__LEVEL", "info,async_nats=warn,magistral::delivery::worker=debug"),
     ];
     let http = crate::common::http_client();
-    let mut gateways = two_ready_gateways(&config, &nats, &env, dir.path(), &http).await;
+    let mut gateways = if on_victim {
+        let url = nats.url(0);
+        let mut both = [
+            GatewayProcess::start("a", &config, &url, &env, dir.path()),
+            GatewayProcess::start("b", &config, &url, &env, dir.path()),
+        ];
+        for g in &mut both {
+            g.wait_ready(&http, WAIT).await;
+        }
+        both
+    } else {
+        two_ready_gateways(&config, &nats, &env, dir.path(), &http).await
+    };
     let js = cluster::jetstream(&nats.urls()).await;
     let stream = js.get_stream(STREAM).await.unwrap();
     // The consumer exists once a gateway's worker made it.
@@ -1001,6 +1017,19 @@ async fn recovery_run(tag: &str, case: RecoveryCase) -> Recovery {
     // 3 s of steady load and delivery before the fault.
     while load_started.elapsed() < Duration::from_secs(3) {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if on_victim {
+        let (subject, preferred) = (format!("$JS.API.STREAM.LEADER.STEPDOWN.{STREAM}"), nats.name(0).to_owned());
+        let body = serde_json::json!({"placement": {"preferred": preferred}}).to_string();
+        eventually("ORDERS led from n0", WAIT, async || {
+            if stream.clone().info().await.ok()?.cluster.clone()?.leader.as_deref() == Some(preferred.as_str()) {
+                return Some(());
+            }
+            let _ = js.client().request(subject.clone(), body.clone().into()).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            None
+        })
+        .await;
     }
     let leader =
         stream.clone().info().await.unwrap().cluster.clone().and_then(|c| c.leader).expect("ORDERS has a leader");
@@ -1164,7 +1193,7 @@ async fn cluster_recovery_after_leader_and_gateway_kill_is_bounded() {
     let started = Instant::now();
     // Half the benchmark's load: the bound is about the fault, and this test shares the
     // machine with the rest of the suite (delivery must keep up before the fault).
-    let case = RecoveryCase { colocate: true, publishers: 6, keyed: false, kill_gateway: true };
+    let case = RecoveryCase { colocate: true, publishers: 6, keyed: false, kill_gateway: true, on_victim: false };
     let r = recovery_run("recovery", case).await;
     eprintln!("{}\n{}\ntook {}", Recovery::HEADER, r.row(1), secs(started.elapsed()));
     assert_eq!(r.lost, 0, "acknowledged messages never delivered: {r:?}");
@@ -1181,13 +1210,14 @@ async fn cluster_recovery_after_leader_and_gateway_kill_is_bounded() {
 }
 
 /// A key-ordered push subscription catches up as soon: the node leading ORDERS and the
-/// subscription's consumer killed with SIGKILL under load, every acknowledged message delivered
+/// subscription's consumer, and holding both gateways' connections, killed with SIGKILL under
+/// load, every acknowledged message delivered
 /// within 10 s of the new leaders' election, none lost, and every publisher's (key's) messages
 /// first delivered in the order they were published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_key_ordered_recovery_after_leader_kill_is_bounded_and_in_order() {
     let started = Instant::now();
-    let case = RecoveryCase { colocate: true, publishers: 6, keyed: true, kill_gateway: false };
+    let case = RecoveryCase { colocate: true, publishers: 6, keyed: true, kill_gateway: false, on_victim: true };
     let r = recovery_run("recovery-keyed", case).await;
     eprintln!("{}\n{}\ntook {}", Recovery::HEADER, r.row(1), secs(started.elapsed()));
     assert_eq!(r.lost, 0, "acknowledged messages never delivered: {r:?}");
@@ -1214,7 +1244,7 @@ async fn recovery_time_runs() {
         // Odd runs: the consumer's leader is placed on the killed node (the worst case);
         // even runs: where JetStream put it.
         let keyed = std::env::var("RECOVERY_KEYED").is_ok_and(|v| v == "1");
-        let case = RecoveryCase { colocate: run % 2 == 1, publishers, keyed, kill_gateway: !keyed };
+        let case = RecoveryCase { colocate: run % 2 == 1, publishers, keyed, kill_gateway: !keyed, on_victim: keyed };
         let r = recovery_run(&format!("recovery{run}"), case).await;
         rows.push(r.row(run));
         eprintln!("{}\n{}", Recovery::HEADER, rows.join("\n"));
