@@ -71,6 +71,29 @@ pub(crate) struct Lease {
     lost: bool,
 }
 
+impl Lease {
+    fn new(now: Instant, connects: u64) -> Self {
+        Lease { before_last: now, last: now, connects, lost: false }
+    }
+
+    /// Notes a keep-alive sent at `sent`, confirmed or not, seen at `now` with the client's
+    /// connection count `connects`.
+    fn extend(&mut self, ack_wait: Duration, connects: u64, sent: Instant, confirmed: bool, now: Instant) {
+        if connects != self.connects || now.duration_since(self.before_last) >= ack_wait {
+            self.lost = true;
+        }
+        if confirmed && !self.lost {
+            self.before_last = self.last;
+            self.last = sent;
+        }
+    }
+
+    /// Unbroken, on the same connection, with a tenth of `ack_wait` to spare at `now`.
+    fn holds(&self, ack_wait: Duration, connects: u64, now: Instant) -> bool {
+        !self.lost && connects == self.connects && now.duration_since(self.before_last) < ack_wait * 9 / 10
+    }
+}
+
 /// How long a confirmation of an in-progress ack is waited for.
 const CONFIRM_WAIT: Duration = Duration::from_millis(500);
 
@@ -617,8 +640,7 @@ impl Worker {
 
     /// A claim starting now: on a message just fetched, or on messages kept alive until now.
     pub(crate) fn lease(&self) -> Lease {
-        let now = Instant::now();
-        Lease { before_last: now, last: now, connects: self.connects(), lost: false }
+        Lease::new(Instant::now(), self.connects())
     }
 
     fn connects(&self) -> u64 {
@@ -636,20 +658,12 @@ impl Worker {
 
     /// Notes a keep-alive sent at `sent` (confirmed or not) in the claim.
     pub(crate) fn extend(&self, lease: &mut Lease, sent: Instant, confirmed: bool) {
-        if lease.connects != self.connects() || Instant::now().duration_since(lease.before_last) >= self.sub.ack_wait {
-            lease.lost = true;
-        }
-        if confirmed && !lease.lost {
-            lease.before_last = lease.last;
-            lease.last = sent;
-        }
+        lease.extend(self.sub.ack_wait, self.connects(), sent, confirmed, Instant::now());
     }
 
     /// The claim unbroken, on the same connection, with a tenth of `ack_wait` to spare.
     pub(crate) fn lease_holds(&self, lease: &Lease) -> bool {
-        !lease.lost
-            && lease.connects == self.connects()
-            && Instant::now().duration_since(lease.before_last) < self.sub.ack_wait * 9 / 10
+        lease.holds(self.sub.ack_wait, self.connects(), Instant::now())
     }
 
     /// Whether the message may be attempted again now: a fresh confirmation, and the claim
@@ -693,5 +707,67 @@ impl Worker {
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use super::*;
+
+    const ACK_WAIT: Duration = Duration::from_secs(5);
+    const S: fn(u64) -> Duration = Duration::from_millis;
+
+    /// Keep-alives confirmed every third of ack_wait keep the claim; a retry is allowed.
+    #[test]
+    fn confirmations_every_third_of_ack_wait_keep_the_claim() {
+        let t0 = Instant::now();
+        let mut lease = Lease::new(t0, 1);
+        for i in 1..=30 {
+            let sent = t0 + S(1_666 * i);
+            lease.extend(ACK_WAIT, 1, sent, true, sent + S(20));
+            assert!(lease.holds(ACK_WAIT, 1, sent + S(30)), "after keep-alive {i}");
+        }
+    }
+
+    /// An election: the confirmations stop for 4 s. The last one before it may not have reached
+    /// the leader's replicas, so the gap counts from the one before: the claim is gone even
+    /// though confirmations come back within ack_wait of the last one.
+    #[test]
+    fn a_gap_of_ack_wait_from_the_confirmation_before_the_last_breaks_the_claim() {
+        let t0 = Instant::now();
+        let mut lease = Lease::new(t0, 1);
+        lease.extend(ACK_WAIT, 1, t0 + S(1_666), true, t0 + S(1_670));
+        lease.extend(ACK_WAIT, 1, t0 + S(3_333), true, t0 + S(3_340));
+        // An unanswered keep-alive while there is no leader.
+        lease.extend(ACK_WAIT, 1, t0 + S(5_000), false, t0 + S(5_500));
+        assert!(!lease.lost);
+        // Answered again 4.2 s after the last confirmed one (within ack_wait), 5.9 s after the
+        // one before it (not).
+        lease.extend(ACK_WAIT, 1, t0 + S(7_500), true, t0 + S(7_550));
+        assert!(lease.lost);
+        assert!(!lease.holds(ACK_WAIT, 1, t0 + S(7_600)));
+        // Lost stays lost.
+        lease.extend(ACK_WAIT, 1, t0 + S(9_000), true, t0 + S(9_010));
+        assert!(!lease.holds(ACK_WAIT, 1, t0 + S(9_020)));
+    }
+
+    /// A reconnection may have lost keep-alives: the claim is gone at once.
+    #[test]
+    fn a_reconnection_breaks_the_claim() {
+        let t0 = Instant::now();
+        let mut lease = Lease::new(t0, 1);
+        assert!(!lease.holds(ACK_WAIT, 2, t0 + S(100)));
+        lease.extend(ACK_WAIT, 2, t0 + S(200), true, t0 + S(210));
+        assert!(lease.lost);
+    }
+
+    /// No confirmation for most of ack_wait (an attempt that took long, a stalled loop): no retry
+    /// is started with less than a tenth of ack_wait left.
+    #[test]
+    fn a_claim_near_its_end_allows_no_attempt() {
+        let t0 = Instant::now();
+        let lease = Lease::new(t0, 1);
+        assert!(lease.holds(ACK_WAIT, 1, t0 + S(4_400)));
+        assert!(!lease.holds(ACK_WAIT, 1, t0 + S(4_600)));
     }
 }
