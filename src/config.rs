@@ -634,15 +634,15 @@ pub struct SubscriptionConfig {
 }
 
 impl SubscriptionConfig {
-    /// `ack_wait`, or its default: 5 s for unordered push (a crashed replica's or a dead
-    /// consumer leader's messages come back within seconds; attempts of any length send
-    /// in-progress acks every third of it), 30 s for ordered and key-ordered push (a replica
-    /// cut off from NATS may still finish an attempt it started: the next one must not start
-    /// the same key meanwhile) and for pull (a participant works through what it fetched).
+    /// `ack_wait`, or its default: 5 s for push (a crashed replica's or a dead consumer
+    /// leader's messages come back within seconds; attempts of any length, waits between
+    /// retries and messages waiting behind their key send in-progress acks every third of it,
+    /// and an ordered or key-ordered message is attempted again only while those acks are
+    /// confirmed), 30 s for pull (a participant works through what it fetched).
     #[must_use]
     pub fn ack_wait(&self) -> Duration {
-        let unordered_push = self.mode == SubscriptionMode::Push && !self.ordered && self.ordering.is_none();
-        self.ack_wait.unwrap_or(if unordered_push { defaults::push_ack_wait() } else { defaults::ack_wait() })
+        let push = self.mode == SubscriptionMode::Push;
+        self.ack_wait.unwrap_or(if push { defaults::push_ack_wait() } else { defaults::ack_wait() })
     }
 }
 
@@ -1258,10 +1258,14 @@ mod ack_wait_tests {
     }
 
     #[test]
-    fn ack_wait_defaults_to_seconds_for_unordered_push_only() {
+    fn ack_wait_defaults_to_seconds_for_push_only() {
         assert_eq!(sub(serde_json::json!({})).ack_wait(), Duration::from_secs(5));
-        assert_eq!(sub(serde_json::json!({"ordered": true})).ack_wait(), Duration::from_secs(30));
-        assert_eq!(sub(serde_json::json!({"ordering": {"key": "subject"}})).ack_wait(), Duration::from_secs(30));
+        assert_eq!(sub(serde_json::json!({"ordered": true})).ack_wait(), Duration::from_secs(5));
+        assert_eq!(sub(serde_json::json!({"ordering": {"key": "subject"}})).ack_wait(), Duration::from_secs(5));
+        assert_eq!(
+            sub(serde_json::json!({"mode": "pull", "ordering": {"key": "subject"}})).ack_wait(),
+            Duration::from_secs(30)
+        );
         assert_eq!(sub(serde_json::json!({"mode": "pull"})).ack_wait(), Duration::from_secs(30));
         assert_eq!(sub(serde_json::json!({"ack_wait": "12s"})).ack_wait(), Duration::from_secs(12));
     }

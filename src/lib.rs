@@ -156,6 +156,12 @@ pub async fn run(
     }
     tasks.close();
     tasks.wait().await;
+    // The last deliveries' acks (and NAKs) may still sit in the client's write buffer, and
+    // drain closes the connection without writing them: a lost ack holds an ordered
+    // subscription's next message, and a key-ordered one's takeover, for a whole ack_wait.
+    if let Err(err) = tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
+        tracing::warn!(%err, "NATS flush did not finish");
+    }
     if let Err(err) = tokio::time::timeout(Duration::from_secs(5), client.drain()).await {
         tracing::warn!(%err, "NATS drain did not finish");
     }

@@ -54,6 +54,49 @@ enum Settled {
     RetryInPlace,
 }
 
+/// A worker's claim on a message it holds between attempts (ordered and key-ordered
+/// delivery). JetStream hands an unacknowledged message to another replica once no
+/// in-progress ack reached the consumer's leader for `ack_wait` (a cut connection, a leader
+/// election); an attempt made after that could reach the endpoint behind the other replica's
+/// deliveries of the message and of those after it. So the in-progress acks of a held message
+/// are confirmed, and it is attempted again only while the chain of confirmations shows the
+/// leader never went `ack_wait` without one: counted from the confirmation before the last
+/// (the last one may not have reached the leader's replicas when an election follows).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lease {
+    before_last: Instant,
+    last: Instant,
+    /// The client's connection count when the claim began: a reconnection may have lost acks.
+    connects: u64,
+    lost: bool,
+}
+
+impl Lease {
+    fn new(now: Instant, connects: u64) -> Self {
+        Lease { before_last: now, last: now, connects, lost: false }
+    }
+
+    /// Notes a keep-alive sent at `sent`, confirmed or not, seen at `now` with the client's
+    /// connection count `connects`.
+    fn extend(&mut self, ack_wait: Duration, connects: u64, sent: Instant, confirmed: bool, now: Instant) {
+        if connects != self.connects || now.duration_since(self.before_last) >= ack_wait {
+            self.lost = true;
+        }
+        if confirmed && !self.lost {
+            self.before_last = self.last;
+            self.last = sent;
+        }
+    }
+
+    /// Unbroken, on the same connection, with a tenth of `ack_wait` to spare at `now`.
+    fn holds(&self, ack_wait: Duration, connects: u64, now: Instant) -> bool {
+        !self.lost && connects == self.connects && now.duration_since(self.before_last) < ack_wait * 9 / 10
+    }
+}
+
+/// How long a confirmation of an in-progress ack is waited for.
+const CONFIRM_WAIT: Duration = Duration::from_millis(500);
+
 /// How long one pull request waits for messages.
 const FETCH_EXPIRES: Duration = Duration::from_secs(5);
 /// The same after a pull failed or went unanswered: the consumer's leader may have died with
@@ -247,7 +290,7 @@ impl Worker {
                 if let Some(rate) = self.sub.rate_limit {
                     let now = Instant::now();
                     // Kept in progress meanwhile: the wait may be longer than ack_wait.
-                    if next_slot > now && !self.hold_until(&message, next_slot).await {
+                    if next_slot > now && !self.hold_until(&message, next_slot, None).await {
                         let _ = message.ack_with(AckKind::Nak(None)).await;
                         break;
                     }
@@ -308,11 +351,12 @@ impl Worker {
     /// answer, settle what the decision says (an ordered retry comes back for another round).
     async fn deliver(&self, message: jetstream::Message) {
         let mut delivery = self.prepare(&message);
+        let mut lease = self.lease();
         loop {
             let started = OffsetDateTime::now_utc();
             let result = self.send(&message, &delivery).await;
             let verdict = self.classify(&delivery, result, started);
-            match self.settle(&message, &delivery, &verdict).await {
+            match self.settle(&message, &delivery, &verdict, &mut lease).await {
                 Settled::Done => return,
                 Settled::RetryInPlace => delivery.attempt += 1,
             }
@@ -373,7 +417,13 @@ impl Worker {
 
     /// Carries out the decision: ack, NAK, hold for an in-place retry, block, dead-letter or
     /// pause; with the tracking record and status events that go with it.
-    async fn settle(&self, message: &jetstream::Message, delivery: &InFlight, verdict: &Verdict) -> Settled {
+    async fn settle(
+        &self,
+        message: &jetstream::Message,
+        delivery: &InFlight,
+        verdict: &Verdict,
+        lease: &mut Lease,
+    ) -> Settled {
         let Verdict { result, decision, failure } = verdict;
         if !matches!(result.class, Class::Delivered | Class::Skipped) {
             self.log_failure(message, delivery, verdict);
@@ -387,7 +437,7 @@ impl Worker {
         match *decision {
             Decision::Ack => self.acknowledge(message, delivery, result).await,
             Decision::Retry(delay) if self.sub.ordered => {
-                return self.retry_in_place(message, delivery, result, delay).await;
+                return self.retry_in_place(message, delivery, result, delay, lease).await;
             }
             Decision::Retry(delay) => {
                 self.track(delivery, DeliveryState::Retrying, result, Some(delay)).await;
@@ -486,17 +536,29 @@ impl Worker {
         delivery: &InFlight,
         result: &AttemptResult,
         delay: Duration,
+        lease: &mut Lease,
     ) -> Settled {
         self.track(delivery, DeliveryState::Retrying, result, Some(delay)).await;
-        if !self.hold(message, delay).await {
+        // The attempt just made kept the message alive with unconfirmed acks: confirm now. One
+        // that lasted `ack_wait` or longer leaves the claim unproven; the message is then left
+        // to come back after its ack_wait (a NAK could hand it out beside a replica that has it).
+        self.renew(message, lease).await;
+        if lease.lost {
+            tracing::debug!(subscription = %self.sub.name, message_id = %attempt::message_id(message), "claim on a held message unproven after the attempt; left to JetStream");
+            return Settled::Done;
+        }
+        if !self.hold(message, delay, Some(lease)).await {
             let _ = message.ack_with(AckKind::Nak(None)).await;
             return Settled::Done;
         }
         while let BreakerState::Open { until } = self.control.breaker_state() {
-            if !self.hold_until(message, until).await {
+            if !self.hold_until(message, until, Some(lease)).await {
                 let _ = message.ack_with(AckKind::Nak(None)).await;
                 return Settled::Done;
             }
+        }
+        if !self.still_ours(message, lease).await {
+            return Settled::Done;
         }
         Settled::RetryInPlace
     }
@@ -576,19 +638,136 @@ impl Worker {
         tracking::record(&self.engine.js.client(), &self.sub.name, &key.0, key.1, &record).await;
     }
 
-    /// Keeps a message in progress for `delay`; false when cancelled.
-    async fn hold(&self, message: &jetstream::Message, delay: Duration) -> bool {
-        self.hold_until(message, Instant::now() + delay).await
+    /// A claim starting now: on a message just fetched, or on messages kept alive until now.
+    pub(crate) fn lease(&self) -> Lease {
+        Lease::new(Instant::now(), self.connects())
     }
 
-    async fn hold_until(&self, message: &jetstream::Message, until: Instant) -> bool {
+    fn connects(&self) -> u64 {
+        self.engine.js.client().statistics().connects.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// An in-progress ack the consumer's leader confirms; the claim is lost when the previous
+    /// confirmations leave a gap of `ack_wait` (or the connection was renewed meanwhile).
+    pub(crate) async fn renew(&self, message: &jetstream::Message, lease: &mut Lease) {
+        let sent = Instant::now();
+        let confirmed =
+            matches!(tokio::time::timeout(CONFIRM_WAIT, message.double_ack_with(AckKind::Progress)).await, Ok(Ok(())));
+        self.extend(lease, sent, confirmed);
+    }
+
+    /// Notes a keep-alive sent at `sent` (confirmed or not) in the claim.
+    pub(crate) fn extend(&self, lease: &mut Lease, sent: Instant, confirmed: bool) {
+        lease.extend(self.sub.ack_wait, self.connects(), sent, confirmed, Instant::now());
+    }
+
+    /// The claim unbroken, on the same connection, with a tenth of `ack_wait` to spare.
+    pub(crate) fn lease_holds(&self, lease: &Lease) -> bool {
+        lease.holds(self.sub.ack_wait, self.connects(), Instant::now())
+    }
+
+    /// Whether the message may be attempted again now: a fresh confirmation, and the claim
+    /// holds.
+    pub(crate) async fn still_ours(&self, message: &jetstream::Message, lease: &mut Lease) -> bool {
+        self.renew(message, lease).await;
+        let ours = self.lease_holds(lease);
+        if !ours {
+            lease.lost = true;
+            tracing::warn!(
+                subscription = %self.sub.name,
+                message_id = %attempt::message_id(message),
+                "held message no longer confirmed as this replica's (connection or consumer leader changed): \
+                 not attempted again here; JetStream delivers it after its ack_wait"
+            );
+        }
+        ours
+    }
+
+    /// Keeps a message in progress for `delay`; false when cancelled.
+    async fn hold(&self, message: &jetstream::Message, delay: Duration, lease: Option<&mut Lease>) -> bool {
+        self.hold_until(message, Instant::now() + delay, lease).await
+    }
+
+    /// Keeps a message in progress until `until` (with confirmed in-progress acks when a claim
+    /// is kept); false when cancelled.
+    pub(crate) async fn hold_until(
+        &self,
+        message: &jetstream::Message,
+        until: Instant,
+        mut lease: Option<&mut Lease>,
+    ) -> bool {
         let mut progress = tokio::time::interval(self.sub.ack_wait / 3);
         loop {
             tokio::select! {
                 () = self.cancel.cancelled() => return false,
                 () = tokio::time::sleep_until(until) => return true,
-                _ = progress.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
+                _ = progress.tick() => match lease.as_deref_mut() {
+                    Some(lease) => self.renew(message, lease).await,
+                    None => { let _ = message.ack_with(AckKind::Progress).await; }
+                },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use super::*;
+
+    const ACK_WAIT: Duration = Duration::from_secs(5);
+    const S: fn(u64) -> Duration = Duration::from_millis;
+
+    /// Keep-alives confirmed every third of ack_wait keep the claim; a retry is allowed.
+    #[test]
+    fn confirmations_every_third_of_ack_wait_keep_the_claim() {
+        let t0 = Instant::now();
+        let mut lease = Lease::new(t0, 1);
+        for i in 1..=30 {
+            let sent = t0 + S(1_666 * i);
+            lease.extend(ACK_WAIT, 1, sent, true, sent + S(20));
+            assert!(lease.holds(ACK_WAIT, 1, sent + S(30)), "after keep-alive {i}");
+        }
+    }
+
+    /// An election: the confirmations stop for 4 s. The last one before it may not have reached
+    /// the leader's replicas, so the gap counts from the one before: the claim is gone even
+    /// though confirmations come back within ack_wait of the last one.
+    #[test]
+    fn a_gap_of_ack_wait_from_the_confirmation_before_the_last_breaks_the_claim() {
+        let t0 = Instant::now();
+        let mut lease = Lease::new(t0, 1);
+        lease.extend(ACK_WAIT, 1, t0 + S(1_666), true, t0 + S(1_670));
+        lease.extend(ACK_WAIT, 1, t0 + S(3_333), true, t0 + S(3_340));
+        // An unanswered keep-alive while there is no leader.
+        lease.extend(ACK_WAIT, 1, t0 + S(5_000), false, t0 + S(5_500));
+        assert!(!lease.lost);
+        // Answered again 4.2 s after the last confirmed one (within ack_wait), 5.9 s after the
+        // one before it (not).
+        lease.extend(ACK_WAIT, 1, t0 + S(7_500), true, t0 + S(7_550));
+        assert!(lease.lost);
+        assert!(!lease.holds(ACK_WAIT, 1, t0 + S(7_600)));
+        // Lost stays lost.
+        lease.extend(ACK_WAIT, 1, t0 + S(9_000), true, t0 + S(9_010));
+        assert!(!lease.holds(ACK_WAIT, 1, t0 + S(9_020)));
+    }
+
+    /// A reconnection may have lost keep-alives: the claim is gone at once.
+    #[test]
+    fn a_reconnection_breaks_the_claim() {
+        let t0 = Instant::now();
+        let mut lease = Lease::new(t0, 1);
+        assert!(!lease.holds(ACK_WAIT, 2, t0 + S(100)));
+        lease.extend(ACK_WAIT, 2, t0 + S(200), true, t0 + S(210));
+        assert!(lease.lost);
+    }
+
+    /// No confirmation for most of ack_wait (an attempt that took long, a stalled loop): no retry
+    /// is started with less than a tenth of ack_wait left.
+    #[test]
+    fn a_claim_near_its_end_allows_no_attempt() {
+        let t0 = Instant::now();
+        let lease = Lease::new(t0, 1);
+        assert!(lease.holds(ACK_WAIT, 1, t0 + S(4_400)));
+        assert!(!lease.holds(ACK_WAIT, 1, t0 + S(4_600)));
     }
 }

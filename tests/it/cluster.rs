@@ -94,6 +94,9 @@ impl Load {
                                 .bearer_auth(TOKEN)
                                 .header("content-type", "application/json")
                                 .header("idempotency-key", &id)
+                                // The publisher as the CloudEvents subject: a key-ordered
+                                // subscription's key (one publisher's messages go in order).
+                                .header("ce-subject", format!("w{w}"))
                                 .body(body.clone())
                                 .timeout(REQUEST_TIMEOUT)
                                 .send()
@@ -871,6 +874,10 @@ struct Recovery {
     duplicates: usize,
     /// Acknowledged but not delivered within a minute of the load stopping.
     lost: usize,
+    /// Publishers (keys) whose messages were first delivered out of their publication order.
+    out_of_order: usize,
+    /// Distinct keys (publishers) delivered.
+    keys: usize,
 }
 
 impl Recovery {
@@ -925,14 +932,31 @@ fn leader_logged(nats: &NatsCluster, survivors: &[usize], what: &str, since: Sys
         .min()
 }
 
+/// How a recovery run is set up.
+#[derive(Debug, Clone, Copy)]
+struct RecoveryCase {
+    /// The consumer is first led from the node killed too (the worst case).
+    colocate: bool,
+    publishers: usize,
+    /// `nav-orders` in key order, one key per publisher (`ordering = { key = "ce:subject" }`).
+    keyed: bool,
+    /// Gateway `b` is killed 8 s after the node.
+    kill_gateway: bool,
+    /// Both gateways connect to node `n0` (they learn the others from it), and ORDERS and the
+    /// consumer are led from there: what the old leader handed out last is lost on the way with
+    /// the connections (the case that used to wait for `ack_wait`).
+    on_victim: bool,
+}
+
 /// One recovery run: three NATS nodes, R3 ORDERS, two gateways with the example's
 /// `nav-orders` push subscription at its defaults (the endpoint points at a test receiver
 /// answering at once, and its transform is left out), publishes through both gateways (a
 /// client fails over to the other gateway on any failure, same Idempotency-Key). After 3 s the node leading
-/// ORDERS is killed with SIGKILL; 8 s later gateway `b`; the load stops 4 s after that.
+/// ORDERS is killed with SIGKILL; 8 s later gateway `b` (unless asked not to); the load stops 4 s after that.
 /// With `colocate` the subscription's consumer is first led from that node too. Measures how
 /// long each acknowledged message took to be delivered (see [`Recovery`]).
-async fn recovery_run(tag: &str, colocate: bool, publishers: usize) -> Recovery {
+async fn recovery_run(tag: &str, case: RecoveryCase) -> Recovery {
+    let RecoveryCase { colocate, publishers, keyed, kill_gateway, on_victim } = case;
     let mut nats = NatsCluster::start().await;
     // An endpoint answering at once (RECOVERY_RECEIVER_MS: after that many ms): delivery has
     // room to catch up, so what is measured is the fault, not the endpoint's capacity.
@@ -949,13 +973,28 @@ async fn recovery_run(tag: &str, colocate: bool, publishers: usize) -> Recovery 
     // Without its jq transform, which in a debug build costs more CPU than the delivery itself:
     // the runs measure the fault, not the transform.
     cluster::edit(&config, "transform_file = \"transforms/nav-sales-order.jq\"\n", "");
+    if keyed {
+        cluster::edit(&config, "max_in_flight = 8\n", "max_in_flight = 8\nordering = { key = \"ce:subject\" }\n");
+    }
     // The workers' debug events say when a pull failed and when the consumer was looked at.
     let env = [
         ("MAGISTRAL_SYSTEM__REPLICAS", "3"),
         ("MAGISTRAL_LOG__LEVEL", "info,async_nats=warn,magistral::delivery::worker=debug"),
     ];
     let http = crate::common::http_client();
-    let mut gateways = two_ready_gateways(&config, &nats, &env, dir.path(), &http).await;
+    let mut gateways = if on_victim {
+        let url = nats.url(0);
+        let mut both = [
+            GatewayProcess::start("a", &config, &url, &env, dir.path()),
+            GatewayProcess::start("b", &config, &url, &env, dir.path()),
+        ];
+        for g in &mut both {
+            g.wait_ready(&http, WAIT).await;
+        }
+        both
+    } else {
+        two_ready_gateways(&config, &nats, &env, dir.path(), &http).await
+    };
     let js = cluster::jetstream(&nats.urls()).await;
     let stream = js.get_stream(STREAM).await.unwrap();
     // The consumer exists once a gateway's worker made it.
@@ -978,6 +1017,19 @@ async fn recovery_run(tag: &str, colocate: bool, publishers: usize) -> Recovery 
     // 3 s of steady load and delivery before the fault.
     while load_started.elapsed() < Duration::from_secs(3) {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if on_victim {
+        let (subject, preferred) = (format!("$JS.API.STREAM.LEADER.STEPDOWN.{STREAM}"), nats.name(0).to_owned());
+        let body = serde_json::json!({"placement": {"preferred": preferred}}).to_string();
+        eventually("ORDERS led from n0", WAIT, async || {
+            if stream.clone().info().await.ok()?.cluster.clone()?.leader.as_deref() == Some(preferred.as_str()) {
+                return Some(());
+            }
+            let _ = js.client().request(subject.clone(), body.clone().into()).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            None
+        })
+        .await;
     }
     let leader =
         stream.clone().info().await.unwrap().cluster.clone().and_then(|c| c.leader).expect("ORDERS has a leader");
@@ -1008,7 +1060,9 @@ async fn recovery_run(tag: &str, colocate: bool, publishers: usize) -> Recovery 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let gateway_killed_at = Instant::now();
-    gateways[1].kill();
+    if kill_gateway {
+        gateways[1].kill();
+    }
     while gateway_killed_at.elapsed() < Duration::from_secs(4) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -1052,6 +1106,19 @@ async fn recovery_run(tag: &str, colocate: bool, publishers: usize) -> Recovery 
     };
     let deliveries = delivered_ids(&receiver);
     let lost = answered.keys().filter(|id| !first_delivery.contains_key(**id)).count();
+    // Per publisher (`<tag>-w<w>-<n>`), the numbers of first deliveries in arrival order: each
+    // publisher sends its next message after the previous one was answered, so they rise.
+    let mut per_key: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut seen = HashSet::new();
+    for id in &deliveries {
+        if seen.insert(id.as_str())
+            && let Some((key, n)) = id.rsplit_once('-')
+            && let Ok(n) = n.parse()
+        {
+            per_key.entry(key.to_owned()).or_default().push(n);
+        }
+    }
+    let out_of_order = per_key.values().filter(|ns| ns.windows(2).any(|w| w[1] < w[0])).count();
     // How long after `t` the last message acknowledged by `t` was delivered.
     let catch_up = |t: Instant| {
         answered
@@ -1080,7 +1147,7 @@ async fn recovery_run(tag: &str, colocate: bool, publishers: usize) -> Recovery 
         consumer_leader_killed,
         election,
         leader_catch_up: catch_up(elected_at),
-        gateway_catch_up: catch_up(gateway_killed_at),
+        gateway_catch_up: if kill_gateway { catch_up(gateway_killed_at) } else { Duration::ZERO },
         after_load: last_delivery.map(|d| d.saturating_duration_since(load_stopped)).unwrap_or_default(),
         lag_before: lags_before.get(lags_before.len() / 2).copied().unwrap_or_default(),
         median_lag: lags.get(lags.len() / 2).copied().unwrap_or_default(),
@@ -1088,6 +1155,8 @@ async fn recovery_run(tag: &str, colocate: bool, publishers: usize) -> Recovery 
         acknowledged: answered.len(),
         duplicates: duplicates(&deliveries),
         lost,
+        out_of_order,
+        keys: per_key.len(),
     };
     eprintln!(
         "recovery {tag}: killed {leader} (ORDERS leader; nav-orders consumer leader {consumer_leader:?}); stream leader logged {:?}, consumer leader logged {:?} after the kill; {result:?}",
@@ -1124,7 +1193,8 @@ async fn cluster_recovery_after_leader_and_gateway_kill_is_bounded() {
     let started = Instant::now();
     // Half the benchmark's load: the bound is about the fault, and this test shares the
     // machine with the rest of the suite (delivery must keep up before the fault).
-    let r = recovery_run("recovery", true, 6).await;
+    let case = RecoveryCase { colocate: true, publishers: 6, keyed: false, kill_gateway: true, on_victim: false };
+    let r = recovery_run("recovery", case).await;
     eprintln!("{}\n{}\ntook {}", Recovery::HEADER, r.row(1), secs(started.elapsed()));
     assert_eq!(r.lost, 0, "acknowledged messages never delivered: {r:?}");
     assert!(
@@ -1136,6 +1206,27 @@ async fn cluster_recovery_after_leader_and_gateway_kill_is_bounded() {
         r.gateway_catch_up <= RECOVERY_BOUND,
         "delivery caught up {:?} after the gateway kill: {r:?}",
         r.gateway_catch_up
+    );
+}
+
+/// A key-ordered push subscription catches up as soon: the node leading ORDERS and the
+/// subscription's consumer, and holding both gateways' connections, killed with SIGKILL under
+/// load, every acknowledged message delivered
+/// within 10 s of the new leaders' election, none lost, and every publisher's (key's) messages
+/// first delivered in the order they were published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_key_ordered_recovery_after_leader_kill_is_bounded_and_in_order() {
+    let started = Instant::now();
+    let case = RecoveryCase { colocate: true, publishers: 6, keyed: true, kill_gateway: false, on_victim: true };
+    let r = recovery_run("recovery-keyed", case).await;
+    eprintln!("{}\n{}\ntook {}", Recovery::HEADER, r.row(1), secs(started.elapsed()));
+    assert_eq!(r.lost, 0, "acknowledged messages never delivered: {r:?}");
+    assert_eq!(r.keys, 6, "one key per publisher: {r:?}");
+    assert_eq!(r.out_of_order, 0, "a key's messages first delivered out of order: {r:?}");
+    assert!(
+        r.leader_catch_up <= RECOVERY_BOUND,
+        "delivery caught up {:?} after the election: {r:?}",
+        r.leader_catch_up
     );
 }
 
@@ -1152,7 +1243,9 @@ async fn recovery_time_runs() {
     for run in 1..=runs {
         // Odd runs: the consumer's leader is placed on the killed node (the worst case);
         // even runs: where JetStream put it.
-        let r = recovery_run(&format!("recovery{run}"), run % 2 == 1, publishers).await;
+        let keyed = std::env::var("RECOVERY_KEYED").is_ok_and(|v| v == "1");
+        let case = RecoveryCase { colocate: run % 2 == 1, publishers, keyed, kill_gateway: !keyed, on_victim: keyed };
+        let r = recovery_run(&format!("recovery{run}"), case).await;
         rows.push(r.row(run));
         eprintln!("{}\n{}", Recovery::HEADER, rows.join("\n"));
     }

@@ -372,5 +372,14 @@ async fn an_existing_subscription_switches_to_key_ordering_and_back() {
         let want: Vec<u64> = (0..=round as u64).flat_map(|r| (0..5).map(move |n| r * 10 + n)).collect();
         assert_eq!(ns, want, "round {round}: every message once, in order");
         gw.stop().await;
+        // The last ack went out before the connection closed: nothing is left for the next
+        // gateway to wait out (ack_wait is 30 s for ordered deliveries).
+        let js = crate::common::gateway::jetstream(&nats.url()).await;
+        eventually("every delivery acked once the gateway stopped", Duration::from_secs(2), async || {
+            let stream = js.get_stream("ORDERS").await.ok()?;
+            let info = stream.consumer_info("magistral-switching").await.ok()?;
+            (info.num_ack_pending == 0).then_some(())
+        })
+        .await;
     }
 }

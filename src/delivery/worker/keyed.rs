@@ -30,7 +30,7 @@ use super::super::attempt;
 use super::super::breaker::BreakerState;
 use super::super::dead_letter::{self, Failure};
 use super::super::retry_policy::{Class, Decision};
-use super::{InFlight, Worker};
+use super::{InFlight, Lease, Worker};
 use crate::config::OnKeyExhausted;
 use crate::tracking::DeliveryState;
 
@@ -171,6 +171,9 @@ struct Scheduler {
     last_store: Option<Instant>,
     next_slot: Instant,
     finished_tx: mpsc::UnboundedSender<Finished>,
+    /// The claim on the waiting messages (see [`Lease`]): broken, they may be another
+    /// replica's now, and all are handed back.
+    lease: Lease,
 }
 
 impl Worker {
@@ -203,6 +206,7 @@ impl Worker {
         let sub_name = self.sub.name.clone();
         let control = self.engine.js.client().subscribe(control_subject(&sub_name)).await.ok();
         let mut control = control.map(futures::StreamExt::boxed);
+        let lease = self.lease();
         let mut sched = Scheduler {
             worker: self,
             shared,
@@ -220,6 +224,7 @@ impl Worker {
             last_store: None,
             next_slot: Instant::now(),
             finished_tx,
+            lease,
         };
         let ordering = sched.worker.sub.ordering.clone().expect("a keyed worker has ordering");
         // Pull requests renewed well within the pin's lifetime, or the pin is lost between them.
@@ -357,6 +362,7 @@ impl Scheduler {
         let stalled = self.last_tick.is_some_and(|t| t.elapsed() > self.ordering().pinned_ttl);
         if stalled
             || !self.recovered
+            || !self.worker.lease_holds(&self.lease)
             || self.paused
             || self.worker.engine.js.client().connection_state() != async_nats::connection::State::Connected
         {
@@ -397,6 +403,7 @@ impl Scheduler {
                 commands: rx,
                 finished: self.finished_tx.clone(),
                 permit: Some(permit),
+                lease: self.lease,
             };
             tokio::spawn(task.run(message));
             if probe {
@@ -532,12 +539,31 @@ impl Scheduler {
         self.unrecovered_since = Some(Instant::now());
     }
 
-    /// In-progress acks for the waiting messages (a head in flight keeps its own alive).
-    async fn keep_alive(&self) {
+    /// In-progress acks for the waiting messages (a head in flight keeps its own alive), the
+    /// last one confirmed: the leader handles one connection's acks in order, so that answer
+    /// vouches for all. A broken claim hands everything back.
+    async fn keep_alive(&mut self) {
+        let mut last = None;
         for queue in self.keys.values() {
             for message in queue.waiting.values() {
-                let _ = message.ack_with(AckKind::Progress).await;
+                if let Some(previous) = last.replace(message) {
+                    let _ = previous.ack_with(AckKind::Progress).await;
+                }
             }
+        }
+        let Some(last) = last else {
+            // Nothing waits: what comes next is fresh.
+            self.lease = self.worker.lease();
+            return;
+        };
+        let mut lease = self.lease;
+        self.worker.renew(last, &mut lease).await;
+        self.lease = lease;
+        if lease.lost {
+            tracing::warn!(subscription = %self.worker.sub.name, "waiting messages no longer confirmed as this replica's (connection or consumer leader changed)");
+            self.let_go().await;
+            self.recovered = false;
+            self.lease = self.worker.lease();
         }
     }
 
@@ -575,6 +601,19 @@ struct Head {
     finished: mpsc::UnboundedSender<Finished>,
     /// The head's slot while it attempts.
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The claim on the message, from the scheduler's on the waiting ones.
+    lease: Lease,
+}
+
+/// How a head's delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Acked or dead-lettered.
+    Settled,
+    /// Given back (NAKed) for whoever delivers next.
+    Unsettled,
+    /// No longer confirmed as this replica's: left to JetStream, untouched.
+    Lost,
 }
 
 /// Why a wait ended.
@@ -586,25 +625,37 @@ enum Woken {
 
 impl Head {
     async fn run(mut self, message: jetstream::Message) {
-        let settled = self.deliver(&message).await;
-        if !settled {
+        let outcome = self.deliver(&message).await;
+        if outcome == Outcome::Unsettled {
             let _ = message.ack_with(AckKind::Nak(None)).await;
         }
+        let settled = outcome == Outcome::Settled;
         self.free_slot();
         self.shared.release(&self.key);
         self.worker.control.forget(&(self.worker.stream.clone(), self.seq));
         let _ = self.finished.send(Finished { key: self.key.clone(), seq: self.seq, settled });
     }
 
-    /// True once the message is acked or dead-lettered.
-    async fn deliver(&mut self, message: &jetstream::Message) -> bool {
+    async fn deliver(&mut self, message: &jetstream::Message) -> Outcome {
         let mut delivery = self.worker.prepare(message);
         let mut since: Option<OffsetDateTime> = None;
+        let mut retry = false;
         loop {
             // The breaker and a paused consumer hold every key.
             if !self.wait_until_open(message).await || !self.take_slot(message).await {
-                return false;
+                return Outcome::Unsettled;
             }
+            // A retry goes out only while the message is confirmed as this replica's; the first
+            // attempt rests on the scheduler's claim on the waiting messages.
+            let ours = if retry {
+                self.worker.still_ours(message, &mut self.lease).await
+            } else {
+                self.worker.lease_holds(&self.lease)
+            };
+            if !ours {
+                return Outcome::Lost;
+            }
+            retry = true;
             let started = OffsetDateTime::now_utc();
             let result = self.worker.send(message, &delivery).await;
             let verdict = self.worker.classify(&delivery, result, started);
@@ -619,7 +670,7 @@ impl Head {
             let wait = match verdict.decision {
                 Decision::Ack => {
                     self.worker.acknowledge_keyed(message, &delivery, &verdict.result).await;
-                    return true;
+                    return Outcome::Settled;
                 }
                 Decision::Retry(delay) => {
                     self.park(message, &delivery, &verdict.failure, since, "retrying", Some(delay));
@@ -655,9 +706,11 @@ impl Head {
                     Some(Duration::ZERO)
                 }
             };
+            // The attempt kept the message alive with unconfirmed acks: confirm before waiting.
+            self.worker.renew(message, &mut self.lease).await;
             match self.wait(message, wait).await {
                 Woken::Due | Woken::Command(Command::RetryNow) => delivery.attempt += 1,
-                Woken::Command(Command::LetGo) | Woken::Cancelled => return false,
+                Woken::Command(Command::LetGo) | Woken::Cancelled => return Outcome::Unsettled,
                 Woken::Command(Command::Skip) => {
                     let mut failure = verdict.failure.clone();
                     failure.last_attempt = OffsetDateTime::now_utc();
@@ -690,7 +743,7 @@ impl Head {
                     }
                     Err(_) => return false,
                 },
-                _ = progress.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
+                _ = progress.tick() => self.worker.renew(message, &mut self.lease).await,
             }
         }
     }
@@ -709,7 +762,7 @@ impl Head {
                     Some(c) => return Woken::Command(c),
                     None => return Woken::Cancelled,
                 },
-                _ = progress.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
+                _ = progress.tick() => self.worker.renew(message, &mut self.lease).await,
             }
         }
     }
@@ -723,13 +776,13 @@ impl Head {
                 tokio::select! {
                     () = self.worker.cancel.cancelled() => return false,
                     _ = paused.changed() => {}
-                    _ = progress.tick() => { let _ = message.ack_with(AckKind::Progress).await; }
+                    _ = progress.tick() => self.worker.renew(message, &mut self.lease).await,
                 }
                 continue;
             }
             match self.worker.control.breaker_state() {
                 BreakerState::Open { until } => {
-                    if !self.worker.hold_until(message, until).await {
+                    if !self.worker.hold_until(message, until, Some(&mut self.lease)).await {
                         return false;
                     }
                 }
@@ -770,18 +823,18 @@ impl Head {
     }
 
     /// Stores the head in the dead-letter stream (until it takes it) and terminates it.
-    /// False when cancelled before the dead-letter stream took it.
-    async fn dead_letter(&mut self, message: &jetstream::Message, delivery: &InFlight, failure: &Failure) -> bool {
+    /// Unsettled when cancelled before the dead-letter stream took it.
+    async fn dead_letter(&mut self, message: &jetstream::Message, delivery: &InFlight, failure: &Failure) -> Outcome {
         let mut backoff = Duration::from_millis(500);
         while let Err(err) = dead_letter::store(&self.worker.engine.js, &self.worker.sub.name, message, failure).await {
             tracing::warn!(subscription = %self.worker.sub.name, %err, "dead letter not stored; will retry");
             if let Woken::Cancelled = self.wait(message, Some(backoff)).await {
-                return false;
+                return Outcome::Unsettled;
             }
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }
         self.worker.after_dead_letter(message, delivery, failure).await;
         let _ = message.double_ack_with(AckKind::Term).await;
-        true
+        Outcome::Settled
     }
 }
