@@ -95,6 +95,11 @@ impl Contract {
     /// million places costs a count, not a million messages.
     #[must_use]
     pub fn violations(&self, data: &Value, max: usize) -> (Vec<Violation>, usize) {
+        // Most data honours its contract: the boolean check is several times cheaper than
+        // collecting errors, which only failing data pays for.
+        if self.validator.is_valid(data) {
+            return (Vec::new(), 0);
+        }
         let mut listed = Vec::new();
         let mut total = 0;
         for e in self.validator.iter_errors(data) {

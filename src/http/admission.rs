@@ -32,7 +32,7 @@ use crate::config::{InboundKind, Limits};
 
 /// Per-participant in-flight counts and publish token buckets of this replica. Keyed by
 /// participant name: only authenticated names get an entry, so the maps stay as small as
-/// the configured set of participants.
+/// the configured set of participants (entries are kept at zero, not removed).
 pub struct Admission {
     max_in_flight: usize,
     rate: f64,
@@ -66,7 +66,11 @@ impl Admission {
             return Ok(InFlight(None));
         }
         let mut counts = self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let open = counts.entry(participant.to_owned()).or_default();
+        // Entries stay at zero (one per participant that ever called): no allocation per request.
+        if !counts.contains_key(participant) {
+            counts.insert(participant.to_owned(), 0);
+        }
+        let Some(open) = counts.get_mut(participant) else { unreachable!("inserted above") };
         if *open >= self.max_in_flight {
             refused(participant, "in-flight");
             return Err(Problem::new(
@@ -167,9 +171,6 @@ impl Drop for InFlight {
             let mut counts = admission.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(n) = counts.get_mut(&participant) {
                 *n = n.saturating_sub(1);
-                if *n == 0 {
-                    counts.remove(&participant);
-                }
             }
         }
     }

@@ -219,7 +219,9 @@ impl StoredAttributes<'_> {
     pub fn to_nats_headers(&self) -> NatsHeaders {
         let mut h = NatsHeaders::new();
         let put = |h: &mut NatsHeaders, name: &str, value: &str| {
-            h.insert(name, utf8_percent_encode(value, HEADER_VALUE).to_string().as_str());
+            // Borrowed when nothing needs encoding (the usual case): no copy.
+            let encoded: std::borrow::Cow<'_, str> = utf8_percent_encode(value, HEADER_VALUE).into();
+            h.insert(name, encoded.as_ref());
         };
         put(&mut h, "ce-specversion", "1.0");
         put(&mut h, "ce-id", self.id);

@@ -78,25 +78,57 @@ fn run(bytes: &[u8], max_depth: usize, build: bool) -> Result<Option<Value>, Pro
     }
     let duplicate = RefCell::new(None);
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let seed = Node { path: &mut Vec::new(), duplicate: &duplicate, build };
+    let seed = Node { duplicate: &duplicate, build };
     let parsed = seed.deserialize(&mut de).and_then(|v| de.end().map(|()| v));
     match parsed {
         Ok(value) => Ok(value),
         Err(err) => Err(match duplicate.into_inner() {
-            Some(pointer) => Problem::new(
+            Some(segments) => Problem::new(
                 ProblemType::DuplicateKey,
-                format!("the member {pointer} appears more than once in its object (RFC 7493 I-JSON)"),
+                format!(
+                    "the member {} appears more than once in its object (RFC 7493 I-JSON)",
+                    pointer(&segments)
+                ),
             ),
             None => super::malformed(err),
         }),
     }
 }
 
-/// One JSON value at `path`; builds it only when asked.
+/// The JSON pointer (RFC 6901) of a path collected innermost segment first.
+fn pointer(segments: &[String]) -> String {
+    let mut pointer = String::new();
+    for segment in segments.iter().rev() {
+        pointer.push('/');
+        pointer.push_str(&segment.replace('~', "~0").replace('/', "~1"));
+    }
+    pointer
+}
+
+/// One JSON value; builds it only when asked. The path to a duplicate member is collected
+/// only when one is found, as the error unwinds (innermost segment first): a valid document
+/// costs no path bookkeeping.
 struct Node<'p> {
-    path: &'p mut Vec<String>,
-    duplicate: &'p RefCell<Option<String>>,
+    duplicate: &'p RefCell<Option<Vec<String>>>,
     build: bool,
+}
+
+impl Node<'_> {
+    fn child(&self) -> Self {
+        Node { duplicate: self.duplicate, build: self.build }
+    }
+
+    /// On the way out of a failed child: adds this level's segment to a duplicate's path.
+    fn unwinding(&self, segment: impl FnOnce() -> String) {
+        if let Some(path) = self.duplicate.borrow_mut().as_mut() {
+            path.push(segment());
+        }
+    }
+
+    fn found_duplicate<E: de::Error>(&self, key: &str) -> E {
+        *self.duplicate.borrow_mut() = Some(vec![key.to_owned()]);
+        de::Error::custom("duplicate member")
+    }
 }
 
 impl<'de> DeserializeSeed<'de> for Node<'_> {
@@ -140,12 +172,13 @@ impl<'de> Visitor<'de> for Node<'_> {
         let mut items = Vec::new();
         let mut index = 0usize;
         loop {
-            self.path.push(index.to_string());
-            let item = seq.next_element_seed(Node { path: self.path, duplicate: self.duplicate, build: self.build });
-            self.path.pop();
-            match item? {
-                None => break,
-                Some(v) => items.extend(v),
+            match seq.next_element_seed(self.child()) {
+                Err(err) => {
+                    self.unwinding(|| index.to_string());
+                    return Err(err);
+                }
+                Ok(None) => break,
+                Ok(Some(v)) => items.extend(v),
             }
             index += 1;
         }
@@ -153,28 +186,37 @@ impl<'de> Visitor<'de> for Node<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut built = Map::new();
-        // Most objects are small: a linear scan beats hashing until they are not.
+        if self.build {
+            // The map being built is the set of names seen so far.
+            let mut built = Map::new();
+            while let Some(key) = map.next_key_seed(Key)? {
+                match built.entry(key.into_owned()) {
+                    serde_json::map::Entry::Occupied(seen) => return Err(self.found_duplicate(seen.key())),
+                    serde_json::map::Entry::Vacant(slot) => match map.next_value_seed(self.child()) {
+                        Ok(value) => {
+                            slot.insert(value.unwrap_or_default());
+                        }
+                        Err(err) => {
+                            self.unwinding(|| slot.key().clone());
+                            return Err(err);
+                        }
+                    },
+                }
+            }
+            return Ok(Some(Value::Object(built)));
+        }
         let mut seen = Seen::default();
         while let Some(key) = map.next_key_seed(Key)? {
             if seen.contains(&key) {
-                let mut pointer = String::new();
-                for segment in self.path.iter().map(String::as_str).chain([key.as_ref()]) {
-                    pointer.push('/');
-                    pointer.push_str(&segment.replace('~', "~0").replace('/', "~1"));
-                }
-                *self.duplicate.borrow_mut() = Some(pointer);
-                return Err(de::Error::custom("duplicate member"));
+                return Err(self.found_duplicate(&key));
             }
-            self.path.push(key.to_string());
-            let value = map.next_value_seed(Node { path: self.path, duplicate: self.duplicate, build: self.build });
-            self.path.pop();
-            if let Some(value) = value? {
-                built.insert(key.to_string(), value);
+            if let Err(err) = map.next_value_seed(self.child()) {
+                self.unwinding(|| key.to_string());
+                return Err(err);
             }
             seen.insert(key);
         }
-        Ok(self.build.then_some(Value::Object(built)))
+        Ok(None)
     }
 }
 

@@ -59,22 +59,6 @@ pub struct Outgoing {
     payload: Bytes,
 }
 
-impl Outgoing {
-    /// A copy to send (headers and subject are small; the payload is shared).
-    fn clone_for_retry(&self) -> Self {
-        Self {
-            subject: self.subject.clone(),
-            participant: self.participant.clone(),
-            stream: self.stream.clone(),
-            id: self.id.clone(),
-            msg_id: self.msg_id.clone(),
-            correlation_id: self.correlation_id.clone(),
-            headers: self.headers.clone(),
-            payload: self.payload.clone(),
-        }
-    }
-}
-
 /// What JetStream confirmed.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Stored {
@@ -340,17 +324,14 @@ impl Publisher {
     pub async fn publish(&self, message: Outgoing) -> Result<Stored, Problem> {
         let _permit = self.in_flight.clone().try_acquire_owned().map_err(|_| self.overloaded())?;
         let started = Instant::now();
-        let labels = (message.stream.clone(), message.participant.clone());
         let in_flight = catalogue::publish_in_flight();
         in_flight.increment(1.0);
         // "No responders" for a declared stream is a leader election (seconds): retry within
         // the publish timeout, with the same message id, so JetStream's de-duplication makes
         // the retries safe and the participant sees a slower 2xx instead of a 503.
         let deadline = started + self.publish_timeout;
-        let correlation_id = message.correlation_id.clone();
-        let msg_id = message.msg_id.clone();
         let result = loop {
-            let attempt = match self.send(message.clone_for_retry()).await {
+            let attempt = match self.send(&message).await {
                 Ok((id, ack)) => self.await_ack(id, ack).await,
                 Err(problem) => Err(problem),
             };
@@ -362,14 +343,14 @@ impl Publisher {
             }
         };
         in_flight.decrement(1.0);
-        record(&labels, started, result.as_ref().map(|s| s.duplicate));
+        record(&message.stream, &message.participant, started, result.as_ref().map(|s| s.duplicate));
         if let (true, Ok(stored)) = (self.tracking, &result) {
-            let generated = msg_id == stored.id;
+            let generated = message.msg_id == stored.id;
             crate::tracking::index(
                 &self.client,
-                &msg_id,
+                &message.msg_id,
                 generated,
-                correlation_id.as_deref(),
+                message.correlation_id.as_deref(),
                 &stored.stream,
                 stored.seq,
             )
@@ -395,21 +376,20 @@ impl Publisher {
         in_flight.increment(f64::from(n));
         let mut pending = Vec::with_capacity(messages.len());
         for message in messages {
-            let labels = (message.stream.clone(), message.participant.clone());
-            let correlation_id = message.correlation_id.clone();
-            let msg_id = message.msg_id.clone();
-            pending.push((labels, correlation_id, msg_id, self.send(message).await));
+            let sent = self.send(&message).await;
+            pending.push((message, sent));
         }
-        let acks = pending.into_iter().map(|(labels, correlation_id, msg_id, sent)| async move {
+        let acks = pending.into_iter().map(|(message, sent)| async move {
             let result = match sent {
                 Ok((id, ack)) => self.await_ack(id, ack).await,
                 Err(problem) => Err(problem),
             };
-            record(&labels, started, result.as_ref().map(|s| s.duplicate));
+            record(&message.stream, &message.participant, started, result.as_ref().map(|s| s.duplicate));
             if let (true, Ok(stored)) = (self.tracking, &result) {
-                let generated = msg_id == stored.id;
-                let corr = correlation_id.as_deref();
-                crate::tracking::index(&self.client, &msg_id, generated, corr, &stored.stream, stored.seq).await;
+                let generated = message.msg_id == stored.id;
+                let corr = message.correlation_id.as_deref();
+                crate::tracking::index(&self.client, &message.msg_id, generated, corr, &stored.stream, stored.seq)
+                    .await;
             }
             result
         });
@@ -418,15 +398,18 @@ impl Publisher {
         Ok(results)
     }
 
-    async fn send(&self, message: Outgoing) -> Result<(String, jetstream::context::PublishAckFuture), Problem> {
+    /// Sends one message (a retry sends the same again: headers are small, the payload is
+    /// shared).
+    async fn send(&self, message: &Outgoing) -> Result<(String, jetstream::context::PublishAckFuture), Problem> {
         if self.client.connection_state() != async_nats::connection::State::Connected {
             return Err(self.unavailable("not connected to NATS"));
         }
-        let Outgoing { subject, id, msg_id, headers, payload, .. } = message;
-        let publish =
-            jetstream::message::PublishMessage::build().payload(payload).headers(headers).message_id(msg_id.as_str());
-        match self.js.send_publish(subject, publish).await {
-            Ok(ack) => Ok((id, ack)),
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(message.payload.clone())
+            .headers(message.headers.clone())
+            .message_id(message.msg_id.as_str());
+        match self.js.send_publish(message.subject.clone(), publish).await {
+            Ok(ack) => Ok((message.id.clone(), ack)),
             Err(err) => Err(self.map_error(err.kind())),
         }
     }
@@ -475,7 +458,7 @@ impl Publisher {
     }
 }
 
-fn record((stream, participant): &(String, String), started: Instant, outcome: Result<bool, &Problem>) {
+fn record(stream: &str, participant: &str, started: Instant, outcome: Result<bool, &Problem>) {
     let series = catalogue::publish_series(stream, participant);
     series.duration.record(started.elapsed().as_secs_f64());
     match outcome {
@@ -485,8 +468,8 @@ fn record((stream, participant): &(String, String), started: Instant, outcome: R
             log_failure(stream, participant, p);
             metrics::counter!(
                 catalogue::PUBLISH_TOTAL,
-                "stream" => stream.clone(),
-                "participant" => participant.clone(),
+                "stream" => stream.to_owned(),
+                "participant" => participant.to_owned(),
                 "outcome" => p.kind.slug()
             )
             .increment(1);
