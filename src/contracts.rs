@@ -95,6 +95,12 @@ impl Contract {
     /// million places costs a count, not a million messages.
     #[must_use]
     pub fn violations(&self, data: &Value, max: usize) -> (Vec<Violation>, usize) {
+        // Most messages honour their contract: `is_valid` stops at nothing and builds no error
+        // locations, where walking `iter_errors` did (half the validation samples in a profile,
+        // docs/benchmarks.md "Flat with scale").
+        if self.validator.is_valid(data) {
+            return (Vec::new(), 0);
+        }
         let mut listed = Vec::new();
         let mut total = 0;
         for e in self.validator.iter_errors(data) {
