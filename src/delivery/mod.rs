@@ -530,6 +530,8 @@ pub struct Deliveries {
     shutdown: CancellationToken,
     /// When the subscription gauges were last refreshed for a scrape (see [`Deliveries::observe`]).
     observed: tokio::sync::Mutex<Option<Instant>>,
+    /// Streams warned about for holding more consumers than nats-server's default limit.
+    cap_warned: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Scrapes closer together than this reuse the subscription gauges of the previous one: the
@@ -538,13 +540,64 @@ const OBSERVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 /// A slow NATS does not hold a scrape longer than this; gauges not refreshed keep their values.
 const OBSERVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// How many consumers nats-server 2.15 lets a stream have unless its configuration sets
+/// `jetstream { limits { default_max_consumers } }`.
+const NATS_DEFAULT_MAX_CONSUMERS: usize = 1000;
+
+/// JetStream's error code for "maximum consumers limit reached".
+const MAX_CONSUMERS_REACHED: u32 = 10026;
+
+/// The JetStream error code in a NATS error's text (async-nats writes `(code 400, error code
+/// 10026)`), when NATS answered with one.
+fn jetstream_error_code(detail: &str) -> Option<u32> {
+    let (_, after) = detail.rsplit_once("error code ")?;
+    after.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// A consumer [`Deliveries::apply`] could not create. NATS refusing it (an answer with a
+/// JetStream error code, not a lost connection) is an error an operator must see: nothing is
+/// delivered to the subscription until it is resolved; the worker keeps retrying meanwhile.
+fn consumer_not_created(subscription: &str, stream: &str, err: &DeliveryError) {
+    match jetstream_error_code(err.detail()) {
+        Some(MAX_CONSUMERS_REACHED) => {
+            crate::telemetry::catalogue::set_consumer_refused(subscription, true);
+            tracing::error!(
+                %subscription,
+                %stream,
+                nats = %err,
+                "NATS refused the subscription's consumer: the stream has as many consumers as the server allows \
+                 (nats-server's jetstream {{ limits {{ default_max_consumers }} }}, 1,000 by default in 2.15); \
+                 nothing is delivered to this subscription until the limit is raised (-1 lifts it; see \
+                 docs/operations.md, \"NATS settings that matter\") or other consumers are removed"
+            );
+        }
+        Some(_) => {
+            crate::telemetry::catalogue::set_consumer_refused(subscription, true);
+            tracing::error!(
+                %subscription,
+                %stream,
+                nats = %err,
+                "NATS refused the subscription's consumer; nothing is delivered to it until that is resolved"
+            );
+        }
+        None => tracing::warn!(%subscription, %stream, %err, "consumer not created yet; retrying"),
+    }
+}
+
 /// How many subscriptions' consumers [`Deliveries::apply`] creates at once.
 const CONSUMERS_CREATED_AT_ONCE: usize = 16;
 
 impl Deliveries {
     #[must_use]
     pub fn new(engine: Arc<Engine>, tracker: TaskTracker, shutdown: CancellationToken) -> Self {
-        Self { engine, running: Mutex::new(HashMap::new()), tracker, shutdown, observed: Default::default() }
+        Self {
+            engine,
+            running: Mutex::new(HashMap::new()),
+            tracker,
+            shutdown,
+            observed: Default::default(),
+            cap_warned: Mutex::default(),
+        }
     }
 
     /// Brings running workers in line with the catalog: new subscriptions start, changed ones
@@ -565,6 +618,7 @@ impl Deliveries {
             });
             catalog.subscriptions.iter().filter(|s| !running.contains_key(&s.name)).cloned().collect()
         };
+        self.warn_of_the_consumer_cap(catalog);
         // Stream (SSE) subscriptions have no durable state: each connection reads on its own.
         let mut workers = Vec::new();
         for sub in to_start.into_iter().filter(|s| s.mode != SubscriptionMode::Stream) {
@@ -601,9 +655,9 @@ impl Deliveries {
         use futures::StreamExt;
         futures::stream::iter(workers)
             .for_each_concurrent(CONSUMERS_CREATED_AT_ONCE, |worker| async move {
-                // Best effort here; the worker keeps trying if NATS is not ready yet.
+                // The worker keeps trying if NATS is not ready yet; a refusal is shown.
                 if let Err(err) = worker.ensure_consumer().await {
-                    tracing::warn!(subscription = %worker.sub.name, %err, "consumer not created yet");
+                    consumer_not_created(&worker.sub.name, &worker.stream, &err);
                 }
                 // Pull subscriptions have consumers but no worker: the participant fetches.
                 if worker.sub.mode == SubscriptionMode::Push {
@@ -647,6 +701,8 @@ impl Deliveries {
             .for_each(|(sub, facts, dead_letters)| async move {
                 if let Some((paused, pending, in_flight)) = facts {
                     crate::telemetry::catalogue::set_consumer_facts(&sub.name, paused, pending, in_flight);
+                    // Every consumer exists (the worker's retries got it created).
+                    crate::telemetry::catalogue::set_consumer_refused(&sub.name, false);
                 }
                 if let Some(depth) = dead_letters {
                     crate::telemetry::catalogue::set_dead_letters(&sub.name, depth);
@@ -654,6 +710,31 @@ impl Deliveries {
             });
         if tokio::time::timeout(OBSERVE_TIMEOUT, refresh).await.is_ok() {
             *last = Some(Instant::now());
+        }
+    }
+
+    /// Warns (once per stream and process) when a stream is to hold more of the subscriptions'
+    /// consumers than nats-server allows a stream by default: the server does not tell its
+    /// clients its limit, so an operator who raised it may ignore this.
+    fn warn_of_the_consumer_cap(&self, catalog: &Catalog) {
+        let mut per_stream: HashMap<String, usize> = HashMap::new();
+        for sub in catalog.subscriptions.iter() {
+            for stream in consumer_streams(sub) {
+                *per_stream.entry(stream).or_default() += 1;
+            }
+        }
+        let Ok(mut warned) = self.cap_warned.lock() else { return };
+        for (stream, count) in per_stream {
+            if count > NATS_DEFAULT_MAX_CONSUMERS && warned.insert(stream.clone()) {
+                tracing::warn!(
+                    %stream,
+                    consumers = count,
+                    "this stream is to hold {count} consumers, one per subscription reading it; nats-server 2.15 \
+                     refuses more than {NATS_DEFAULT_MAX_CONSUMERS} per stream (error 10026) unless its configuration \
+                     says jetstream {{ limits {{ default_max_consumers: -1 }} }} (docs/operations.md, \
+                     \"NATS settings that matter\")"
+                );
+            }
         }
     }
 
@@ -696,4 +777,24 @@ pub async fn prune(
         }
     }
     Ok(pruned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_CONSUMERS_REACHED, jetstream_error_code, nats};
+
+    /// The code is read from async-nats's own text of the server's answer.
+    #[test]
+    fn the_jetstream_error_code_is_read_from_the_nats_error() {
+        let answer: async_nats::jetstream::Error =
+            serde_json::from_str(r#"{"code":400,"err_code":10026,"description":"maximum consumers limit reached"}"#)
+                .unwrap();
+        let err = nats(async_nats::jetstream::stream::ConsumerError::from(answer));
+        assert!(err.detail().contains("maximum consumers limit reached"), "{err}");
+        assert_eq!(jetstream_error_code(err.detail()), Some(MAX_CONSUMERS_REACHED));
+        let lost = nats(async_nats::jetstream::stream::ConsumerError::new(
+            async_nats::jetstream::stream::ConsumerErrorKind::TimedOut,
+        ));
+        assert_eq!(jetstream_error_code(lost.detail()), None, "{lost}");
+    }
 }

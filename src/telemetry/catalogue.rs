@@ -51,6 +51,7 @@ pub(crate) const BREAKER_STATE: &str = "magistral_breaker_state";
 pub(crate) const SUBSCRIPTION_PENDING: &str = "magistral_subscription_pending";
 pub(crate) const SUBSCRIPTION_IN_FLIGHT: &str = "magistral_subscription_in_flight";
 pub(crate) const SUBSCRIPTION_PAUSED: &str = "magistral_subscription_paused";
+pub(crate) const CONSUMER_REFUSED: &str = "magistral_subscription_consumer_refused";
 pub(crate) const PARKED_KEYS: &str = "magistral_subscription_parked_keys";
 pub(crate) const KEY_LAG: &str = "magistral_subscription_key_lag_seconds";
 pub(crate) const WAITING_KEYS: &str = "magistral_subscription_waiting_keys";
@@ -165,6 +166,13 @@ pub(crate) const ALL: &[Metric] = &[
         unit: None,
         labels: &["subscription"],
         help: "1 while the subscription is paused (by an operator, or after an endpoint answered 410 Gone), else 0.",
+    },
+    Metric {
+        name: CONSUMER_REFUSED,
+        kind: Kind::Gauge,
+        unit: None,
+        labels: &["subscription"],
+        help: "1 while NATS refuses to create one of the subscription's consumers (e.g. error 10026, the stream's consumer limit), so nothing is delivered; else 0.",
     },
     Metric {
         name: PARKED_KEYS,
@@ -366,7 +374,7 @@ pub(crate) fn register(catalog: &Catalog) {
                 continue;
             }
         }
-        for gauge in [SUBSCRIPTION_PENDING, SUBSCRIPTION_IN_FLIGHT, SUBSCRIPTION_PAUSED] {
+        for gauge in [SUBSCRIPTION_PENDING, SUBSCRIPTION_IN_FLIGHT, SUBSCRIPTION_PAUSED, CONSUMER_REFUSED] {
             metrics::gauge!(gauge, "subscription" => name()).increment(0.0);
         }
     }
@@ -425,6 +433,11 @@ pub(crate) fn set_keyed(subscription: &str, parked: usize, lag: f64, keys: usize
     metrics::gauge!(PARKED_KEYS, "subscription" => name()).set(parked as f64);
     metrics::gauge!(KEY_LAG, "subscription" => name()).set(lag);
     metrics::gauge!(WAITING_KEYS, "subscription" => name()).set(keys as f64);
+}
+
+/// Whether NATS refuses (1) to create one of the subscription's consumers.
+pub(crate) fn set_consumer_refused(subscription: &str, refused: bool) {
+    metrics::gauge!(CONSUMER_REFUSED, "subscription" => subscription.to_owned()).set(if refused { 1.0 } else { 0.0 });
 }
 
 pub(crate) fn set_dead_letters(subscription: &str, depth: u64) {

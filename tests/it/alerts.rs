@@ -239,6 +239,7 @@ fn the_issue_s_alerts_are_shipped() {
         "MagistralNotReady",
         "MagistralEndpointGone",
         "MagistralKeysParked",
+        "MagistralConsumerRefused",
     ] {
         assert!(shipped.contains(wanted), "{wanted} is not in {}", rules_file().display());
     }

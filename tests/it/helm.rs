@@ -505,6 +505,14 @@ fn stack_chart_wires_the_official_nats_chart() {
         serde_norway::from_str(&std::fs::read_to_string(stack.join("values.yaml")).unwrap()).unwrap();
     assert_eq!(values["nats"]["config"]["cluster"]["replicas"].as_u64(), Some(3));
     assert_eq!(values["nats"]["config"]["jetstream"]["enabled"].as_bool(), Some(true));
+    // nats-server 2.15 caps a stream at 1,000 consumers (one per subscription); the NATS chart
+    // merges `jetstream.merge` into nats.conf's jetstream block (rendering it needs the chart
+    // from the network, so the value handed to it is what is checked).
+    assert_eq!(
+        values["nats"]["config"]["jetstream"]["merge"]["limits"]["default_max_consumers"].as_i64(),
+        Some(-1),
+        "the stack's NATS lifts the per-stream consumer cap"
+    );
 
     // A copy without the NATS dependency, with magistral packaged into charts/.
     let dir = tempfile::tempdir().unwrap();

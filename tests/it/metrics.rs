@@ -347,3 +347,94 @@ fn the_exposition_parser_reads_escaped_label_values() {
     assert_eq!(e.family("up"), "up");
     assert_eq!(e.value("x_seconds_sum", &[("a", "q\"u,o")]), Some(1.5));
 }
+
+/// A consumer NATS refuses is not silent: nats-server allowing 2 consumers per stream and three
+/// push subscriptions on ORDERS. The refused subscription is logged at error with its name and
+/// the server's answer (10026) and flagged in `magistral_subscription_consumer_refused`; once
+/// the server allows more (restarted with the limit lifted), the worker's retries create the
+/// consumer, the subscription delivers and the flag goes back to 0.
+#[tokio::test]
+async fn a_consumer_refused_by_the_servers_limit_is_logged_and_flagged_until_created() {
+    let mut nats = NatsServer::start_with_config("jetstream { limits { default_max_consumers: 2 } }\n");
+    let receiver = Receiver::start().await;
+    let dir = crate::common::gateway::orders_bus_dir();
+    let config = dir.path().join("magistral.toml");
+    let mut text = format!(
+        "streams_dir = \"streams\"\ncontracts_dir = \"contracts\"\nrequire_contract = false\n\n\
+         [participants.bitrix]\ntokens = [{{ sha256 = \"{}\" }}]\npublish = [\"orders.>\"]\nsubscribe = [\"orders.>\"]\n",
+        crate::common::gateway::token_sha256(crate::common::gateway::BITRIX)
+    );
+    let subs = ["cap-a", "cap-b", "cap-c"];
+    for sub in subs {
+        text.push_str(&format!(
+            "\n[subscriptions.{sub}]\nparticipant = \"bitrix\"\nsubjects = [\"orders.{sub}\"]\nendpoint = \"{}/{sub}\"\n",
+            receiver.url()
+        ));
+    }
+    std::fs::write(&config, text).unwrap();
+    let gw = GatewayProcess::start(&config, &nats.url(), &[]).await;
+
+    // Three consumers wanted on ORDERS (and on MAGISTRAL_REPLAY), two allowed on each.
+    let js = crate::common::gateway::jetstream(&nats.url()).await;
+    let orders = js.get_stream("ORDERS").await.unwrap();
+    let mut names: Vec<String> = Vec::new();
+    let mut list = orders.consumer_names();
+    while let Some(name) = futures::StreamExt::next(&mut list).await {
+        names.push(name.unwrap());
+    }
+    assert_eq!(names.len(), 2, "{names:?}");
+    let refused: Vec<&str> = subs.iter().copied().filter(|s| !names.iter().any(|n| n.contains(s))).collect();
+    assert_eq!(refused.len(), 1, "consumers {names:?}");
+    let refused = refused[0];
+
+    let log_lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(gw.stderr_path())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let errors: Vec<serde_json::Value> =
+        log_lines().into_iter().filter(|l| l["level"] == "ERROR" && l["stream"] == "ORDERS").collect();
+    assert_eq!(errors.len(), 1, "one error line for the refused consumer on ORDERS:\n{}", gw.stderr_tail(4000));
+    let line = errors[0].to_string();
+    assert_eq!(errors[0]["subscription"], refused, "{line}");
+    assert!(line.contains("maximum consumers limit reached") && line.contains("10026"), "{line}");
+    assert!(line.contains("default_max_consumers"), "the line says what to change: {line}");
+
+    let m = scrape(&gw).await;
+    assert_eq!(m.expect("magistral_subscription_consumer_refused", &[("subscription", refused)]), 1.0);
+    for sub in subs.iter().filter(|s| **s != refused) {
+        // ORDERS took theirs; MAGISTRAL_REPLAY may have refused one of them: flagged iff logged.
+        let logged = log_lines().iter().any(|l| l["level"] == "ERROR" && l["subscription"] == *sub);
+        let flag = m.expect("magistral_subscription_consumer_refused", &[("subscription", sub)]);
+        assert_eq!(flag, if logged { 1.0 } else { 0.0 }, "{sub}");
+    }
+
+    // The operator lifts the limit; the refused subscription starts delivering by itself.
+    nats.rewrite_config("jetstream { limits { default_max_consumers: -1 } }\n");
+    nats.restart();
+    let subject = format!("orders.{refused}");
+    eventually("the refused subscription delivers once the limit is lifted", Duration::from_secs(30), async || {
+        let answer = gw
+            .http
+            .post(gw.url(&format!("/v1/publish/{subject}")))
+            .bearer_auth(crate::common::gateway::BITRIX)
+            .header("content-type", "application/json")
+            .body(r#"{"n":1}"#)
+            .send()
+            .await
+            .ok()?;
+        if answer.status() != 202 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        receiver.received().iter().any(|r| r.path.ends_with(refused)).then_some(())
+    })
+    .await;
+    eventually("the flag goes back to 0", Duration::from_secs(15), async || {
+        let m = scrape(&gw).await;
+        (m.expect("magistral_subscription_consumer_refused", &[("subscription", refused)]) == 0.0).then_some(())
+    })
+    .await;
+}

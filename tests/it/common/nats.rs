@@ -41,6 +41,8 @@ pub struct NatsServer {
     dir: TempDir,
     /// Client port, chosen by the server on first start and reused by `restart`.
     port: u16,
+    /// Configuration file (`-c`) when started with [`NatsServer::start_with_config`].
+    config: Option<PathBuf>,
     /// `None` after `kill`.
     child: Option<Child>,
 }
@@ -51,12 +53,28 @@ impl NatsServer {
     /// # Panics
     /// When no binary is found or the server is not accepting clients within 10 s.
     pub fn start() -> NatsServer {
+        Self::start_with_config("")
+    }
+
+    /// Like [`NatsServer::start`], with `config` as the server's configuration file (`-c`);
+    /// the flags the helper sets (JetStream, address, port, store dir) take precedence. For
+    /// example `jetstream { limits { default_max_consumers: 2 } }` lowers the consumers a
+    /// stream may have (nats-server 2.15 allows 1,000 by default; `-1` lifts the cap).
+    ///
+    /// # Panics
+    /// As [`NatsServer::start`], or when the server refuses the configuration.
+    pub fn start_with_config(config: &str) -> NatsServer {
         let bin = server_bin();
         let dir =
             tempfile::Builder::new().prefix("magistral-nats-").tempdir().expect("create temp dir for nats-server");
         fs::create_dir(dir.path().join("store")).expect("create store dir");
         fs::create_dir(dir.path().join("ports")).expect("create ports dir");
-        let mut server = NatsServer { bin, dir, port: 0, child: None };
+        let config = (!config.is_empty()).then(|| {
+            let path = dir.path().join("nats-server.conf");
+            fs::write(&path, config).expect("write nats-server config");
+            path
+        });
+        let mut server = NatsServer { bin, dir, port: 0, config, child: None };
         let mut child = server.spawn("-1");
         let port = match wait_for_ports_file(&server.ports_dir(), &mut child) {
             Ok(port) => port,
@@ -75,6 +93,16 @@ impl NatsServer {
     /// The client port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Replaces the configuration file of a server started with
+    /// [`NatsServer::start_with_config`]; read at the next [`NatsServer::restart`].
+    ///
+    /// # Panics
+    /// When the server was started without one.
+    pub fn rewrite_config(&self, config: &str) {
+        let path = self.config.as_ref().expect("started with start_with_config");
+        fs::write(path, config).expect("write nats-server config");
     }
 
     /// JetStream store dir (`-sd`); survives `kill` and `restart`.
@@ -151,7 +179,11 @@ impl NatsServer {
     fn spawn(&self, port: &str) -> Child {
         let log = OpenOptions::new().create(true).append(true).open(self.log_path()).expect("open nats-server log");
         let log_err = log.try_clone().expect("clone log handle");
-        Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        command
             .arg("-js")
             .args(["-a", "127.0.0.1"])
             .args(["-p", port])
