@@ -200,7 +200,7 @@ pub(crate) async fn list(ctx: &Directories<'_>, book: &Book<'_>, paging: &Paging
     Ok(Page { keys: page, next })
 }
 
-async fn store(ctx: &Directories<'_>, book: &Book<'_>) -> Result<kv::Store, DirectoryError> {
+async fn store(ctx: &Directories<'_>, book: &Book<'_>) -> Result<std::sync::Arc<kv::Store>, DirectoryError> {
     ctx.stores.get(ctx.js, &book.directory.bucket, ctx.limits.retry_after_seconds).await
 }
 

@@ -1,15 +1,16 @@
 //! The open KV handles of directory buckets, shared by every directory operation.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream::{self, kv};
 
 use super::{DirectoryError, DirectoryKind};
 
-/// Open KV handles by bucket, so a read costs one NATS round trip.
+/// Open KV handles by bucket, so a read costs one NATS round trip. Shared behind an `Arc`:
+/// a handle carries the bucket's whole stream info, too much to copy per read.
 #[derive(Default)]
-pub struct Stores(Mutex<HashMap<String, kv::Store>>);
+pub struct Stores(Mutex<HashMap<String, Arc<kv::Store>>>);
 
 impl Stores {
     /// The bucket's handle, opened on first use.
@@ -21,7 +22,7 @@ impl Stores {
         js: &jetstream::Context,
         bucket: &str,
         retry_after: u64,
-    ) -> Result<kv::Store, DirectoryError> {
+    ) -> Result<Arc<kv::Store>, DirectoryError> {
         if let Some(store) = self.0.lock().ok().and_then(|m| m.get(bucket).cloned()) {
             return Ok(store);
         }
@@ -32,6 +33,7 @@ impl Stores {
                 format!("directory {bucket} is unavailable"),
             )
         })?;
+        let store = Arc::new(store);
         if let Ok(mut m) = self.0.lock() {
             m.insert(bucket.to_owned(), store.clone());
         }

@@ -85,10 +85,7 @@ fn run(bytes: &[u8], max_depth: usize, build: bool) -> Result<Option<Value>, Pro
         Err(err) => Err(match duplicate.into_inner() {
             Some(segments) => Problem::new(
                 ProblemType::DuplicateKey,
-                format!(
-                    "the member {} appears more than once in its object (RFC 7493 I-JSON)",
-                    pointer(&segments)
-                ),
+                format!("the member {} appears more than once in its object (RFC 7493 I-JSON)", pointer(&segments)),
             ),
             None => super::malformed(err),
         }),
