@@ -48,15 +48,20 @@ pub(crate) fn message_id(message: &jetstream::Message) -> String {
 #[must_use]
 pub(crate) fn webhook_id(message: &jetstream::Message, fetched: &(String, u64)) -> String {
     use sha2::{Digest, Sha256};
-    let header = |name: &str| message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
-    let (stream, seq) = super::dead_letter::original_location(message).unwrap_or_else(|| fetched.clone());
+    let header = |name: &str| message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str());
+    let original = super::dead_letter::original_location(message);
+    let (stream, seq) = original.as_ref().unwrap_or(fetched);
     let msg_id = header(super::dead_letter::ORIGINAL_MSG_ID).or_else(|| header("Nats-Msg-Id")).unwrap_or_default();
     let mut hash = Sha256::new();
     for part in [stream.as_bytes(), seq.to_string().as_bytes(), msg_id.as_bytes()] {
         hash.update(part);
         hash.update([0]);
     }
-    format!("msg_{}", &hex::encode(hash.finalize())[..32])
+    // The first 16 bytes of the digest, in hex.
+    let mut id = String::with_capacity(36);
+    id.push_str("msg_");
+    id.push_str(&hex::encode(&hash.finalize()[..16]));
+    id
 }
 
 /// Whether the message is itself a delivery status event (no events about events: a
@@ -289,11 +294,12 @@ fn request_headers(
     let mut headers = HeaderMap::new();
     if let Some(nats) = &message.headers {
         for (name, values) in nats.iter() {
-            let lower = name.to_string().to_ascii_lowercase();
-            let carried =
-                lower.starts_with("ce-") || lower == "traceparent" || lower == "tracestate" || lower == "content-type";
+            let name: &str = name.as_ref();
+            let carried = name.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("ce-"))
+                || ["traceparent", "tracestate", "content-type"].iter().any(|c| name.eq_ignore_ascii_case(c));
+            // `HeaderName::from_bytes` lower-cases.
             if carried
-                && let (Ok(name), Some(value)) = (HeaderName::from_bytes(lower.as_bytes()), values.first())
+                && let (Ok(name), Some(value)) = (HeaderName::from_bytes(name.as_bytes()), values.first())
                 && let Ok(value) = HeaderValue::from_str(value.as_str())
             {
                 headers.insert(name, value);
