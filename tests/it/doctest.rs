@@ -360,40 +360,54 @@ impl Dev {
         let dir = tempfile::Builder::new().prefix("magistral-doctest-").tempdir().unwrap();
         crate::common::gateway::copy_example(dir.path());
         edit(dir.path());
-        let (port, nats_port) = (free_port(), free_port());
-        // The test's ports in the configuration too: a `magistral dev` a doc runs reads them there.
         let toml = dir.path().join("magistral.toml");
         let text = std::fs::read_to_string(&toml).unwrap();
-        crate::common::write_atomically(
-            &toml,
-            text.replace("\"127.0.0.1:8080\"", &format!("\"127.0.0.1:{port}\""))
-                .replace("nats://127.0.0.1:4222", &format!("nats://127.0.0.1:{nats_port}")),
-        );
-        let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
-        let child = Command::new(BIN)
-            .args(["dev", "--listen", &format!("127.0.0.1:{port}"), "--nats-port", &nats_port.to_string()])
-            .args(args)
-            .current_dir(dir.path())
-            .env("NATS_SERVER_BIN", crate::common::nats::server_bin())
-            .env_remove("MAGISTRAL_CONFIG")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start magistral dev");
-        let dev = Dev { child, dir, port, nats_port };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ready = Command::new("curl")
-                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{port}/readyz")])
-                .output()
-                .is_ok_and(|o| o.stdout == b"200");
-            if ready {
-                return dev;
+        // A free port can be taken by another test before `magistral dev` binds it: then dev
+        // exits saying so, and it is started again on other ports.
+        for attempt in 1..=5 {
+            let (port, nats_port) = (free_port(), free_port());
+            // The test's ports in the configuration too: a `magistral dev` a doc runs reads them there.
+            crate::common::write_atomically(
+                &toml,
+                text.replace("\"127.0.0.1:8080\"", &format!("\"127.0.0.1:{port}\""))
+                    .replace("nats://127.0.0.1:4222", &format!("nats://127.0.0.1:{nats_port}")),
+            );
+            let log_path = dir.path().join("dev.log");
+            let log = std::fs::File::create(&log_path).unwrap();
+            let mut child = Command::new(BIN)
+                .args(["dev", "--listen", &format!("127.0.0.1:{port}"), "--nats-port", &nats_port.to_string()])
+                .args(args)
+                .current_dir(dir.path())
+                .env("NATS_SERVER_BIN", crate::common::nats::server_bin())
+                .env_remove("MAGISTRAL_CONFIG")
+                .env_remove("RUST_LOG")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start magistral dev");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let ready = Command::new("curl")
+                    .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{port}/readyz")])
+                    .output()
+                    .is_ok_and(|o| o.stdout == b"200");
+                if ready {
+                    return Dev { child, dir, port, nats_port };
+                }
+                let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+                if let Ok(Some(status)) = child.try_wait() {
+                    let raced = log().contains("already in use");
+                    assert!(raced && attempt < 5, "magistral dev exited ({status}) before it was ready:\n{}", log());
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    panic!("magistral dev not ready in 60 s:\n{}", log());
+                }
+                std::thread::sleep(Duration::from_millis(200));
             }
-            assert!(Instant::now() < deadline, "magistral dev not ready in 60 s:\n{}", dev.log());
-            std::thread::sleep(Duration::from_millis(200));
         }
+        unreachable!("five attempts either returned or failed")
     }
 
     pub(crate) fn log(&self) -> String {
