@@ -16,29 +16,8 @@ if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
     exit 0
 fi
 
-if ! command -v apt-get >/dev/null; then
-    log "apt-get is not available (not Debian?); install chromium and chromedriver by other means"
-    exit 1
-fi
-
-sudo=()
-if [[ "$(id -u)" -ne 0 ]]; then
-    sudo=(sudo)
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-# An empty or stale package index is refreshed once.
-if ! "${sudo[@]}" apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null; then
-    log "chromium not installable from the current package lists; running apt-get update"
-    "${sudo[@]}" apt-get update -q >/dev/null
-    "${sudo[@]}" apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null
-fi
-
-for tool in chromium chromedriver; do
-    if ! command -v "$tool" >/dev/null; then
-        log "$tool is still missing after apt-get install"
-        exit 1
-    fi
-done
+source "$(dirname "${BASH_SOURCE[0]}")/lib/apt.sh"
+apt_install chromium chromium-driver
+require_commands chromium chromedriver
 log "installed $(chromium --version 2>/dev/null || echo chromium)"
 chromedriver --version

@@ -20,29 +20,8 @@ if command -v curl >/dev/null && command -v jq >/dev/null; then
     exit 0
 fi
 
-if ! command -v apt-get >/dev/null; then
-    log "apt-get is not available (not Debian?); install curl and jq by other means"
-    exit 1
-fi
-
-sudo=()
-if [[ "$(id -u)" -ne 0 ]]; then
-    sudo=(sudo)
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-# An empty or stale package index is refreshed once.
-if ! "${sudo[@]}" apt-get install -y -q --no-install-recommends curl jq >/dev/null; then
-    log "curl or jq not installable from the current package lists; running apt-get update"
-    "${sudo[@]}" apt-get update -q >/dev/null
-    "${sudo[@]}" apt-get install -y -q --no-install-recommends curl jq >/dev/null
-fi
-
-for tool in curl jq; do
-    if ! command -v "$tool" >/dev/null; then
-        log "$tool is still missing after apt-get install"
-        exit 1
-    fi
-done
+source "$(dirname "${BASH_SOURCE[0]}")/lib/apt.sh"
+apt_install curl jq
+require_commands curl jq
 log "installed curl and jq"
 versions
