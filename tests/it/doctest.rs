@@ -554,6 +554,9 @@ fn readme_console_blocks_answer_as_shown() {
     let dev = Dev::start_with(|dir| standin.rewrite(dir));
     let ran = run_doc_on("README.md", None, &dev);
     println!("README.md: {ran} command(s) answered as shown");
+    // The quick start's `>>>` blocks: the first webhook, and a signed one the stand-in verified.
+    let shown = standin.assert_printed("README.md", "## Quick start");
+    println!("README.md: {shown} delivery block(s) as standin.py printed them");
 }
 
 /// The example's endpoint ports: NAV, the shop, the CRM, iSimple.
@@ -641,44 +644,51 @@ fn example_walkthrough_console_blocks_answer_as_shown() {
     // The simulators' walkthrough before it is tests/it/walkthrough.rs's.
     let ran = run_doc_on(doc, Some("## Step by step with curl"), &dev);
     println!("{doc}: {ran} command(s) answered as shown");
-
-    // Each `>>>` block shown (not marked as not run) is one the stand-in printed: the same
-    // request line, the headers shown with their values, the body.
-    let text = std::fs::read_to_string(PathBuf::from(REPO).join(doc)).unwrap();
-    let shown = delivery_blocks(&text);
-    assert!(!shown.is_empty(), "{doc} shows no delivery");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let missing = loop {
-        let printed = standin.deliveries();
-        let missing = shown
-            .iter()
-            .filter(|(_, block)| !printed.iter().any(|p| shown_in(block, p).is_ok()))
-            .map(|(line, block)| {
-                let why: Vec<String> = printed
-                    .iter()
-                    .filter(|p| p.lines().next() == block.lines().next())
-                    .map(|p| shown_in(block, p).unwrap_err())
-                    .collect();
-                let requests: Vec<&str> = printed.iter().filter_map(|p| p.lines().next()).collect();
-                format!(
-                    "{doc}:{line}:\n{block}\n  printed with that request line: {why:?}\n  all printed: {requests:?}"
-                )
-            })
-            .collect::<Vec<_>>();
-        if missing.is_empty() || Instant::now() > deadline {
-            break missing;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    };
-    assert!(missing.is_empty(), "deliveries shown but not printed by standin.py:\n\n{}", missing.join("\n\n"));
-    println!("{doc}: {} delivery block(s) as standin.py printed them", shown.len());
+    let shown = standin.assert_printed(doc, "## Step by step with curl");
+    println!("{doc}: {shown} delivery block(s) as standin.py printed them");
 }
 
-/// The plain ``` blocks starting with `>>> `, after the step-by-step heading, not marked
+impl Standin {
+    /// Each `>>>` block `doc` shows after the heading `from` (not marked as not run) is one the
+    /// stand-in printed, within 20 s: the same request line, the headers shown with their
+    /// values, the stand-in's notes shown (a verified signature), the body. Returns how many.
+    fn assert_printed(&self, doc: &str, from: &str) -> usize {
+        let text = std::fs::read_to_string(PathBuf::from(REPO).join(doc)).unwrap();
+        let shown = delivery_blocks(&text, from);
+        assert!(!shown.is_empty(), "{doc} shows no delivery after {from:?}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let missing = loop {
+            let printed = self.deliveries();
+            let missing = shown
+                .iter()
+                .filter(|(_, block)| !printed.iter().any(|p| shown_in(block, p).is_ok()))
+                .map(|(line, block)| {
+                    let why: Vec<String> = printed
+                        .iter()
+                        .filter(|p| p.lines().next() == block.lines().next())
+                        .map(|p| shown_in(block, p).unwrap_err())
+                        .collect();
+                    let requests: Vec<&str> = printed.iter().filter_map(|p| p.lines().next()).collect();
+                    format!(
+                        "{doc}:{line}:\n{block}\n  printed with that request line: {why:?}\n  all printed: {requests:?}"
+                    )
+                })
+                .collect::<Vec<_>>();
+            if missing.is_empty() || Instant::now() > deadline {
+                break missing;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        assert!(missing.is_empty(), "deliveries shown but not printed by standin.py:\n\n{}", missing.join("\n\n"));
+        shown.len()
+    }
+}
+
+/// The plain ``` blocks starting with `>>> `, after the heading `from`, not marked
 /// `<!-- doc-test: skip ... -->`: (line, text).
-fn delivery_blocks(markdown: &str) -> Vec<(usize, String)> {
+fn delivery_blocks(markdown: &str, from: &str) -> Vec<(usize, String)> {
     let lines: Vec<&str> = markdown.lines().collect();
-    let start = lines.iter().position(|l| l.starts_with("## Step by step with curl")).unwrap_or(0);
+    let start = lines.iter().position(|l| l.starts_with(from)).unwrap_or(0);
     let mut blocks = Vec::new();
     let mut i = start;
     while i + 1 < lines.len() {
@@ -722,9 +732,14 @@ fn shown_in(shown: &str, printed: &str) -> Result<(), String> {
     let parse = |block: &str| {
         let mut lines = block.lines();
         let first = lines.next().unwrap_or_default().to_owned();
-        let (mut headers, mut body) = (Vec::new(), String::new());
+        let (mut headers, mut notes, mut body) = (Vec::new(), Vec::new(), String::new());
         for line in lines {
             let t = line.trim();
+            // The stand-in's own findings, e.g. `(signature verified)`.
+            if body.is_empty() && t.starts_with('(') && t.ends_with(')') {
+                notes.push(t.to_owned());
+                continue;
+            }
             let is_header = body.is_empty()
                 && t.split_once(": ").is_some_and(|(n, _)| {
                     !n.is_empty() && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
@@ -735,12 +750,15 @@ fn shown_in(shown: &str, printed: &str) -> Result<(), String> {
                 body.push_str(t);
             }
         }
-        (first, headers, body)
+        (first, headers, notes, body)
     };
-    let (s_first, s_headers, s_body) = parse(shown);
-    let (p_first, p_headers, p_body) = parse(printed);
+    let (s_first, s_headers, s_notes, s_body) = parse(shown);
+    let (p_first, p_headers, p_notes, p_body) = parse(printed);
     if s_first != p_first {
         return Err(format!("request {p_first:?}"));
+    }
+    if let Some(note) = s_notes.iter().find(|n| !p_notes.contains(n)) {
+        return Err(format!("{note} not printed (printed: {p_notes:?})"));
     }
     for h in &s_headers {
         let name = h.split(':').next().unwrap_or_default();

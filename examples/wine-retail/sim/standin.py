@@ -6,7 +6,8 @@ arrives, the way the `>>>` blocks of the README and the walkthrough show it.
   standin.py --ports 9000            listen on one port of your own
   standin.py --status 500            answer 500 to everything (watch retries, the breaker,
                                      dead letters: `magistral subs`)
-  standin.py --secret whsec_...      also check each Standard Webhooks signature
+  standin.py --secret whsec_...      check signatures with this secret (repeatable) instead of
+                                     the example's, secrets/*-webhook-secret at the root
 
 Each delivery prints as
 
@@ -17,7 +18,9 @@ Each delivery prints as
       {"externalDocumentNumber": ...}
 
 with the headers a receiver cares about (content type, authorization, if-match, CloudEvents `ce-*`,
-Standard Webhooks `webhook-*`, `magistral-*`, `traceparent`).
+Standard Webhooks `webhook-*`, `magistral-*`, `traceparent`). A signed delivery (one carrying
+`webhook-signature`) is checked as its receiver would check it, against the signing secrets the
+example gives its subscriptions, and prints `(signature verified)` or `(signature DOES NOT VERIFY)`.
 
 What it answers: on Business Central's paths (`/BC/...`) it decides as NAV does in erp.py — it
 books a sales order (201) or refuses it with Business Central's own error (400: an unknown
@@ -54,13 +57,34 @@ SHOWN_PREFIXES = ("ce-", "webhook-", "magistral-")
 PRINT_LOCK = threading.Lock()
 
 
-def verify(secret, headers, body):
-    """Standard Webhooks: HMAC-SHA256 over "<id>.<timestamp>.<body>" with the base64 key."""
-    key = base64.b64decode(secret.removeprefix("whsec_"))
+# The example's demo signing secrets (magistral.toml's `signing_secrets` files), at the root.
+EXAMPLE_SECRETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "secrets")
+
+
+def example_secrets():
+    """The whsec_ secrets in the example's secrets/*-webhook-secret files."""
+    try:
+        names = sorted(n for n in os.listdir(EXAMPLE_SECRETS) if n.endswith("-webhook-secret"))
+    except OSError:
+        return []
+    secrets = []
+    for name in names:
+        with open(os.path.join(EXAMPLE_SECRETS, name), encoding="utf-8") as f:
+            secrets.append(f.read().strip())
+    return secrets
+
+
+def verify(secrets, headers, body):
+    """Standard Webhooks: HMAC-SHA256 over "<id>.<timestamp>.<body>" with the base64 key; a
+    receiver holding any of `secrets` accepts one matching `v1,` signature."""
     signed = f"{headers.get('webhook-id', '')}.{headers.get('webhook-timestamp', '')}.".encode() + body
-    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
     given = [s.split(",", 1)[1] for s in headers.get("webhook-signature", "").split() if s.startswith("v1,")]
-    return any(hmac.compare_digest(expected, g) for g in given)
+    for secret in secrets:
+        key = base64.b64decode(secret.removeprefix("whsec_"))
+        expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+        if any(hmac.compare_digest(expected, g) for g in given):
+            return True
+    return False
 
 
 def nav_answer(nav, method, path, body):
@@ -83,7 +107,7 @@ def nav_answer(nav, method, path, body):
     return (204 if method == "PATCH" else 200), ({} if method != "PATCH" else None), False
 
 
-def handler(port, status, secret, nav):
+def handler(port, status, secrets, nav):
     class Recorder(BaseHTTPRequestHandler):
         def do_POST(self):
             self.record()
@@ -102,8 +126,8 @@ def handler(port, status, secret, nav):
             for name, value in headers.items():
                 if name in SHOWN or name.startswith(SHOWN_PREFIXES):
                     lines.append(f"    {name}: {value}")
-            if secret:
-                lines.append(f"    (signature {'verified' if verify(secret, headers, body) else 'DOES NOT VERIFY'})")
+            if "webhook-signature" in headers:
+                lines.append(f"    (signature {'verified' if verify(secrets, headers, body) else 'DOES NOT VERIFY'})")
             lines.append("    " + body.decode("utf-8", errors="replace"))
             if status:
                 code, answer = status, b"{}"
@@ -134,12 +158,13 @@ def main():
     p.add_argument("--ports", default="7048,7101,7201,7401", help="comma-separated ports (default: the example's)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--status", type=int, default=0, help="answer this status to everything")
-    p.add_argument("--secret", help="a whsec_ signing secret to verify signatures with")
+    p.add_argument("--secret", action="append", default=[],
+                   help="a whsec_ signing secret to verify signatures with (repeatable; default: the example's)")
     args = p.parse_args()
     servers, nav = [], Nav()
     for port in (int(x) for x in args.ports.split(",") if x.strip()):
         try:
-            servers.append(ThreadingHTTPServer((args.host, port), handler(port, args.status, args.secret, nav)))
+            servers.append(ThreadingHTTPServer((args.host, port), handler(port, args.status, args.secret or example_secrets(), nav)))
         except OSError as err:
             sys.exit(f"standin: port {port}: {err} (another stand-in or simulator running?)")
     for server in servers[1:]:
