@@ -453,3 +453,55 @@ async fn key_ordered_pull_hands_out_one_message_per_key_across_replicas() {
     let (_, body) = fetch(&a, NAV, json!({"max": 8})).await;
     assert!(body["messages"].as_array().unwrap().is_empty(), "{body}");
 }
+
+/// The flake of the test above, step by step: a key's head waits in the queue longer than the
+/// ack wait, so JetStream redelivers it, and another replica's fetch takes that copy just before
+/// the participant acks the head and enters it just after the ack removed it. The acked message
+/// must not be handed out again (its ack would answer `already-acked`); the key moves on.
+#[tokio::test]
+async fn key_ordered_pull_never_hands_out_an_acked_message_again() {
+    use async_nats::jetstream::consumer::pull;
+    use magistral::delivery::pull_order;
+
+    let nats = NatsServer::start();
+    let sub = pull_sub(json!({"ordering": {"key": "/sku"}, "ack_wait": "1s"}));
+    let gw = Gateway::with_subscriptions(&nats.url(), vec![("nav-pull", sub)]).await;
+    let items: Vec<Value> = (0..2).map(|n| json!({"subject": "orders.misc", "data": {"sku": "W-1", "n": n}})).collect();
+    let r = gw.http.post(gw.url("/v1/publish")).bearer_auth(BITRIX).json(&items).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    // The fetch takes both messages from the consumer and hands out the head.
+    let (status, body) = fetch(&gw, NAV, json!({"max": 8})).await;
+    assert_eq!(status, 200, "{body}");
+    let head = body["messages"].as_array().unwrap().clone();
+    assert_eq!(head.len(), 1, "{body}");
+    assert_eq!(head[0]["data"]["n"], 0);
+    let seq = head[0]["seq"].as_u64().unwrap();
+
+    // The other replica: its fetch takes the head's redelivered copy (after the ack wait)...
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let consumer: async_nats::jetstream::consumer::Consumer<pull::Config> =
+        js.get_stream("ORDERS").await.unwrap().get_consumer("magistral-nav-pull").await.unwrap();
+    let mut batch = consumer.batch().max_messages(1).expires(Duration::from_secs(10)).messages().await.unwrap();
+    let copy = batch.next().await.expect("the head redelivered within 10 s").unwrap();
+    assert_eq!(copy.info().unwrap().stream_sequence, seq);
+    assert!(copy.info().unwrap().delivered > 1);
+    // ... the participant acks the head ...
+    let (status, body) = ack(&gw, NAV, json!([{"token": head[0]["ack_token"]}])).await;
+    assert_eq!(status, 200, "{body}");
+    // ... and the other replica enters its copy, as a fetch enters what it took.
+    let bucket = js.get_key_value(pull_order::ORDER_BUCKET).await.unwrap();
+    pull_order::enter(&bucket, "nav-pull", &[("W-1".to_owned(), seq, copy.reply.as_ref().unwrap().to_string())])
+        .await
+        .unwrap();
+
+    // The key's next message comes, not the acked one again; and its ack is the first.
+    let (status, body) = fetch(&gw, NAV, json!({"max": 8, "wait": "5s"})).await;
+    assert_eq!(status, 200, "{body}");
+    let next = body["messages"].as_array().unwrap().clone();
+    assert_eq!(next.len(), 1, "{body}");
+    assert_eq!(next[0]["data"]["n"], 1, "the acked message was handed out again: {body}");
+    let (status, body) = ack(&gw, NAV, json!([{"token": next[0]["ack_token"]}])).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = fetch(&gw, NAV, json!({"max": 8})).await;
+    assert!(body["messages"].as_array().unwrap().is_empty(), "{body}");
+}
