@@ -194,7 +194,8 @@ impl Engine {
                     .map_err(nats)
             })
             .await?;
-        Ok(Some(pull_order::KeyOrder { bucket, ack_wait: sub.ack_wait }))
+        let ledger = self.ack_ledger().await?;
+        Ok(Some(pull_order::KeyOrder { bucket, ledger, ack_wait: sub.ack_wait }))
     }
 
     /// The key pull ack tokens are signed with, shared by all replicas.

@@ -35,10 +35,12 @@ pub const ORDER_BUCKET: &str = "magistral_pull_order";
 /// How often a fetch that found nothing to hand out looks again while it may wait.
 const RECHECK: Duration = Duration::from_millis(100);
 
-/// A key-ordered pull subscription's queue bucket and its ack wait.
+/// A key-ordered pull subscription's queue bucket, the ack ledger and its ack wait.
 #[derive(Clone, Copy)]
 pub struct KeyOrder<'a> {
     pub bucket: &'a kv::Store,
+    /// [`super::pull::ACK_LEDGER`]: whether a head is finished already.
+    pub ledger: &'a kv::Store,
     pub ack_wait: Duration,
 }
 
@@ -55,12 +57,19 @@ struct Entry {
     /// Times handed out: the `delivery_count` the participant sees.
     #[serde(default)]
     n: i64,
+    /// Which entering of the message this is (unique in the queue): a message removed and
+    /// entered again is another entry, whose head must be checked in the ack ledger again.
+    #[serde(default)]
+    i: u64,
 }
 
 /// Every key with messages taken from the consumer and not yet acked, in stream order.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Queue {
     keys: BTreeMap<String, Vec<Entry>>,
+    /// The last [`Entry::i`] given.
+    #[serde(default)]
+    last: u64,
 }
 
 impl Queue {
@@ -69,11 +78,19 @@ impl Queue {
     }
 
     /// Enters a message at its place in its key's list; a redelivery only renews its ack subject.
+    ///
+    /// A copy JetStream redelivered (its ack wait ran out while it waited here) can be taken by
+    /// one fetch just before the participant acks the message and entered just after the ack
+    /// removed it: entered again then, as a new entry. [`Queue::free_heads`] with the ack ledger
+    /// finds it finished before it could be handed out a second time.
     fn record(&mut self, key: String, seq: u64, reply: String) {
         let list = self.keys.entry(key).or_default();
         match list.binary_search_by_key(&seq, |e| e.q) {
             Ok(i) => list[i].r = reply,
-            Err(i) => list.insert(i, Entry { q: seq, r: reply, u: 0, n: 0 }),
+            Err(i) => {
+                self.last += 1;
+                list.insert(i, Entry { q: seq, r: reply, u: 0, n: 0, i: self.last });
+            }
         }
     }
 
@@ -103,16 +120,24 @@ impl Queue {
         self.keys.values().filter(|l| l.first().is_some_and(|e| e.u > now)).count()
     }
 
-    /// Heads handed out before whose time ran out: acked on a replica that died before it
-    /// removed them, or simply not answered. The ack ledger tells which.
-    fn expired_heads(&self, now: i64) -> Vec<u64> {
-        self.keys.values().filter_map(|l| l.first()).filter(|e| e.n > 0 && e.u <= now).map(|e| e.q).collect()
+    /// Heads not handed out now, oldest first, as `(seq, entry id, times handed out)`.
+    fn free_heads(&self, now: i64) -> Vec<(u64, u64, i64)> {
+        let mut free: Vec<_> =
+            self.keys.values().filter_map(|l| l.first()).filter(|e| e.u <= now).map(|e| (e.q, e.i, e.n)).collect();
+        free.sort_unstable();
+        free
     }
 
-    /// Marks up to `max` free heads (oldest first) handed out until `until`, and returns them.
-    fn take_heads(&mut self, now: i64, until: i64, max: usize) -> Vec<(String, Entry)> {
-        let mut free: Vec<(u64, String)> =
-            self.keys.iter().filter_map(|(k, l)| l.first().filter(|e| e.u <= now).map(|e| (e.q, k.clone()))).collect();
+    /// Marks up to `max` free heads (oldest first) among `allowed` (`(seq, entry id)`: the heads
+    /// checked in the ack ledger) handed out until `until`, and returns them.
+    fn take_heads(&mut self, now: i64, until: i64, max: usize, allowed: &[(u64, u64)]) -> Vec<(String, Entry)> {
+        let mut free: Vec<(u64, String)> = self
+            .keys
+            .iter()
+            .filter_map(|(k, l)| {
+                l.first().filter(|e| e.u <= now && allowed.contains(&(e.q, e.i))).map(|e| (e.q, k.clone()))
+            })
+            .collect();
         free.sort_unstable();
         let mut taken = Vec::new();
         for (_, key) in free.into_iter().take(max) {
@@ -210,14 +235,9 @@ pub(crate) async fn fetch(
                     (k, *seq, m.reply.as_ref().map(ToString::to_string).unwrap_or_default())
                 })
                 .collect();
-            change(order.bucket, &sub.name, |q| {
-                for (k, seq, reply) in &entries {
-                    q.record(k.clone(), *seq, reply.clone());
-                }
-            })
-            .await?;
+            enter(order.bucket, &sub.name, &entries).await?;
         }
-        let out = hand_out(js, key, sub, order, &stream, &mut consumer, &fetched, max).await?;
+        let out = hand_out(key, sub, order, &stream, &mut consumer, &fetched, max).await?;
         if !out.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(out);
         }
@@ -236,10 +256,27 @@ pub(crate) async fn fetch(
     }
 }
 
+/// Enters messages a fetch took from the consumer, `(key, stream sequence, ack subject)`, in
+/// the subscription's queue at their places ([`Queue::record`]).
+///
+/// # Errors
+/// NATS refused.
+pub async fn enter(
+    bucket: &kv::Store,
+    subscription: &str,
+    messages: &[(String, u64, String)],
+) -> Result<(), DeliveryError> {
+    change(bucket, subscription, |q| {
+        for (key, seq, reply) in messages {
+            q.record(key.clone(), *seq, reply.clone());
+        }
+    })
+    .await
+}
+
 /// Hands out free heads when the queue holds every message the consumer has out.
 #[allow(clippy::too_many_arguments)]
 async fn hand_out(
-    js: &jetstream::Context,
     key: &TokenKey,
     sub: &Subscription,
     order: KeyOrder<'_>,
@@ -257,15 +294,28 @@ async fn hand_out(
     if queue.keys.is_empty() {
         return Ok(Vec::new());
     }
-    // Heads acked where the queue was not told (a replica died between the two) are done.
+    // Free heads are checked in the ack ledger before they are handed out. A finished one was
+    // acked where the queue was not told (a replica died between the two), or entered again
+    // from a redelivered copy taken just before its ack ([`Queue::record`]): it is done, and
+    // handing it out again would give the participant a message it finished (`already-acked`).
     let now = now_ms();
-    let mut done = Vec::new();
-    if let Ok(ledger) = js.get_key_value(super::pull::ACK_LEDGER).await {
-        for seq in queue.expired_heads(now) {
-            if finished(&ledger, &sub.name, stream.cached_info().config.name.as_str(), seq).await.is_some() {
-                done.push(seq);
-            }
+    let in_flight = sub.max_in_flight as usize;
+    let room = in_flight.saturating_sub(queue.out(now)).min(max);
+    let stream_name = stream.cached_info().config.name.as_str();
+    let (mut done, mut ready) = (Vec::new(), Vec::new());
+    for (seq, id, handed_out) in queue.free_heads(now) {
+        // Every head handed out before (its time ran out), the others while there is room.
+        if ready.len() >= room && handed_out == 0 {
+            continue;
         }
+        if finished(order.ledger, &sub.name, stream_name, seq).await.is_some() {
+            done.push(seq);
+        } else {
+            ready.push((seq, id));
+        }
+    }
+    if !done.is_empty() {
+        tracing::debug!(subscription = %sub.name, seqs = ?done, "finished messages left in the key-order queue removed");
     }
     // Every message out is in the queue: nothing earlier of any key is elsewhere.
     let pending = consumer.info().await.map_err(nats)?.num_ack_pending;
@@ -280,14 +330,15 @@ async fn hand_out(
         }
         return Ok(Vec::new());
     }
-    let in_flight = sub.max_in_flight as usize;
     let until = now + ms(order.ack_wait);
+    // Only heads checked above, and only the very entries checked: a head entered again
+    // meanwhile waits for the next look.
     let taken = change(order.bucket, &sub.name, |q| {
         for s in &done {
             q.remove(*s);
         }
         let room = in_flight.saturating_sub(q.out(now)).min(max);
-        q.take_heads(now, until, room)
+        q.take_heads(now, until, room, &ready)
     })
     .await?;
     let mut out = Vec::with_capacity(taken.len());
@@ -356,6 +407,11 @@ mod tests {
 
     use super::*;
 
+    /// Every free head, as if the ack ledger had found none finished.
+    fn unchecked(q: &Queue, now: i64) -> Vec<(u64, u64)> {
+        q.free_heads(now).into_iter().map(|(seq, id, _)| (seq, id)).collect()
+    }
+
     proptest! {
         /// Whatever order messages are entered in and heads are taken and acked, each key's
         /// messages come out in stream order, one at a time.
@@ -373,7 +429,7 @@ mod tests {
             let mut delivered: BTreeMap<String, Vec<u64>> = BTreeMap::new();
             let mut now = 1_000;
             while q.total() > 0 {
-                let taken = q.take_heads(now, now + 10, 3);
+                let taken = q.take_heads(now, now + 10, 3, &unchecked(&q, now));
                 prop_assert!(!taken.is_empty());
                 let mut keys: Vec<&String> = taken.iter().map(|(k, _)| k).collect();
                 keys.dedup();
@@ -407,20 +463,43 @@ mod tests {
         q.record("a".into(), 1, "r1".into());
         q.record("a".into(), 2, "r2".into());
         q.record("b".into(), 3, "r3".into());
-        let first = q.take_heads(100, 200, 10);
+        let first = q.take_heads(100, 200, 10, &unchecked(&q, 100));
         assert_eq!(first.iter().map(|(_, e)| e.q).collect::<Vec<_>>(), [1, 3]);
-        assert!(q.take_heads(150, 250, 10).is_empty());
+        assert!(q.take_heads(150, 250, 10, &unchecked(&q, 150)).is_empty());
         assert_eq!(q.out(150), 2);
         // Not acked within its time: the same head again, never the next one.
-        let again = q.take_heads(200, 300, 10);
+        let again = q.take_heads(200, 300, 10, &unchecked(&q, 200));
         assert_eq!(again.iter().map(|(_, e)| (e.q, e.n)).collect::<Vec<_>>(), [(1, 2), (3, 2)]);
-        assert_eq!(q.expired_heads(300), [1, 3]);
+        assert_eq!(q.free_heads(300).iter().map(|(seq, _, n)| (*seq, *n)).collect::<Vec<_>>(), [(1, 2), (3, 2)]);
         // A redelivery renews the ack subject, not the place.
         q.record("a".into(), 1, "r1b".into());
         assert!(q.remove(1));
         assert_eq!(
-            q.take_heads(250, 350, 10).iter().map(|(_, e)| (e.q, e.r.as_str())).collect::<Vec<_>>(),
+            q.take_heads(250, 350, 10, &unchecked(&q, 250))
+                .iter()
+                .map(|(_, e)| (e.q, e.r.as_str()))
+                .collect::<Vec<_>>(),
             [(2, "r2")]
         );
+    }
+
+    /// A redelivered copy entered after the message's ack removed it is a new entry: a look at
+    /// the ack ledger that checked the message before cannot pass for it.
+    #[test]
+    fn a_message_entered_again_after_its_ack_is_a_new_entry() {
+        let mut q = Queue::default();
+        q.record("a".into(), 1, "r1".into());
+        q.record("a".into(), 2, "r2".into());
+        let checked = unchecked(&q, 100);
+        assert_eq!(q.take_heads(100, 200, 10, &checked).iter().map(|(_, e)| e.q).collect::<Vec<_>>(), [1]);
+        // Acked: removed. Then a fetch that took a redelivered copy before the ack enters it.
+        assert!(q.remove(1));
+        q.record("a".into(), 1, "r1-redelivered".into());
+        assert_eq!(q.free_heads(150).first().map(|(seq, _, n)| (*seq, *n)), Some((1, 0)));
+        // The head checked before the ack does not stand for it, nor for the message behind it.
+        assert!(q.take_heads(150, 250, 10, &checked).is_empty());
+        // The ledger finds it finished: removed, and the key moves on.
+        assert!(q.remove(1));
+        assert_eq!(q.take_heads(150, 250, 10, &unchecked(&q, 150)).iter().map(|(_, e)| e.q).collect::<Vec<_>>(), [2]);
     }
 }
