@@ -41,7 +41,7 @@ TIER1 = [
 TIER2 = [
     (r'tokio::|<tokio|^mio::|parking_lot', 'tokio scheduler, timers, I/O driver'),
 ]
-ALLOC = re.compile(r'^(malloc|free|cfree|calloc|realloc|_int_malloc|_int_free|_int_realloc|malloc_consolidate|unlink_chunk.*|__libc_malloc|__libc_free|tcache.*|_mi_.*|mi_.*)$')
+ALLOC = re.compile(r'^(malloc|free|cfree|calloc|realloc|_int_malloc|_int_free|_int_realloc|malloc_consolidate|unlink_chunk.*|__libc_malloc|__libc_free|tcache.*|_?mi_.*|mi_.*)$')
 
 def parse(path):
     frames, head = [], None
