@@ -21,6 +21,12 @@
 //! - (d) `POST /v1/publish` with `BENCH_BATCH_SIZE` items per batch vs direct pipelined
 //!   publishing of the same count (send all, then await all acks), at each level of
 //!   `BENCH_BATCH_CONCURRENCY`.
+//! - nats-server's CPU per message, where the gateway's differs from direct publishing: at
+//!   each level of `BENCH_CONCURRENCY`, direct publishing again (e) with the headers the
+//!   gateway stores with an order (built by the gateway's own `StoredAttributes`, with the
+//!   source, type and dataschema read back from the smoke message it stored), and (f) both
+//!   direct variants paced at the messages/s the gateway reached in the same round, so "fewer
+//!   messages per socket read" and "bytes of headers" show apart.
 //!
 //! CPU time per message is read per thread from `/proc/self/task/*/schedstat` (ns on CPU),
 //! split by runtime (`gw`, `lg`), and from `/proc/<nats-server>/task/*/schedstat`.
@@ -38,8 +44,9 @@
 //! - `BENCH_TRACKING` (the config default, on): `off` runs the gateway without the
 //!   message-tracking index (one extra core NATS publish per stored message)
 //! - `BENCH_GATEWAY_THREADS` (2), `BENCH_CLIENT_THREADS` (2): worker threads per runtime
-//! - `BENCH_SCENARIOS` ("single,batch"), `BENCH_PARTS` ("gateway,bare,direct"): what to run
-//!   (a part left out shows as 0; meant for profiling one part alone)
+//! - `BENCH_SCENARIOS` ("single,batch"), `BENCH_PARTS` ("gateway,bare,direct,headers,paced"):
+//!   what to run (a part left out shows as 0; meant for profiling one part alone); `headers`
+//!   and `paced` are (e) and (f) above, single publish only, `paced` needs `gateway`
 
 #[path = "support/env.rs"]
 mod env;
@@ -48,6 +55,7 @@ use env::{env_list, env_or};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
@@ -60,6 +68,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use magistral::catalog::Catalog;
 use magistral::config::{Config, ContractBinding, ParticipantConfig};
+use magistral::publish::cloudevents::StoredAttributes;
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -116,7 +125,7 @@ impl Settings {
             single: scenarios.split(',').any(|s| s.trim() == "single"),
             batch: scenarios.split(',').any(|s| s.trim() == "batch"),
             parts: std::env::var("BENCH_PARTS")
-                .unwrap_or_else(|_| "gateway,bare,direct".into())
+                .unwrap_or_else(|_| "gateway,bare,direct,headers,paced".into())
                 .split(',')
                 .map(|p| p.trim().to_owned())
                 .collect(),
@@ -407,10 +416,123 @@ async fn http_worker(target: std::sync::Arc<HttpTarget>, window: Window) -> Work
 // ---------------------------------------------------------------------------------------
 // Direct JetStream publishing: `per_op` publishes sent, then all their acks awaited.
 
-async fn direct_worker(js: jetstream::Context, payload: Bytes, per_op: usize, window: Window) -> WorkerStats {
+/// How a direct publisher differs from plain direct publishing (for the nats-server
+/// comparison): the gateway's headers on every message, and a shared pace.
+#[derive(Clone, Default)]
+struct Variant {
+    headers: Option<Arc<GatewayHeaders>>,
+    pacer: Option<Arc<Pacer>>,
+}
+
+/// The headers the gateway stores with a published order: what does not change per message,
+/// read back from the smoke message it stored; `ce-id` and `ce-time` are made per message,
+/// as the gateway makes them.
+struct GatewayHeaders {
+    source: String,
+    type_: String,
+    dataschema: Option<String>,
+    /// Header names of the stored smoke message, sorted.
+    names: Vec<String>,
+    /// Bytes of its NATS header block (`NATS/1.0` line, `name: value` lines, blank line).
+    bytes: usize,
+}
+
+impl GatewayHeaders {
+    /// Reads the last stored message on `SUBJECT` (the gateway's smoke publish) back.
+    async fn read(js: &jetstream::Context) -> anyhow::Result<Self> {
+        let stored = js.get_stream(STREAM).await?.get_last_raw_message_by_subject(SUBJECT).await?;
+        let value = |name: &str| stored.headers.get(name).map(|v| v.as_str().to_owned());
+        let h = Self {
+            source: value("ce-source").ok_or_else(|| anyhow!("the stored order has no ce-source"))?,
+            type_: value("ce-type").ok_or_else(|| anyhow!("the stored order has no ce-type"))?,
+            dataschema: value("ce-dataschema"),
+            names: header_names(&stored.headers),
+            bytes: header_bytes(&stored.headers),
+        };
+        // The set built here must be the one the gateway stored.
+        let built = h.build(&uuid::Uuid::now_v7().to_string());
+        let mut names = header_names(&built);
+        names.push("Nats-Msg-Id".to_owned());
+        names.sort_unstable();
+        if names != h.names {
+            bail!("the gateway stored headers {:?}, the bench would send {names:?}", h.names);
+        }
+        Ok(h)
+    }
+
+    /// The headers of one message, by the gateway's own function (`Nats-Msg-Id` is added by
+    /// the publish, as in the gateway).
+    fn build(&self, id: &str) -> async_nats::HeaderMap {
+        StoredAttributes {
+            id,
+            source: &self.source,
+            type_: &self.type_,
+            subject: None,
+            dataschema: self.dataschema.as_deref(),
+            time: None,
+            extensions: &std::collections::BTreeMap::new(),
+            traceparent: None,
+            tracestate: None,
+        }
+        .to_nats_headers()
+    }
+}
+
+fn header_names(headers: &async_nats::HeaderMap) -> Vec<String> {
+    let mut names: Vec<String> = headers.iter().map(|(n, _)| n.to_string()).collect();
+    names.sort_unstable();
+    names
+}
+
+/// Size of the header block on the wire and in the store: `NATS/1.0\r\n`, one
+/// `name: value\r\n` per value, `\r\n`.
+fn header_bytes(headers: &async_nats::HeaderMap) -> usize {
+    let lines: usize = headers
+        .iter()
+        .map(|(n, values)| {
+            values.iter().map(|v| AsRef::<str>::as_ref(n).len() + 2 + v.as_str().len() + 2).sum::<usize>()
+        })
+        .sum();
+    "NATS/1.0\r\n".len() + lines + 2
+}
+
+/// Hands out send times `1 / rate` apart to every worker sharing it; a worker that is late
+/// sends at once, and the lost time is not made up (the rate is a ceiling).
+struct Pacer {
+    period: Duration,
+    next: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Pacer {
+    fn new(rate: f64) -> Self {
+        Self { period: Duration::from_secs_f64(1.0 / rate.max(1.0)), next: std::sync::Mutex::new(None) }
+    }
+
+    async fn wait(&self) {
+        let at = {
+            let mut next = self.next.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = tokio::time::Instant::now();
+            let at = next.map_or(now, |t| t.max(now));
+            *next = Some(at + self.period);
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+async fn direct_worker(
+    js: jetstream::Context,
+    payload: Bytes,
+    per_op: usize,
+    variant: Variant,
+    window: Window,
+) -> WorkerStats {
     let mut stats = WorkerStats { latencies: Vec::with_capacity(64 * 1024), ..Default::default() };
     let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(per_op);
     loop {
+        if let Some(pacer) = &variant.pacer {
+            pacer.wait().await;
+        }
         let t0 = Instant::now();
         if t0 >= window.end {
             return stats;
@@ -420,7 +542,11 @@ async fn direct_worker(js: jetstream::Context, payload: Bytes, per_op: usize, wi
                 // Same id scheme as the gateway (UUIDv7 → Nats-Msg-Id), so the server does
                 // the same de-duplication bookkeeping for both.
                 let id = uuid::Uuid::now_v7().to_string();
-                let msg = PublishMessage::build().payload(payload.clone()).message_id(id.as_str());
+                let mut msg = PublishMessage::build().payload(payload.clone());
+                if let Some(headers) = &variant.headers {
+                    msg = msg.headers(headers.build(&id));
+                }
+                let msg = msg.message_id(id.as_str());
                 acks.push(js.send_publish(SUBJECT, msg).await.map_err(|e| e.to_string())?);
             }
             if per_op == 1 {
@@ -547,6 +673,7 @@ struct Bench {
     payload: Bytes,
     gateway: SocketAddr,
     bare: SocketAddr,
+    headers: Arc<GatewayHeaders>,
 }
 
 impl Bench {
@@ -585,11 +712,29 @@ impl Bench {
     }
 
     async fn direct(&self, per_op: usize, workers: usize) -> Measured {
-        if self.skip("direct") {
+        self.direct_as("direct", per_op, workers, Variant::default()).await
+    }
+
+    /// Direct single publishes with the gateway's headers or not, paced at `rate` or not
+    /// (part `headers` or `paced`).
+    async fn direct_variant(&self, workers: usize, with_headers: bool, rate: Option<f64>) -> Measured {
+        let part = if rate.is_some() { "paced" } else { "headers" };
+        let variant = Variant {
+            headers: with_headers.then(|| self.headers.clone()),
+            pacer: rate.map(|r| Arc::new(Pacer::new(r))),
+        };
+        self.direct_as(part, 1, workers, variant).await
+    }
+
+    async fn direct_as(&self, part: &str, per_op: usize, workers: usize, variant: Variant) -> Measured {
+        if self.skip(part) {
             return Measured::default();
         }
         let (js, payload) = (self.js.clone(), self.payload.clone());
-        measure(&self.s, self.nats_pid, workers, move |w| direct_worker(js.clone(), payload.clone(), per_op, w)).await
+        measure(&self.s, self.nats_pid, workers, move |w| {
+            direct_worker(js.clone(), payload.clone(), per_op, variant.clone(), w)
+        })
+        .await
     }
 
     /// Purges, runs, then checks the stream holds exactly what was acknowledged.
@@ -655,6 +800,12 @@ async fn run_all(b: &Bench) -> anyhow::Result<String> {
     let mut batch = String::new();
     let mut cpu = String::new();
     let mut rounds = String::new();
+    let mut server = String::new();
+    let _ = writeln!(
+        server,
+        "| concurrency | gateway | direct | direct, gateway headers | direct, paced | direct, gateway headers, paced | gateway ÷ direct | ÷ direct with headers | ÷ direct with headers, paced |"
+    );
+    let _ = writeln!(server, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let _ = writeln!(
         cpu,
         "| scenario | concurrency | gateway µs/msg | load generator µs/msg | nats-server µs/msg | total µs/msg | cores busy | other processes (cores) |"
@@ -670,6 +821,7 @@ async fn run_all(b: &Bench) -> anyhow::Result<String> {
         let path = format!("/v1/publish/{SUBJECT}");
         for &c in &s.levels {
             let (mut gs, mut bs, mut ds) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut dhs, mut dps, mut dhps) = (Vec::new(), Vec::new(), Vec::new());
             for round in 1..=s.rounds {
                 eprintln!("single, concurrency {c}, round {round}: gateway");
                 let g = b
@@ -682,13 +834,34 @@ async fn run_all(b: &Bench) -> anyhow::Result<String> {
                 eprintln!("single, concurrency {c}, round {round}: direct");
                 let d = b.stored_run(1, b.direct(1, c)).await?;
                 report_errors("direct", &d);
+                eprintln!("single, concurrency {c}, round {round}: direct with the gateway's headers");
+                let dh = b.stored_run(1, b.direct_variant(c, true, None)).await?;
+                report_errors("direct with headers", &dh);
+                // Paced at the rate the gateway reached in this round (nothing to pace at
+                // when the gateway was not run).
+                let pace = (g.ops_per_sec > 0.0).then_some(g.ops_per_sec);
+                let (mut dp, mut dhp) = (Measured::default(), Measured::default());
+                if let Some(rate) = pace {
+                    eprintln!("single, concurrency {c}, round {round}: direct, paced at {rate:.0}/s");
+                    dp = b.stored_run(1, b.direct_variant(c, false, Some(rate))).await?;
+                    report_errors("direct paced", &dp);
+                    eprintln!("single, concurrency {c}, round {round}: direct with the gateway's headers, paced");
+                    dhp = b.stored_run(1, b.direct_variant(c, true, Some(rate))).await?;
+                    report_errors("direct with headers, paced", &dhp);
+                }
                 gs.push(g);
                 bs.push(bare);
                 ds.push(d);
+                dhs.push(dh);
+                dps.push(dp);
+                dhps.push(dhp);
             }
             let g = median(gs, &mut rounds, "gateway", c, 1);
             let bare = median(bs, &mut rounds, "bare", c, 1);
             let d = median(ds, &mut rounds, "direct", c, 1);
+            let dh = median(dhs, &mut rounds, "direct, gateway headers", c, 1);
+            let dp = median(dps, &mut rounds, "direct, paced", c, 1);
+            let dhp = median(dhps, &mut rounds, "direct, gateway headers, paced", c, 1);
             let _ = writeln!(
                 single,
                 "| {c} | {:.0} | {} | {} | {:.0} | {} | {} | {:.0} | {} | {} | {} | {} |",
@@ -707,6 +880,32 @@ async fn run_all(b: &Bench) -> anyhow::Result<String> {
             cpu_row(&mut cpu, "gateway", c, &g, 1, s.duration);
             cpu_row(&mut cpu, "bare", c, &bare, 1, s.duration);
             cpu_row(&mut cpu, "direct", c, &d, 1, s.duration);
+            if !b.skip("headers") {
+                cpu_row(&mut cpu, "direct, gateway headers", c, &dh, 1, s.duration);
+            }
+            if !b.skip("paced") && g.ops > 0 {
+                cpu_row(&mut cpu, "direct, paced", c, &dp, 1, s.duration);
+                cpu_row(&mut cpu, "direct, gateway headers, paced", c, &dhp, 1, s.duration);
+            }
+            let nats_us = |m: &Measured| m.cpu.nats as f64 / 1000.0 / m.ops.max(1) as f64;
+            let cell = |m: &Measured| {
+                if m.ops > 0 { format!("{:.1} ({:.0}/s)", nats_us(m), m.ops_per_sec) } else { "-".into() }
+            };
+            let per = |m: &Measured| {
+                if m.ops > 0 && g.ops > 0 { format!("{:.2}", nats_us(&g) / nats_us(m)) } else { "-".into() }
+            };
+            let _ = writeln!(
+                server,
+                "| {c} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                cell(&g),
+                cell(&d),
+                cell(&dh),
+                cell(&dp),
+                cell(&dhp),
+                per(&d),
+                per(&dh),
+                per(&dhp),
+            );
         }
     }
 
@@ -766,6 +965,19 @@ async fn run_all(b: &Bench) -> anyhow::Result<String> {
         let _ = writeln!(out, "### Batch publish ({} items per `POST /v1/publish`)\n\n{batch}", s.batch_size);
     }
     let _ = writeln!(out, "### CPU per message over the measured window\n\n{cpu}");
+    if s.single {
+        let h = &b.headers;
+        let _ = writeln!(
+            out,
+            "### nats-server CPU per message: gateway vs direct with its headers and at its rate\n\n\
+             nats-server µs per stored message (messages/s) for single publishes. The gateway stores \
+             {} header bytes per order ({}); plain direct publishing sends `Nats-Msg-Id` only ({} bytes). \
+             \"paced\" = sent no faster than the gateway's messages/s in the same round.\n\n{server}",
+            h.bytes,
+            h.names.join(", "),
+            "NATS/1.0\r\n".len() + "Nats-Msg-Id: ".len() + 36 + 2 + 2,
+        );
+    }
     if s.rounds > 1 {
         let _ = writeln!(
             out,
@@ -828,7 +1040,8 @@ fn main() -> anyhow::Result<()> {
         smoke(gateway, &payload).await?;
         let client = async_nats::connect(nats.url()).await?;
         let js = jetstream::context::ContextBuilder::new().timeout(Duration::from_secs(5)).build(client);
-        let bench = Bench { s, nats_pid, js, payload, gateway, bare };
+        let headers = Arc::new(GatewayHeaders::read(&js).await?);
+        let bench = Bench { s, nats_pid, js, payload, gateway, bare, headers };
         eprintln!(
             "magistral publish benchmark: {}; {}; payload {} B; warm-up {:?}, window {:?}; gateway threads {}, client threads {}",
             machine(),
