@@ -780,100 +780,9 @@ fn split_answer(block: &str) -> (String, Option<String>) {
     }
 }
 
-/// The README's first delivered webhook (the `>>>` block after the quick start's publish) is
-/// what the recording stand-in, examples/wine-retail/sim/standin.py, prints when that publish
-/// is made: the same request line, the same headers (ids, times and the signature aside), the
-/// body members shown. NAV's port 7048 is the test's own, as 8080 is.
-#[test]
-fn readme_first_webhook_is_what_the_standin_prints() {
-    let text = std::fs::read_to_string(PathBuf::from(REPO).join("README.md")).unwrap();
-    let publish = &console_blocks(&text)[0].steps[0];
-    let shown = text
-        .split("\n```\n")
-        .find(|b| b.starts_with(">>> "))
-        .expect("README.md shows a delivery (a ``` block starting with >>>)");
-    let nav_port = free_port();
-    let mut standin = Command::new("python3")
-        .args(["examples/wine-retail/sim/standin.py", "--ports", &nav_port.to_string()])
-        .current_dir(REPO)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start standin.py");
-    let stdout = standin.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let dev = Dev::start_with(|dir| {
-        let toml = dir.join("magistral.toml");
-        let text = std::fs::read_to_string(&toml).unwrap();
-        crate::common::write_atomically(&toml, text.replace("127.0.0.1:7048", &format!("127.0.0.1:{nav_port}")));
-    });
-    let answer = dev.run("", &publish.command);
-    compare(&publish.expected, &answer).unwrap_or_else(|why| panic!("the quick start's publish: {why}\n{answer}"));
-
-    // The first delivery the stand-in prints, up to its blank line.
-    let mut printed = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(line) if line.starts_with(">>> ") => printed = vec![line],
-            Ok(line) if line.is_empty() && !printed.is_empty() => break,
-            Ok(line) if !printed.is_empty() => printed.push(line),
-            _ => {}
-        }
-    }
-    let _ = standin.kill();
-    let _ = standin.wait();
-    assert!(!printed.is_empty(), "standin.py printed no delivery in 20 s:\n{}", dev.log());
-    let printed = printed.join("\n").replace(&format!("(port {nav_port})"), "(port 7048)");
-    compare_delivery(shown, &printed)
-        .unwrap_or_else(|why| panic!("{why}\n--- shown:\n{shown}\n--- printed:\n{printed}"));
-}
-
 /// Headers of a delivery that differ per message or per attempt.
 const VARYING_DELIVERY_HEADERS: &[&str] =
     &["ce-id", "ce-time", "webhook-id", "webhook-timestamp", "webhook-signature", "traceparent"];
-
-/// A `>>>` block as shown against one standin.py printed: request line, header names (any order)
-/// and values (varying ones aside), body (members only, when shortened).
-fn compare_delivery(shown: &str, printed: &str) -> Result<(), String> {
-    let (mut shown, mut printed) = (shown.lines(), printed.lines());
-    let (s_first, p_first) = (shown.next().unwrap_or_default(), printed.next().unwrap_or_default());
-    if s_first != p_first {
-        return Err(format!("request: shown {s_first:?}, printed {p_first:?}"));
-    }
-    fn split(lines: std::str::Lines<'_>) -> (Vec<&str>, String) {
-        let lines: Vec<&str> = lines.map(str::trim).collect();
-        let (body, headers) = lines.split_last().map(|(b, h)| (b.to_string(), h.to_vec())).unwrap_or_default();
-        (headers, body)
-    }
-    let (s_headers, s_body) = split(shown);
-    let (p_headers, p_body) = split(printed);
-    // The same headers (in any order: the gateway does not promise one), the same values.
-    let sorted = |h: &[&str]| {
-        let mut h: Vec<String> = h.iter().map(|l| l.to_string()).collect();
-        h.sort();
-        h
-    };
-    let (s_headers, p_headers) = (sorted(&s_headers), sorted(&p_headers));
-    let names = |h: &[String]| h.iter().map(|l| l.split(':').next().unwrap_or_default().to_owned()).collect::<Vec<_>>();
-    if names(&s_headers) != names(&p_headers) {
-        return Err(format!("headers: shown {:?}, printed {:?}", names(&s_headers), names(&p_headers)));
-    }
-    for (s, p) in s_headers.iter().zip(&p_headers) {
-        let name = s.split(':').next().unwrap_or_default();
-        if !VARYING_DELIVERY_HEADERS.contains(&name) && s != p {
-            return Err(format!("header: shown {s:?}, printed {p:?}"));
-        }
-    }
-    compare_body(&s_body, &p_body)
-}
 
 // ---------------------------------------------------------------------------------------
 // The comparison itself: a doc change that breaks a shown response must fail.
@@ -924,4 +833,10 @@ fn a_delivery_answered_otherwise_than_shown_is_caught() {
     assert!(shown_in(shown, printed.split("\n<<<").next().unwrap()).is_err());
     // Without an answer shown, only the delivery is compared.
     assert_eq!(shown_in(shown.split("\n<<<").next().unwrap(), printed), Ok(()));
+    // A stand-in's finding shown, e.g. a verified signature, must have been printed.
+    let signed = ">>> POST /c (port 7201)\n    webhook-signature: v1,x\n    (signature verified)\n    {\"a\":1}";
+    assert_eq!(shown_in(signed, signed), Ok(()));
+    let failed = signed.replace("(signature verified)", "(signature DOES NOT VERIFY)");
+    assert!(shown_in(signed, &failed).unwrap_err().contains("(signature verified) not printed"));
+    assert_eq!(shown_in(&signed.replace("    (signature verified)\n", ""), &failed), Ok(()));
 }
