@@ -560,26 +560,17 @@ fn jetstream_error_code(detail: &str) -> Option<u32> {
 /// delivered to the subscription until it is resolved; the worker keeps retrying meanwhile.
 fn consumer_not_created(subscription: &str, stream: &str, err: &DeliveryError) {
     match jetstream_error_code(err.detail()) {
-        Some(MAX_CONSUMERS_REACHED) => {
+        Some(code) => {
             crate::telemetry::catalogue::set_consumer_refused(subscription, true);
-            tracing::error!(
-                %subscription,
-                %stream,
-                nats = %err,
+            let why = if code == MAX_CONSUMERS_REACHED {
                 "NATS refused the subscription's consumer: the stream has as many consumers as the server allows \
-                 (nats-server's jetstream {{ limits {{ default_max_consumers }} }}, 1,000 by default in 2.15); \
+                 (nats-server's jetstream { limits { default_max_consumers } }, 1,000 by default in 2.15); \
                  nothing is delivered to this subscription until the limit is raised (-1 lifts it; see \
                  docs/operations.md, \"NATS settings that matter\") or other consumers are removed"
-            );
-        }
-        Some(_) => {
-            crate::telemetry::catalogue::set_consumer_refused(subscription, true);
-            tracing::error!(
-                %subscription,
-                %stream,
-                nats = %err,
+            } else {
                 "NATS refused the subscription's consumer; nothing is delivered to it until that is resolved"
-            );
+            };
+            tracing::error!(%subscription, %stream, nats = %err, "{why}");
         }
         None => tracing::warn!(%subscription, %stream, %err, "consumer not created yet; retrying"),
     }
